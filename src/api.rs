@@ -1,0 +1,183 @@
+//! The `MendixCredential` custom resource (`mxcred.io/v1alpha1`) and the names that form the
+//! public interface: labels, annotations, condition types and reasons.
+//!
+//! Optional fields are `Option<T>` with no schema default; defaults are applied in code
+//! ([`crate::spec`]), so GitOps tools see no drift between what they applied and what is stored.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// SSA field manager, Event reporter and `managed-by` label value.
+pub const MANAGER: &str = "mxcred-operator";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_CREDENTIAL: &str = "mxcred.io/credential";
+pub const ANNOTATION_FINGERPRINT: &str = "mxcred.io/token-fingerprint";
+pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at";
+
+/// A Mendix platform credential, published as a Secret that CI runners use as HTTP headers or
+/// environment variables, and verified against the platform at an interval.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "mxcred.io",
+    version = "v1alpha1",
+    kind = "MendixCredential",
+    plural = "mendixcredentials",
+    shortname = "mxcred",
+    shortname = "mxc",
+    category = "mendix",
+    namespaced,
+    status = "MendixCredentialStatus",
+    doc = "A Mendix platform credential (personal access token or API key), read from a Secret in the same namespace and published as a Secret that CI runners use as HTTP headers or environment variables. The operator verifies it against the Mendix platform at an interval.",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
+    printcolumn = r#"{"name":"Last Verified","type":"date","jsonPath":".status.lastVerifiedTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MendixCredentialSpec {
+    /// Kind of credential held by the source Secret: PersonalAccessToken (header
+    /// `Authorization: MxToken <token>`) or ApiKey (headers `Mendix-Username` and
+    /// `Mendix-ApiKey`). Defaults to PersonalAccessToken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<CredentialType>,
+
+    /// The Secret, in the same namespace as this resource, that holds the plaintext credential.
+    pub source_ref: SourceRef,
+
+    /// The Secret this operator writes for CI runners. Defaults to a Secret named like this
+    /// resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+
+    /// How and how often the credential is checked against the Mendix platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CredentialType {
+    #[default]
+    PersonalAccessToken,
+    ApiKey,
+}
+
+/// Where the plaintext credential is read from. Always a Secret in the resource's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    /// Name of the source Secret in this resource's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the personal access token (type PersonalAccessToken). Defaults to "token".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
+    /// Key holding the Mendix login name (type ApiKey). Defaults to "username".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_key: Option<String>,
+    /// Key holding the API key (type ApiKey). Defaults to "apiKey".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_key: Option<String>,
+}
+
+/// The Secret written for CI runners, in this resource's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Name of the target Secret. Defaults to the name of this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Labels copied onto the target Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Annotations copied onto the target Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Periodic verification of the credential against the Mendix platform.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Whether the credential is verified at all. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Time between two checks, as a duration such as "30m", "1h" or "1d". At least 1m.
+    /// Defaults to the operator's default interval (1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Which platform issued the credential: MendixCloud or PrivatePlatform. Defaults to
+    /// MendixCloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    /// Base URL of a Private Mendix Platform, e.g. https://pmp.example.com. Required for
+    /// PrivatePlatform; its host must be allowed by the operator's administrator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The probe: a named probe (DeployApps, Projects, MarketplaceContent, DeployV1Apps,
+    /// PrivatePlatformProjects) or an https:// URL answered with 2xx for a working credential.
+    /// Defaults to DeployApps for personal access tokens, DeployV1Apps for API keys and
+    /// PrivatePlatformProjects on a Private Mendix Platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Platform {
+    #[default]
+    MendixCloud,
+    PrivatePlatform,
+}
+
+/// Observed state, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MendixCredentialStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Name of the target Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    /// When the target Secret's data was last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synced_time: Option<Time>,
+    /// When the platform last gave a definitive answer about the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+    /// When the next check is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verification_time: Option<Time>,
+    /// Why the last check attempt failed, if it did (short and sanitized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification_error: Option<String>,
+    /// Ready: the target Secret holds the current source credential. TokenValid: the platform
+    /// accepted the credential at the last definitive check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Condition types.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const TOKEN_VALID: &str = "TokenValid";
+}
+
+/// Reasons of the `Ready` condition.
+pub mod ready {
+    pub const SYNCED: &str = "Synced";
+    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    pub const SOURCE_KEY_MISSING: &str = "SourceKeyMissing";
+    pub const INVALID_SOURCE: &str = "InvalidSource";
+    pub const TARGET_CONFLICT: &str = "TargetConflict";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+}

@@ -1,0 +1,488 @@
+//! The controller: watches, the reconcile pipeline and its error policy.
+//!
+//! Reconcile is a pipeline of small steps: guard (an object that cannot be read gets a
+//! condition, not a crash) -> resolve the spec (pure) -> read the source Secret -> validate the
+//! credential (pure) -> render the target (pure) -> apply it -> write the status, only when it
+//! changed.
+
+use crate::api::{
+    LABEL_MANAGED_BY, MANAGER, MendixCredential, MendixCredentialStatus, condition, ready,
+};
+use crate::conditions::{self, Verdict};
+use crate::credential::{Credential, SourceError};
+use crate::render;
+use crate::spec::{self, InvalidSpec, Resolved};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::core::{DeserializeGuard, Status};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+type Guarded = DeserializeGuard<MendixCredential>;
+
+/// What the controller is told by its command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespaces to serve; empty means all.
+    pub namespaces: Vec<String>,
+    pub default_interval: Duration,
+    pub concurrency: u16,
+}
+
+/// Errors that make a reconcile retry with backoff. Problems a user must fix are not errors:
+/// they end the reconcile normally with a condition on the resource.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
+}
+
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    settings: Settings,
+    failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        settings: settings.clone(),
+        failures: Mutex::default(),
+    });
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|ns| {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            controller(&ctx.client, ns.as_deref(), ctx.settings.concurrency)
+                .graceful_shutdown_on(shutdown.cancelled_owned())
+                .run(reconcile, error_policy, ctx)
+                .for_each(|_| std::future::ready(()))
+                .await
+        }
+    });
+    futures::future::join_all(controllers).await;
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The controller for one scope (a namespace, or all). Target Secrets are watched by label;
+/// every other Secret metadata-only, so memory grows with the number of credentials and not
+/// with the Secrets of the cluster.
+fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Controller<Guarded> {
+    let ours = format!("{LABEL_MANAGED_BY}={MANAGER}");
+    let others = format!("{LABEL_MANAGED_BY}!={MANAGER}");
+    let controller = Controller::new(
+        api::<Guarded>(client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(
+        api::<Secret>(client, namespace),
+        watcher::Config::default().labels(&ours),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let store = controller.store();
+    let secrets = watcher(
+        api::<PartialObjectMeta<Secret>>(client, namespace),
+        watcher::Config::default().labels(&others),
+    )
+    .default_backoff()
+    .touched_objects();
+    controller.watches_stream(secrets, move |secret| referencing(&store, &secret))
+}
+
+/// The credentials that read `secret` as their source, or want to write it as their target (a
+/// target blocked by a foreign Secret is retried when that Secret changes or goes away).
+fn referencing(
+    store: &Store<Guarded>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<Guarded>> {
+    let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
+        return vec![];
+    };
+    store
+        .state()
+        .iter()
+        .filter(|guard| guard.namespace().as_ref() == Some(ns))
+        .filter(|guard| match &guard.0 {
+            Ok(cr) => {
+                let target = cr.spec.target.as_ref().and_then(|t| t.name.as_ref());
+                &cr.spec.source_ref.name == name || target.unwrap_or(&cr.name_any()) == name
+            }
+            Err(_) => false,
+        })
+        .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+        .collect()
+}
+
+async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let obj_ref = ObjectRef::from_obj(guard.as_ref());
+    let result = match &guard.0 {
+        Ok(cr) => reconcile_valid(cr, &ctx).await,
+        Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx).await,
+    };
+    if result.is_ok() {
+        ctx.failures.lock().expect("lock poisoned").remove(&obj_ref);
+    }
+    result
+}
+
+fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
+    let obj_ref = ObjectRef::from_obj(guard.as_ref());
+    let attempt = {
+        let mut failures = ctx.failures.lock().expect("lock poisoned");
+        let n = failures.entry(obj_ref.clone()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(attempt);
+    warn!(credential = %obj_ref, %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Exponential backoff for transient API failures: 1 s doubling up to 5 min.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300))
+}
+
+/// An object the API server holds but this version cannot read (for example after a
+/// downgrade): say so on the object and wait for it to change.
+async fn reconcile_unreadable(
+    guard: &Guarded,
+    error: &str,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = guard
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let ns = guard
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    warn!(credential = %format!("{ns}/{name}"), error, "cannot read resource");
+    let mut conds = vec![];
+    conditions::set(
+        &mut conds,
+        Verdict {
+            type_: condition::READY,
+            status: "False",
+            reason: ready::INVALID_SPEC,
+            message: format!("the resource cannot be read: {error}"),
+        },
+        guard.meta().generation,
+        now(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": "mxcred.io/v1alpha1",
+        "kind": "MendixCredential",
+        "status": { "conditions": conds, "observedGeneration": guard.meta().generation },
+    });
+    Api::<Guarded>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
+        .await?;
+    Ok(Action::await_change())
+}
+
+/// What the sync step concluded.
+struct Synced {
+    verdict: Verdict,
+    /// The credential now published, if the target holds the current one.
+    published: Option<Credential>,
+    /// Whether target data was written in this reconcile.
+    wrote: bool,
+}
+
+async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action, Error> {
+    let ns = cr.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = cr.name_any();
+    let previous = cr.status.clone().unwrap_or_default();
+
+    let resolved = spec::resolve(&name, &cr.spec, ctx.settings.default_interval);
+    let synced = match &resolved {
+        Ok(resolved) => sync(cr, &ns, resolved, ctx).await?,
+        Err(InvalidSpec(message)) => Synced {
+            verdict: not_ready(ready::INVALID_SPEC, message.clone()),
+            published: None,
+            wrote: false,
+        },
+    };
+
+    let mut status = previous.clone();
+    status.observed_generation = cr.metadata.generation;
+    if let Some(credential) = &synced.published {
+        status.token_fingerprint = Some(credential.fingerprint());
+        if let Ok(resolved) = &resolved {
+            status.secret_name = Some(resolved.target_name.clone());
+        }
+    }
+    if synced.wrote {
+        status.last_synced_time = Some(now());
+    }
+    let reason = synced.verdict.reason;
+    let previous_reason =
+        conditions::find(&previous.conditions, condition::READY).map(|c| c.reason.clone());
+    let transition = previous_reason.as_deref() != Some(reason);
+    info!(credential = %format!("{ns}/{name}"), reason, wrote = synced.wrote, "reconciled");
+    let message = synced.verdict.message.clone();
+    conditions::set(
+        &mut status.conditions,
+        synced.verdict,
+        cr.metadata.generation,
+        now(),
+    );
+
+    match reason {
+        ready::SYNCED if synced.wrote => {
+            let target = status.secret_name.clone().unwrap_or_default();
+            publish(
+                ctx,
+                cr,
+                EventType::Normal,
+                reason,
+                format!("wrote Secret {target}"),
+            )
+            .await;
+        }
+        ready::TARGET_CONFLICT | ready::INVALID_SOURCE if transition => {
+            publish(ctx, cr, EventType::Warning, reason, message).await;
+        }
+        _ => {}
+    }
+
+    write_status(cr, &ns, &previous, status, ctx).await?;
+    Ok(match reason {
+        // Periodic resync as a safety net; every input is also watched.
+        ready::SYNCED => Action::requeue(Duration::from_secs(3600)),
+        _ => Action::await_change(),
+    })
+}
+
+fn not_ready(reason: &'static str, message: String) -> Verdict {
+    Verdict {
+        type_: condition::READY,
+        status: "False",
+        reason,
+        message,
+    }
+}
+
+/// Reads the source, renders the target and applies it when it differs from what is there.
+async fn sync(
+    cr: &MendixCredential,
+    ns: &str,
+    resolved: &Resolved,
+    ctx: &Context,
+) -> Result<Synced, Error> {
+    let refused = |verdict| Synced {
+        verdict,
+        published: None,
+        wrote: false,
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let source_name = &resolved.source.secret;
+    let Some(source) = secrets.get_opt(source_name).await? else {
+        return Ok(refused(not_ready(
+            ready::SOURCE_NOT_FOUND,
+            format!("Secret {source_name:?} not found in namespace {ns:?}"),
+        )));
+    };
+    let data = source.data.unwrap_or_default();
+    let credential =
+        match Credential::from_source(resolved.credential_type, &resolved.source, &data) {
+            Ok(credential) => credential,
+            Err(e @ SourceError::KeyMissing { .. }) => {
+                return Ok(refused(not_ready(ready::SOURCE_KEY_MISSING, e.to_string())));
+            }
+            Err(e @ SourceError::Invalid { .. }) => {
+                return Ok(refused(not_ready(
+                    ready::INVALID_SOURCE,
+                    format!("{e}; the target Secret was left as it was"),
+                )));
+            }
+        };
+
+    let uid = cr.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let owner = cr
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
+    let desired = render::target_secret(ns, &cr.name_any(), owner, resolved, &credential);
+    let target = &resolved.target_name;
+    let existing = secrets.get_opt(target).await?;
+    let wrote = match &existing {
+        Some(existing) if !render::is_controlled_by(existing, &uid) => {
+            return Ok(refused(not_ready(
+                ready::TARGET_CONFLICT,
+                format!(
+                    "Secret {target:?} exists and is not managed by this MendixCredential; \
+                     delete or rename it, or choose another spec.target.name"
+                ),
+            )));
+        }
+        Some(existing) if render::is_current(existing, &desired) => false,
+        _ => {
+            let mut desired = desired;
+            // The resourceVersion makes the apply conditional: if the Secret changed (or was
+            // replaced by a foreign one) since it was read, the apply fails and is retried.
+            desired.metadata.resource_version = existing
+                .as_ref()
+                .and_then(|e| e.metadata.resource_version.clone());
+            match secrets
+                .patch(target, &apply_params(), &Patch::Apply(&desired))
+                .await
+            {
+                Ok(_) => true,
+                Err(kube::Error::Api(e)) if e.is_invalid() => {
+                    return Ok(refused(not_ready(ready::INVALID_SPEC, refused_target(&e))));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    remove_previous_target(cr, &secrets, target, &uid).await?;
+    Ok(Synced {
+        verdict: Verdict {
+            type_: condition::READY,
+            status: "True",
+            reason: ready::SYNCED,
+            message: format!("Secret {target:?} holds the current credential"),
+        },
+        published: Some(credential),
+        wrote,
+    })
+}
+
+/// The API server refused the target Secret: only labels and annotations from the spec can make
+/// it invalid. Names the fields, not the values.
+fn refused_target(e: &Status) -> String {
+    let fields: Vec<&str> = e
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.field.as_str())
+        .filter(|f| !f.is_empty())
+        .collect();
+    format!(
+        "the API server refused the target Secret (invalid: {}); check spec.target.labels and spec.target.annotations",
+        fields.join(", ")
+    )
+}
+
+/// After `spec.target.name` changed, deletes the Secret published under the old name.
+async fn remove_previous_target(
+    cr: &MendixCredential,
+    secrets: &Api<Secret>,
+    target: &str,
+    uid: &str,
+) -> Result<(), Error> {
+    let Some(old) = cr.status.as_ref().and_then(|s| s.secret_name.as_deref()) else {
+        return Ok(());
+    };
+    if old == target {
+        return Ok(());
+    }
+    if let Some(secret) = secrets.get_opt(old).await?
+        && render::is_controlled_by(&secret, uid)
+    {
+        secrets.delete(old, &DeleteParams::default()).await?;
+        info!(secret = old, "deleted the previous target Secret");
+    }
+    Ok(())
+}
+
+async fn write_status(
+    cr: &MendixCredential,
+    ns: &str,
+    previous: &MendixCredentialStatus,
+    status: MendixCredentialStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if cr.status.is_some() && &status == previous {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "mxcred.io/v1alpha1",
+        "kind": "MendixCredential",
+        "status": status,
+    });
+    Api::<MendixCredential>::namespaced(ctx.client.clone(), ns)
+        .patch_status(&cr.name_any(), &apply_params(), &Patch::Apply(patch))
+        .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    cr: &MendixCredential,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+        warn!(%error, reason, "could not publish Event");
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(100), Duration::from_secs(256));
+    }
+}

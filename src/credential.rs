@@ -1,0 +1,282 @@
+//! Reading and checking the credential held by a source Secret.
+//!
+//! From the moment its bytes leave the source Secret until they are written into the target
+//! Secret or a request header, a credential lives in [`SecretString`]s, whose `Debug` prints
+//! `[REDACTED]`: it cannot reach a log line or an error message by accident.
+
+use crate::api::CredentialType;
+use crate::spec::SourceKeys;
+use k8s_openapi::ByteString;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+pub const MAX_SECRET_LEN: usize = 4096;
+pub const MAX_USERNAME_LEN: usize = 256;
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    PersonalAccessToken(SecretString),
+    ApiKey {
+        username: SecretString,
+        api_key: SecretString,
+    },
+}
+
+/// Why a source Secret does not yield a credential. Never carries the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("Secret {secret:?} has no key {key:?}")]
+    KeyMissing { secret: String, key: String },
+    #[error("key {key:?} of Secret {secret:?} {problem}")]
+    Invalid {
+        secret: String,
+        key: String,
+        problem: Problem,
+    },
+}
+
+/// What is wrong with a value, in words that do not reveal it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("is empty (after trimming surrounding whitespace)")]
+    Empty,
+    #[error("is {len} bytes long; at most {max} are allowed")]
+    TooLong { len: usize, max: usize },
+    #[error(
+        "contains a byte that is not visible ASCII (such as a space, line break or non-ASCII character)"
+    )]
+    NotVisibleAscii,
+    #[error("is not valid UTF-8")]
+    NotUtf8,
+    #[error("contains a control character (such as a line break)")]
+    ControlCharacter,
+}
+
+impl Credential {
+    /// Reads the credential of `credential_type` from the data of the source Secret.
+    pub fn from_source(
+        credential_type: CredentialType,
+        keys: &SourceKeys,
+        data: &BTreeMap<String, ByteString>,
+    ) -> Result<Self, SourceError> {
+        let field = |key: &str, check: fn(&[u8]) -> Result<String, Problem>| {
+            let value = data.get(key).ok_or_else(|| SourceError::KeyMissing {
+                secret: keys.secret.clone(),
+                key: key.to_owned(),
+            })?;
+            check(value.0.trim_ascii())
+                .map(SecretString::from)
+                .map_err(|problem| SourceError::Invalid {
+                    secret: keys.secret.clone(),
+                    key: key.to_owned(),
+                    problem,
+                })
+        };
+        Ok(match credential_type {
+            CredentialType::PersonalAccessToken => {
+                Credential::PersonalAccessToken(field(&keys.token_key, check_token)?)
+            }
+            CredentialType::ApiKey => Credential::ApiKey {
+                username: field(&keys.username_key, check_username)?,
+                api_key: field(&keys.api_key_key, check_token)?,
+            },
+        })
+    }
+
+    /// `sha256:` and the first 12 hex digits of the SHA-256 of the token (or of username,
+    /// a line feed and key): enough to match Secrets to tokens, useless to recover them.
+    pub fn fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        match self {
+            Credential::PersonalAccessToken(token) => hash.update(token.expose_secret()),
+            Credential::ApiKey { username, api_key } => {
+                hash.update(username.expose_secret());
+                hash.update(b"\n");
+                hash.update(api_key.expose_secret());
+            }
+        }
+        let digest = hash.finalize();
+        format!("sha256:{}", &hex::encode(digest)[..12])
+    }
+
+    /// The HTTP headers that authenticate this credential, as (name, value) pairs.
+    pub fn headers(&self) -> Vec<(&'static str, SecretString)> {
+        match self {
+            Credential::PersonalAccessToken(token) => vec![(
+                "Authorization",
+                format!("MxToken {}", token.expose_secret()).into(),
+            )],
+            Credential::ApiKey { username, api_key } => vec![
+                ("Mendix-Username", username.clone()),
+                ("Mendix-ApiKey", api_key.clone()),
+            ],
+        }
+    }
+}
+
+/// A token or API key: 1 to 4096 bytes of visible ASCII (0x21-0x7E). This also shuts out
+/// header injection through CR or LF.
+fn check_token(value: &[u8]) -> Result<String, Problem> {
+    if value.is_empty() {
+        return Err(Problem::Empty);
+    }
+    if value.len() > MAX_SECRET_LEN {
+        return Err(Problem::TooLong {
+            len: value.len(),
+            max: MAX_SECRET_LEN,
+        });
+    }
+    if !value.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(Problem::NotVisibleAscii);
+    }
+    // Visible ASCII is valid UTF-8, so this never fails.
+    String::from_utf8(value.to_vec()).map_err(|_| Problem::NotVisibleAscii)
+}
+
+/// A login name: 1 to 256 bytes of UTF-8 without control characters.
+fn check_username(value: &[u8]) -> Result<String, Problem> {
+    if value.is_empty() {
+        return Err(Problem::Empty);
+    }
+    if value.len() > MAX_USERNAME_LEN {
+        return Err(Problem::TooLong {
+            len: value.len(),
+            max: MAX_USERNAME_LEN,
+        });
+    }
+    let text = std::str::from_utf8(value).map_err(|_| Problem::NotUtf8)?;
+    if text.chars().any(char::is_control) {
+        return Err(Problem::ControlCharacter);
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SourceKeys {
+        SourceKeys {
+            secret: "raw".into(),
+            token_key: "token".into(),
+            username_key: "username".into(),
+            api_key_key: "apiKey".into(),
+        }
+    }
+
+    fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+            .collect()
+    }
+
+    fn pat(value: &[u8]) -> Result<Credential, SourceError> {
+        Credential::from_source(
+            CredentialType::PersonalAccessToken,
+            &keys(),
+            &data(&[("token", value)]),
+        )
+    }
+
+    fn problem(value: &[u8]) -> Problem {
+        match pat(value) {
+            Err(SourceError::Invalid { problem, .. }) => problem,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trims_surrounding_whitespace() {
+        let Credential::PersonalAccessToken(t) = pat(b"  abc-DEF_123\n").unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.expose_secret(), "abc-DEF_123");
+    }
+
+    #[test]
+    fn refuses_bad_tokens_with_a_reason() {
+        assert_eq!(problem(b""), Problem::Empty);
+        assert_eq!(problem(b" \n\t"), Problem::Empty);
+        assert_eq!(problem(b"abc\r\nX-Injected: 1"), Problem::NotVisibleAscii);
+        assert_eq!(problem(b"a b"), Problem::NotVisibleAscii);
+        assert_eq!(problem("tökén".as_bytes()), Problem::NotVisibleAscii);
+        assert_eq!(problem(&[0xff, 0xfe]), Problem::NotVisibleAscii);
+        assert!(pat(&[b'a'; 4096]).is_ok());
+        assert_eq!(
+            problem(&[b'a'; 4097]),
+            Problem::TooLong {
+                len: 4097,
+                max: 4096
+            }
+        );
+    }
+
+    #[test]
+    fn missing_key_names_secret_and_key() {
+        let err = Credential::from_source(CredentialType::PersonalAccessToken, &keys(), &data(&[]))
+            .unwrap_err();
+        assert_eq!(err.to_string(), r#"Secret "raw" has no key "token""#);
+    }
+
+    #[test]
+    fn error_messages_never_contain_the_value() {
+        let secret = b"SECRET-VALUE\nmore";
+        let err = pat(secret).unwrap_err();
+        assert!(!err.to_string().contains("SECRET"));
+        assert!(!format!("{err:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn api_key_reads_both_values() {
+        let c = Credential::from_source(
+            CredentialType::ApiKey,
+            &keys(),
+            &data(&[("username", b"ci@example.com\n"), ("apiKey", b"k3y")]),
+        )
+        .unwrap();
+        let headers: Vec<_> = c
+            .headers()
+            .into_iter()
+            .map(|(n, v)| (n, v.expose_secret().to_owned()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("Mendix-Username", "ci@example.com".to_owned()),
+                ("Mendix-ApiKey", "k3y".to_owned())
+            ]
+        );
+        assert!(!format!("{c:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn usernames_may_be_unicode_but_not_control() {
+        let read = |u: &[u8]| {
+            Credential::from_source(
+                CredentialType::ApiKey,
+                &keys(),
+                &data(&[("username", u), ("apiKey", b"k")]),
+            )
+        };
+        assert!(read("jöhn@example.com".as_bytes()).is_ok());
+        for (bad, want) in [
+            (&b"a\rb"[..], Problem::ControlCharacter),
+            (&[0xc3, 0x28][..], Problem::NotUtf8),
+            (&[b'u'; 257][..], Problem::TooLong { len: 257, max: 256 }),
+        ] {
+            assert!(
+                matches!(read(bad), Err(SourceError::Invalid { problem, .. }) if problem == want)
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_short() {
+        let f = pat(b"token-1").unwrap().fingerprint();
+        assert_eq!(f.len(), "sha256:".len() + 12);
+        assert_eq!(f, pat(b"token-1\n").unwrap().fingerprint());
+        assert_ne!(f, pat(b"token-2").unwrap().fingerprint());
+    }
+}

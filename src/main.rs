@@ -1,0 +1,39 @@
+use clap::Parser;
+use mxcred_operator::cli::{Cli, Command, RunArgs};
+use mxcred_operator::{controller, crd_yaml, server, telemetry};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => print!("{}", crd_yaml()),
+        Command::Run(args) => run(args).await?,
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(args.log_format);
+    let client = kube::Client::try_default().await?;
+    let shutdown = CancellationToken::new();
+    let listener = server::bind(args.metrics_addr).await?;
+    let http = tokio::spawn(server::serve(listener, shutdown.clone()));
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    controller::run(client, args.settings(), shutdown.clone()).await;
+    shutdown.cancel();
+    http.await??;
+    info!("stopped");
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+    shutdown.cancel();
+}

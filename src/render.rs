@@ -1,0 +1,395 @@
+//! The target Secret: what CI runners read. Pure: built from the resolved spec and credential,
+//! compared with what the cluster holds.
+
+use crate::api::{ANNOTATION_FINGERPRINT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER};
+use crate::credential::Credential;
+use crate::spec::Resolved;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use secrecy::ExposeSecret;
+use std::collections::BTreeMap;
+
+/// The Secret the operator publishes for a credential: header values, environment variables and
+/// a `headers` file, labelled for the operator's watch and owned by the resource.
+pub fn target_secret(
+    namespace: &str,
+    credential_name: &str,
+    owner: OwnerReference,
+    resolved: &Resolved,
+    credential: &Credential,
+) -> Secret {
+    let mut labels = resolved.target_labels.clone();
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    labels.insert(LABEL_CREDENTIAL.into(), credential_name.into());
+    let mut annotations = resolved.target_annotations.clone();
+    annotations.insert(ANNOTATION_FINGERPRINT.into(), credential.fingerprint());
+
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(resolved.target_name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(secret_data(credential)),
+        ..Default::default()
+    }
+}
+
+fn secret_data(credential: &Credential) -> BTreeMap<String, ByteString> {
+    let mut data: Vec<(&str, String)> = match credential {
+        Credential::PersonalAccessToken(token) => {
+            let token = token.expose_secret();
+            vec![("MENDIX_TOKEN", token.to_owned())]
+        }
+        Credential::ApiKey { username, api_key } => vec![
+            ("MENDIX_USERNAME", username.expose_secret().to_owned()),
+            ("MENDIX_API_KEY", api_key.expose_secret().to_owned()),
+        ],
+    };
+    let mut headers = String::new();
+    for (name, value) in credential.headers() {
+        let value = value.expose_secret();
+        headers.push_str(&format!("{name}: {value}\n"));
+        data.push((name, value.to_owned()));
+    }
+    data.push(("headers", headers));
+    data.into_iter()
+        .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+        .collect()
+}
+
+/// Whether `existing` is controlled by the resource with `uid`.
+pub fn is_controlled_by(existing: &Secret, uid: &str) -> bool {
+    existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Whether applying `desired` would change nothing in `existing`: every desired label,
+/// annotation and data key holds its desired value, the owner reference is there, and nothing
+/// this operator applied earlier has since left the desired set (server-side apply would remove
+/// it, so it is a change).
+pub fn is_current(existing: &Secret, desired: &Secret) -> bool {
+    let managed = ManagedKeys::of(existing);
+    let contains = |have: &Option<BTreeMap<String, String>>,
+                    want: &Option<BTreeMap<String, String>>,
+                    ours: &[String]| {
+        let empty = BTreeMap::new();
+        let have = have.as_ref().unwrap_or(&empty);
+        let want = want.as_ref().unwrap_or(&empty);
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+            && ours.iter().all(|k| want.contains_key(k))
+    };
+    let data_current = {
+        let empty = BTreeMap::new();
+        let have = existing.data.as_ref().unwrap_or(&empty);
+        let want = desired.data.as_ref().unwrap_or(&empty);
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+            && managed.data.iter().all(|k| want.contains_key(k))
+    };
+    let owner_current = desired
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .all(|want| {
+            existing
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| r == want)
+        });
+    existing.type_ == desired.type_
+        && data_current
+        && owner_current
+        && contains(
+            &existing.metadata.labels,
+            &desired.metadata.labels,
+            &managed.labels,
+        )
+        && contains(
+            &existing.metadata.annotations,
+            &desired.metadata.annotations,
+            &managed.annotations,
+        )
+}
+
+/// Keys this operator owns by server-side apply, read from `metadata.managedFields`.
+#[derive(Debug, Default, PartialEq)]
+struct ManagedKeys {
+    labels: Vec<String>,
+    annotations: Vec<String>,
+    data: Vec<String>,
+}
+
+impl ManagedKeys {
+    fn of(secret: &Secret) -> Self {
+        let mut keys = ManagedKeys::default();
+        let entries = secret.metadata.managed_fields.iter().flatten();
+        for entry in entries.filter(|e| {
+            e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
+        }) {
+            let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
+                continue;
+            };
+            let names = |v: Option<&serde_json::Value>| -> Vec<String> {
+                v.and_then(|v| v.as_object())
+                    .into_iter()
+                    .flat_map(|o| o.keys())
+                    .filter_map(|k| k.strip_prefix("f:").map(str::to_owned))
+                    .collect()
+            };
+            let metadata = fields.get("f:metadata");
+            keys.labels
+                .extend(names(metadata.and_then(|m| m.get("f:labels"))));
+            keys.annotations
+                .extend(names(metadata.and_then(|m| m.get("f:annotations"))));
+            keys.data.extend(names(fields.get("f:data")));
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CredentialType;
+    use crate::spec::SourceKeys;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "mxcred.io/v1alpha1".into(),
+            kind: "MendixCredential".into(),
+            name: "deploy-bot".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn resolved(t: CredentialType) -> Resolved {
+        Resolved {
+            credential_type: t,
+            source: SourceKeys {
+                secret: "raw".into(),
+                token_key: "token".into(),
+                username_key: "username".into(),
+                api_key_key: "apiKey".into(),
+            },
+            target_name: "deploy-bot-mendix".into(),
+            target_labels: [("team".to_string(), "ci".to_string())].into(),
+            target_annotations: [("note".to_string(), "x".to_string())].into(),
+            verification: None,
+        }
+    }
+
+    fn pat() -> Credential {
+        Credential::PersonalAccessToken("tok-123".to_string().into())
+    }
+
+    fn text(s: &Secret, key: &str) -> String {
+        String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    }
+
+    #[test]
+    fn personal_access_token_keys() {
+        let s = target_secret(
+            "ci",
+            "deploy-bot",
+            owner(),
+            &resolved(CredentialType::PersonalAccessToken),
+            &pat(),
+        );
+        let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["Authorization", "MENDIX_TOKEN", "headers"]);
+        assert_eq!(text(&s, "MENDIX_TOKEN"), "tok-123");
+        assert_eq!(text(&s, "Authorization"), "MxToken tok-123");
+        assert_eq!(text(&s, "headers"), "Authorization: MxToken tok-123\n");
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+        assert_eq!(s.metadata.name.as_deref(), Some("deploy-bot-mendix"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("ci"));
+        assert_eq!(s.metadata.owner_references, Some(vec![owner()]));
+        let labels = s.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_MANAGED_BY], "mxcred-operator");
+        assert_eq!(labels[LABEL_CREDENTIAL], "deploy-bot");
+        assert_eq!(labels["team"], "ci");
+        let annotations = s.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations[ANNOTATION_FINGERPRINT], pat().fingerprint());
+        assert_eq!(annotations["note"], "x");
+    }
+
+    #[test]
+    fn api_key_keys() {
+        let c = Credential::ApiKey {
+            username: "ci@example.com".to_string().into(),
+            api_key: "k3y".to_string().into(),
+        };
+        let s = target_secret(
+            "ci",
+            "deploy-bot",
+            owner(),
+            &resolved(CredentialType::ApiKey),
+            &c,
+        );
+        let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                "MENDIX_API_KEY",
+                "MENDIX_USERNAME",
+                "Mendix-ApiKey",
+                "Mendix-Username",
+                "headers"
+            ]
+        );
+        assert_eq!(text(&s, "MENDIX_USERNAME"), "ci@example.com");
+        assert_eq!(text(&s, "MENDIX_API_KEY"), "k3y");
+        assert_eq!(text(&s, "Mendix-Username"), "ci@example.com");
+        assert_eq!(text(&s, "Mendix-ApiKey"), "k3y");
+        assert_eq!(
+            text(&s, "headers"),
+            "Mendix-Username: ci@example.com\nMendix-ApiKey: k3y\n"
+        );
+    }
+
+    #[test]
+    fn operator_labels_win_over_spec_labels() {
+        let mut r = resolved(CredentialType::PersonalAccessToken);
+        r.target_labels
+            .insert(LABEL_MANAGED_BY.into(), "someone-else".into());
+        r.target_annotations
+            .insert(ANNOTATION_FINGERPRINT.into(), "forged".into());
+        let s = target_secret("ci", "deploy-bot", owner(), &r, &pat());
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[LABEL_MANAGED_BY],
+            MANAGER
+        );
+        assert_ne!(
+            s.metadata.annotations.as_ref().unwrap()[ANNOTATION_FINGERPRINT],
+            "forged"
+        );
+    }
+
+    fn applied(desired: &Secret) -> Secret {
+        let mut s = desired.clone();
+        let keys = |m: &Option<BTreeMap<String, String>>| -> serde_json::Value {
+            m.iter()
+                .flatten()
+                .map(|(k, _)| (format!("f:{k}"), serde_json::json!({})))
+                .collect()
+        };
+        let data: serde_json::Value = desired
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| (format!("f:{k}"), serde_json::json!({})))
+            .collect();
+        s.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some(MANAGER.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({
+                "f:metadata": {"f:labels": keys(&desired.metadata.labels), "f:annotations": keys(&desired.metadata.annotations)},
+                "f:data": data,
+            }))),
+            ..Default::default()
+        }]);
+        s.metadata.resource_version = Some("7".into());
+        s
+    }
+
+    #[test]
+    fn current_when_nothing_changed() {
+        let desired = target_secret(
+            "ci",
+            "deploy-bot",
+            owner(),
+            &resolved(CredentialType::PersonalAccessToken),
+            &pat(),
+        );
+        let mut existing = applied(&desired);
+        assert!(is_current(&existing, &desired));
+        // Labels added by someone else do not need a write.
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("other".into(), "1".into());
+        assert!(is_current(&existing, &desired));
+    }
+
+    #[test]
+    fn not_current_after_edits() {
+        let r = resolved(CredentialType::PersonalAccessToken);
+        let desired = target_secret("ci", "deploy-bot", owner(), &r, &pat());
+        let existing = applied(&desired);
+
+        let rotated = target_secret(
+            "ci",
+            "deploy-bot",
+            owner(),
+            &r,
+            &Credential::PersonalAccessToken("new".to_string().into()),
+        );
+        assert!(!is_current(&existing, &rotated));
+
+        let mut fewer_labels = r.clone();
+        fewer_labels.target_labels.clear();
+        let desired2 = target_secret("ci", "deploy-bot", owner(), &fewer_labels, &pat());
+        assert!(
+            !is_current(&existing, &desired2),
+            "a label we applied must be removed"
+        );
+
+        let mut edited = existing.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("MENDIX_TOKEN".into(), ByteString(b"x".to_vec()));
+        assert!(!is_current(&edited, &desired));
+
+        let mut orphaned = existing.clone();
+        orphaned.metadata.owner_references = None;
+        assert!(!is_current(&orphaned, &desired));
+
+        let api_key = Credential::ApiKey {
+            username: "u".to_string().into(),
+            api_key: "k".to_string().into(),
+        };
+        let switched = target_secret(
+            "ci",
+            "deploy-bot",
+            owner(),
+            &resolved(CredentialType::ApiKey),
+            &api_key,
+        );
+        assert!(!is_current(&existing, &switched));
+    }
+
+    #[test]
+    fn control_is_by_uid() {
+        let desired = target_secret(
+            "ci",
+            "deploy-bot",
+            owner(),
+            &resolved(CredentialType::PersonalAccessToken),
+            &pat(),
+        );
+        assert!(is_controlled_by(&desired, "uid-1"));
+        assert!(!is_controlled_by(&desired, "uid-2"));
+        let mut not_controller = desired.clone();
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!is_controlled_by(&not_controller, "uid-1"));
+    }
+}

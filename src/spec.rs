@@ -1,0 +1,260 @@
+//! The spec with its defaults applied and checked: what the reconciler acts on.
+//!
+//! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
+
+use crate::api::{CredentialType, MendixCredentialSpec, Platform};
+use crate::probe::ProbeTarget;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The shortest interval a resource may ask for.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why a spec cannot be acted on; the message is shown on the resource as reason `InvalidSpec`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub credential_type: CredentialType,
+    pub source: SourceKeys,
+    pub target_name: String,
+    pub target_labels: BTreeMap<String, String>,
+    pub target_annotations: BTreeMap<String, String>,
+    pub verification: Option<VerificationPlan>,
+}
+
+/// The source Secret and the keys to read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceKeys {
+    pub secret: String,
+    pub token_key: String,
+    pub username_key: String,
+    pub api_key_key: String,
+}
+
+/// Verification as resolved from the spec; `None` in [`Resolved`] when disabled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerificationPlan {
+    pub interval: Duration,
+    pub probe: ProbeTarget,
+}
+
+/// Applies defaults and checks what the OpenAPI schema cannot.
+pub fn resolve(
+    name: &str,
+    spec: &MendixCredentialSpec,
+    default_interval: Duration,
+) -> Result<Resolved, InvalidSpec> {
+    let credential_type = spec.r#type.unwrap_or_default();
+    let source_ref = &spec.source_ref;
+    let key = |k: &Option<String>, default: &str, field: &str| -> Result<String, InvalidSpec> {
+        let k = k.as_deref().unwrap_or(default);
+        if is_valid_secret_key(k) {
+            Ok(k.to_owned())
+        } else {
+            Err(InvalidSpec(format!(
+                "spec.sourceRef.{field} {k:?} is not a valid Secret key (letters, digits, '-', '_' or '.')"
+            )))
+        }
+    };
+    if !is_dns_subdomain(&source_ref.name) {
+        return Err(InvalidSpec(format!(
+            "spec.sourceRef.name {:?} is not a valid Secret name",
+            source_ref.name
+        )));
+    }
+    let source = SourceKeys {
+        secret: source_ref.name.clone(),
+        token_key: key(&source_ref.token_key, "token", "tokenKey")?,
+        username_key: key(&source_ref.username_key, "username", "usernameKey")?,
+        api_key_key: key(&source_ref.api_key_key, "apiKey", "apiKeyKey")?,
+    };
+    if credential_type == CredentialType::ApiKey && source.username_key == source.api_key_key {
+        return Err(InvalidSpec(
+            "spec.sourceRef.usernameKey and apiKeyKey must name different keys".into(),
+        ));
+    }
+
+    let target = spec.target.clone().unwrap_or_default();
+    let target_name = target.name.unwrap_or_else(|| name.to_owned());
+    if !is_dns_subdomain(&target_name) {
+        return Err(InvalidSpec(format!(
+            "spec.target.name {target_name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)"
+        )));
+    }
+
+    let verification = resolve_verification(credential_type, spec, default_interval)?;
+    Ok(Resolved {
+        credential_type,
+        source,
+        target_name,
+        target_labels: target.labels.unwrap_or_default(),
+        target_annotations: target.annotations.unwrap_or_default(),
+        verification,
+    })
+}
+
+fn resolve_verification(
+    credential_type: CredentialType,
+    spec: &MendixCredentialSpec,
+    default_interval: Duration,
+) -> Result<Option<VerificationPlan>, InvalidSpec> {
+    let v = spec.verification.clone().unwrap_or_default();
+    let interval = match v.interval.as_deref() {
+        None => default_interval,
+        Some(text) => parse_interval(text)?,
+    };
+    if !v.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let platform = v.platform.unwrap_or_default();
+    let base_url = v.base_url.as_deref().filter(|s| !s.is_empty());
+    if platform == Platform::PrivatePlatform && base_url.is_none() {
+        return Err(InvalidSpec(
+            "spec.verification.baseUrl is required when platform is PrivatePlatform".into(),
+        ));
+    }
+    let probe = ProbeTarget::resolve(credential_type, platform, base_url, v.probe.as_deref())
+        .map_err(|e| InvalidSpec(format!("spec.verification: {e}")))?;
+    Ok(Some(VerificationPlan { interval, probe }))
+}
+
+/// Parses `spec.verification.interval`: a humantime duration of at least [`MIN_INTERVAL`].
+pub fn parse_interval(text: &str) -> Result<Duration, InvalidSpec> {
+    let interval = humantime::parse_duration(text.trim()).map_err(|_| {
+        InvalidSpec(format!(
+            "spec.verification.interval {text:?} is not a duration such as \"30m\", \"1h\" or \"1d\""
+        ))
+    })?;
+    if interval < MIN_INTERVAL {
+        return Err(InvalidSpec(format!(
+            "spec.verification.interval {text:?} is shorter than the minimum of 1m"
+        )));
+    }
+    // Beyond a year the schedule stops meaning anything and timestamps risk overflow.
+    if interval > Duration::from_secs(366 * 24 * 3600) {
+        return Err(InvalidSpec(format!(
+            "spec.verification.interval {text:?} is longer than the maximum of 366d"
+        )));
+    }
+    Ok(interval)
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of Secret names.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes.iter().all(|&b| alnum(b) || b == b'-' || b == b'.')
+        && bytes.first().copied().is_some_and(alnum)
+        && bytes.last().copied().is_some_and(alnum)
+}
+
+/// Secret data keys: `[-._a-zA-Z0-9]+`, at most 253 bytes.
+pub fn is_valid_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{SourceRef, Target, Verification};
+
+    fn spec() -> MendixCredentialSpec {
+        MendixCredentialSpec {
+            source_ref: SourceRef {
+                name: "raw".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn defaults_are_applied_in_code() {
+        let r = resolve("deploy-bot", &spec(), HOUR).unwrap();
+        assert_eq!(r.credential_type, CredentialType::PersonalAccessToken);
+        assert_eq!(r.target_name, "deploy-bot");
+        assert_eq!(r.source.token_key, "token");
+        assert_eq!(r.source.username_key, "username");
+        assert_eq!(r.source.api_key_key, "apiKey");
+        let plan = r.verification.unwrap();
+        assert_eq!(plan.interval, HOUR);
+    }
+
+    #[test]
+    fn disabled_verification_has_no_plan() {
+        let mut s = spec();
+        s.verification = Some(Verification {
+            enabled: Some(false),
+            ..Default::default()
+        });
+        assert_eq!(resolve("a", &s, HOUR).unwrap().verification, None);
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("1m").unwrap(), MIN_INTERVAL);
+        assert_eq!(parse_interval("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_interval("1d").unwrap(), 24 * HOUR);
+        for bad in ["0s", "59s", "-1h", "abc", "", "1y 1d", "10000d"] {
+            let err = parse_interval(bad).unwrap_err();
+            assert!(err.0.contains("spec.verification.interval"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_target_name_is_invalid_spec() {
+        let mut s = spec();
+        s.target = Some(Target {
+            name: Some("Not_A_Name".into()),
+            ..Default::default()
+        });
+        let err = resolve("a", &s, HOUR).unwrap_err();
+        assert!(err.0.contains("spec.target.name"), "{err}");
+    }
+
+    #[test]
+    fn bad_source_key_is_invalid_spec() {
+        let mut s = spec();
+        s.source_ref.token_key = Some("a/b".into());
+        assert!(resolve("a", &s, HOUR).unwrap_err().0.contains("tokenKey"));
+    }
+
+    #[test]
+    fn api_key_needs_two_distinct_keys() {
+        let mut s = spec();
+        s.r#type = Some(CredentialType::ApiKey);
+        s.source_ref.username_key = Some("k".into());
+        s.source_ref.api_key_key = Some("k".into());
+        assert!(resolve("a", &s, HOUR).is_err());
+    }
+
+    #[test]
+    fn private_platform_needs_base_url() {
+        let mut s = spec();
+        s.verification = Some(Verification {
+            platform: Some(Platform::PrivatePlatform),
+            ..Default::default()
+        });
+        assert!(resolve("a", &s, HOUR).unwrap_err().0.contains("baseUrl"));
+    }
+
+    #[test]
+    fn dns_subdomains() {
+        assert!(is_dns_subdomain("a"));
+        assert!(is_dns_subdomain("deploy-bot.mendix"));
+        for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+    }
+}
