@@ -45,6 +45,7 @@ pub struct MendixCredentialSpec {
     /// `Authorization: MxToken <token>`) or ApiKey (headers `Mendix-Username` and
     /// `Mendix-ApiKey`). Defaults to PersonalAccessToken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
     pub r#type: Option<CredentialType>,
 
     /// The Secret, in the same namespace as this resource, that holds the plaintext credential.
@@ -114,6 +115,7 @@ pub struct Verification {
     /// Which platform issued the credential: MendixCloud or PrivatePlatform. Defaults to
     /// MendixCloud.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
     pub platform: Option<Platform>,
     /// Base URL of a Private Mendix Platform, e.g. https://pmp.example.com. Required for
     /// PrivatePlatform; its host must be allowed by the operator's administrator.
@@ -164,6 +166,14 @@ pub struct MendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// An optional enum is generated with `null` among its values, which the API server's OpenAPI
+/// validation rejects; the field being optional is enough.
+fn enum_without_null(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
+        values.retain(|v| !v.is_null());
+    }
 }
 
 /// Condition types.

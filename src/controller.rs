@@ -227,6 +227,9 @@ struct Synced {
     published: Option<Credential>,
     /// Whether target data was written in this reconcile.
     wrote: bool,
+    /// When the target's data was last written, as the target itself records it (a status read
+    /// from a stale cache must not lose it).
+    synced_at: Option<Time>,
 }
 
 async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action, Error> {
@@ -241,6 +244,7 @@ async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action,
             verdict: not_ready(ready::INVALID_SPEC, message.clone()),
             published: None,
             wrote: false,
+            synced_at: None,
         },
     };
 
@@ -252,8 +256,8 @@ async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action,
             status.secret_name = Some(resolved.target_name.clone());
         }
     }
-    if synced.wrote {
-        status.last_synced_time = Some(now());
+    if synced.synced_at.is_some() {
+        status.last_synced_time = synced.synced_at.clone();
     }
     let reason = synced.verdict.reason;
     let previous_reason =
@@ -314,6 +318,7 @@ async fn sync(
         verdict,
         published: None,
         wrote: false,
+        synced_at: None,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let source_name = &resolved.source.secret;
@@ -345,7 +350,7 @@ async fn sync(
     let desired = render::target_secret(ns, &cr.name_any(), owner, resolved, &credential);
     let target = &resolved.target_name;
     let existing = secrets.get_opt(target).await?;
-    let wrote = match &existing {
+    let (wrote, synced_at) = match &existing {
         Some(existing) if !render::is_controlled_by(existing, &uid) => {
             return Ok(refused(not_ready(
                 ready::TARGET_CONFLICT,
@@ -355,7 +360,9 @@ async fn sync(
                 ),
             )));
         }
-        Some(existing) if render::is_current(existing, &desired) => false,
+        Some(existing) if render::is_current(existing, &desired) => {
+            (false, render::applied_at(existing))
+        }
         _ => {
             let mut desired = desired;
             // The resourceVersion makes the apply conditional: if the Secret changed (or was
@@ -385,6 +392,7 @@ async fn sync(
         },
         published: Some(credential),
         wrote,
+        synced_at,
     })
 }
 

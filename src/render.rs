@@ -6,7 +6,9 @@ use crate::credential::Credential;
 use crate::spec::Resolved;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
+};
 use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 
@@ -123,6 +125,17 @@ pub fn is_current(existing: &Secret, desired: &Secret) -> bool {
         )
 }
 
+/// When this operator last applied changes to `secret`, from `metadata.managedFields`.
+pub fn applied_at(secret: &Secret) -> Option<Time> {
+    our_entries(secret).find_map(|e| e.time.clone())
+}
+
+fn our_entries(secret: &Secret) -> impl Iterator<Item = &ManagedFieldsEntry> {
+    secret.metadata.managed_fields.iter().flatten().filter(|e| {
+        e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
+    })
+}
+
 /// Keys this operator owns by server-side apply, read from `metadata.managedFields`.
 #[derive(Debug, Default, PartialEq)]
 struct ManagedKeys {
@@ -134,10 +147,7 @@ struct ManagedKeys {
 impl ManagedKeys {
     fn of(secret: &Secret) -> Self {
         let mut keys = ManagedKeys::default();
-        let entries = secret.metadata.managed_fields.iter().flatten();
-        for entry in entries.filter(|e| {
-            e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
-        }) {
+        for entry in our_entries(secret) {
             let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
                 continue;
             };
@@ -164,7 +174,7 @@ mod tests {
     use super::*;
     use crate::api::CredentialType;
     use crate::spec::SourceKeys;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 
     fn owner() -> OwnerReference {
         OwnerReference {
@@ -301,6 +311,7 @@ mod tests {
                 "f:metadata": {"f:labels": keys(&desired.metadata.labels), "f:annotations": keys(&desired.metadata.annotations)},
                 "f:data": data,
             }))),
+            time: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
             ..Default::default()
         }]);
         s.metadata.resource_version = Some("7".into());
@@ -318,6 +329,10 @@ mod tests {
         );
         let mut existing = applied(&desired);
         assert!(is_current(&existing, &desired));
+        assert_eq!(
+            applied_at(&existing),
+            Some(Time(jiff::Timestamp::UNIX_EPOCH))
+        );
         // Labels added by someone else do not need a write.
         existing
             .metadata

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Starts and stops a real Kubernetes control plane (etcd, kube-apiserver with RBAC,
+# kube-controller-manager with the garbage collector) on free loopback ports, envtest-style.
+#
+#   hack/controlplane.sh start DIR [--watch-pid PID]   start; with --watch-pid, stop when PID exits
+#   hack/controlplane.sh stop DIR
+#   hack/controlplane.sh restart-apiserver DIR [SECONDS]  stop the apiserver, wait, start it again
+#
+# DIR receives admin.kubeconfig, certs/, logs and the pids. Binaries come from
+# hack/controlplane-bins.sh (KUBEBUILDER_ASSETS, or a cache built once).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cmd=${1:?usage: controlplane.sh start|stop|restart-apiserver DIR}
+dir=${2:?usage: controlplane.sh start|stop|restart-apiserver DIR}
+shift 2
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + 90))
+  until curl -skf -H "Authorization: Bearer $(cat "$dir/admin.token")" \
+      "https://127.0.0.1:$(cat "$dir/apiserver.port")/readyz" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "controlplane: kube-apiserver not ready after 90 s; see $dir/kube-apiserver.log" >&2
+      tail -n 20 "$dir/kube-apiserver.log" >&2
+      return 1
+    fi
+    if ! kill -0 "$(cat "$dir/kube-apiserver.pid")" 2>/dev/null; then
+      echo "controlplane: kube-apiserver exited; see $dir/kube-apiserver.log" >&2
+      tail -n 20 "$dir/kube-apiserver.log" >&2
+      return 1
+    fi
+    sleep 0.3
+  done
+}
+
+start_apiserver() {
+  local bins
+  bins=$(cat "$dir/bins")
+  "$bins/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$(cat "$dir/etcd.port")" \
+    --bind-address 127.0.0.1 --secure-port "$(cat "$dir/apiserver.port")" \
+    --cert-dir "$dir/certs" --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$dir/sa.key" --service-account-signing-key-file "$dir/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 --disable-admission-plugins ServiceAccount \
+    >>"$dir/kube-apiserver.log" 2>&1 &
+  echo $! >"$dir/kube-apiserver.pid"
+}
+
+stop_pid() {
+  local f=$dir/$1.pid
+  [ -f "$f" ] || return 0
+  local pid
+  pid=$(cat "$f")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$f"
+}
+
+case "$cmd" in
+start)
+  watch_pid=""
+  if [ "${1:-}" = "--watch-pid" ]; then watch_pid=${2:?}; fi
+  bins=$("$here/controlplane-bins.sh")
+  mkdir -p "$dir/certs"
+  echo "$bins" >"$dir/bins"
+  free_port >"$dir/etcd.port"
+  free_port >"$dir/etcd-peer.port"
+  free_port >"$dir/apiserver.port"
+  token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  echo "$token" >"$dir/admin.token"
+  echo "$token,admin,admin-uid,system:masters" >"$dir/tokens.csv"
+  [ -f "$dir/sa.key" ] || openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+
+  "$bins/etcd" --data-dir "$dir/etcd" --name default \
+    --listen-client-urls "http://127.0.0.1:$(cat "$dir/etcd.port")" \
+    --advertise-client-urls "http://127.0.0.1:$(cat "$dir/etcd.port")" \
+    --listen-peer-urls "http://127.0.0.1:$(cat "$dir/etcd-peer.port")" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$(cat "$dir/etcd-peer.port")" \
+    --initial-cluster "default=http://127.0.0.1:$(cat "$dir/etcd-peer.port")" \
+    --unsafe-no-fsync >"$dir/etcd.log" 2>&1 &
+  echo $! >"$dir/etcd.pid"
+  start_apiserver
+
+  cat >"$dir/admin.kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$(cat "$dir/apiserver.port")
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: $token
+contexts:
+- name: local
+  context: {cluster: local, user: admin, namespace: default}
+current-context: local
+KC
+  wait_ready
+
+  "$bins/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
+    --controllers=garbagecollector,namespace --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port=0 --port=0 >"$dir/kube-controller-manager.log" 2>&1 &
+  echo $! >"$dir/kube-controller-manager.pid"
+
+  if [ -n "$watch_pid" ]; then
+    # Stops everything when the process that started it (a test binary) exits, however it exits.
+    setsid bash -c "while kill -0 $watch_pid 2>/dev/null; do sleep 1; done; '$0' stop '$dir'" \
+      </dev/null >/dev/null 2>&1 &
+  fi
+  echo "controlplane: ready at https://127.0.0.1:$(cat "$dir/apiserver.port") (kubeconfig $dir/admin.kubeconfig)" >&2
+  ;;
+stop)
+  stop_pid kube-controller-manager
+  stop_pid kube-apiserver
+  stop_pid etcd
+  ;;
+restart-apiserver)
+  stop_pid kube-apiserver
+  sleep "${1:-0}"
+  start_apiserver
+  wait_ready
+  ;;
+*)
+  echo "unknown command $cmd" >&2
+  exit 2
+  ;;
+esac
