@@ -374,7 +374,7 @@ async fn sync(
                 .patch(target, &apply_params(), &Patch::Apply(&desired))
                 .await
             {
-                Ok(_) => true,
+                Ok(_) => (true, Some(now())),
                 Err(kube::Error::Api(e)) if e.is_invalid() => {
                     return Ok(refused(not_ready(ready::INVALID_SPEC, refused_target(&e))));
                 }
