@@ -26,6 +26,16 @@ if have_all "$bin_dir"; then
   exit 0
 fi
 
+if [ "${MXCRED_NO_BUILD:-}" = 1 ]; then
+  cat >&2 <<MSG
+controlplane-bins: etcd, kube-apiserver and kube-controller-manager were not found.
+Get them with one of:
+  make controlplane                 (builds them once from Debian's packages into $bin_dir)
+  export KUBEBUILDER_ASSETS=DIR      (a directory from setup-envtest holding etcd and kube-apiserver)
+MSG
+  exit 1
+fi
+
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive

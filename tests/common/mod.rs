@@ -1,0 +1,355 @@
+//! The test harness: one real control plane (etcd, kube-apiserver with RBAC,
+//! kube-controller-manager) per test binary, a namespace per test, and the operator binary run
+//! as a process under the ServiceAccount and ClusterRole of `hack/rbac.yaml`.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use mxcred_operator::api::MendixCredential;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A started control plane, shared by the tests of one binary.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub admin_kubeconfig: PathBuf,
+    pub operator_kubeconfig: PathBuf,
+}
+
+static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// Starts the control plane on first use. Fails (never skips) when its binaries are missing.
+pub async fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE
+        .get_or_init(|| async {
+            let dir = std::env::temp_dir().join(format!(
+                "mxcred-test-{}-{}",
+                std::process::id(),
+                std::env::args()
+                    .next()
+                    .map(|a| a.rsplit('/').next().unwrap_or("t").to_owned())
+                    .unwrap_or_default()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let status = Command::new(format!("{ROOT}/hack/controlplane.sh"))
+                .arg("start")
+                .arg(&dir)
+                .args(["--watch-pid", &std::process::id().to_string()])
+                .env("MXCRED_NO_BUILD", "1")
+                .status()
+                .expect("run hack/controlplane.sh");
+            assert!(
+                status.success(),
+                "the test control plane did not start (see the message above). \
+                 `make test` provides it; or run `make controlplane`, or set KUBEBUILDER_ASSETS."
+            );
+            let admin_kubeconfig = dir.join("admin.kubeconfig");
+            let client = client_from(&admin_kubeconfig).await;
+            install(&client).await;
+            let operator_kubeconfig = operator_identity(&client, &dir).await;
+            ControlPlane {
+                dir,
+                admin_kubeconfig,
+                operator_kubeconfig,
+            }
+        })
+        .await
+}
+
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Applies the committed CRD and the operator's RBAC, and waits until the CRD is served.
+async fn install(client: &Client) {
+    let crd =
+        std::fs::read_to_string(format!("{ROOT}/crds/mendixcredentials.mxcred.io.yaml")).unwrap();
+    let rbac = std::fs::read_to_string(format!("{ROOT}/hack/rbac.yaml")).unwrap();
+    apply_yaml(client, &format!("{crd}\n---\n{rbac}")).await;
+    let api: Api<MendixCredential> = Api::all(client.clone());
+    wait_until(Duration::from_secs(30), "the CRD to be served", || async {
+        api.list(&Default::default()).await.is_ok()
+    })
+    .await;
+}
+
+/// Server-side applies every document of a multi-document YAML string.
+pub async fn apply_yaml(client: &Client, yaml: &str) {
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value.clone()).unwrap();
+        let types = obj.types.clone().unwrap();
+        let (group, version) = types
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &types.api_version));
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let name = obj.metadata.name.clone().unwrap();
+        let api: Api<DynamicObject> = match &obj.metadata.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("mxcred-tests").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {} {name}: {e}", types.kind));
+    }
+}
+
+use serde::Deserialize;
+
+/// A kubeconfig holding a TokenRequest token of the operator's ServiceAccount.
+async fn operator_identity(client: &Client, dir: &Path) -> PathBuf {
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "mxcred-system");
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let response: TokenRequest = sa
+        .create_subresource("token", "mxcred-operator", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token = response.status.unwrap().token.unwrap();
+    let admin = std::fs::read_to_string(dir.join("admin.kubeconfig")).unwrap();
+    let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let path = dir.join("operator.kubeconfig");
+    std::fs::write(&path, admin.replace(admin_token.trim(), &token)).unwrap();
+    path
+}
+
+/// A namespace of its own for one test, and an admin client.
+pub struct TestEnv {
+    pub ns: String,
+    pub client: Client,
+    pub cp: &'static ControlPlane,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestEnv {
+    pub async fn new(name: &str) -> TestEnv {
+        let cp = control_plane().await;
+        let client = client_from(&cp.admin_kubeconfig).await;
+        let ns = format!("{name}-{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        TestEnv { ns, client, cp }
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn credentials(&self) -> Api<MendixCredential> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates or replaces a source Secret with the given string data.
+    pub async fn put_source(&self, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<_, _> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply("mxcred-tests").force(),
+                &Patch::Apply(secret),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Applies a MendixCredential with the given spec.
+    pub async fn put_credential(&self, name: &str, spec: serde_json::Value) {
+        let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential", "metadata": {"name": name}, "spec": spec});
+        self.credentials()
+            .patch(
+                name,
+                &PatchParams::apply("mxcred-tests").force(),
+                &Patch::Apply(cr),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Runs the operator binary for this namespace under the operator's ServiceAccount.
+    pub fn start_operator(&self, extra: &[&str]) -> Operator {
+        Operator::start(self.cp, &self.ns, extra)
+    }
+
+    /// Waits until the condition `type_` of credential `name` has `reason`; returns it.
+    pub async fn wait_reason(&self, name: &str, type_: &str, reason: &str) -> MendixCredential {
+        let api = self.credentials();
+        let last = std::sync::Mutex::new(None);
+        let found = wait_for(Duration::from_secs(30), || async {
+            let cr = api.get(name).await.ok()?;
+            let cond = cr
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)?
+                .clone();
+            *last.lock().unwrap() =
+                Some(format!("{}/{}: {}", cond.status, cond.reason, cond.message));
+            (cond.reason == reason).then_some(cr)
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "{name}: {type_} never became {reason}; last seen {:?}",
+                last.lock().unwrap()
+            )
+        })
+    }
+
+    /// Waits for a Secret to satisfy `check`.
+    pub async fn wait_secret(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Secret) -> bool,
+    ) -> Secret {
+        let api = self.secrets();
+        wait_for(Duration::from_secs(30), || async {
+            api.get_opt(name).await.ok().flatten().filter(|s| check(s))
+        })
+        .await
+        .unwrap_or_else(|| panic!("Secret {name} never became {what}"))
+    }
+
+    /// The Events recorded for the objects of this namespace, as "Type Reason: note".
+    pub async fn events(&self) -> Vec<String> {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{} {}: {}",
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Decodes one key of a Secret as text.
+pub fn value(secret: &Secret, key: &str) -> Option<String> {
+    let data = secret.data.as_ref()?;
+    data.get(key)
+        .map(|v| String::from_utf8(v.0.clone()).unwrap())
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(timeout, || {
+        let fut = probe();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|| panic!("timed out waiting for {what}"));
+}
+
+/// The operator as a child process; killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+}
+
+static OPERATORS: AtomicUsize = AtomicUsize::new(0);
+
+impl Operator {
+    pub fn start(cp: &ControlPlane, ns: &str, extra: &[&str]) -> Operator {
+        let log = cp.dir.join(format!(
+            "operator-{ns}-{}.log",
+            OPERATORS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mxcred-operator"))
+            .args(["run", "--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("KUBECONFIG", &cp.operator_kubeconfig)
+            .env("RUST_LOG", "info,mxcred_operator=debug")
+            .env_remove("MXCRED_NAMESPACE")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start mxcred-operator");
+        Operator { child, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the operator with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

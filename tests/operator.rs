@@ -1,0 +1,474 @@
+//! The operator against a real kube-apiserver: MendixCredential in, header-ready Secret out.
+
+mod common;
+
+use common::{TestEnv, value, wait_until};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::DeleteParams;
+use mxcred_operator::api::MendixCredential;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const PAT: &str = "mx-pat-9f8e7d6c5b4a";
+
+fn fingerprint_of(s: &Secret) -> String {
+    s.metadata.annotations.as_ref().unwrap()["mxcred.io/token-fingerprint"].clone()
+}
+
+#[tokio::test]
+async fn personal_access_token_becomes_a_header_ready_secret() {
+    let env = TestEnv::new("pat").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("deploy-bot-raw", &[("token", &format!("{PAT}\n"))])
+        .await;
+    let applied = Instant::now();
+    env.put_credential(
+        "deploy-bot",
+        json!({
+            "sourceRef": {"name": "deploy-bot-raw"},
+            "target": {"name": "deploy-bot-mendix", "labels": {"team": "ci"}, "annotations": {"owner": "platform"}},
+        }),
+    )
+    .await;
+    let secret = env
+        .wait_secret("deploy-bot-mendix", "published", |_| true)
+        .await;
+    println!("apply to Secret: {:?}", applied.elapsed());
+
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    let keys: Vec<_> = secret.data.as_ref().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["Authorization", "MENDIX_TOKEN", "headers"]);
+    assert_eq!(value(&secret, "MENDIX_TOKEN").unwrap(), PAT);
+    assert_eq!(
+        value(&secret, "Authorization").unwrap(),
+        format!("MxToken {PAT}")
+    );
+    assert_eq!(
+        value(&secret, "headers").unwrap(),
+        format!("Authorization: MxToken {PAT}\n")
+    );
+
+    let labels = secret.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "mxcred-operator");
+    assert_eq!(labels["mxcred.io/credential"], "deploy-bot");
+    assert_eq!(labels["team"], "ci");
+    let annotations = secret.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["owner"], "platform");
+    assert!(fingerprint_of(&secret).starts_with("sha256:"));
+    assert_eq!(fingerprint_of(&secret).len(), 19);
+
+    let cr = env.wait_reason("deploy-bot", "Ready", "Synced").await;
+    let owners = secret.metadata.owner_references.clone().unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "MendixCredential");
+    assert_eq!(owners[0].api_version, "mxcred.io/v1alpha1");
+    assert_eq!(owners[0].name, "deploy-bot");
+    assert_eq!(Some(&owners[0].uid), cr.metadata.uid.as_ref());
+    assert_eq!(owners[0].controller, Some(true));
+
+    let status = cr.status.unwrap();
+    assert_eq!(status.secret_name.as_deref(), Some("deploy-bot-mendix"));
+    assert_eq!(status.token_fingerprint, Some(fingerprint_of(&secret)));
+    assert_eq!(status.observed_generation, cr.metadata.generation);
+    assert!(status.last_synced_time.is_some());
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+    assert_eq!(ready.observed_generation, cr.metadata.generation);
+
+    let events = env.events().await;
+    assert!(
+        events.iter().any(|e| e.starts_with("Normal Synced")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn api_key_becomes_a_header_ready_secret() {
+    let env = TestEnv::new("apikey").await;
+    let _op = env.start_operator(&[]);
+    env.put_source(
+        "legacy-raw",
+        &[("user", " ci@example.com "), ("key", "0123-abcd")],
+    )
+    .await;
+    env.put_credential(
+        "legacy",
+        json!({"type": "ApiKey", "sourceRef": {"name": "legacy-raw", "usernameKey": "user", "apiKeyKey": "key"}}),
+    )
+    .await;
+    // The target name defaults to the resource's name.
+    let secret = env
+        .wait_secret("legacy", "published", |s| {
+            s.data.as_ref().is_some_and(|d| d.contains_key("headers"))
+        })
+        .await;
+    let keys: Vec<_> = secret.data.as_ref().unwrap().keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [
+            "MENDIX_API_KEY",
+            "MENDIX_USERNAME",
+            "Mendix-ApiKey",
+            "Mendix-Username",
+            "headers"
+        ]
+    );
+    assert_eq!(value(&secret, "MENDIX_USERNAME").unwrap(), "ci@example.com");
+    assert_eq!(value(&secret, "MENDIX_API_KEY").unwrap(), "0123-abcd");
+    assert_eq!(value(&secret, "Mendix-Username").unwrap(), "ci@example.com");
+    assert_eq!(value(&secret, "Mendix-ApiKey").unwrap(), "0123-abcd");
+    assert_eq!(
+        value(&secret, "headers").unwrap(),
+        "Mendix-Username: ci@example.com\nMendix-ApiKey: 0123-abcd\n"
+    );
+    env.wait_reason("legacy", "Ready", "Synced").await;
+}
+
+#[tokio::test]
+async fn ready_reasons_follow_the_source() {
+    let env = TestEnv::new("reasons").await;
+    let _op = env.start_operator(&[]);
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    let cr = env.wait_reason("c", "Ready", "SourceNotFound").await;
+    let ready = cr
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("\"raw\""), "{}", ready.message);
+
+    env.put_source("raw", &[("other", "x")]).await;
+    env.wait_reason("c", "Ready", "SourceKeyMissing").await;
+
+    env.put_source("raw", &[("token", "has space")]).await;
+    env.wait_reason("c", "Ready", "InvalidSource").await;
+    assert!(
+        env.secrets().get_opt("c").await.unwrap().is_none(),
+        "nothing is written for a refused source"
+    );
+
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.wait_reason("c", "Ready", "Synced").await;
+}
+
+#[tokio::test]
+async fn invalid_specs_are_reported() {
+    let env = TestEnv::new("spec").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    for (name, spec, needle) in [
+        (
+            "interval",
+            json!({"sourceRef": {"name": "raw"}, "verification": {"interval": "10s"}}),
+            "interval",
+        ),
+        (
+            "badname",
+            json!({"sourceRef": {"name": "raw"}, "target": {"name": "Bad_Name"}}),
+            "spec.target.name",
+        ),
+        (
+            "probe",
+            json!({"sourceRef": {"name": "raw"}, "verification": {"probe": "ftp://x"}}),
+            "probe",
+        ),
+        (
+            "label",
+            json!({"sourceRef": {"name": "raw"}, "target": {"labels": {"bad key!": "v"}}}),
+            "metadata.labels",
+        ),
+    ] {
+        env.put_credential(name, spec).await;
+        let cr = env.wait_reason(name, "Ready", "InvalidSpec").await;
+        let ready = cr
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert!(ready.message.contains(needle), "{name}: {}", ready.message);
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_source_updates_the_target_within_seconds() {
+    let env = TestEnv::new("rotate").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", "first-token")]).await;
+    env.put_credential("rot", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    let first = env.wait_secret("rot", "published", |_| true).await;
+
+    let rotated = Instant::now();
+    env.put_source("raw", &[("token", "second-token")]).await;
+    let second = env
+        .wait_secret("rot", "rotated", |s| {
+            value(s, "MENDIX_TOKEN").as_deref() == Some("second-token")
+        })
+        .await;
+    println!("rotation to target: {:?}", rotated.elapsed());
+    assert!(rotated.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        value(&second, "Authorization").unwrap(),
+        "MxToken second-token"
+    );
+    assert_ne!(fingerprint_of(&first), fingerprint_of(&second));
+    wait_until(
+        Duration::from_secs(10),
+        "status fingerprint to follow",
+        || async {
+            let cr = env.credentials().get("rot").await.unwrap();
+            cr.status.and_then(|s| s.token_fingerprint) == Some(fingerprint_of(&second))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_source_keeps_the_last_good_secret() {
+    let env = TestEnv::new("keep").await;
+    let op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", "good-token")]).await;
+    env.put_credential("keep", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_reason("keep", "Ready", "Synced").await;
+    let good = env.wait_secret("keep", "published", |_| true).await;
+
+    for bad in ["injected\r\nX-Evil: 1", "", &"a".repeat(4097), "tökén"] {
+        env.put_source("raw", &[("token", bad)]).await;
+        let cr = env.wait_reason("keep", "Ready", "InvalidSource").await;
+        let message = &cr
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .message;
+        assert!(
+            !bad.is_empty() && !message.contains(bad) || bad.is_empty(),
+            "{message}"
+        );
+        let now = env.secrets().get("keep").await.unwrap();
+        assert_eq!(
+            now.data, good.data,
+            "the published Secret must stay as it was"
+        );
+        assert_eq!(
+            now.metadata.resource_version,
+            good.metadata.resource_version
+        );
+        assert_eq!(
+            cr.status.unwrap().token_fingerprint,
+            Some(fingerprint_of(&good))
+        );
+        env.put_source("raw", &[("token", "good-token")]).await;
+        env.wait_reason("keep", "Ready", "Synced").await;
+    }
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Warning InvalidSource")),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.contains("good-token") || e.contains("injected")),
+        "{events:?}"
+    );
+    assert!(!op.logs().contains("good-token"));
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_never_modified() {
+    let env = TestEnv::new("foreign").await;
+    let _op = env.start_operator(&[]);
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "taken"}, "stringData": {"mine": "keep me"}
+    }))
+    .unwrap();
+    let foreign = env
+        .secrets()
+        .create(&Default::default(), &foreign)
+        .await
+        .unwrap();
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.put_credential(
+        "c",
+        json!({"sourceRef": {"name": "raw"}, "target": {"name": "taken"}}),
+    )
+    .await;
+    env.wait_reason("c", "Ready", "TargetConflict").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = env.secrets().get("taken").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        foreign.metadata.resource_version
+    );
+    assert_eq!(value(&after, "mine").as_deref(), Some("keep me"));
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .any(|e| e.starts_with("Warning TargetConflict"))
+    );
+
+    // Once the foreign Secret is gone, the operator publishes without being prodded.
+    env.secrets()
+        .delete("taken", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_reason("c", "Ready", "Synced").await;
+    let ours = env.secrets().get("taken").await.unwrap();
+    assert_eq!(value(&ours, "MENDIX_TOKEN").as_deref(), Some(PAT));
+}
+
+#[tokio::test]
+async fn the_target_is_garbage_collected_with_its_resource() {
+    let env = TestEnv::new("gc").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.put_credential("gone", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_secret("gone", "published", |_| true).await;
+    env.credentials()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "kube-controller-manager to collect the target",
+        || async { env.secrets().get_opt("gone").await.unwrap().is_none() },
+    )
+    .await;
+    assert!(
+        env.secrets().get_opt("raw").await.unwrap().is_some(),
+        "the source is not ours to delete"
+    );
+}
+
+#[tokio::test]
+async fn renaming_the_target_removes_the_old_secret() {
+    let env = TestEnv::new("rename").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.put_credential(
+        "c",
+        json!({"sourceRef": {"name": "raw"}, "target": {"name": "old-name"}}),
+    )
+    .await;
+    env.wait_reason("c", "Ready", "Synced").await;
+    env.wait_secret("old-name", "published", |_| true).await;
+    env.put_credential(
+        "c",
+        json!({"sourceRef": {"name": "raw"}, "target": {"name": "new-name"}}),
+    )
+    .await;
+    env.wait_secret("new-name", "published", |_| true).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the old target to be deleted",
+        || async { env.secrets().get_opt("old-name").await.unwrap().is_none() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_instance_agrees_and_writes_nothing() {
+    let env = TestEnv::new("idem").await;
+    let mut first = env.start_operator(&[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_reason("c", "Ready", "Synced").await;
+    // Let the first instance settle, then stop it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.kill();
+    let secret = env.secrets().get("c").await.unwrap();
+    let cr = env.credentials().get("c").await.unwrap();
+
+    let second = env.start_operator(&[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the second instance to reconcile",
+        || async { second.logs().contains("reconciled") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secret_after = env.secrets().get("c").await.unwrap();
+    let cr_after: MendixCredential = env.credentials().get("c").await.unwrap();
+    assert_eq!(
+        secret_after.metadata.resource_version, secret.metadata.resource_version,
+        "target rewritten"
+    );
+    assert_eq!(
+        cr_after.metadata.resource_version, cr.metadata.resource_version,
+        "status rewritten"
+    );
+    assert!(
+        second.logs().contains("\"wrote\":false"),
+        "{}",
+        second.logs()
+    );
+    let synced = env
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.starts_with("Normal Synced"))
+        .count();
+    assert_eq!(synced, 1, "one Synced Event for one write");
+}
+
+#[tokio::test]
+async fn spec_changes_follow_through_to_status_and_target() {
+    let env = TestEnv::new("statusfix").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_reason("c", "Ready", "Synced").await;
+    // A spec change bumps the generation; the status follows it.
+    env.put_credential(
+        "c",
+        json!({"sourceRef": {"name": "raw"}, "target": {"labels": {"a": "b"}}}),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "observedGeneration to follow",
+        || async {
+            let cr = env.credentials().get("c").await.unwrap();
+            cr.status.and_then(|s| s.observed_generation) == cr.metadata.generation
+        },
+    )
+    .await;
+    env.wait_secret("c", "relabelled", |s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.get("a").is_some_and(|v| v == "b"))
+    })
+    .await;
+    // Removing a label from the spec removes it from the Secret.
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_secret("c", "unlabelled", |s| {
+        s.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| !l.contains_key("a"))
+    })
+    .await;
+}
