@@ -1,0 +1,30 @@
+# mxcred-operator: the two commands a newcomer needs are `make demo` and `make test`.
+
+CARGO ?= cargo
+CRD := crds/mendixcredentials.mxcred.io.yaml
+
+.PHONY: test demo controlplane deps lint crds
+
+## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
+test: deps controlplane lint
+	$(CARGO) test --all-targets
+
+## demo: a local control plane, the operator, the examples; prints what it publishes
+demo: deps controlplane
+	hack/demo.sh
+
+## controlplane: etcd, kube-apiserver and kube-controller-manager, built once and cached
+controlplane:
+	@hack/controlplane-bins.sh >/dev/null
+
+## deps: the Debian packages the scripts use
+deps:
+	@hack/deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## crds: regenerate the committed CRD
+crds:
+	$(CARGO) run --quiet -- crd > $(CRD)
