@@ -4,7 +4,7 @@ mod common;
 
 use common::{TestEnv, value, wait_until};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use mxcred_operator::api::MendixCredential;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -471,4 +471,48 @@ async fn spec_changes_follow_through_to_status_and_target() {
             .is_some_and(|l| !l.contains_key("a"))
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_source_in_another_namespace_cannot_be_named() {
+    let env = TestEnv::new("tenant").await;
+    let other = TestEnv::new("victim").await;
+    other.put_source("raw", &[("token", "victims-token")]).await;
+    let _op = env.start_operator(&[]);
+    let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+        "metadata": {"name": "steal"},
+        "spec": {"sourceRef": {"name": "raw", "namespace": other.ns}, "target": {"name": "t", "namespace": other.ns}}});
+
+    // There is no namespace field: server-side apply (kubectl apply --server-side, Argo CD,
+    // Flux) refuses it...
+    let refused = env
+        .credentials()
+        .patch(
+            "steal",
+            &PatchParams::apply("mxcred-tests"),
+            &Patch::Apply(&cr),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains(".spec.sourceRef.namespace: field not declared"),
+        "{refused}"
+    );
+
+    // ...and a plain create has it pruned: the operator looks in the resource's namespace only.
+    let raw: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &kube::api::ApiResource::erase::<MendixCredential>(&()),
+    );
+    let sent: kube::api::DynamicObject = serde_json::from_value(cr).unwrap();
+    assert!(sent.data["spec"]["sourceRef"].get("namespace").is_some());
+    let stored = raw.create(&Default::default(), &sent).await.unwrap();
+    let spec = &stored.data["spec"];
+    assert!(spec["sourceRef"].get("namespace").is_none(), "{spec}");
+    assert!(spec["target"].get("namespace").is_none(), "{spec}");
+    env.wait_reason("steal", "Ready", "SourceNotFound").await;
+    assert!(other.secrets().get_opt("t").await.unwrap().is_none());
 }
