@@ -12,6 +12,7 @@ pub mod controller;
 pub mod credential;
 pub mod probe;
 pub mod render;
+pub mod schedule;
 pub mod server;
 pub mod spec;
 pub mod telemetry;

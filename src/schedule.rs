@@ -1,0 +1,145 @@
+//! When to ask the platform again. Pure: the schedule lives in the resource's status, so a
+//! restarted operator continues it instead of re-verifying everything at once.
+
+use std::time::{Duration, SystemTime};
+
+/// After the platform rejected a credential, it is asked again at most this often (unless the
+/// source changes or a check is forced): a deleted token stays deleted.
+pub const REJECTED_RECHECK: Duration = Duration::from_secs(6 * 3600);
+/// First delay after a transient failure; doubles up to the interval.
+pub const FIRST_RETRY: Duration = Duration::from_secs(30);
+
+/// What an attempt concluded, as far as the schedule is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The platform accepted the credential.
+    Accepted,
+    /// The platform rejected the credential or said its user is inactive.
+    Rejected,
+    /// No definitive answer; `failures` in a row so far (1 for the first), and the delay the
+    /// platform asked for, if any.
+    Transient {
+        failures: u32,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The time of the next check after `attempt` at `now`.
+pub fn next_check(
+    now: SystemTime,
+    interval: Duration,
+    jitter: Duration,
+    attempt: Attempt,
+) -> SystemTime {
+    let delay = match attempt {
+        Attempt::Accepted => interval + jitter,
+        Attempt::Rejected => interval.max(REJECTED_RECHECK) + jitter,
+        Attempt::Transient {
+            failures,
+            retry_after,
+        } => {
+            let doubling = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+            let backoff = FIRST_RETRY.saturating_mul(doubling).min(interval);
+            // The platform's own answer wins when it asks for more patience.
+            backoff.max(retry_after.unwrap_or_default())
+        }
+    };
+    now + delay
+}
+
+/// A delay fixed per resource (from its uid), up to a tenth of the interval and at most five
+/// minutes, so that resources created together do not stay in lockstep.
+pub fn jitter(uid: &str, interval: Duration) -> Duration {
+    let span = (interval / 10).min(Duration::from_secs(300)).as_millis() as u64;
+    if span == 0 {
+        return Duration::ZERO;
+    }
+    // FNV-1a: stable across runs and versions, unlike std's hasher.
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    Duration::from_millis(hash % span)
+}
+
+/// Whether a check is due: never checked, or the scheduled time has come.
+pub fn is_due(now: SystemTime, next: Option<SystemTime>) -> bool {
+    next.is_none_or(|next| next <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const T0: SystemTime = SystemTime::UNIX_EPOCH;
+
+    #[test]
+    fn accepted_waits_an_interval_plus_jitter() {
+        let j = Duration::from_secs(7);
+        assert_eq!(next_check(T0, HOUR, j, Attempt::Accepted), T0 + HOUR + j);
+    }
+
+    #[test]
+    fn rejected_waits_at_least_six_hours() {
+        let z = Duration::ZERO;
+        assert_eq!(next_check(T0, HOUR, z, Attempt::Rejected), T0 + 6 * HOUR);
+        assert_eq!(
+            next_check(T0, 24 * HOUR, z, Attempt::Rejected),
+            T0 + 24 * HOUR
+        );
+    }
+
+    #[test]
+    fn transient_backs_off_from_30s_to_the_interval() {
+        let z = Duration::ZERO;
+        let after = |failures| {
+            next_check(
+                T0,
+                HOUR,
+                z,
+                Attempt::Transient {
+                    failures,
+                    retry_after: None,
+                },
+            )
+            .duration_since(T0)
+            .unwrap()
+        };
+        assert_eq!(after(1), Duration::from_secs(30));
+        assert_eq!(after(2), Duration::from_secs(60));
+        assert_eq!(after(5), Duration::from_secs(480));
+        assert_eq!(after(10), HOUR);
+        assert_eq!(after(u32::MAX), HOUR);
+    }
+
+    #[test]
+    fn retry_after_is_obeyed() {
+        let asked = Duration::from_secs(120);
+        let next = next_check(
+            T0,
+            HOUR,
+            Duration::ZERO,
+            Attempt::Transient {
+                failures: 1,
+                retry_after: Some(asked),
+            },
+        );
+        assert_eq!(next, T0 + asked);
+    }
+
+    #[test]
+    fn jitter_is_fixed_per_resource_and_bounded() {
+        let a = jitter("uid-a", HOUR);
+        assert_eq!(a, jitter("uid-a", HOUR));
+        assert_ne!(a, jitter("uid-b", HOUR));
+        assert!(a < Duration::from_secs(300));
+        assert!(jitter("uid-a", Duration::from_secs(60)) < Duration::from_secs(6));
+    }
+
+    #[test]
+    fn due_when_never_checked_or_time_has_come() {
+        assert!(is_due(T0, None));
+        assert!(is_due(T0 + HOUR, Some(T0 + HOUR)));
+        assert!(!is_due(T0, Some(T0 + HOUR)));
+    }
+}
