@@ -6,6 +6,7 @@
 //! [`conditions`]. [`controller`] is the thin IO around them.
 
 pub mod api;
+pub mod classify;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
