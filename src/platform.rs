@@ -1,0 +1,291 @@
+//! The Mendix platform client: sends a credential's headers to a probe and classifies the
+//! answer. Thin IO around [`crate::classify`].
+//!
+//! Guards, in order: the probe's host must be on the allow-list (a namespace user must not make
+//! the operator call internal addresses), `http://` only when allowed, a rate limit per host, no
+//! redirects (they could carry the credential elsewhere), connect and total timeouts, and a
+//! bounded read of the body, which is never logged or stored.
+
+use crate::classify::{self, Answer, Outcome, Reason, TransportFailure};
+use crate::credential::Credential;
+use crate::probe::{NamedProbe, ProbeTarget};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Bytes of a response body read at most; the rest is dropped unread.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Replacement URLs of named probes (`--probe-url NAME=URL`); their hosts count as allowed.
+    pub probe_urls: BTreeMap<NamedProbe, Url>,
+    /// Hosts credentials may be sent to, besides those of `probe_urls`.
+    pub allowed_hosts: BTreeSet<String>,
+    pub allow_http: bool,
+    /// PEM file of extra CAs to trust for platform TLS.
+    pub extra_ca_file: Option<std::path::PathBuf>,
+    /// Requests per second per host, for the whole operator.
+    pub qps: NonZeroU32,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl PlatformConfig {
+    /// The Mendix Cloud hosts of the named probes: the default allow-list.
+    pub fn default_allowed_hosts() -> BTreeSet<String> {
+        NamedProbe::ALL
+            .iter()
+            .filter_map(|p| p.cloud_url())
+            .filter_map(|u| Url::parse(u).ok()?.host_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read the extra CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the extra CA file {0} holds no usable PEM certificate")]
+    CaPem(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+pub struct Platform {
+    http: reqwest::Client,
+    config: PlatformConfig,
+    allowed: BTreeSet<String>,
+    limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+}
+
+impl Platform {
+    pub fn new(config: PlatformConfig) -> Result<Self, SetupError> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .user_agent(concat!("mxcred-operator/", env!("CARGO_PKG_VERSION")))
+            .https_only(!config.allow_http);
+        if let Some(path) = &config.extra_ca_file {
+            let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| SetupError::CaPem(path.display().to_string()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(SetupError::Client)?;
+        let mut allowed = config.allowed_hosts.clone();
+        allowed.extend(
+            config
+                .probe_urls
+                .values()
+                .filter_map(|u| u.host_str().map(str::to_owned)),
+        );
+        Ok(Platform {
+            http,
+            config,
+            allowed,
+            limiters: Mutex::default(),
+        })
+    }
+
+    /// The URL a probe resolves to, after `--probe-url` replacements.
+    pub fn url_for(&self, target: &ProbeTarget) -> Url {
+        match target {
+            ProbeTarget::Url(url) => url.clone(),
+            ProbeTarget::Named { probe, base_url } => {
+                if let Some(url) = self.config.probe_urls.get(probe) {
+                    return url.clone();
+                }
+                match (probe.cloud_url(), base_url) {
+                    (Some(url), _) => Url::parse(url).expect("built-in probe URLs parse"),
+                    (None, Some(base)) => private_platform_url(base),
+                    (None, None) => {
+                        unreachable!("spec resolution gives PrivatePlatformProjects a base URL")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the platform whether `credential` works, through `target`.
+    pub async fn check(&self, target: &ProbeTarget, credential: &Credential) -> Outcome {
+        let url = self.url_for(target);
+        let host = url.host_str().unwrap_or_default().to_owned();
+        if url.scheme() == "http" && !self.config.allow_http {
+            return Outcome {
+                reason: Reason::EndpointNotAllowed,
+                message: format!(
+                    "the probe URL for {host} uses http://, which the operator does not allow \
+                     (--allow-http): no request was sent"
+                ),
+                retry_after: None,
+            };
+        }
+        if !self.allowed.contains(&host) {
+            return Outcome::endpoint_not_allowed(&host);
+        }
+        self.limiter(&host).until_ready().await;
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in credential.headers() {
+            // Validated as visible ASCII (and usernames as control-free) when read; a value a
+            // header cannot carry is refused there, so this only fails on a bug.
+            let Ok(mut value) = HeaderValue::from_str(value.expose_secret()) else {
+                return classify::transport_failure(&host, TransportFailure::Other);
+            };
+            value.set_sensitive(true);
+            headers.insert(HeaderName::from_static(lower(name)), value);
+        }
+        let response = match self.http.get(url).headers(headers).send().await {
+            Ok(response) => response,
+            Err(e) => return classify::transport_failure(&host, failure_kind(&e)),
+        };
+        let status = response.status().as_u16();
+        let response_headers = response.headers().clone();
+        let body = match read_bounded(response).await {
+            Ok(body) => body,
+            Err(e) => return classify::transport_failure(&host, failure_kind(&e)),
+        };
+        let answer = Answer {
+            status,
+            headers: &response_headers,
+            body: &body,
+        };
+        classify::classify(target.named(), &host, &answer, SystemTime::now())
+    }
+
+    fn limiter(&self, host: &str) -> Arc<DefaultDirectRateLimiter> {
+        let mut limiters = self.limiters.lock().expect("lock poisoned");
+        limiters
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(self.config.qps))))
+            .clone()
+    }
+}
+
+fn lower(name: &'static str) -> &'static str {
+    match name {
+        "Authorization" => "authorization",
+        "Mendix-Username" => "mendix-username",
+        "Mendix-ApiKey" => "mendix-apikey",
+        other => other,
+    }
+}
+
+fn private_platform_url(base: &Url) -> Url {
+    let mut url = base.clone();
+    let path = format!(
+        "{}/{}",
+        url.path().trim_end_matches('/'),
+        NamedProbe::PRIVATE_PLATFORM_PATH
+    );
+    url.set_path(&path);
+    url.set_query(None);
+    url
+}
+
+/// Reads at most [`MAX_BODY`] bytes of the body.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_BODY {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+fn failure_kind(e: &reqwest::Error) -> TransportFailure {
+    if e.is_timeout() {
+        TransportFailure::Timeout
+    } else if e.is_connect() {
+        TransportFailure::Connect
+    } else {
+        TransportFailure::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CredentialType, Platform as Kind};
+
+    fn config() -> PlatformConfig {
+        PlatformConfig {
+            probe_urls: BTreeMap::new(),
+            allowed_hosts: PlatformConfig::default_allowed_hosts(),
+            allow_http: false,
+            extra_ca_file: None,
+            qps: NonZeroU32::new(5).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        }
+    }
+
+    #[test]
+    fn default_allow_list_is_the_cloud_hosts() {
+        let hosts: Vec<_> = PlatformConfig::default_allowed_hosts()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                "cloud.home.mendix.com",
+                "deploy.mendix.com",
+                "marketplace-api.mendix.com",
+                "projects-api.home.mendix.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn probe_urls_replace_named_probes() {
+        let mut c = config();
+        let sim = Url::parse("http://127.0.0.1:9/api/v4/apps?limit=1").unwrap();
+        c.probe_urls.insert(NamedProbe::DeployApps, sim.clone());
+        let p = Platform::new(c).unwrap();
+        let target = ProbeTarget::resolve(
+            CredentialType::PersonalAccessToken,
+            Kind::MendixCloud,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.url_for(&target), sim);
+        assert!(p.allowed.contains("127.0.0.1"));
+    }
+
+    #[test]
+    fn private_platform_url_hangs_off_the_base() {
+        let p = Platform::new(config()).unwrap();
+        let target = ProbeTarget::resolve(
+            CredentialType::PersonalAccessToken,
+            Kind::PrivatePlatform,
+            Some("https://pmp.example.com/mx/"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.url_for(&target).as_str(),
+            "https://pmp.example.com/mx/projectservice/v1/projects"
+        );
+    }
+}
