@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod server;
 pub mod spec;
 pub mod telemetry;
+pub mod verification;
 
 use kube::CustomResourceExt;
 

@@ -6,7 +6,7 @@
 //! redirects (they could carry the credential elsewhere), connect and total timeouts, and a
 //! bounded read of the body, which is never logged or stored.
 
-use crate::classify::{self, Answer, Outcome, Reason, TransportFailure};
+use crate::classify::{self, Answer, MAX_BODY, Outcome, Reason, TransportFailure};
 use crate::credential::Credential;
 use crate::probe::{NamedProbe, ProbeTarget};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -17,9 +17,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-
-/// Bytes of a response body read at most; the rest is dropped unread.
-pub const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
@@ -200,7 +197,7 @@ fn private_platform_url(base: &Url) -> Url {
     url
 }
 
-/// Reads at most [`MAX_BODY`] bytes of the body.
+/// Reads at most [`MAX_BODY`] bytes of the body; the rest is dropped unread.
 async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
