@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 /// probe share one answer per interval, and concurrent first checks wait for one request.
 pub struct Verifier {
     platform: Platform,
-    answers: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    answers: Mutex<HashMap<[u8; 32], Slot>>,
 }
+
+/// One credential-and-probe pair: its last answer, locked while a request for it is under way.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
 struct Cached {
     outcome: Outcome,
