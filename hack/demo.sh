@@ -31,8 +31,12 @@ echo "== building and starting the operator under its ServiceAccount"
 cargo build --quiet --bin mxcred-operator
 token=$(k -n mxcred-system create token mxcred-operator --duration=24h)
 sed "s|$(cat "$dir/admin.token")|$token|" "$dir/admin.kubeconfig" >"$dir/operator.kubeconfig"
+# The demo never calls the real Mendix platform: only loopback is allowed, and the probes point
+# at a local port.
 KUBECONFIG=$dir/operator.kubeconfig RUST_LOG=info target/debug/mxcred-operator run \
-  --metrics-addr 127.0.0.1:0 --log-format text >"$dir/operator.log" 2>&1 &
+  --metrics-addr 127.0.0.1:0 --log-format text --allowed-host 127.0.0.1 --allow-http \
+  --probe-url DeployApps=http://127.0.0.1:9/api/v4/apps --probe-url DeployV1Apps=http://127.0.0.1:9/api/1/apps \
+  >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 
 echo "== applying examples/ (source Secrets and MendixCredentials in namespace ci)"

@@ -1,9 +1,14 @@
 //! Command line: `run`, `crd`. Every `run` flag is also an environment variable `MXCRED_...`.
 
 use crate::controller::Settings;
+use crate::platform::PlatformConfig;
+use crate::probe::NamedProbe;
 use crate::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
+use reqwest::Url;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -41,6 +46,71 @@ pub struct RunArgs {
     pub concurrency: u16,
     #[arg(long, env = "MXCRED_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+}
+
+/// Platform flags, shared by `run` and `verify`.
+#[derive(Debug, Args)]
+pub struct PlatformArgs {
+    /// Replace the URL of a named probe, keeping its classification: NAME=URL (repeatable). For
+    /// egress proxies, mirrors and simulators; its host counts as allowed.
+    #[arg(long = "probe-url", env = "MXCRED_PROBE_URL", value_delimiter = ',', value_parser = parse_probe_url)]
+    pub probe_urls: Vec<(NamedProbe, Url)>,
+    /// Host credentials may be sent to (repeatable). Default: the Mendix Cloud hosts of the
+    /// named probes. A Private Mendix Platform host must be added here.
+    #[arg(
+        long = "allowed-host",
+        env = "MXCRED_ALLOWED_HOST",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Permit http:// probe URLs (local testing only).
+    #[arg(long, env = "MXCRED_ALLOW_HTTP")]
+    pub allow_http: bool,
+    /// PEM file with extra CAs to trust for platform TLS.
+    #[arg(long, env = "MXCRED_EXTRA_CA_FILE")]
+    pub extra_ca_file: Option<PathBuf>,
+    /// Requests per second to any one platform host, for the whole operator.
+    #[arg(long, env = "MXCRED_PLATFORM_QPS", default_value = "5")]
+    pub platform_qps: NonZeroU32,
+}
+
+impl PlatformArgs {
+    pub fn config(&self) -> PlatformConfig {
+        let allowed_hosts = if self.allowed_hosts.is_empty() {
+            PlatformConfig::default_allowed_hosts()
+        } else {
+            self.allowed_hosts.iter().cloned().collect()
+        };
+        PlatformConfig {
+            probe_urls: self.probe_urls.iter().cloned().collect(),
+            allowed_hosts,
+            allow_http: self.allow_http,
+            extra_ca_file: self.extra_ca_file.clone(),
+            qps: self.platform_qps,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+fn parse_probe_url(text: &str) -> Result<(NamedProbe, Url), String> {
+    let (name, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=URL"))?;
+    let probe =
+        NamedProbe::from_name(name).ok_or_else(|| format!("{name:?} is not a named probe"))?;
+    let url = Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    if !matches!(url.scheme(), "https" | "http")
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(format!(
+            "{name}: the URL must be http(s) without user information"
+        ));
+    }
+    Ok((probe, url))
 }
 
 impl RunArgs {
@@ -82,5 +152,28 @@ mod tests {
         };
         assert_eq!(args.namespaces, ["a", "b"]);
         assert_eq!(args.default_interval, Duration::from_secs(3600));
+        assert_eq!(
+            args.platform.config().allowed_hosts,
+            PlatformConfig::default_allowed_hosts()
+        );
+    }
+
+    #[test]
+    fn probe_urls() {
+        let cli = Cli::parse_from([
+            "mxcred-operator",
+            "run",
+            "--probe-url",
+            "DeployApps=http://127.0.0.1:1/api/v4/apps",
+            "--allow-http",
+        ]);
+        let Command::Run(args) = cli.command else {
+            panic!()
+        };
+        let config = args.platform.config();
+        assert_eq!(config.probe_urls[&NamedProbe::DeployApps].port(), Some(1));
+        assert!(parse_probe_url("Nope=https://x").is_err());
+        assert!(parse_probe_url("DeployApps=https://u:p@x").is_err());
+        assert!(parse_probe_url("DeployApps=file:///x").is_err());
     }
 }

@@ -6,12 +6,16 @@
 //! changed.
 
 use crate::api::{
-    LABEL_MANAGED_BY, MANAGER, MendixCredential, MendixCredentialStatus, condition, ready,
+    ANNOTATION_VERIFY_REQUESTED_AT, LABEL_MANAGED_BY, MANAGER, MendixCredential,
+    MendixCredentialStatus, condition, ready,
 };
+use crate::classify::{Outcome, Reason};
 use crate::conditions::{self, Verdict};
 use crate::credential::{Credential, SourceError};
 use crate::render;
+use crate::schedule::{self, Attempt};
 use crate::spec::{self, InvalidSpec, Resolved};
+use crate::verification::{self, Verifier};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -25,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -53,11 +58,21 @@ pub struct Context {
     client: Client,
     recorder: Recorder,
     settings: Settings,
+    verifier: Verifier,
     failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
+    /// Per resource uid: the last `verify-requested-at` value served.
+    verify_requests: Mutex<HashMap<String, String>>,
+    /// Per resource uid: transient verification failures in a row.
+    transient_failures: Mutex<HashMap<String, u32>>,
 }
 
 /// Runs the controller until `shutdown` is cancelled.
-pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken) {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    verifier: Verifier,
+    shutdown: CancellationToken,
+) {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -69,7 +84,10 @@ pub async fn run(client: Client, settings: Settings, shutdown: CancellationToken
         client: client.clone(),
         recorder,
         settings: settings.clone(),
+        verifier,
         failures: Mutex::default(),
+        verify_requests: Mutex::default(),
+        transient_failures: Mutex::default(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -290,12 +308,137 @@ async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action,
         _ => {}
     }
 
+    let next_check = match (&resolved, &synced.published) {
+        (Ok(resolved), Some(credential)) => {
+            verify(cr, resolved, credential, &previous, &mut status, ctx).await
+        }
+        _ => {
+            if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
+                verification::record(
+                    &mut status,
+                    &Outcome::pending(),
+                    cr.metadata.generation,
+                    now(),
+                );
+            }
+            None
+        }
+    };
+
     write_status(cr, &ns, &previous, status, ctx).await?;
-    Ok(match reason {
-        // Periodic resync as a safety net; every input is also watched.
-        ready::SYNCED => Action::requeue(Duration::from_secs(3600)),
+    // Periodic resync as a safety net; every input is also watched.
+    let resync = Duration::from_secs(3600);
+    Ok(match (reason, next_check) {
+        (_, Some(next)) => Action::requeue(next.min(resync)),
+        (ready::SYNCED, None) => Action::requeue(resync),
         _ => Action::await_change(),
     })
+}
+
+/// Verifies the published credential when a check is due, forced or never made, and records
+/// the outcome. Returns the time until the next check.
+async fn verify(
+    cr: &MendixCredential,
+    resolved: &Resolved,
+    credential: &Credential,
+    previous: &MendixCredentialStatus,
+    status: &mut MendixCredentialStatus,
+    ctx: &Context,
+) -> Option<Duration> {
+    let generation = cr.metadata.generation;
+    let Some(plan) = &resolved.verification else {
+        verification::record(status, &Outcome::verification_disabled(), generation, now());
+        status.next_verification_time = None;
+        return None;
+    };
+    let uid = cr.uid().unwrap_or_default();
+    let clock = SystemTime::now();
+    let forced = verify_requested(cr, &uid, previous, ctx);
+    let rotated = previous.token_fingerprint.as_deref() != Some(credential.fingerprint().as_str());
+    let has_verdict = conditions::find(&previous.conditions, condition::TOKEN_VALID)
+        .is_some_and(|c| c.reason != Reason::Pending.as_str());
+    let scheduled = previous
+        .next_verification_time
+        .as_ref()
+        .map(|t| SystemTime::from(t.0));
+    if forced || rotated || !has_verdict || schedule::is_due(clock, scheduled) {
+        let outcome = ctx
+            .verifier
+            .check(&plan.probe, credential, plan.interval, forced)
+            .await;
+        let attempt = attempt_of(&outcome, &uid, ctx);
+        let name = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
+        info!(credential = %name, reason = outcome.reason.as_str(), forced, "verified");
+        if let Some(reason) = verification::record(status, &outcome, generation, now()) {
+            let type_ = match reason {
+                Reason::Verified => Some(EventType::Normal),
+                Reason::TokenRejected | Reason::UserDeactivated => Some(EventType::Warning),
+                _ => None,
+            };
+            if let Some(type_) = type_ {
+                publish(ctx, cr, type_, reason.as_str(), outcome.message.clone()).await;
+            }
+        }
+        let next = schedule::next_check(
+            clock,
+            plan.interval,
+            schedule::jitter(&uid, plan.interval),
+            attempt,
+        );
+        status.next_verification_time = jiff::Timestamp::try_from(next).ok().map(Time);
+    }
+    let next = status
+        .next_verification_time
+        .as_ref()
+        .map(|t| SystemTime::from(t.0))?;
+    Some(next.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Whether the `verify-requested-at` annotation holds a value not served yet. After a restart
+/// a timestamp value older than the last verification counts as served.
+fn verify_requested(
+    cr: &MendixCredential,
+    uid: &str,
+    previous: &MendixCredentialStatus,
+    ctx: &Context,
+) -> bool {
+    let Some(value) = cr.annotations().get(ANNOTATION_VERIFY_REQUESTED_AT) else {
+        return false;
+    };
+    let mut served = ctx.verify_requests.lock().expect("lock poisoned");
+    match served.insert(uid.to_owned(), value.clone()) {
+        Some(old) => &old != value,
+        None => match (
+            value.parse::<jiff::Timestamp>(),
+            &previous.last_verified_time,
+        ) {
+            (Ok(asked), Some(done)) => asked > done.0,
+            _ => true,
+        },
+    }
+}
+
+/// The schedule's view of an outcome, counting transient failures in a row.
+fn attempt_of(outcome: &Outcome, uid: &str, ctx: &Context) -> Attempt {
+    let mut failures = ctx.transient_failures.lock().expect("lock poisoned");
+    match outcome.reason {
+        Reason::Verified => {
+            failures.remove(uid);
+            Attempt::Accepted
+        }
+        Reason::TokenRejected | Reason::UserDeactivated => {
+            failures.remove(uid);
+            Attempt::Rejected
+        }
+        _ => {
+            let n = failures.entry(uid.to_owned()).or_default();
+            *n = n.saturating_add(1);
+            Attempt::Transient {
+                failures: *n,
+                retry_after: outcome.retry_after,
+            }
+        }
+    }
 }
 
 fn not_ready(reason: &'static str, message: String) -> Verdict {

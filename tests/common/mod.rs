@@ -203,9 +203,31 @@ impl TestEnv {
             .unwrap();
     }
 
-    /// Runs the operator binary for this namespace under the operator's ServiceAccount.
+    /// Runs the operator binary for this namespace under the operator's ServiceAccount, with
+    /// every probe pointed at a closed loopback port.
     pub fn start_operator(&self, extra: &[&str]) -> Operator {
-        Operator::start(self.cp, &self.ns, extra)
+        self.start_operator_with_platform("http://127.0.0.1:9", extra)
+    }
+
+    /// Runs the operator with its probes pointed at `platform` (a simulator's base URL). Only
+    /// loopback is allowed: nothing a test runs can reach a host outside it.
+    pub fn start_operator_with_platform(&self, platform: &str, extra: &[&str]) -> Operator {
+        let mut args: Vec<String> = ["--allowed-host", "127.0.0.1", "--allow-http"]
+            .map(String::from)
+            .into();
+        for (probe, path) in [
+            ("DeployApps", "/api/v4/apps?limit=1"),
+            ("Projects", "/v2/projects?limit=1"),
+            ("MarketplaceContent", "/v1/content?limit=1"),
+            ("DeployV1Apps", "/api/1/apps"),
+            ("PrivatePlatformProjects", "/projectservice/v1/projects"),
+        ] {
+            args.push("--probe-url".into());
+            args.push(format!("{probe}={platform}{path}"));
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Operator::start(self.cp, &self.ns, &args)
     }
 
     /// Waits until the condition `type_` of credential `name` has `reason`; returns it.
