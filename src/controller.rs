@@ -12,6 +12,7 @@ use crate::api::{
 use crate::classify::{Outcome, Reason};
 use crate::conditions::{self, Verdict};
 use crate::credential::{Credential, SourceError};
+use crate::metrics::Metrics;
 use crate::render;
 use crate::schedule::{self, Attempt};
 use crate::spec::{self, InvalidSpec, Resolved};
@@ -27,9 +28,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -54,8 +56,57 @@ pub enum Error {
     MissingMetadata(&'static str),
 }
 
+/// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,
+/// from which the `mxcred_credentials` gauge is counted at scrape time.
+#[derive(Default)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    stores: Mutex<Vec<Store<Guarded>>>,
+    stores_ready: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Shared {
+            metrics,
+            stores: Mutex::default(),
+            stores_ready: AtomicUsize::new(0),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        for store in self.stores.lock().expect("lock poisoned").iter() {
+            for guard in store.state() {
+                let status = match &guard.0 {
+                    Ok(cr) => cr
+                        .status
+                        .as_ref()
+                        .and_then(|s| conditions::find(&s.conditions, condition::TOKEN_VALID))
+                        .map_or("Unknown", |c| match c.status.as_str() {
+                            "True" => "True",
+                            "False" => "False",
+                            _ => "Unknown",
+                        }),
+                    Err(_) => "Unknown",
+                };
+                *counts.entry(status).or_default() += 1;
+            }
+        }
+        self.metrics.encode(counts)
+    }
+
+    /// Ready once the controllers run and their caches are filled.
+    pub fn is_ready(&self) -> bool {
+        let stores = self.stores.lock().expect("lock poisoned").len();
+        stores > 0 && self.stores_ready.load(Ordering::Relaxed) == stores
+    }
+}
+
 pub struct Context {
     client: Client,
+    shared: Arc<Shared>,
     recorder: Recorder,
     settings: Settings,
     verifier: Verifier,
@@ -71,6 +122,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     verifier: Verifier,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let recorder = Recorder::new(
@@ -82,6 +134,7 @@ pub async fn run(
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
+        shared: shared.clone(),
         recorder,
         settings: settings.clone(),
         verifier,
@@ -94,11 +147,28 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let controllers = scopes.into_iter().map(|ns| {
+    let controllers: Vec<_> = scopes
+        .into_iter()
+        .map(|ns| controller(&client, ns.as_deref(), settings.concurrency))
+        .collect();
+    for store in controllers.iter().map(Controller::store) {
+        shared
+            .stores
+            .lock()
+            .expect("lock poisoned")
+            .push(store.clone());
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                shared.stores_ready.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let controllers = controllers.into_iter().map(|controller| {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         async move {
-            controller(&ctx.client, ns.as_deref(), ctx.settings.concurrency)
+            controller
                 .graceful_shutdown_on(shutdown.cancelled_owned())
                 .run(reconcile, error_policy, ctx)
                 .for_each(|_| std::future::ready(()))
@@ -168,15 +238,20 @@ fn referencing(
 }
 
 async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
     let obj_ref = ObjectRef::from_obj(guard.as_ref());
     let result = match &guard.0 {
         Ok(cr) => reconcile_valid(cr, &ctx).await,
-        Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx).await,
+        Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx)
+            .await
+            .map(|action| (action, ready::INVALID_SPEC)),
     };
+    let label = result.as_ref().map_or("error", |(_, reason)| reason);
+    ctx.shared.metrics.reconciled(label, started.elapsed());
     if result.is_ok() {
         ctx.failures.lock().expect("lock poisoned").remove(&obj_ref);
     }
-    result
+    result.map(|(action, _)| action)
 }
 
 fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -250,7 +325,11 @@ struct Synced {
     synced_at: Option<Time>,
 }
 
-async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action, Error> {
+/// Reconciles a readable resource; returns the next action and the Ready reason.
+async fn reconcile_valid(
+    cr: &MendixCredential,
+    ctx: &Context,
+) -> Result<(Action, &'static str), Error> {
     let ns = cr.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = cr.name_any();
     let previous = cr.status.clone().unwrap_or_default();
@@ -328,11 +407,12 @@ async fn reconcile_valid(cr: &MendixCredential, ctx: &Context) -> Result<Action,
     write_status(cr, &ns, &previous, status, ctx).await?;
     // Periodic resync as a safety net; every input is also watched.
     let resync = Duration::from_secs(3600);
-    Ok(match (reason, next_check) {
+    let action = match (reason, next_check) {
         (_, Some(next)) => Action::requeue(next.min(resync)),
         (ready::SYNCED, None) => Action::requeue(resync),
         _ => Action::await_change(),
-    })
+    };
+    Ok((action, reason))
 }
 
 /// Verifies the published credential when a check is due, forced or never made, and records
@@ -367,6 +447,7 @@ async fn verify(
             .check(&plan.probe, credential, plan.interval, forced)
             .await;
         let attempt = attempt_of(&outcome, &uid, ctx);
+        ctx.shared.metrics.verified(outcome.reason.as_str());
         let name = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
         info!(credential = %name, reason = outcome.reason.as_str(), forced, "verified");
         if let Some(reason) = verification::record(status, &outcome, generation, now()) {

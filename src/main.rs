@@ -1,8 +1,11 @@
 use clap::Parser;
 use mxcred_operator::cli::{Cli, Command, RunArgs};
+use mxcred_operator::controller::Shared;
+use mxcred_operator::metrics::Metrics;
 use mxcred_operator::platform::Platform;
 use mxcred_operator::verification::Verifier;
 use mxcred_operator::{controller, crd_yaml, server, telemetry};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -17,13 +20,15 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
-    let verifier = Verifier::new(Platform::new(args.platform.config())?);
+    let metrics = Arc::new(Metrics::default());
+    let verifier = Verifier::new(Platform::new(args.platform.config(), metrics.clone())?);
+    let shared = Arc::new(Shared::new(metrics));
     let client = kube::Client::try_default().await?;
     let shutdown = CancellationToken::new();
     let listener = server::bind(args.metrics_addr).await?;
-    let http = tokio::spawn(server::serve(listener, shutdown.clone()));
+    let http = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    controller::run(client, args.settings(), verifier, shutdown.clone()).await;
+    controller::run(client, args.settings(), verifier, shared, shutdown.clone()).await;
     shutdown.cancel();
     http.await??;
     info!("stopped");

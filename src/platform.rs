@@ -8,6 +8,7 @@
 
 use crate::classify::{self, Answer, MAX_BODY, Outcome, Reason, TransportFailure};
 use crate::credential::Credential;
+use crate::metrics::Metrics;
 use crate::probe::{NamedProbe, ProbeTarget};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Url;
@@ -16,7 +17,7 @@ use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
@@ -62,10 +63,11 @@ pub struct Platform {
     config: PlatformConfig,
     allowed: BTreeSet<String>,
     limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Platform {
-    pub fn new(config: PlatformConfig) -> Result<Self, SetupError> {
+    pub fn new(config: PlatformConfig, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
@@ -98,6 +100,7 @@ impl Platform {
             config,
             allowed,
             limiters: Mutex::default(),
+            metrics,
         })
     }
 
@@ -149,13 +152,21 @@ impl Platform {
             value.set_sensitive(true);
             headers.insert(HeaderName::from_static(lower(name)), value);
         }
+        let started = Instant::now();
         let response = match self.http.get(url).headers(headers).send().await {
             Ok(response) => response,
-            Err(e) => return classify::transport_failure(&host, failure_kind(&e)),
+            Err(e) => {
+                self.metrics
+                    .platform_request(&host, None, started.elapsed());
+                return classify::transport_failure(&host, failure_kind(&e));
+            }
         };
         let status = response.status().as_u16();
         let response_headers = response.headers().clone();
-        let body = match read_bounded(response).await {
+        let body = read_bounded(response).await;
+        self.metrics
+            .platform_request(&host, Some(status), started.elapsed());
+        let body = match body {
             Ok(body) => body,
             Err(e) => return classify::transport_failure(&host, failure_kind(&e)),
         };
@@ -258,7 +269,7 @@ mod tests {
         let mut c = config();
         let sim = Url::parse("http://127.0.0.1:9/api/v4/apps?limit=1").unwrap();
         c.probe_urls.insert(NamedProbe::DeployApps, sim.clone());
-        let p = Platform::new(c).unwrap();
+        let p = Platform::new(c, Arc::default()).unwrap();
         let target = ProbeTarget::resolve(
             CredentialType::PersonalAccessToken,
             Kind::MendixCloud,
@@ -272,7 +283,7 @@ mod tests {
 
     #[test]
     fn private_platform_url_hangs_off_the_base() {
-        let p = Platform::new(config()).unwrap();
+        let p = Platform::new(config(), Arc::default()).unwrap();
         let target = ProbeTarget::resolve(
             CredentialType::PersonalAccessToken,
             Kind::PrivatePlatform,

@@ -1,0 +1,209 @@
+//! Prometheus metrics. Labels carry reasons, result words, hosts and HTTP codes: never a
+//! credential, a resource's data or a response body.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub host: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenValidLabel {
+    pub token_valid: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabel, Counter>,
+    reconcile_duration: Histogram,
+    verifications: Family<OutcomeLabel, Counter>,
+    platform_requests: Family<RequestLabels, Counter>,
+    platform_duration: Family<HostLabel, Histogram>,
+    credentials: Family<TokenValidLabel, Gauge>,
+    /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
+    encoding: Mutex<()>,
+}
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mxcred");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by result (the Ready reason, or error)",
+            reconciles.clone(),
+        );
+        let reconcile_duration = seconds_histogram();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile_duration.clone(),
+        );
+        let verifications = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "verifications",
+            "Verification attempts by outcome (the TokenValid reason)",
+            verifications.clone(),
+        );
+        let platform_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "platform_requests",
+            "Requests sent to the Mendix platform, by host and HTTP code (or error)",
+            platform_requests.clone(),
+        );
+        let platform_duration = Family::<HostLabel, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "platform_request_duration_seconds",
+            "Duration of requests to the Mendix platform",
+            platform_duration.clone(),
+        );
+        let credentials = Family::<TokenValidLabel, Gauge>::default();
+        registry.register(
+            "credentials",
+            "MendixCredentials by TokenValid status (true, false, unknown)",
+            credentials.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "The operator's version", build_info);
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            verifications,
+            platform_requests,
+            platform_duration,
+            credentials,
+            encoding: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, result: &str, took: Duration) {
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn verified(&self, outcome: &str) {
+        self.verifications
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// One request to the platform; `code` is the HTTP status, or `error` when none came back.
+    pub fn platform_request(&self, host: &str, code: Option<u16>, took: Duration) {
+        let code = code.map_or_else(|| "error".to_owned(), |c| c.to_string());
+        self.platform_requests
+            .get_or_create(&RequestLabels {
+                host: host.into(),
+                code,
+            })
+            .inc();
+        self.platform_duration
+            .get_or_create(&HostLabel { host: host.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition; `token_valid` gives the current count of credentials per
+    /// TokenValid status ("True", "False", "Unknown"), read from the controller's cache.
+    pub fn encode(&self, token_valid: impl IntoIterator<Item = (&'static str, i64)>) -> String {
+        let _guard = self.encoding.lock().expect("lock poisoned");
+        for status in ["true", "false", "unknown"] {
+            self.credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.into(),
+                })
+                .set(0);
+        }
+        for (status, count) in token_valid {
+            self.credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.to_ascii_lowercase(),
+                })
+                .set(count);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_family_with_its_prefix() {
+        let m = Metrics::default();
+        m.reconciled("Synced", Duration::from_millis(3));
+        m.verified("Verified");
+        m.platform_request(
+            "cloud.home.mendix.com",
+            Some(200),
+            Duration::from_millis(80),
+        );
+        m.platform_request("cloud.home.mendix.com", None, Duration::from_secs(5));
+        let text = m.encode([("True", 2), ("Unknown", 1)]);
+        for line in [
+            r#"mxcred_reconciles_total{result="Synced"} 1"#,
+            r#"mxcred_verifications_total{outcome="Verified"} 1"#,
+            r#"mxcred_platform_requests_total{host="cloud.home.mendix.com",code="200"} 1"#,
+            r#"mxcred_platform_requests_total{host="cloud.home.mendix.com",code="error"} 1"#,
+            r#"mxcred_credentials{token_valid="true"} 2"#,
+            r#"mxcred_credentials{token_valid="false"} 0"#,
+            r#"mxcred_credentials{token_valid="unknown"} 1"#,
+            r#"mxcred_build_info{version=""#,
+            "mxcred_reconcile_duration_seconds_count 1",
+            r#"mxcred_platform_request_duration_seconds_count{host="cloud.home.mendix.com"} 2"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
