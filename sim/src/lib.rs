@@ -190,7 +190,7 @@ impl Inner {
 }
 
 impl Simulator {
-    /// Serves on a free port of 127.0.0.1.
+    /// Serves on a free port of 127.0.0.1. Panics when there is none: a test cannot go on.
     pub async fn start() -> Simulator {
         Simulator::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -320,15 +320,30 @@ async fn serve(listener: TcpListener, router: Router) {
     }
 }
 
-/// The credential of a request: `MxToken <PAT>`, else `username:apikey` from the API-key headers.
-fn credential(headers: &HeaderMap) -> Option<(String, bool)> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(token) = text("authorization").and_then(|v| v.strip_prefix("MxToken ")) {
-        return Some((token.trim().to_owned(), false));
+/// The credential of a request, as [`Simulator::set`] names it.
+enum Credential {
+    /// From `Authorization: MxToken <PAT>`.
+    Token(String),
+    /// `username:apikey` from `Mendix-Username` and `Mendix-ApiKey`.
+    ApiKey(String),
+}
+
+impl Credential {
+    fn of(headers: &HeaderMap) -> Option<Credential> {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(token) = text("authorization").and_then(|v| v.strip_prefix("MxToken ")) {
+            return Some(Credential::Token(token.trim().to_owned()));
+        }
+        match (text("mendix-username"), text("mendix-apikey")) {
+            (Some(user), Some(key)) => Some(Credential::ApiKey(format!("{user}:{key}"))),
+            _ => None,
+        }
     }
-    match (text("mendix-username"), text("mendix-apikey")) {
-        (Some(user), Some(key)) => Some((format!("{user}:{key}"), true)),
-        _ => None,
+
+    fn name(&self) -> &str {
+        match self {
+            Credential::Token(name) | Credential::ApiKey(name) => name,
+        }
     }
 }
 
@@ -338,12 +353,11 @@ async fn answer(
     Extension(dropper): Extension<Dropper>,
     headers: HeaderMap,
 ) -> Response {
-    let credential = credential(&headers);
-    let seen = shared.count(credential.as_ref().map(|(c, _)| c.as_str()));
+    let credential = Credential::of(&headers);
+    let seen = shared.count(credential.as_ref().map(Credential::name));
     let state = match credential {
-        Some((credential, is_api_key)) if is_api_key == api.takes_api_keys() => {
-            shared.state(&credential)
-        }
+        Some(Credential::ApiKey(name)) if api.takes_api_keys() => shared.state(&name),
+        Some(Credential::Token(name)) if !api.takes_api_keys() => shared.state(&name),
         _ => return unauthenticated(api),
     };
     match state {
