@@ -7,7 +7,7 @@ CRD := crds/mendixcredentials.mxcred.io.yaml
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
 test: deps controlplane lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 ## demo: a local control plane, the operator, the examples; prints what it publishes
 demo: deps controlplane
@@ -23,7 +23,7 @@ deps:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## crds: regenerate the committed CRD
 crds:

@@ -48,6 +48,10 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub platform: PlatformArgs,
+    /// For tests only: verify at this interval, whatever the resources ask. Their own minimum
+    /// of 1m is unaffected.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub test_interval: Option<Duration>,
 }
 
 /// Platform flags, shared by `run` and `verify`.
@@ -119,6 +123,7 @@ impl RunArgs {
             namespaces: self.namespaces.clone(),
             default_interval: self.default_interval,
             concurrency: self.concurrency,
+            test_interval: self.test_interval,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::spec::{self, InvalidSpec, Resolved};
 use crate::verification::{self, Verifier};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::core::{DeserializeGuard, Status};
 use kube::runtime::controller::{Action, Controller};
@@ -44,6 +44,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     pub default_interval: Duration,
     pub concurrency: u16,
+    /// Replaces every resource's interval (tests only).
+    pub test_interval: Option<Duration>,
 }
 
 /// Errors that make a reconcile retry with backoff. Problems a user must fix are not errors:
@@ -115,6 +117,9 @@ pub struct Context {
     verify_requests: Mutex<HashMap<String, String>>,
     /// Per resource uid: transient verification failures in a row.
     transient_failures: Mutex<HashMap<String, u32>>,
+    /// Per resource uid: the TokenValid reason last announced by an Event. A reconcile that
+    /// reads a status older than its own last write must not announce the same transition twice.
+    announced: Mutex<HashMap<String, Reason>>,
 }
 
 /// Runs the controller until `shutdown` is cancelled.
@@ -141,6 +146,7 @@ pub async fn run(
         failures: Mutex::default(),
         verify_requests: Mutex::default(),
         transient_failures: Mutex::default(),
+        announced: Mutex::default(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -431,6 +437,7 @@ async fn verify(
         status.next_verification_time = None;
         return None;
     };
+    let interval = ctx.settings.test_interval.unwrap_or(plan.interval);
     let uid = cr.uid().unwrap_or_default();
     let clock = SystemTime::now();
     let forced = verify_requested(cr, &uid, previous, ctx);
@@ -444,13 +451,14 @@ async fn verify(
     if forced || rotated || !has_verdict || schedule::is_due(clock, scheduled) {
         let outcome = ctx
             .verifier
-            .check(&plan.probe, credential, plan.interval, forced)
+            .check(&plan.probe, credential, interval, forced)
             .await;
         let attempt = attempt_of(&outcome, &uid, ctx);
         ctx.shared.metrics.verified(outcome.reason.as_str());
         let name = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
         info!(credential = %name, reason = outcome.reason.as_str(), forced, "verified");
-        if let Some(reason) = verification::record(status, &outcome, generation, now()) {
+        let transition = verification::record(status, &outcome, generation, now());
+        if let Some(reason) = transition.filter(|r| announce(ctx, &uid, *r)) {
             let type_ = match reason {
                 Reason::Verified => Some(EventType::Normal),
                 Reason::TokenRejected | Reason::UserDeactivated => Some(EventType::Warning),
@@ -460,12 +468,7 @@ async fn verify(
                 publish(ctx, cr, type_, reason.as_str(), outcome.message.clone()).await;
             }
         }
-        let next = schedule::next_check(
-            clock,
-            plan.interval,
-            schedule::jitter(&uid, plan.interval),
-            attempt,
-        );
+        let next = schedule::next_check(clock, interval, schedule::jitter(&uid, interval), attempt);
         status.next_verification_time = jiff::Timestamp::try_from(next).ok().map(Time);
     }
     let next = status
@@ -475,8 +478,15 @@ async fn verify(
     Some(next.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-/// Whether the `verify-requested-at` annotation holds a value not served yet. After a restart
-/// a timestamp value older than the last verification counts as served.
+/// Records `reason` as announced for `uid`; false when it already was.
+fn announce(ctx: &Context, uid: &str, reason: Reason) -> bool {
+    let mut announced = ctx.announced.lock().expect("lock poisoned");
+    announced.insert(uid.to_owned(), reason) != Some(reason)
+}
+
+/// Whether the `verify-requested-at` annotation holds a value not served yet: one that changed
+/// since this instance last served it or, first seen by this instance, one set (as
+/// `managedFields` records) no earlier than the last definitive check.
 fn verify_requested(
     cr: &MendixCredential,
     uid: &str,
@@ -490,13 +500,31 @@ fn verify_requested(
     match served.insert(uid.to_owned(), value.clone()) {
         Some(old) => &old != value,
         None => match (
-            value.parse::<jiff::Timestamp>(),
+            annotation_set_at(&cr.metadata, ANNOTATION_VERIFY_REQUESTED_AT),
             &previous.last_verified_time,
         ) {
-            (Ok(asked), Some(done)) => asked > done.0,
+            (Some(asked), Some(done)) => asked >= done.0,
             _ => true,
         },
     }
+}
+
+/// When `key` was last set, from the `managedFields` entry that owns it.
+fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
+    let field = format!("f:{key}");
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| {
+            entry.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:metadata")
+                    .and_then(|m| m.get("f:annotations"))
+                    .and_then(|a| a.get(&field))
+                    .is_some()
+            })
+        })
+        .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
+        .max()
 }
 
 /// The schedule's view of an outcome, counting transient failures in a row.

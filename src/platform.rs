@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use tracing::debug;
 
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
@@ -158,14 +159,16 @@ impl Platform {
             Err(e) => {
                 self.metrics
                     .platform_request(&host, None, started.elapsed());
+                debug!(host, kind = ?failure_kind(&e), "platform request failed");
                 return classify::transport_failure(&host, failure_kind(&e));
             }
         };
         let status = response.status().as_u16();
         let response_headers = response.headers().clone();
         let body = read_bounded(response).await;
-        self.metrics
-            .platform_request(&host, Some(status), started.elapsed());
+        let took = started.elapsed();
+        self.metrics.platform_request(&host, Some(status), took);
+        debug!(host, status, ?took, "platform answered");
         let body = match body {
             Ok(body) => body,
             Err(e) => return classify::transport_failure(&host, failure_kind(&e)),

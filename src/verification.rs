@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::debug;
 
 /// The platform behind a cache shared by all resources: resources that share a credential and a
 /// probe share one answer per interval, and concurrent first checks wait for one request.
@@ -62,6 +63,10 @@ impl Verifier {
                 max_age
             };
             if c.at.elapsed() < fresh_for {
+                debug!(
+                    reason = c.outcome.reason.as_str(),
+                    "answer from the shared cache"
+                );
                 return c.outcome.clone();
             }
         }

@@ -349,7 +349,8 @@ impl Operator {
             .args(["run", "--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
             .args(extra)
             .env("KUBECONFIG", &cp.operator_kubeconfig)
-            .env("RUST_LOG", "info,mxcred_operator=debug")
+            // Everything at debug, so that the secrecy tests search the most verbose logs.
+            .env("RUST_LOG", "debug")
             .env_remove("MXCRED_NAMESPACE")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -361,6 +362,28 @@ impl Operator {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of /metrics, from the operator's log.
+    pub async fn metrics_url(&self) -> String {
+        let addr = wait_for(Duration::from_secs(20), || async {
+            let logs = self.logs();
+            let line = logs
+                .lines()
+                .find(|l| l.contains("serving health and metrics"))?;
+            let start = line.find("127.0.0.1:")?;
+            let end = line[start..].find('"').map_or(line.len(), |e| start + e);
+            Some(line[start..end].to_owned())
+        })
+        .await
+        .expect("the operator logs its metrics address");
+        format!("http://{addr}/metrics")
+    }
+
+    /// The operator's /metrics text.
+    pub async fn metrics(&self) -> String {
+        let url = self.metrics_url().await;
+        reqwest::get(&url).await.unwrap().text().await.unwrap()
     }
 
     /// Stops the operator with SIGKILL and waits for it.

@@ -1,0 +1,441 @@
+//! Verification through the operator, against the real control plane and the platform simulator.
+
+mod common;
+
+use common::{TestEnv, wait_for, wait_until};
+use mendix_simulator::{Simulator, State};
+use mxcred_operator::api::MendixCredential;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn token_valid(cr: &MendixCredential) -> (String, String, String) {
+    let c = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "TokenValid"))
+        .expect("TokenValid condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+async fn credential(env: &TestEnv, name: &str, token: &str, verification: serde_json::Value) {
+    env.put_source(&format!("{name}-raw"), &[("token", token)])
+        .await;
+    env.put_credential(
+        name,
+        json!({"sourceRef": {"name": format!("{name}-raw")}, "verification": verification}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_reason_is_reached_through_the_operator() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("reasons").await;
+    let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    let cases = [
+        ("valid", State::Valid, json!({}), "True", "Verified"),
+        (
+            "deleted",
+            State::Deleted,
+            json!({}),
+            "False",
+            "TokenRejected",
+        ),
+        (
+            "deactivated",
+            State::Deactivated,
+            json!({}),
+            "False",
+            "UserDeactivated",
+        ),
+        (
+            "noscope",
+            State::MissingScope,
+            json!({"probe": "Projects"}),
+            "Unknown",
+            "Forbidden",
+        ),
+        (
+            "limited",
+            State::RateLimited {
+                retry_after_secs: 120,
+            },
+            json!({}),
+            "Unknown",
+            "RateLimited",
+        ),
+        (
+            "down",
+            State::ServerError,
+            json!({}),
+            "Unknown",
+            "PlatformUnavailable",
+        ),
+        (
+            "dropped",
+            State::DropConnection,
+            json!({}),
+            "Unknown",
+            "PlatformUnavailable",
+        ),
+        (
+            "html",
+            State::Html,
+            json!({}),
+            "Unknown",
+            "PlatformUnavailable",
+        ),
+        (
+            "garbage",
+            State::Garbage,
+            json!({}),
+            "Unknown",
+            "PlatformUnavailable",
+        ),
+        (
+            "off",
+            State::Valid,
+            json!({"enabled": false}),
+            "Unknown",
+            "VerificationDisabled",
+        ),
+        (
+            "outside",
+            State::Valid,
+            json!({"probe": "https://platform.example.com/ping"}),
+            "Unknown",
+            "EndpointNotAllowed",
+        ),
+    ];
+    for (name, state, verification, _, _) in &cases {
+        let token = format!("tok-{name}");
+        sim.set(&token, state.clone());
+        credential(&env, name, &token, verification.clone()).await;
+    }
+    for (name, _, _, status, reason) in &cases {
+        let cr = env.wait_reason(name, "TokenValid", reason).await;
+        let (s, _, message) = token_valid(&cr);
+        assert_eq!(&s, status, "{name}");
+        assert!(!message.contains("tok-"), "{name}: {message}");
+        let st = cr.status.unwrap();
+        match *status {
+            "Unknown" if *reason != "VerificationDisabled" => {
+                assert!(st.last_verification_error.is_some(), "{name}");
+                assert!(st.last_verified_time.is_none(), "{name}");
+            }
+            "True" | "False" => assert!(st.last_verified_time.is_some(), "{name}"),
+            _ => {}
+        }
+    }
+    assert_eq!(sim.requests("tok-off"), 0);
+    assert_eq!(sim.requests("tok-outside"), 0);
+    let events = env.events().await;
+    for want in [
+        "Normal Verified",
+        "Warning TokenRejected",
+        "Warning UserDeactivated",
+    ] {
+        assert!(
+            events.iter().any(|e| e.starts_with(want)),
+            "{want} in {events:?}"
+        );
+    }
+    // Pending: no credential published yet, so nothing to verify.
+    env.put_credential("nosource", json!({"sourceRef": {"name": "missing"}}))
+        .await;
+    env.wait_reason("nosource", "TokenValid", "Pending").await;
+}
+
+#[tokio::test]
+async fn a_probe_outside_the_allow_list_is_never_contacted() {
+    // A listener on another loopback address stands for an internal service.
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let contacted = tokio::spawn(async move { listener.accept().await.is_ok() });
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("allowlist").await;
+    let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    credential(
+        &env,
+        "internal",
+        "tok-internal",
+        json!({"probe": format!("http://127.0.0.2:{port}/admin")}),
+    )
+    .await;
+    let cr = env
+        .wait_reason("internal", "TokenValid", "EndpointNotAllowed")
+        .await;
+    assert!(token_valid(&cr).2.contains("127.0.0.2"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !contacted.is_finished(),
+        "a request reached the address outside the allow-list"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_token_is_seen_after_a_forced_check_and_after_the_interval() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("deleted").await;
+    sim.set("tok-a", State::Valid);
+    sim.set("tok-b", State::Valid);
+    let op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    credential(&env, "a", "tok-a", json!({})).await;
+    env.wait_reason("a", "TokenValid", "Verified").await;
+
+    // Forced: a new annotation value verifies at once.
+    sim.set("tok-a", State::Deleted);
+    let forced = Instant::now();
+    // Any new value forces a check, even one that does not look like a recent time.
+    let patch = json!({"metadata": {"annotations": {"mxcred.io/verify-requested-at": "please"}}});
+    env.credentials()
+        .patch(
+            "a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let cr = env.wait_reason("a", "TokenValid", "TokenRejected").await;
+    println!("forced check to TokenRejected: {:?}", forced.elapsed());
+    assert_eq!(token_valid(&cr).0, "False");
+    drop(op);
+
+    // At the interval (shortened for the test by a hidden flag, not by the resource).
+    let _op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "2s"]);
+    credential(&env, "b", "tok-b", json!({"interval": "1m"})).await;
+    env.wait_reason("b", "TokenValid", "Verified").await;
+    sim.set("tok-b", State::Deleted);
+    env.wait_reason("b", "TokenValid", "TokenRejected").await;
+}
+
+#[tokio::test]
+async fn an_outage_after_verified_keeps_true() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("outage").await;
+    sim.set("tok-o", State::Valid);
+    let _op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "1s"]);
+    credential(&env, "o", "tok-o", json!({})).await;
+    env.wait_reason("o", "TokenValid", "Verified").await;
+    sim.set("tok-o", State::ServerError);
+    let before = sim.requests("tok-o");
+    let cr = wait_for(Duration::from_secs(30), || async {
+        let cr = env.credentials().get("o").await.ok()?;
+        cr.status.as_ref()?.last_verification_error.as_ref()?;
+        Some(cr)
+    })
+    .await
+    .expect("the failed attempt is recorded");
+    assert!(sim.requests("tok-o") > before);
+    assert_eq!(token_valid(&cr).0, "True");
+    assert_eq!(token_valid(&cr).1, "Verified");
+    let error = cr.status.unwrap().last_verification_error.unwrap();
+    assert!(error.contains("127.0.0.1"), "{error}");
+}
+
+#[tokio::test]
+async fn thirty_resources_sharing_one_token_cost_at_most_two_calls() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("shared").await;
+    sim.set("tok-shared", State::Valid);
+    env.put_source("shared-raw", &[("token", "tok-shared")])
+        .await;
+    let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    for i in 0..30 {
+        env.put_credential(
+            &format!("c{i}"),
+            json!({"sourceRef": {"name": "shared-raw"}}),
+        )
+        .await;
+    }
+    for i in 0..30 {
+        env.wait_reason(&format!("c{i}"), "TokenValid", "Verified")
+            .await;
+    }
+    let calls = sim.requests("tok-shared");
+    println!("30 resources sharing 1 token: {calls} platform calls");
+    assert!(calls <= 2, "{calls} calls");
+}
+
+#[tokio::test]
+async fn a_rate_limit_slows_the_operator_down_as_asked() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("ratelimit").await;
+    sim.set(
+        "tok-r",
+        State::RateLimited {
+            retry_after_secs: 4,
+        },
+    );
+    let _op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "1s"]);
+    credential(&env, "r", "tok-r", json!({})).await;
+    let cr = env.wait_reason("r", "TokenValid", "RateLimited").await;
+    let status = cr.status.unwrap();
+    let next = status.next_verification_time.unwrap().0;
+    let asked = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    assert!(
+        next > asked,
+        "next check {next} comes before the 4 s the platform asked for"
+    );
+    let first = sim.requests("tok-r");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.requests("tok-r"),
+        first,
+        "asked again before Retry-After passed"
+    );
+    sim.set("tok-r", State::Valid);
+    env.wait_reason("r", "TokenValid", "Verified").await;
+}
+
+#[tokio::test]
+async fn a_restart_does_not_reverify_what_is_not_due() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("restart").await;
+    for i in 0..5 {
+        sim.set(&format!("tok-{i}"), State::Valid);
+    }
+    let mut first = env.start_operator_with_platform(&sim.base_url(), &[]);
+    for i in 0..5 {
+        credential(&env, &format!("r{i}"), &format!("tok-{i}"), json!({})).await;
+    }
+    for i in 0..5 {
+        env.wait_reason(&format!("r{i}"), "TokenValid", "Verified")
+            .await;
+    }
+    first.kill();
+    let before = sim.total_requests();
+    let second = env.start_operator_with_platform(&sim.base_url(), &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted operator to reconcile all",
+        || async { second.logs().matches("\"reconciled\"").count() >= 5 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sim.total_requests(),
+        before,
+        "a restart re-verified resources that were not due"
+    );
+}
+
+#[tokio::test]
+async fn metrics_follow_the_verifications() {
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("metrics").await;
+    sim.set("tok-m1", State::Valid);
+    sim.set("tok-m2", State::Deleted);
+    let op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    credential(&env, "m1", "tok-m1", json!({})).await;
+    credential(&env, "m2", "tok-m2", json!({})).await;
+    env.wait_reason("m1", "TokenValid", "Verified").await;
+    env.wait_reason("m2", "TokenValid", "TokenRejected").await;
+    let text = wait_for(Duration::from_secs(10), || async {
+        let text = op.metrics().await;
+        text.contains(r#"mxcred_credentials{token_valid="false"} 1"#)
+            .then_some(text)
+    })
+    .await
+    .expect("the credentials gauge follows the status");
+    for line in [
+        r#"mxcred_credentials{token_valid="true"} 1"#,
+        r#"mxcred_verifications_total{outcome="Verified"}"#,
+        r#"mxcred_verifications_total{outcome="TokenRejected"}"#,
+        r#"mxcred_platform_requests_total{host="127.0.0.1",code="200"}"#,
+        r#"mxcred_platform_requests_total{host="127.0.0.1",code="403"}"#,
+        r#"mxcred_reconciles_total{result="Synced"}"#,
+        "mxcred_reconcile_duration_seconds_count",
+        r#"mxcred_platform_request_duration_seconds_count{host="127.0.0.1"}"#,
+        r#"mxcred_build_info{version=""#,
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn no_credential_reaches_logs_events_status_or_metrics() {
+    const CANARY: &str = "CANARY-7f3e9a1c-token";
+    const CANARY_KEY: &str = "CANARY-apikey-55e1";
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("secrecy").await;
+    let op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "1s"]);
+    // Every outcome, with the canary as the credential.
+    for (i, state) in [
+        State::Valid,
+        State::Deleted,
+        State::Deactivated,
+        State::ServerError,
+        State::Html,
+        State::Garbage,
+        State::DropConnection,
+        State::RateLimited {
+            retry_after_secs: 1,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let token = format!("{CANARY}-{i}");
+        sim.set(&token, state);
+        credential(&env, &format!("s{i}"), &token, json!({})).await;
+    }
+    env.put_source(
+        "k-raw",
+        &[
+            ("username", "canary-user@example.com"),
+            ("apiKey", CANARY_KEY),
+        ],
+    )
+    .await;
+    env.put_credential(
+        "k",
+        json!({"type": "ApiKey", "sourceRef": {"name": "k-raw"}}),
+    )
+    .await;
+    env.put_source("bad-raw", &[("token", &format!("{CANARY}\nX-Injected: 1"))])
+        .await;
+    env.put_credential("bad", json!({"sourceRef": {"name": "bad-raw"}}))
+        .await;
+    env.wait_reason("bad", "Ready", "InvalidSource").await;
+    env.wait_reason("s0", "TokenValid", "Verified").await;
+    env.wait_reason("s1", "TokenValid", "TokenRejected").await;
+    env.wait_reason("k", "TokenValid", "TokenRejected").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Positive control: the canary is where it belongs, so a leak would be found.
+    let published = env.secrets().get("s0").await.unwrap();
+    assert!(
+        common::value(&published, "MENDIX_TOKEN")
+            .unwrap()
+            .starts_with(CANARY)
+    );
+    assert!(sim.requests(&format!("{CANARY}-0")) > 0);
+
+    let statuses = serde_json::to_string(
+        &env.credentials()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    let events = env.events().await.join("\n");
+    let metrics = op.metrics().await;
+    let logs = op.logs();
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "logs are at debug level"
+    );
+    assert!(
+        logs.contains("platform answered"),
+        "the platform calls are logged"
+    );
+    for (what, text) in [
+        ("status", &statuses),
+        ("events", &events),
+        ("metrics", &metrics),
+        ("logs", &logs),
+    ] {
+        assert!(!text.contains("CANARY"), "a credential reached the {what}");
+    }
+}
