@@ -1,5 +1,6 @@
 //! Command line: `run`, `crd`. Every `run` flag is also an environment variable `MXCRED_...`.
 
+use crate::api::Platform;
 use crate::controller::Settings;
 use crate::platform::PlatformConfig;
 use crate::probe::NamedProbe;
@@ -28,6 +29,50 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinition as YAML.
     Crd,
+    /// Check a token or API key once, for CI steps: prints `<status> <reason>: <message>` and
+    /// exits 0 when valid, 1 when rejected or deactivated, 2 when unknown.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// File holding a personal access token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding a personal access token (e.g. MENDIX_TOKEN).
+    #[arg(long)]
+    pub token_env: Option<String>,
+    /// File holding the API key's username.
+    #[arg(long)]
+    pub username_file: Option<PathBuf>,
+    /// Environment variable holding the API key's username (e.g. MENDIX_USERNAME).
+    #[arg(long)]
+    pub username_env: Option<String>,
+    /// File holding the API key.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Environment variable holding the API key (e.g. MENDIX_API_KEY).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// A named probe or an https:// URL; the default depends on the credential and platform.
+    #[arg(long)]
+    pub probe: Option<String>,
+    /// MendixCloud or PrivatePlatform.
+    #[arg(long = "platform", default_value = "MendixCloud", value_parser = parse_platform)]
+    pub platform_kind: Platform,
+    /// Base URL of a Private Mendix Platform.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+}
+
+fn parse_platform(text: &str) -> Result<Platform, String> {
+    match text {
+        "MendixCloud" => Ok(Platform::MendixCloud),
+        "PrivatePlatform" => Ok(Platform::PrivatePlatform),
+        _ => Err("MendixCloud or PrivatePlatform".into()),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,12 @@ pub enum SourceError {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyPart {
+    Username,
+    ApiKey,
+}
+
 /// What is wrong with a value, in words that do not reveal it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -54,6 +60,23 @@ pub enum Problem {
 }
 
 impl Credential {
+    /// A personal access token from raw bytes: surrounding whitespace trimmed, then checked.
+    pub fn personal_access_token(value: &[u8]) -> Result<Self, Problem> {
+        check_token(value.trim_ascii()).map(|t| Credential::PersonalAccessToken(t.into()))
+    }
+
+    /// An API key from raw bytes; the error tells which of the two values is wrong.
+    pub fn api_key(username: &[u8], api_key: &[u8]) -> Result<Self, (ApiKeyPart, Problem)> {
+        Ok(Credential::ApiKey {
+            username: check_username(username.trim_ascii())
+                .map_err(|p| (ApiKeyPart::Username, p))?
+                .into(),
+            api_key: check_token(api_key.trim_ascii())
+                .map_err(|p| (ApiKeyPart::ApiKey, p))?
+                .into(),
+        })
+    }
+
     /// Reads the credential of `credential_type` from the data of the source Secret.
     pub fn from_source(
         credential_type: CredentialType,

@@ -20,6 +20,7 @@ pub mod server;
 pub mod spec;
 pub mod telemetry;
 pub mod verification;
+pub mod verify_cmd;
 
 use kube::CustomResourceExt;
 

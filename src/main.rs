@@ -4,18 +4,24 @@ use mxcred_operator::controller::Shared;
 use mxcred_operator::metrics::Metrics;
 use mxcred_operator::platform::Platform;
 use mxcred_operator::verification::Verifier;
-use mxcred_operator::{controller, crd_yaml, server, telemetry};
+use mxcred_operator::{controller, crd_yaml, server, telemetry, verify_cmd};
+use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Crd => print!("{}", crd_yaml()),
         Command::Run(args) => run(args).await?,
+        Command::Verify(args) => {
+            let (line, code) = verify_cmd::run(&args).await;
+            println!("{line}");
+            return Ok(code);
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
