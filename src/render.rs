@@ -203,6 +203,10 @@ mod tests {
         }
     }
 
+    fn render(resolved: &Resolved, credential: &Credential) -> Secret {
+        target_secret("ci", "deploy-bot", owner(), resolved, credential)
+    }
+
     fn pat() -> Credential {
         Credential::PersonalAccessToken("tok-123".to_string().into())
     }
@@ -213,13 +217,7 @@ mod tests {
 
     #[test]
     fn personal_access_token_keys() {
-        let s = target_secret(
-            "ci",
-            "deploy-bot",
-            owner(),
-            &resolved(CredentialType::PersonalAccessToken),
-            &pat(),
-        );
+        let s = render(&resolved(CredentialType::PersonalAccessToken), &pat());
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["Authorization", "MENDIX_TOKEN", "headers"]);
         assert_eq!(text(&s, "MENDIX_TOKEN"), "tok-123");
@@ -244,13 +242,7 @@ mod tests {
             username: "ci@example.com".to_string().into(),
             api_key: "k3y".to_string().into(),
         };
-        let s = target_secret(
-            "ci",
-            "deploy-bot",
-            owner(),
-            &resolved(CredentialType::ApiKey),
-            &c,
-        );
+        let s = render(&resolved(CredentialType::ApiKey), &c);
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
         assert_eq!(
             keys,
@@ -279,7 +271,7 @@ mod tests {
             .insert(LABEL_MANAGED_BY.into(), "someone-else".into());
         r.target_annotations
             .insert(ANNOTATION_FINGERPRINT.into(), "forged".into());
-        let s = target_secret("ci", "deploy-bot", owner(), &r, &pat());
+        let s = render(&r, &pat());
         assert_eq!(
             s.metadata.labels.as_ref().unwrap()[LABEL_MANAGED_BY],
             MANAGER
@@ -320,13 +312,7 @@ mod tests {
 
     #[test]
     fn current_when_nothing_changed() {
-        let desired = target_secret(
-            "ci",
-            "deploy-bot",
-            owner(),
-            &resolved(CredentialType::PersonalAccessToken),
-            &pat(),
-        );
+        let desired = render(&resolved(CredentialType::PersonalAccessToken), &pat());
         let mut existing = applied(&desired);
         assert!(is_current(&existing, &desired));
         assert_eq!(
@@ -346,13 +332,10 @@ mod tests {
     #[test]
     fn not_current_after_edits() {
         let r = resolved(CredentialType::PersonalAccessToken);
-        let desired = target_secret("ci", "deploy-bot", owner(), &r, &pat());
+        let desired = render(&r, &pat());
         let existing = applied(&desired);
 
-        let rotated = target_secret(
-            "ci",
-            "deploy-bot",
-            owner(),
+        let rotated = render(
             &r,
             &Credential::PersonalAccessToken("new".to_string().into()),
         );
@@ -360,7 +343,7 @@ mod tests {
 
         let mut fewer_labels = r.clone();
         fewer_labels.target_labels.clear();
-        let desired2 = target_secret("ci", "deploy-bot", owner(), &fewer_labels, &pat());
+        let desired2 = render(&fewer_labels, &pat());
         assert!(
             !is_current(&existing, &desired2),
             "a label we applied must be removed"
@@ -382,25 +365,13 @@ mod tests {
             username: "u".to_string().into(),
             api_key: "k".to_string().into(),
         };
-        let switched = target_secret(
-            "ci",
-            "deploy-bot",
-            owner(),
-            &resolved(CredentialType::ApiKey),
-            &api_key,
-        );
+        let switched = render(&resolved(CredentialType::ApiKey), &api_key);
         assert!(!is_current(&existing, &switched));
     }
 
     #[test]
     fn control_is_by_uid() {
-        let desired = target_secret(
-            "ci",
-            "deploy-bot",
-            owner(),
-            &resolved(CredentialType::PersonalAccessToken),
-            &pat(),
-        );
+        let desired = render(&resolved(CredentialType::PersonalAccessToken), &pat());
         assert!(is_controlled_by(&desired, "uid-1"));
         assert!(!is_controlled_by(&desired, "uid-2"));
         let mut not_controller = desired.clone();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestEnv, value, wait_until};
+use common::{TestEnv, condition, value, wait_until};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use mxcred_operator::api::MendixCredential;
@@ -135,13 +135,7 @@ async fn ready_reasons_follow_the_source() {
     env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
         .await;
     let cr = env.wait_reason("c", "Ready", "SourceNotFound").await;
-    let ready = cr
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = condition(&cr, "Ready");
     assert_eq!(ready.status, "False");
     assert!(ready.message.contains("\"raw\""), "{}", ready.message);
 
@@ -188,13 +182,7 @@ async fn invalid_specs_are_reported() {
     ] {
         env.put_credential(name, spec).await;
         let cr = env.wait_reason(name, "Ready", "InvalidSpec").await;
-        let ready = cr
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = condition(&cr, "Ready");
         assert!(ready.message.contains(needle), "{name}: {}", ready.message);
     }
 }
@@ -246,15 +234,7 @@ async fn a_refused_source_keeps_the_last_good_secret() {
     for bad in ["injected\r\nX-Evil: 1", "", &"a".repeat(4097), "tökén"] {
         env.put_source("raw", &[("token", bad)]).await;
         let cr = env.wait_reason("keep", "Ready", "InvalidSource").await;
-        let message = &cr
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap()
-            .message;
+        let message = &condition(&cr, "Ready").message;
         assert!(
             !bad.is_empty() && !message.contains(bad) || bad.is_empty(),
             "{message}"

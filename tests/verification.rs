@@ -9,12 +9,8 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn token_valid(cr: &MendixCredential) -> (String, String, String) {
-    let c = cr
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "TokenValid"))
-        .expect("TokenValid condition");
-    (c.status.clone(), c.reason.clone(), c.message.clone())
+    let c = common::condition(cr, "TokenValid");
+    (c.status, c.reason, c.message)
 }
 
 async fn credential(env: &TestEnv, name: &str, token: &str, verification: serde_json::Value) {

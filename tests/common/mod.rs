@@ -292,6 +292,18 @@ impl TestEnv {
     }
 }
 
+/// The condition `type_` of a resource; panics when it has none.
+pub fn condition(
+    cr: &MendixCredential,
+    type_: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    cr.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
 /// Decodes one key of a Secret as text.
 pub fn value(secret: &Secret, key: &str) -> Option<String> {
     let data = secret.data.as_ref()?;
