@@ -14,8 +14,9 @@ use crate::conditions::{self, Verdict};
 use crate::credential::{Credential, SourceError};
 use crate::metrics::Metrics;
 use crate::render;
-use crate::schedule::{self, Attempt};
+use crate::schedule;
 use crate::spec::{self, InvalidSpec, Resolved};
+use crate::tracker::Tracker;
 use crate::verification::{self, Verifier};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -27,7 +28,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,7 +53,7 @@ pub struct Settings {
 /// they end the reconcile normally with a condition on the resource.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed: {0}")]
+    #[error("Kubernetes API request failed: {}", describe(.0))]
     Kube(#[from] kube::Error),
     #[error("the object has no {0}")]
     MissingMetadata(&'static str),
@@ -106,20 +107,27 @@ impl Shared {
     }
 }
 
+/// A Kubernetes error for a log line. The API server's own messages for authorization, absence
+/// and conflicts name objects only; any other message (an admission webhook's, a validation
+/// message) could repeat values of the object sent, which may be a target Secret's data, so only
+/// its code and reason are kept.
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if matches!(status.code, 401 | 403 | 404 | 409) => {
+            format!("HTTP {} {}: {}", status.code, status.reason, status.message)
+        }
+        kube::Error::Api(status) => format!("HTTP {} {}", status.code, status.reason),
+        other => other.to_string(),
+    }
+}
+
 pub struct Context {
     client: Client,
     shared: Arc<Shared>,
     recorder: Recorder,
     settings: Settings,
     verifier: Verifier,
-    failures: Mutex<HashMap<ObjectRef<Guarded>, u32>>,
-    /// Per resource uid: the last `verify-requested-at` value served.
-    verify_requests: Mutex<HashMap<String, String>>,
-    /// Per resource uid: transient verification failures in a row.
-    transient_failures: Mutex<HashMap<String, u32>>,
-    /// Per resource uid: the TokenValid reason last announced by an Event. A reconcile that
-    /// reads a status older than its own last write must not announce the same transition twice.
-    announced: Mutex<HashMap<String, Reason>>,
+    tracker: Tracker,
 }
 
 /// Runs the controller until `shutdown` is cancelled.
@@ -143,10 +151,7 @@ pub async fn run(
         recorder,
         settings: settings.clone(),
         verifier,
-        failures: Mutex::default(),
-        verify_requests: Mutex::default(),
-        transient_failures: Mutex::default(),
-        announced: Mutex::default(),
+        tracker: Tracker::default(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -170,6 +175,7 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(forget_deleted(ctx.clone(), shutdown.clone()));
     let controllers = controllers.into_iter().map(|controller| {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -182,6 +188,30 @@ pub async fn run(
         }
     });
     futures::future::join_all(controllers).await;
+}
+
+/// Every ten minutes, forgets what is remembered of resources that no longer exist, and cached
+/// platform answers too old to be used.
+async fn forget_deleted(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live: HashSet<String> = ctx
+            .shared
+            .stores
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .flat_map(|store| store.state())
+            .filter_map(|guard| guard.meta().uid.clone())
+            .collect();
+        ctx.tracker.retain(&live);
+        ctx.verifier
+            .forget_older_than(Duration::from_secs(25 * 3600));
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -245,7 +275,7 @@ fn referencing(
 
 async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let obj_ref = ObjectRef::from_obj(guard.as_ref());
+    let uid = guard.meta().uid.clone().unwrap_or_default();
     let result = match &guard.0 {
         Ok(cr) => reconcile_valid(cr, &ctx).await,
         Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx)
@@ -255,25 +285,22 @@ async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Err
     let label = result.as_ref().map_or("error", |(_, reason)| reason);
     ctx.shared.metrics.reconciled(label, started.elapsed());
     if result.is_ok() {
-        ctx.failures.lock().expect("lock poisoned").remove(&obj_ref);
+        ctx.tracker.api_succeeded(&uid);
     }
     result.map(|(action, _)| action)
 }
 
 fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let obj_ref = ObjectRef::from_obj(guard.as_ref());
-    let attempt = {
-        let mut failures = ctx.failures.lock().expect("lock poisoned");
-        let n = failures.entry(obj_ref.clone()).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+    let attempt = ctx
+        .tracker
+        .api_failed(guard.meta().uid.as_deref().unwrap_or_default());
     let delay = backoff(attempt);
     warn!(credential = %obj_ref, %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-/// Exponential backoff for transient API failures: 1 s doubling up to 5 min.
+/// Exponential backoff for transient API failures: 1 s doubling up to 256 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
@@ -296,6 +323,13 @@ async fn reconcile_unreadable(
         .clone()
         .ok_or(Error::MissingMetadata("namespace"))?;
     warn!(credential = %format!("{ns}/{name}"), error, "cannot read resource");
+    let uid = guard.meta().uid.clone().unwrap_or_default();
+    let version = guard.meta().resource_version.clone();
+    // Its status cannot be read either: remember the write, so that the write's own watch event
+    // does not cause another write.
+    if ctx.tracker.has_written(&uid, version.as_deref()) {
+        return Ok(Action::await_change());
+    }
     let mut conds = vec![];
     conditions::set(
         &mut conds,
@@ -313,9 +347,11 @@ async fn reconcile_unreadable(
         "kind": "MendixCredential",
         "status": { "conditions": conds, "observedGeneration": guard.meta().generation },
     });
-    Api::<Guarded>::namespaced(ctx.client.clone(), &ns)
+    let written = Api::<Guarded>::namespaced(ctx.client.clone(), &ns)
         .patch_status(&name, &apply_params(), &Patch::Apply(patch))
         .await?;
+    let produced = written.meta().resource_version.clone();
+    ctx.tracker.wrote_status(&uid, version, produced, None);
     Ok(Action::await_change())
 }
 
@@ -338,7 +374,12 @@ async fn reconcile_valid(
 ) -> Result<(Action, &'static str), Error> {
     let ns = cr.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = cr.name_any();
-    let previous = cr.status.clone().unwrap_or_default();
+    let uid = cr.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let previous = ctx
+        .tracker
+        .newer_status(&uid, cr.resource_version().as_deref())
+        .or_else(|| cr.status.clone())
+        .unwrap_or_default();
 
     let resolved = spec::resolve(&name, &cr.spec, ctx.settings.default_interval);
     let synced = match &resolved {
@@ -366,7 +407,6 @@ async fn reconcile_valid(
     let previous_reason =
         conditions::find(&previous.conditions, condition::READY).map(|c| c.reason.clone());
     let transition = previous_reason.as_deref() != Some(reason);
-    info!(credential = %format!("{ns}/{name}"), reason, wrote = synced.wrote, "reconciled");
     let message = synced.verdict.message.clone();
     conditions::set(
         &mut status.conditions,
@@ -395,7 +435,7 @@ async fn reconcile_valid(
 
     let next_check = match (&resolved, &synced.published) {
         (Ok(resolved), Some(credential)) => {
-            verify(cr, resolved, credential, &previous, &mut status, ctx).await
+            verify(cr, &uid, resolved, credential, &previous, &mut status, ctx).await
         }
         _ => {
             if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
@@ -410,7 +450,17 @@ async fn reconcile_valid(
         }
     };
 
-    write_status(cr, &ns, &previous, status, ctx).await?;
+    let token_valid = conditions::find(&status.conditions, condition::TOKEN_VALID)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    write_status(cr, &uid, &ns, &previous, status, ctx).await?;
+    info!(
+        credential = %format!("{ns}/{name}"),
+        reason,
+        token_valid,
+        wrote = synced.wrote,
+        "reconciled"
+    );
     // Periodic resync as a safety net; every input is also watched.
     let resync = Duration::from_secs(3600);
     let action = match (reason, next_check) {
@@ -425,6 +475,7 @@ async fn reconcile_valid(
 /// the outcome. Returns the time until the next check.
 async fn verify(
     cr: &MendixCredential,
+    uid: &str,
     resolved: &Resolved,
     credential: &Credential,
     previous: &MendixCredentialStatus,
@@ -438,27 +489,39 @@ async fn verify(
         return None;
     };
     let interval = ctx.settings.test_interval.unwrap_or(plan.interval);
-    let uid = cr.uid().unwrap_or_default();
     let clock = SystemTime::now();
-    let forced = verify_requested(cr, &uid, previous, ctx);
-    let rotated = previous.token_fingerprint.as_deref() != Some(credential.fingerprint().as_str());
-    let has_verdict = conditions::find(&previous.conditions, condition::TOKEN_VALID)
+    let forced = verify_requested(cr, uid, previous, ctx);
+    let rotated = previous
+        .token_fingerprint
+        .as_deref()
+        .is_some_and(|f| f != credential.fingerprint());
+    if rotated {
+        // The verdict was about the previous credential; it says nothing about this one.
+        status
+            .conditions
+            .retain(|c| c.type_ != condition::TOKEN_VALID);
+        status.last_verified_time = None;
+        status.last_verification_error = None;
+        ctx.tracker.reset_transient(uid);
+    }
+    let has_verdict = conditions::find(&status.conditions, condition::TOKEN_VALID)
         .is_some_and(|c| c.reason != Reason::Pending.as_str());
     let scheduled = previous
         .next_verification_time
         .as_ref()
         .map(|t| SystemTime::from(t.0));
     if forced || rotated || !has_verdict || schedule::is_due(clock, scheduled) {
-        let outcome = ctx
+        let (outcome, answered) = ctx
             .verifier
             .check(&plan.probe, credential, interval, forced)
             .await;
-        let attempt = attempt_of(&outcome, &uid, ctx);
+        let attempt = ctx.tracker.attempt(uid, &outcome);
         ctx.shared.metrics.verified(outcome.reason.as_str());
         let name = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
         info!(credential = %name, reason = outcome.reason.as_str(), forced, "verified");
-        let transition = verification::record(status, &outcome, generation, now());
-        if let Some(reason) = transition.filter(|r| announce(ctx, &uid, *r)) {
+        let answered_at = jiff::Timestamp::try_from(answered).map_or_else(|_| now(), Time);
+        let transition = verification::record(status, &outcome, generation, answered_at);
+        if let Some(reason) = transition.filter(|r| ctx.tracker.announce(uid, *r)) {
             let type_ = match reason {
                 Reason::Verified => Some(EventType::Normal),
                 Reason::TokenRejected | Reason::UserDeactivated => Some(EventType::Warning),
@@ -468,7 +531,12 @@ async fn verify(
                 publish(ctx, cr, type_, reason.as_str(), outcome.message.clone()).await;
             }
         }
-        let next = schedule::next_check(clock, interval, schedule::jitter(&uid, interval), attempt);
+        let next = schedule::next_check(
+            answered.min(clock),
+            interval,
+            schedule::jitter(uid, interval),
+            attempt,
+        );
         status.next_verification_time = jiff::Timestamp::try_from(next).ok().map(Time);
     }
     let next = status
@@ -476,12 +544,6 @@ async fn verify(
         .as_ref()
         .map(|t| SystemTime::from(t.0))?;
     Some(next.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// Records `reason` as announced for `uid`; false when it already was.
-fn announce(ctx: &Context, uid: &str, reason: Reason) -> bool {
-    let mut announced = ctx.announced.lock().expect("lock poisoned");
-    announced.insert(uid.to_owned(), reason) != Some(reason)
 }
 
 /// Whether the `verify-requested-at` annotation holds a value not served yet: one that changed
@@ -496,8 +558,7 @@ fn verify_requested(
     let Some(value) = cr.annotations().get(ANNOTATION_VERIFY_REQUESTED_AT) else {
         return false;
     };
-    let mut served = ctx.verify_requests.lock().expect("lock poisoned");
-    match served.insert(uid.to_owned(), value.clone()) {
+    match ctx.tracker.serve_verify_request(uid, value) {
         Some(old) => &old != value,
         None => match (
             annotation_set_at(&cr.metadata, ANNOTATION_VERIFY_REQUESTED_AT),
@@ -525,29 +586,6 @@ fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
         })
         .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
         .max()
-}
-
-/// The schedule's view of an outcome, counting transient failures in a row.
-fn attempt_of(outcome: &Outcome, uid: &str, ctx: &Context) -> Attempt {
-    let mut failures = ctx.transient_failures.lock().expect("lock poisoned");
-    match outcome.reason {
-        Reason::Verified => {
-            failures.remove(uid);
-            Attempt::Accepted
-        }
-        Reason::TokenRejected | Reason::UserDeactivated => {
-            failures.remove(uid);
-            Attempt::Rejected
-        }
-        _ => {
-            let n = failures.entry(uid.to_owned()).or_default();
-            *n = n.saturating_add(1);
-            Attempt::Transient {
-                failures: *n,
-                retry_after: outcome.retry_after,
-            }
-        }
-    }
 }
 
 fn not_ready(reason: &'static str, message: String) -> Verdict {
@@ -688,12 +726,15 @@ async fn remove_previous_target(
 
 async fn write_status(
     cr: &MendixCredential,
+    uid: &str,
     ns: &str,
     previous: &MendixCredentialStatus,
     status: MendixCredentialStatus,
     ctx: &Context,
 ) -> Result<(), Error> {
-    if cr.status.is_some() && &status == previous {
+    // A status always holds the Ready condition, so it never equals the empty status of a
+    // resource seen for the first time.
+    if &status == previous {
         return Ok(());
     }
     let patch = serde_json::json!({
@@ -701,9 +742,15 @@ async fn write_status(
         "kind": "MendixCredential",
         "status": status,
     });
-    Api::<MendixCredential>::namespaced(ctx.client.clone(), ns)
+    let written = Api::<MendixCredential>::namespaced(ctx.client.clone(), ns)
         .patch_status(&cr.name_any(), &apply_params(), &Patch::Apply(patch))
         .await?;
+    ctx.tracker.wrote_status(
+        uid,
+        cr.resource_version(),
+        written.resource_version(),
+        written.status,
+    );
     Ok(())
 }
 

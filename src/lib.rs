@@ -19,6 +19,7 @@ pub mod schedule;
 pub mod server;
 pub mod spec;
 pub mod telemetry;
+pub mod tracker;
 pub mod verification;
 pub mod verify_cmd;
 

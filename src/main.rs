@@ -1,4 +1,5 @@
 use clap::Parser;
+use clap::error::ErrorKind;
 use mxcred_operator::cli::{Cli, Command, RunArgs};
 use mxcred_operator::controller::Shared;
 use mxcred_operator::metrics::Metrics;
@@ -12,7 +13,7 @@ use tracing::info;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+    match parse().command {
         Command::Crd => print!("{}", crd_yaml()),
         Command::Run(args) => run(args).await?,
         Command::Verify(args) => {
@@ -22,6 +23,20 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses the command line. A usage error names its kind but does not repeat the offending
+/// value: a token pasted where a variable's name belongs must not reach a CI log.
+fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        kind => {
+            eprintln!("error: {kind} (the value is not repeated here); see --help");
+            std::process::exit(2)
+        }
+    })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

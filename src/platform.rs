@@ -227,11 +227,33 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, reqwes
 fn failure_kind(e: &reqwest::Error) -> TransportFailure {
     if e.is_timeout() {
         TransportFailure::Timeout
+    } else if is_tls(e) {
+        TransportFailure::Tls
     } else if e.is_connect() {
         TransportFailure::Connect
     } else {
         TransportFailure::Other
     }
+}
+
+/// Whether a TLS handshake or certificate check failed, somewhere in the error's sources.
+/// reqwest does not expose this as a kind, so the source chain is searched for rustls' error.
+fn is_tls(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
 /// The platform behind a cache shared by all resources: resources that share a credential and a
@@ -29,6 +29,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 struct Cached {
     outcome: Outcome,
     at: Instant,
+    /// When the platform answered, for the status.
+    answered: SystemTime,
 }
 
 impl Verifier {
@@ -39,15 +41,16 @@ impl Verifier {
         }
     }
 
-    /// The platform's answer for `credential` at `target`, from the cache when a definitive one
-    /// is younger than `max_age` (a transient one is reused for at most 30 s), unless `force`.
+    /// The platform's answer for `credential` at `target`, and when it was given: from the
+    /// cache when a definitive one is younger than `max_age` (a transient one is reused for
+    /// 30 s, or as long as the platform asked to wait), unless `force`.
     pub async fn check(
         &self,
         target: &ProbeTarget,
         credential: &Credential,
         max_age: Duration,
         force: bool,
-    ) -> Outcome {
+    ) -> (Outcome, SystemTime) {
         let slot = {
             let mut answers = self.answers.lock().expect("lock poisoned");
             answers
@@ -58,7 +61,9 @@ impl Verifier {
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref().filter(|_| !force) {
             let fresh_for = if c.outcome.reason.status() == TokenValid::Unknown {
-                FIRST_RETRY.min(max_age)
+                FIRST_RETRY
+                    .max(c.outcome.retry_after.unwrap_or_default())
+                    .min(max_age)
             } else {
                 max_age
             };
@@ -67,15 +72,28 @@ impl Verifier {
                     reason = c.outcome.reason.as_str(),
                     "answer from the shared cache"
                 );
-                return c.outcome.clone();
+                return (c.outcome.clone(), c.answered);
             }
         }
         let outcome = self.platform.check(target, credential).await;
+        let answered = SystemTime::now();
         *cached = Some(Cached {
             outcome: outcome.clone(),
             at: Instant::now(),
+            answered,
         });
-        outcome
+        (outcome, answered)
+    }
+
+    /// Drops answers older than `age` (and slots no request filled), so that rotated and
+    /// deleted credentials do not accumulate.
+    pub fn forget_older_than(&self, age: Duration) {
+        let mut answers = self.answers.lock().expect("lock poisoned");
+        answers.retain(|_, slot| match slot.try_lock() {
+            Ok(cached) => cached.as_ref().is_some_and(|c| c.at.elapsed() < age),
+            // A request for it is under way.
+            Err(_) => true,
+        });
     }
 
     /// A digest of the credential and the probe's URL: the cache never holds the credential.

@@ -51,9 +51,19 @@ async fn check(args: &VerifyArgs) -> Result<Outcome, String> {
 }
 
 fn read_credential(args: &VerifyArgs) -> Result<(CredentialType, Credential), String> {
-    let token = read(&args.token_file, &args.token_env, "token")?;
-    let username = read(&args.username_file, &args.username_env, "username")?;
-    let api_key = read(&args.api_key_file, &args.api_key_env, "API key")?;
+    let token = read(&args.token_file, &args.token_env, "token", "--token-env")?;
+    let username = read(
+        &args.username_file,
+        &args.username_env,
+        "username",
+        "--username-env",
+    )?;
+    let api_key = read(
+        &args.api_key_file,
+        &args.api_key_env,
+        "API key",
+        "--api-key-env",
+    )?;
     match (token, username, api_key) {
         (Some(token), None, None) => Credential::personal_access_token(&token)
             .map(|c| (CredentialType::PersonalAccessToken, c))
@@ -77,6 +87,7 @@ fn read(
     file: &Option<std::path::PathBuf>,
     env: &Option<String>,
     what: &str,
+    flag: &str,
 ) -> Result<Option<Vec<u8>>, String> {
     match (file, env) {
         (Some(_), Some(_)) => Err(format!(
@@ -87,7 +98,7 @@ fn read(
             .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display())),
         (None, Some(var)) => std::env::var_os(var)
             .map(|v| Some(v.into_encoded_bytes()))
-            .ok_or_else(|| format!("the environment variable {var} holding the {what} is not set")),
+            .ok_or_else(|| format!("the environment variable named by the {flag} option is not set (it holds the {what}); give the variable's name, not its value")),
         (None, None) => Ok(None),
     }
 }

@@ -236,7 +236,7 @@ async fn a_refused_source_keeps_the_last_good_secret() {
         let cr = env.wait_reason("keep", "Ready", "InvalidSource").await;
         let message = &condition(&cr, "Ready").message;
         assert!(
-            !bad.is_empty() && !message.contains(bad) || bad.is_empty(),
+            !message.contains("X-Evil") && !message.contains("tökén") && !message.contains("aaaa"),
             "{message}"
         );
         let now = env.secrets().get("keep").await.unwrap();

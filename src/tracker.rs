@@ -1,0 +1,244 @@
+//! What this operator instance remembers about each resource between reconciles. Everything
+//! here may be lost (a restart): the durable state is the resource's status.
+
+use crate::api::MendixCredentialStatus;
+use crate::classify::{Outcome, Reason};
+use crate::schedule::Attempt;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Tracker {
+    resources: Mutex<HashMap<String, Memory>>,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// Failed reconciles in a row (API errors).
+    api_failures: u32,
+    /// Transient verification failures in a row.
+    transient_failures: u32,
+    /// The last `verify-requested-at` value served.
+    verify_request: Option<String>,
+    /// The TokenValid reason last announced by an Event.
+    announced: Option<Reason>,
+    /// The last status write.
+    written: Option<Written>,
+}
+
+/// A status write: the resource version it was based on and the one it produced.
+struct Written {
+    based_on: Option<String>,
+    produced: Option<String>,
+    status: Option<MendixCredentialStatus>,
+}
+
+impl Tracker {
+    fn with<T>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut resources = self.resources.lock().expect("lock poisoned");
+        f(resources.entry(uid.to_owned()).or_default())
+    }
+
+    /// Counts a failed reconcile; returns the failures in a row.
+    pub fn api_failed(&self, uid: &str) -> u32 {
+        self.with(uid, |m| {
+            m.api_failures = m.api_failures.saturating_add(1);
+            m.api_failures
+        })
+    }
+
+    pub fn api_succeeded(&self, uid: &str) {
+        self.with(uid, |m| m.api_failures = 0);
+    }
+
+    /// Records `value` as served; returns the value served before, if this instance saw one.
+    pub fn serve_verify_request(&self, uid: &str, value: &str) -> Option<String> {
+        self.with(uid, |m| m.verify_request.replace(value.to_owned()))
+    }
+
+    /// The schedule's view of an outcome, counting transient failures in a row.
+    pub fn attempt(&self, uid: &str, outcome: &Outcome) -> Attempt {
+        self.with(uid, |m| match outcome.reason {
+            Reason::Verified => {
+                m.transient_failures = 0;
+                Attempt::Accepted
+            }
+            Reason::TokenRejected | Reason::UserDeactivated => {
+                m.transient_failures = 0;
+                Attempt::Rejected
+            }
+            _ => {
+                m.transient_failures = m.transient_failures.saturating_add(1);
+                Attempt::Transient {
+                    failures: m.transient_failures,
+                    retry_after: outcome.retry_after,
+                }
+            }
+        })
+    }
+
+    /// Forgets transient failures, e.g. after the credential was rotated.
+    pub fn reset_transient(&self, uid: &str) {
+        self.with(uid, |m| m.transient_failures = 0);
+    }
+
+    /// Records `reason` as announced; false when it already was.
+    pub fn announce(&self, uid: &str, reason: Reason) -> bool {
+        self.with(uid, |m| m.announced.replace(reason) != Some(reason))
+    }
+
+    /// Remembers a status write based on the object at `based_on` that produced `produced`.
+    pub fn wrote_status(
+        &self,
+        uid: &str,
+        based_on: Option<String>,
+        produced: Option<String>,
+        status: Option<MendixCredentialStatus>,
+    ) {
+        self.with(uid, |m| {
+            m.written = Some(Written {
+                based_on,
+                produced,
+                status,
+            })
+        });
+    }
+
+    /// The status this instance wrote, when the cache still holds the object it was based on:
+    /// a reconcile triggered by another event may read the object before the cache has seen our
+    /// own write, and must not act on the older status.
+    pub fn newer_status(&self, uid: &str, version: Option<&str>) -> Option<MendixCredentialStatus> {
+        self.with(uid, |m| {
+            let w = m.written.as_ref()?;
+            (version.is_some() && w.based_on.as_deref() == version)
+                .then(|| w.status.clone())
+                .flatten()
+        })
+    }
+
+    /// Whether the object at `version` is one this instance wrote the status of, or based a
+    /// write on.
+    pub fn has_written(&self, uid: &str, version: Option<&str>) -> bool {
+        self.with(uid, |m| {
+            m.written.as_ref().is_some_and(|w| {
+                version.is_some()
+                    && (w.based_on.as_deref() == version || w.produced.as_deref() == version)
+            })
+        })
+    }
+
+    /// Forgets resources that no longer exist.
+    pub fn retain(&self, live: &HashSet<String>) {
+        self.resources
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.lock().expect("lock poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn outcome(reason: Reason, retry_after: Option<Duration>) -> Outcome {
+        Outcome {
+            reason,
+            message: String::new(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn transient_failures_count_until_a_verdict() {
+        let t = Tracker::default();
+        let down = outcome(Reason::PlatformUnavailable, None);
+        assert_eq!(
+            t.attempt("u", &down),
+            Attempt::Transient {
+                failures: 1,
+                retry_after: None
+            }
+        );
+        assert_eq!(
+            t.attempt("u", &down),
+            Attempt::Transient {
+                failures: 2,
+                retry_after: None
+            }
+        );
+        assert_eq!(
+            t.attempt("u", &outcome(Reason::Verified, None)),
+            Attempt::Accepted
+        );
+        assert_eq!(
+            t.attempt("u", &down),
+            Attempt::Transient {
+                failures: 1,
+                retry_after: None
+            }
+        );
+        let asked = Some(Duration::from_secs(9));
+        assert_eq!(
+            t.attempt("u", &outcome(Reason::RateLimited, asked)),
+            Attempt::Transient {
+                failures: 2,
+                retry_after: asked
+            }
+        );
+    }
+
+    #[test]
+    fn announcements_are_made_once() {
+        let t = Tracker::default();
+        assert!(t.announce("u", Reason::Verified));
+        assert!(!t.announce("u", Reason::Verified));
+        assert!(t.announce("u", Reason::TokenRejected));
+    }
+
+    #[test]
+    fn the_newer_status_wins_over_a_stale_cache() {
+        let t = Tracker::default();
+        let status = MendixCredentialStatus {
+            secret_name: Some("new".into()),
+            ..Default::default()
+        };
+        t.wrote_status(
+            "u",
+            Some("10".into()),
+            Some("11".into()),
+            Some(status.clone()),
+        );
+        assert_eq!(t.newer_status("u", Some("10")), Some(status));
+        assert_eq!(t.newer_status("u", Some("11")), None, "the cache caught up");
+        assert_eq!(t.newer_status("u", None), None);
+        assert!(t.has_written("u", Some("11")));
+        assert!(t.has_written("u", Some("10")));
+        assert!(!t.has_written("u", Some("12")));
+    }
+
+    #[test]
+    fn retain_forgets_deleted_resources() {
+        let t = Tracker::default();
+        t.api_failed("a");
+        t.api_failed("b");
+        t.retain(&HashSet::from(["a".to_owned()]));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.api_failed("a"), 2);
+    }
+
+    #[test]
+    fn verify_requests_remember_the_last_value() {
+        let t = Tracker::default();
+        assert_eq!(t.serve_verify_request("u", "1"), None);
+        assert_eq!(t.serve_verify_request("u", "2").as_deref(), Some("1"));
+    }
+}
