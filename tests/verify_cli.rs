@@ -76,7 +76,7 @@ async fn verify_prints_the_verdict_and_exits_accordingly() {
         (
             vec![],
             vec!["--token-env", "UNSET_VAR_0"],
-            "Unknown InvalidInput: the environment variable UNSET_VAR_0",
+            "Unknown InvalidInput: the environment variable named by the --token-env option is not set",
             2,
         ),
         (
