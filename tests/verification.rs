@@ -98,7 +98,8 @@ async fn every_reason_is_reached_through_the_operator() {
         (
             "outside",
             State::Valid,
-            json!({"probe": "https://platform.example.com/ping"}),
+            // The simulator itself, under a host name that is not on the allow-list.
+            json!({"probe": format!("{}/api/v4/apps", sim.base_url().replace("127.0.0.1", "localhost"))}),
             "Unknown",
             "EndpointNotAllowed",
         ),

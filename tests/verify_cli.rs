@@ -95,4 +95,23 @@ async fn verify_prints_the_verdict_and_exits_accordingly() {
         1,
         "the URL probe outside the allow-list was not called"
     );
+
+    // A token pasted where the variable's name belongs, or as a stray argument, is not echoed.
+    for args in [
+        vec!["--token-env", "mx-PASTED-token-99"],
+        vec!["mx-PASTED-token-99"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mxcred-operator"))
+            .arg("verify")
+            .args(&args)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(!all.contains("PASTED"), "{all}");
+    }
 }
