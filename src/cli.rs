@@ -91,6 +91,15 @@ pub struct RunArgs {
     pub concurrency: u16,
     #[arg(long, env = "MXCRED_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Run the controllers only while holding a Lease, so that several replicas can run.
+    #[arg(long, env = "MXCRED_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "MXCRED_LEASE_NAME", default_value = "mxcred-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease; default $POD_NAMESPACE, else the kubeconfig's namespace.
+    #[arg(long, env = "MXCRED_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     #[command(flatten)]
     pub platform: PlatformArgs,
     /// For tests only: verify at this interval, whatever the resources ask. Their own minimum

@@ -18,7 +18,7 @@ use crate::schedule;
 use crate::spec::{self, InvalidSpec, Resolved};
 use crate::tracker::Tracker;
 use crate::verification::{self, Verifier};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
@@ -29,7 +29,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::{Instant, SystemTime};
@@ -65,7 +64,6 @@ pub enum Error {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     stores: Mutex<Vec<Store<Guarded>>>,
-    stores_ready: AtomicUsize,
 }
 
 impl Shared {
@@ -73,7 +71,6 @@ impl Shared {
         Shared {
             metrics,
             stores: Mutex::default(),
-            stores_ready: AtomicUsize::new(0),
         }
     }
 
@@ -100,10 +97,16 @@ impl Shared {
         self.metrics.encode(counts)
     }
 
-    /// Ready once the controllers run and their caches are filled.
+    /// Ready when this instance serves: its controllers run (it leads, when electing) and
+    /// their caches are filled.
     pub fn is_ready(&self) -> bool {
-        let stores = self.stores.lock().expect("lock poisoned").len();
-        stores > 0 && self.stores_ready.load(Ordering::Relaxed) == stores
+        let stores = self.stores.lock().expect("lock poisoned");
+        !stores.is_empty()
+            && stores.iter().all(|s| {
+                s.wait_until_ready()
+                    .now_or_never()
+                    .is_some_and(|r| r.is_ok())
+            })
     }
 }
 
@@ -126,7 +129,7 @@ pub struct Context {
     shared: Arc<Shared>,
     recorder: Recorder,
     settings: Settings,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
     tracker: Tracker,
 }
 
@@ -134,7 +137,7 @@ pub struct Context {
 pub async fn run(
     client: Client,
     settings: Settings,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -162,19 +165,8 @@ pub async fn run(
         .into_iter()
         .map(|ns| controller(&client, ns.as_deref(), settings.concurrency))
         .collect();
-    for store in controllers.iter().map(Controller::store) {
-        shared
-            .stores
-            .lock()
-            .expect("lock poisoned")
-            .push(store.clone());
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                shared.stores_ready.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
+    *shared.stores.lock().expect("lock poisoned") =
+        controllers.iter().map(Controller::store).collect();
     tokio::spawn(forget_deleted(ctx.clone(), shutdown.clone()));
     let controllers = controllers.into_iter().map(|controller| {
         let ctx = ctx.clone();
@@ -188,6 +180,7 @@ pub async fn run(
         }
     });
     futures::future::join_all(controllers).await;
+    shared.stores.lock().expect("lock poisoned").clear();
 }
 
 /// Every ten minutes, forgets what is remembered of resources that no longer exist, and cached

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod credential;
+pub mod leader;
 pub mod metrics;
 pub mod platform;
 pub mod probe;

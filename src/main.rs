@@ -2,6 +2,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use mxcred_operator::cli::{Cli, Command, RunArgs};
 use mxcred_operator::controller::Shared;
+use mxcred_operator::leader::{self, LeaseConfig};
 use mxcred_operator::metrics::Metrics;
 use mxcred_operator::platform::Platform;
 use mxcred_operator::verification::Verifier;
@@ -42,14 +43,40 @@ fn parse() -> Cli {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     let metrics = Arc::new(Metrics::default());
-    let verifier = Verifier::new(Platform::new(args.platform.config(), metrics.clone())?);
+    let verifier = Arc::new(Verifier::new(Platform::new(
+        args.platform.config(),
+        metrics.clone(),
+    )?));
     let shared = Arc::new(Shared::new(metrics));
     let client = kube::Client::try_default().await?;
     let shutdown = CancellationToken::new();
     let listener = server::bind(args.metrics_addr).await?;
     let http = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    controller::run(client, args.settings(), verifier, shared, shutdown.clone()).await;
+    let settings = args.settings();
+    let serve = |term: CancellationToken| {
+        controller::run(
+            client.clone(),
+            settings.clone(),
+            verifier.clone(),
+            shared.clone(),
+            term,
+        )
+    };
+    if args.leader_elect {
+        let lease = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            identity: LeaseConfig::identity_of_this_process(),
+        };
+        leader::run(client.clone(), lease, shutdown.clone(), serve).await?;
+    } else {
+        serve(shutdown.clone()).await;
+    }
     shutdown.cancel();
     http.await??;
     info!("stopped");

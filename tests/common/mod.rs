@@ -212,6 +212,16 @@ impl TestEnv {
     /// Runs the operator with its probes pointed at `platform` (a simulator's base URL). Only
     /// loopback is allowed: nothing a test runs can reach a host outside it.
     pub fn start_operator_with_platform(&self, platform: &str, extra: &[&str]) -> Operator {
+        self.start_operator_as(platform, extra, &[])
+    }
+
+    /// As [`Self::start_operator_with_platform`], with extra environment variables.
+    pub fn start_operator_as(
+        &self,
+        platform: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let mut args: Vec<String> = ["--allowed-host", "127.0.0.1", "--allow-http"]
             .map(String::from)
             .into();
@@ -227,7 +237,7 @@ impl TestEnv {
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Operator::start(self.cp, &self.ns, &args)
+        Operator::start(self.cp, &self.ns, &args, env)
     }
 
     /// Waits until the condition `type_` of credential `name` has `reason`; returns it.
@@ -351,7 +361,7 @@ pub struct Operator {
 static OPERATORS: AtomicUsize = AtomicUsize::new(0);
 
 impl Operator {
-    pub fn start(cp: &ControlPlane, ns: &str, extra: &[&str]) -> Operator {
+    pub fn start(cp: &ControlPlane, ns: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
         let log = cp.dir.join(format!(
             "operator-{ns}-{}.log",
             OPERATORS.fetch_add(1, Ordering::Relaxed)
@@ -364,6 +374,7 @@ impl Operator {
             // Everything at debug, so that the secrecy tests search the most verbose logs.
             .env("RUST_LOG", "debug")
             .env_remove("MXCRED_NAMESPACE")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
@@ -396,6 +407,37 @@ impl Operator {
     pub async fn metrics(&self) -> String {
         let url = self.metrics_url().await;
         reqwest::get(&url).await.unwrap().text().await.unwrap()
+    }
+
+    /// The URL of /readyz.
+    pub async fn readyz_url(&self) -> String {
+        self.metrics_url().await.replace("/metrics", "/readyz")
+    }
+
+    /// Whether /readyz answers 200.
+    pub async fn is_ready(&self) -> bool {
+        let url = self.readyz_url().await;
+        reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no exit 30 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        started.elapsed()
     }
 
     /// Stops the operator with SIGKILL and waits for it.
