@@ -3,10 +3,10 @@
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 
-.PHONY: test demo controlplane deps lint crds
+.PHONY: test demo controlplane deps lint crds chart
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
-test: deps controlplane lint
+test: deps controlplane lint chart
 	$(CARGO) test --workspace --all-targets
 
 ## demo: a local control plane, the operator, the examples; prints what it publishes
@@ -28,3 +28,14 @@ lint:
 ## crds: regenerate the committed CRD
 crds:
 	$(CARGO) run --quiet -- crd > $(CRD)
+
+## chart: helm lint and helm template of charts/mxcred-operator, with default values and each ci/*.yaml
+CHART := charts/mxcred-operator
+chart:
+	@cmp -s $(CRD) $(CHART)/$(CRD) || { echo "chart: $(CHART)/$(CRD) differs from $(CRD): copy it" >&2; exit 1; }
+	@tools=$$(hack/helm.sh) && set -e && \
+	for values in "" $(CHART)/ci/*.yaml; do \
+	  echo "chart: $${values:-default values}"; \
+	  "$$tools/helm" lint --strict --quiet $(CHART) --namespace mxcred-system $${values:+--values $$values}; \
+	  "$$tools/helm" template mxcred-operator $(CHART) --namespace mxcred-system $${values:+--values $$values} >/dev/null; \
+	done
