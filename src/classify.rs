@@ -55,6 +55,18 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The outcomes of a verification attempt (`Pending` and `VerificationDisabled` are states,
+    /// not outcomes).
+    pub const OUTCOMES: [Reason; 7] = [
+        Reason::Verified,
+        Reason::TokenRejected,
+        Reason::UserDeactivated,
+        Reason::Forbidden,
+        Reason::RateLimited,
+        Reason::PlatformUnavailable,
+        Reason::EndpointNotAllowed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Verified => "Verified",

@@ -64,6 +64,19 @@ pub enum Error {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     stores: Mutex<Vec<Store<Guarded>>>,
+    role: Mutex<Role>,
+}
+
+/// The part this instance plays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Starting,
+    /// Waiting for the Lease.
+    Standby,
+    /// Running the controllers.
+    Serving,
+    Stopping,
 }
 
 impl Shared {
@@ -71,6 +84,7 @@ impl Shared {
         Shared {
             metrics,
             stores: Mutex::default(),
+            role: Mutex::default(),
         }
     }
 
@@ -97,16 +111,29 @@ impl Shared {
         self.metrics.encode(counts)
     }
 
-    /// Ready when this instance serves: its controllers run (it leads, when electing) and
-    /// their caches are filled.
-    pub fn is_ready(&self) -> bool {
-        let stores = self.stores.lock().expect("lock poisoned");
-        !stores.is_empty()
-            && stores.iter().all(|s| {
-                s.wait_until_ready()
-                    .now_or_never()
-                    .is_some_and(|r| r.is_ok())
-            })
+    /// What this instance is doing, for `/readyz`: `None` while it is not ready (starting,
+    /// stopping, or leading with caches not yet filled).
+    pub fn serving(&self) -> Option<&'static str> {
+        match *self.role.lock().expect("lock poisoned") {
+            Role::Starting | Role::Stopping => None,
+            // A healthy standby is ready, as in controller-runtime: were it not, a
+            // PodDisruptionBudget could never let the leader's node be drained.
+            Role::Standby => Some("standby"),
+            Role::Serving => {
+                let stores = self.stores.lock().expect("lock poisoned");
+                let filled = !stores.is_empty()
+                    && stores.iter().all(|s| {
+                        s.wait_until_ready()
+                            .now_or_never()
+                            .is_some_and(|r| r.is_ok())
+                    });
+                filled.then_some("serving")
+            }
+        }
+    }
+
+    pub fn set_role(&self, role: Role) {
+        *self.role.lock().expect("lock poisoned") = role;
     }
 }
 
@@ -167,6 +194,7 @@ pub async fn run(
         .collect();
     *shared.stores.lock().expect("lock poisoned") =
         controllers.iter().map(Controller::store).collect();
+    shared.set_role(Role::Serving);
     tokio::spawn(forget_deleted(ctx.clone(), shutdown.clone()));
     let controllers = controllers.into_iter().map(|controller| {
         let ctx = ctx.clone();

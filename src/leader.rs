@@ -2,6 +2,7 @@
 //! holding the Lease runs the controllers; a standby takes over when the leader stops renewing.
 
 use crate::api::MANAGER;
+use crate::controller::{Role, Shared};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use std::future::Future;
@@ -35,6 +36,7 @@ impl LeaseConfig {
 pub async fn run<F, Fut>(
     client: Client,
     lease: LeaseConfig,
+    shared: &Shared,
     shutdown: CancellationToken,
     mut lead: F,
 ) -> anyhow::Result<()>
@@ -53,6 +55,7 @@ where
     let (mut leading, task) = manager.watch().await;
     info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for the lease");
     loop {
+        shared.set_role(Role::Standby);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             acquired = leading.wait_for(|leader| *leader) => {

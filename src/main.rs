@@ -1,7 +1,7 @@
 use clap::Parser;
 use clap::error::ErrorKind;
 use mxcred_operator::cli::{Cli, Command, RunArgs};
-use mxcred_operator::controller::Shared;
+use mxcred_operator::controller::{Role, Shared};
 use mxcred_operator::leader::{self, LeaseConfig};
 use mxcred_operator::metrics::Metrics;
 use mxcred_operator::platform::Platform;
@@ -52,7 +52,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let listener = server::bind(args.metrics_addr).await?;
     let http = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(cancel_on_signal(shutdown.clone(), shared.clone()));
     let settings = args.settings();
     let serve = |term: CancellationToken| {
         controller::run(
@@ -73,7 +73,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| client.default_namespace().to_owned()),
             identity: LeaseConfig::identity_of_this_process(),
         };
-        leader::run(client.clone(), lease, shutdown.clone(), serve).await?;
+        leader::run(client.clone(), lease, &shared, shutdown.clone(), serve).await?;
     } else {
         serve(shutdown.clone()).await;
     }
@@ -83,7 +83,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+async fn cancel_on_signal(shutdown: CancellationToken, shared: Arc<Shared>) {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
@@ -91,5 +91,6 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => {}
     }
     info!("shutting down");
+    shared.set_role(Role::Stopping);
     shutdown.cancel();
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics. Labels carry reasons, result words, hosts and HTTP codes: never a
 //! credential, a resource's data or a response body.
 
+use crate::classify::Reason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -73,6 +74,14 @@ impl Default for Metrics {
             reconcile_duration.clone(),
         );
         let verifications = Family::<OutcomeLabel, Counter>::default();
+        // Every outcome from zero, so that increase() sees the first one after a start.
+        for reason in Reason::OUTCOMES {
+            verifications
+                .get_or_create(&OutcomeLabel {
+                    outcome: reason.as_str().into(),
+                })
+                .inc_by(0);
+        }
         registry.register(
             "verifications",
             "Verification attempts by outcome (the TokenValid reason)",

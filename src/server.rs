@@ -35,10 +35,9 @@ pub async fn serve(
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match shared.serving() {
+        Some(role) => (StatusCode::OK, role),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
     }
 }
 

@@ -28,18 +28,23 @@ async fn holder(env: &TestEnv, lease: &str) -> Option<String> {
     leases.get(lease).await.ok()?.spec?.holder_identity
 }
 
-/// Waits until exactly one of the two is ready; returns its index.
-async fn the_one_ready(ops: [&Operator; 2]) -> usize {
+/// Waits until one instance serves and the other stands by (both ready); returns the index of
+/// the one serving.
+async fn the_one_serving(ops: [&Operator; 2]) -> usize {
     wait_for(Duration::from_secs(40), || async {
-        let ready = [ops[0].is_ready().await, ops[1].is_ready().await];
-        match ready {
-            [true, false] => Some(0),
-            [false, true] => Some(1),
+        let roles = [ops[0].readyz().await, ops[1].readyz().await];
+        match roles.each_ref().map(|r| r.as_deref()) {
+            [Some("serving"), Some("standby")] => Some(0),
+            [Some("standby"), Some("serving")] => Some(1),
             _ => None,
         }
     })
     .await
-    .expect("exactly one instance serves")
+    .expect("one instance serves, the other stands by")
+}
+
+async fn serves(op: &Operator) -> bool {
+    op.readyz().await.as_deref() == Some("serving")
 }
 
 #[tokio::test]
@@ -54,7 +59,7 @@ async fn one_leader_and_fail_over_when_it_dies() {
         .await;
     env.wait_reason("c", "Ready", "Synced").await;
 
-    let leader = the_one_ready([&ops[0], &ops[1]]).await;
+    let leader = the_one_serving([&ops[0], &ops[1]]).await;
     let standby = 1 - leader;
     let names = ["pod-a", "pod-b"];
     assert_eq!(
@@ -69,7 +74,7 @@ async fn one_leader_and_fail_over_when_it_dies() {
     ops[leader].kill();
     let killed = Instant::now();
     wait_for(Duration::from_secs(LEASE_DURATION + 20), || async {
-        ops[standby].is_ready().await.then_some(())
+        serves(&ops[standby]).await.then_some(())
     })
     .await
     .expect("the standby takes over");
@@ -96,7 +101,7 @@ async fn sigterm_drains_quickly_and_releases_the_lease() {
         elected(&env, "sigterm", "pod-c"),
         elected(&env, "sigterm", "pod-d"),
     ];
-    let leader = the_one_ready([&ops[0], &ops[1]]).await;
+    let leader = the_one_serving([&ops[0], &ops[1]]).await;
     let standby = 1 - leader;
 
     let names = ["pod-c", "pod-d"];
@@ -116,7 +121,7 @@ async fn sigterm_drains_quickly_and_releases_the_lease() {
     let released = Instant::now();
     // The standby looks again when the lease it saw would have expired.
     wait_for(Duration::from_secs(LEASE_DURATION + 10), || async {
-        ops[standby].is_ready().await.then_some(())
+        serves(&ops[standby]).await.then_some(())
     })
     .await
     .expect("the standby takes over");

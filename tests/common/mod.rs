@@ -414,12 +414,14 @@ impl Operator {
         self.metrics_url().await.replace("/metrics", "/readyz")
     }
 
-    /// Whether /readyz answers 200.
-    pub async fn is_ready(&self) -> bool {
+    /// The body of /readyz when it answers 200 ("serving" or "standby"), else `None`.
+    pub async fn readyz(&self) -> Option<String> {
         let url = self.readyz_url().await;
-        reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        let response = reqwest::get(&url).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.text().await.ok()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns how long it took.
