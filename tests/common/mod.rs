@@ -120,7 +120,17 @@ use serde::Deserialize;
 
 /// A kubeconfig holding a TokenRequest token of the operator's ServiceAccount.
 async fn operator_identity(client: &Client, dir: &Path) -> PathBuf {
-    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), "mxcred-system");
+    service_account_kubeconfig(client, dir, "mxcred-system", "mxcred-operator").await
+}
+
+/// A kubeconfig for ServiceAccount `ns/name`, with a TokenRequest token.
+pub async fn service_account_kubeconfig(
+    client: &Client,
+    dir: &Path,
+    ns: &str,
+    name: &str,
+) -> PathBuf {
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             expiration_seconds: Some(24 * 3600),
@@ -129,13 +139,13 @@ async fn operator_identity(client: &Client, dir: &Path) -> PathBuf {
         ..Default::default()
     };
     let response: TokenRequest = sa
-        .create_subresource("token", "mxcred-operator", &PostParams::default(), &request)
+        .create_subresource("token", name, &PostParams::default(), &request)
         .await
         .unwrap();
     let token = response.status.unwrap().token.unwrap();
     let admin = std::fs::read_to_string(dir.join("admin.kubeconfig")).unwrap();
     let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
-    let path = dir.join("operator.kubeconfig");
+    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
     std::fs::write(&path, admin.replace(admin_token.trim(), &token)).unwrap();
     path
 }
@@ -237,7 +247,7 @@ impl TestEnv {
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Operator::start(self.cp, &self.ns, &args, env)
+        Operator::start(self.cp, &self.cp.operator_kubeconfig, &self.ns, &args, env)
     }
 
     /// Waits until the condition `type_` of credential `name` has `reason`; returns it.
@@ -361,7 +371,13 @@ pub struct Operator {
 static OPERATORS: AtomicUsize = AtomicUsize::new(0);
 
 impl Operator {
-    pub fn start(cp: &ControlPlane, ns: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
+    pub fn start(
+        cp: &ControlPlane,
+        kubeconfig: &Path,
+        ns: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let log = cp.dir.join(format!(
             "operator-{ns}-{}.log",
             OPERATORS.fetch_add(1, Ordering::Relaxed)
@@ -370,7 +386,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_mxcred-operator"))
             .args(["run", "--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
             .args(extra)
-            .env("KUBECONFIG", &cp.operator_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             // Everything at debug, so that the secrecy tests search the most verbose logs.
             .env("RUST_LOG", "debug")
             .env_remove("MXCRED_NAMESPACE")

