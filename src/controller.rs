@@ -6,7 +6,7 @@
 //! changed.
 
 use crate::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, LABEL_MANAGED_BY, MANAGER, MendixCredential,
+    ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER, MendixCredential,
     MendixCredentialStatus, condition, ready,
 };
 use crate::classify::{Outcome, Reason};
@@ -245,9 +245,10 @@ where
     }
 }
 
-/// The controller for one scope (a namespace, or all). Target Secrets are watched by label;
-/// every other Secret metadata-only, so memory grows with the number of credentials and not
-/// with the Secrets of the cluster.
+/// The controller for one scope (a namespace, or all). Secrets are watched metadata-only, never
+/// their data, so memory grows with the number of credentials and not with the Secrets of the
+/// cluster: target Secrets by label, mapped to their publisher; every other Secret mapped to the
+/// credentials that read it as source or want it as target.
 fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Controller<Guarded> {
     let ours = format!("{LABEL_MANAGED_BY}={MANAGER}");
     let others = format!("{LABEL_MANAGED_BY}!={MANAGER}");
@@ -255,19 +256,34 @@ fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Con
         api::<Guarded>(client, namespace),
         watcher::Config::default(),
     )
-    .owns(
-        api::<Secret>(client, namespace),
-        watcher::Config::default().labels(&ours),
-    )
     .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let store = controller.store();
-    let secrets = watcher(
-        api::<PartialObjectMeta<Secret>>(client, namespace),
-        watcher::Config::default().labels(&others),
-    )
-    .default_backoff()
-    .touched_objects();
-    controller.watches_stream(secrets, move |secret| referencing(&store, &secret))
+    let secrets = |selector: &str| {
+        watcher(
+            api::<PartialObjectMeta<Secret>>(client, namespace),
+            watcher::Config::default().labels(selector),
+        )
+        .default_backoff()
+        .touched_objects()
+    };
+    controller
+        .watches_stream(secrets(&ours), |target| publisher(&target))
+        .watches_stream(secrets(&others), move |secret| referencing(&store, &secret))
+}
+
+/// The credential that published a target Secret: its controller owner, or, when someone
+/// removed the owner reference, the one its `mxcred.io/credential` label names.
+fn publisher(secret: &PartialObjectMeta<Secret>) -> Option<ObjectRef<Guarded>> {
+    let ns = secret.metadata.namespace.as_deref()?;
+    let owner = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "MendixCredential")
+        .map(|r| r.name.clone());
+    let name = owner.or_else(|| secret.labels().get(LABEL_CREDENTIAL).cloned())?;
+    Some(ObjectRef::new(&name).within(ns))
 }
 
 /// The credentials that read `secret` as their source, or want to write it as their target (a
@@ -436,27 +452,32 @@ async fn reconcile_valid(
         now(),
     );
 
+    // Events are published once the status that records them is written: a crash in between
+    // loses an Event rather than repeating it after the restart.
+    let mut events: Vec<Announcement> = vec![];
     match reason {
         ready::SYNCED if synced.wrote => {
             let target = status.secret_name.clone().unwrap_or_default();
-            publish(
-                ctx,
-                cr,
-                EventType::Normal,
-                reason,
-                format!("wrote Secret {target}"),
-            )
-            .await;
+            events.push((EventType::Normal, reason, format!("wrote Secret {target}")));
         }
         ready::TARGET_CONFLICT | ready::INVALID_SOURCE if transition => {
-            publish(ctx, cr, EventType::Warning, reason, message).await;
+            events.push((EventType::Warning, reason, message));
         }
         _ => {}
     }
 
     let next_check = match (&resolved, &synced.published) {
         (Ok(resolved), Some(credential)) => {
-            verify(cr, &uid, resolved, credential, &previous, &mut status, ctx).await
+            verify(
+                cr,
+                resolved,
+                credential,
+                &previous,
+                &mut status,
+                &mut events,
+                ctx,
+            )
+            .await
         }
         _ => {
             if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
@@ -475,6 +496,9 @@ async fn reconcile_valid(
         .map(|c| c.reason.clone())
         .unwrap_or_default();
     write_status(cr, &uid, &ns, &previous, status, ctx).await?;
+    for (type_, reason, note) in events {
+        publish(ctx, cr, type_, reason, note).await;
+    }
     info!(
         credential = %format!("{ns}/{name}"),
         reason,
@@ -492,17 +516,22 @@ async fn reconcile_valid(
     Ok((action, reason))
 }
 
+/// An Event to publish: type, reason, note.
+type Announcement = (EventType, &'static str, String);
+
 /// Verifies the published credential when a check is due, forced or never made, and records
 /// the outcome. Returns the time until the next check.
 async fn verify(
     cr: &MendixCredential,
-    uid: &str,
     resolved: &Resolved,
     credential: &Credential,
     previous: &MendixCredentialStatus,
     status: &mut MendixCredentialStatus,
+    events: &mut Vec<Announcement>,
     ctx: &Context,
 ) -> Option<Duration> {
+    let uid = cr.uid().unwrap_or_default();
+    let uid = uid.as_str();
     let generation = cr.metadata.generation;
     let Some(plan) = &resolved.verification else {
         verification::record(status, &Outcome::verification_disabled(), generation, now());
@@ -549,7 +578,7 @@ async fn verify(
                 _ => None,
             };
             if let Some(type_) = type_ {
-                publish(ctx, cr, type_, reason.as_str(), outcome.message.clone()).await;
+                events.push((type_, reason.as_str(), outcome.message.clone()));
             }
         }
         let next = schedule::next_check(
