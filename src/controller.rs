@@ -691,7 +691,7 @@ async fn sync(
     let target = &resolved.target_name;
     let existing = secrets.get_opt(target).await?;
     let (wrote, synced_at) = match &existing {
-        Some(existing) if !render::is_controlled_by(existing, &uid) => {
+        Some(existing) if !render::is_ours(existing, &uid, &cr.name_any()) => {
             return Ok(refused(not_ready(
                 ready::TARGET_CONFLICT,
                 format!(

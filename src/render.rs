@@ -67,12 +67,30 @@ fn secret_data(credential: &Credential) -> BTreeMap<String, ByteString> {
 
 /// Whether `existing` is controlled by the resource with `uid`.
 pub fn is_controlled_by(existing: &Secret, uid: &str) -> bool {
-    existing
+    controller(existing).is_some_and(|r| r.uid == uid)
+}
+
+/// Whether `existing` was published for the credential `name` with `uid`: controlled by it, or,
+/// when someone removed the owner reference, without any controller and labelled for it. Such
+/// labels prove nothing against whoever set them, but they could write the Secret anyway.
+pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
+    match controller(existing) {
+        Some(r) => r.uid == uid,
+        None => {
+            let labels = existing.metadata.labels.as_ref();
+            let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+            label(LABEL_MANAGED_BY) == Some(MANAGER) && label(LABEL_CREDENTIAL) == Some(name)
+        }
+    }
+}
+
+fn controller(secret: &Secret) -> Option<&OwnerReference> {
+    secret
         .metadata
         .owner_references
         .iter()
         .flatten()
-        .any(|r| r.controller == Some(true) && r.uid == uid)
+        .find(|r| r.controller == Some(true))
 }
 
 /// Whether applying `desired` would change nothing in `existing`: every desired label,
@@ -367,6 +385,26 @@ mod tests {
         };
         let switched = render(&resolved(CredentialType::ApiKey), &api_key);
         assert!(!is_current(&existing, &switched));
+    }
+
+    #[test]
+    fn an_orphaned_target_with_our_labels_is_ours() {
+        let desired = render(&resolved(CredentialType::PersonalAccessToken), &pat());
+        assert!(is_ours(&desired, "uid-1", "deploy-bot"));
+        let mut orphan = desired.clone();
+        orphan.metadata.owner_references = None;
+        assert!(is_ours(&orphan, "uid-1", "deploy-bot"));
+        assert!(
+            !is_ours(&orphan, "uid-1", "other-bot"),
+            "labelled for another credential"
+        );
+        let mut foreign = orphan.clone();
+        foreign.metadata.labels = None;
+        assert!(!is_ours(&foreign, "uid-1", "deploy-bot"));
+        assert!(
+            !is_ours(&desired, "uid-2", "deploy-bot"),
+            "controlled by another resource"
+        );
     }
 
     #[test]

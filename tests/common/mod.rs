@@ -200,6 +200,33 @@ impl TestEnv {
             .unwrap();
     }
 
+    /// Creates or replaces a source Secret with raw bytes.
+    pub async fn put_source_bytes(&self, name: &str, data: &[(&str, &[u8])]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let mut value = serde_json::to_value(&secret).unwrap();
+        value["apiVersion"] = json!("v1");
+        value["kind"] = json!("Secret");
+        self.secrets()
+            .patch(
+                name,
+                &PatchParams::apply("mxcred-tests").force(),
+                &Patch::Apply(value),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Applies a MendixCredential with the given spec.
     pub async fn put_credential(&self, name: &str, spec: serde_json::Value) {
         let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential", "metadata": {"name": name}, "spec": spec});
@@ -458,6 +485,13 @@ impl Operator {
         started.elapsed()
     }
 
+    /// Whether the process has ended.
+    pub fn has_exited(&self) -> bool {
+        // `try_wait` needs `&mut`; /proc tells without reaping.
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        state.map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    }
+
     /// Stops the operator with SIGKILL and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -468,5 +502,41 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Asserts that `canary` appears in none of: the operators' logs (at debug level) and metrics,
+/// the Events of the namespace, and the status of every MendixCredential in the cluster.
+pub async fn assert_no_canary(env: &TestEnv, operators: &[&Operator], canary: &str) {
+    let all: Api<MendixCredential> = Api::all(env.client.clone());
+    let statuses: Vec<_> = all
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|cr| cr.status)
+        .collect();
+    let statuses = serde_json::to_string(&statuses).unwrap();
+    assert!(!statuses.contains(canary), "a credential reached a status");
+    let events = env.events().await.join("\n");
+    assert!(!events.contains(canary), "a credential reached an Event");
+    for op in operators {
+        let logs = op.logs();
+        assert!(
+            logs.contains("\"level\":\"DEBUG\""),
+            "the operator logs at debug level"
+        );
+        assert!(
+            !logs.contains(canary),
+            "a credential reached the log {}",
+            op.log.display()
+        );
+        if !op.has_exited() {
+            assert!(
+                !op.metrics().await.contains(canary),
+                "a credential reached the metrics"
+            );
+        }
     }
 }
