@@ -7,7 +7,7 @@ use common::{ROOT, TestEnv, assert_no_canary, condition, value};
 use mendix_simulator::{Simulator, State};
 use serde_json::json;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const CANARY: &str = "CANARY-outage-77d1";
 
