@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 
-.PHONY: test demo controlplane deps lint crds chart
+.PHONY: test demo controlplane deps lint crds bench chart chart
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
 test: deps controlplane lint chart
@@ -39,3 +39,7 @@ chart:
 	  "$$tools/helm" lint --strict --quiet $(CHART) --namespace mxcred-system $${values:+--values $$values}; \
 	  "$$tools/helm" template mxcred-operator $(CHART) --namespace mxcred-system $${values:+--values $$values} >/dev/null; \
 	done
+
+## bench: the scale benchmark (N = 100, 1000, 5000) on a local control plane; figures in target/bench/scale.csv
+bench: deps controlplane
+	$(CARGO) bench --bench scale

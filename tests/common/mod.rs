@@ -411,7 +411,12 @@ impl Operator {
         ));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mxcred-operator"))
-            .args(["run", "--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
+            .args(["run", "--metrics-addr", "127.0.0.1:0"])
+            .args(if ns.is_empty() {
+                vec![]
+            } else {
+                vec!["--namespace", ns]
+            })
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             // Everything at debug, so that the secrecy tests search the most verbose logs.
@@ -424,6 +429,10 @@ impl Operator {
             .spawn()
             .expect("start mxcred-operator");
         Operator { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn logs(&self) -> String {

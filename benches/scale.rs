@@ -1,0 +1,288 @@
+//! Scale benchmark (`make bench`): the operator on the real control plane and the platform
+//! simulator, for N MendixCredentials sharing K tokens. Prints a table and writes
+//! target/bench/scale.csv. Figures, not pass/fail: the targets are in the README.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Operator, TestEnv, wait_until};
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams, PostParams};
+use mendix_simulator::{Simulator, State};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+const TOKENS: usize = 10;
+const CLIENT_CONCURRENCY: usize = 16;
+const UNRELATED: usize = 3000;
+
+struct Row {
+    n: usize,
+    converge: Duration,
+    plain: Duration,
+    rss_converge_mib: f64,
+    rss_restart_mib: f64,
+    rss_restart_unrelated_mib: Option<f64>,
+    idle_writes: u64,
+    calls_per_token: f64,
+    startup: Duration,
+}
+
+fn peak_rss_mib(op: &Operator) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", op.pid())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Write requests the API server has served so far (apiserver_request_total).
+async fn api_writes(env: &TestEnv) -> u64 {
+    let text: String = env
+        .client
+        .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            [
+                "verb=\"POST\"",
+                "verb=\"PUT\"",
+                "verb=\"PATCH\"",
+                "verb=\"DELETE\"",
+                "verb=\"APPLY\"",
+            ]
+            .iter()
+            .any(|v| l.contains(v))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn start(env: &TestEnv, sim: &Simulator) -> Operator {
+    env.start_operator_as(&sim.base_url(), &[], &[("RUST_LOG", "info")])
+}
+
+async fn converged(env: &TestEnv, n: usize) -> bool {
+    let all = env
+        .credentials()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    all.len() == n
+        && all.iter().all(|cr| {
+            let conds = cr
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let has = |t: &str, r: &str| conds.iter().any(|c| c.type_ == t && c.reason == r);
+            has("Ready", "Synced") && has("TokenValid", "Verified")
+        })
+}
+
+async fn round(n: usize, sim: &Simulator) -> Row {
+    let env = TestEnv::new(&format!("bench{n}")).await;
+    for t in 0..TOKENS {
+        let token = format!("bench-{n}-{t}");
+        sim.set(&token, State::Valid);
+        env.put_source(&format!("raw{t}"), &[("token", &token)])
+            .await;
+    }
+    let op = start(&env, sim);
+    wait_until(Duration::from_secs(30), "the operator to start", || async {
+        op.readyz().await.is_some()
+    })
+    .await;
+
+    let started = Instant::now();
+    let api = env.credentials();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+                    "metadata": {"name": format!("c{i}")},
+                    "spec": {"sourceRef": {"name": format!("raw{}", i % TOKENS)}}});
+                api.patch(
+                    &format!("c{i}"),
+                    &PatchParams::apply("bench"),
+                    &Patch::Apply(cr),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .buffer_unordered(CLIENT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    wait_until(Duration::from_secs(1800), "convergence", || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        converged(&env, n).await
+    })
+    .await;
+    let converge = started.elapsed();
+    let rss_converge_mib = peak_rss_mib(&op);
+
+    // A plain client writing N equivalent Secrets, with the same concurrency, same API server.
+    let plain_env = TestEnv::new(&format!("plain{n}")).await;
+    let secrets = plain_env.secrets();
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let secrets = secrets.clone();
+            async move {
+                let token = format!("bench-{n}-{}", i % TOKENS);
+                let s = serde_json::from_value(json!({"metadata": {"name": format!("s{i}")},
+                    "stringData": {"MENDIX_TOKEN": token, "Authorization": format!("MxToken {token}"),
+                        "headers": format!("Authorization: MxToken {token}\n")}}))
+                .unwrap();
+                secrets.create(&PostParams::default(), &s).await.unwrap();
+            }
+        })
+        .buffer_unordered(CLIENT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let plain = started.elapsed();
+
+    // An idle minute after convergence.
+    let before = api_writes(&env).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let idle_writes = api_writes(&env).await - before;
+
+    let calls: usize = (0..TOKENS)
+        .map(|t| sim.requests(&format!("bench-{n}-{t}")))
+        .sum();
+    let calls_per_token = calls as f64 / TOKENS as f64;
+
+    // A restart with everything in place: start-up to first reconcile, and the peak after a
+    // full pass.
+    drop(op);
+    let started = Instant::now();
+    let op = start(&env, sim);
+    wait_until(Duration::from_secs(60), "the first reconcile", || async {
+        op.logs().contains("\"message\":\"reconciled\"")
+    })
+    .await;
+    let startup = started.elapsed();
+    wait_until(Duration::from_secs(600), "a full pass", || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        op.logs().matches("\"message\":\"reconciled\"").count() >= n
+    })
+    .await;
+    let rss_restart_mib = peak_rss_mib(&op);
+
+    let mut rss_restart_unrelated_mib = None;
+    if n == *SIZES.last().unwrap() {
+        // Unrelated Secrets of 16 KiB in the same namespace: watched metadata-only, so they
+        // should barely show.
+        let filler = "x".repeat(16 * 1024);
+        let secrets = env.secrets();
+        futures::stream::iter(0..UNRELATED)
+            .map(|i| {
+                let secrets = secrets.clone();
+                let filler = filler.clone();
+                async move {
+                    let s = serde_json::from_value(json!({"metadata": {"name": format!("unrelated{i}")}, "stringData": {"blob": filler}})).unwrap();
+                    secrets.create(&PostParams::default(), &s).await.unwrap();
+                }
+            })
+            .buffer_unordered(CLIENT_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        drop(op);
+        let op = start(&env, sim);
+        wait_until(
+            Duration::from_secs(600),
+            "a full pass with unrelated Secrets",
+            || async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                op.logs().matches("\"message\":\"reconciled\"").count() >= n
+            },
+        )
+        .await;
+        rss_restart_unrelated_mib = Some(peak_rss_mib(&op));
+    }
+    Row {
+        n,
+        converge,
+        plain,
+        rss_converge_mib,
+        rss_restart_mib,
+        rss_restart_unrelated_mib,
+        idle_writes,
+        calls_per_token,
+        startup,
+    }
+}
+
+const SIZES: [usize; 3] = [100, 1000, 5000];
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("MXCRED_BENCH_SIZES")
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| SIZES.to_vec());
+    let sim = Simulator::start().await;
+    let mut rows = vec![];
+    for n in sizes {
+        eprintln!("bench: N = {n} ...");
+        rows.push(round(n, &sim).await);
+    }
+    let mut table = String::new();
+    let mut csv = String::from(
+        "n,tokens,converge_s,plain_client_s,ratio,peak_rss_converge_mib,peak_rss_restart_mib,peak_rss_restart_with_unrelated_mib,idle_minute_api_writes,platform_calls_per_token,startup_to_first_reconcile_s\n",
+    );
+    writeln!(
+        table,
+        "{:>5} {:>6} {:>10} {:>9} {:>6} {:>9} {:>9} {:>12} {:>11} {:>11} {:>9}",
+        "N",
+        "tokens",
+        "converge",
+        "plain",
+        "ratio",
+        "RSS conv",
+        "RSS rest",
+        "RSS +unrel",
+        "idle writes",
+        "calls/tok",
+        "startup"
+    )
+    .unwrap();
+    for r in &rows {
+        let ratio = r.converge.as_secs_f64() / r.plain.as_secs_f64();
+        let unrelated = r
+            .rss_restart_unrelated_mib
+            .map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
+        writeln!(table, "{:>5} {:>6} {:>9.1}s {:>8.1}s {:>6.2} {:>5.1} MiB {:>5.1} MiB {:>12} {:>11} {:>11.1} {:>8.2}s",
+            r.n, TOKENS, r.converge.as_secs_f64(), r.plain.as_secs_f64(), ratio, r.rss_converge_mib, r.rss_restart_mib, unrelated, r.idle_writes, r.calls_per_token, r.startup.as_secs_f64()).unwrap();
+        writeln!(
+            csv,
+            "{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.1},{:.2}",
+            r.n,
+            TOKENS,
+            r.converge.as_secs_f64(),
+            r.plain.as_secs_f64(),
+            ratio,
+            r.rss_converge_mib,
+            r.rss_restart_mib,
+            r.rss_restart_unrelated_mib
+                .map_or(String::new(), |v| format!("{v:.1}")),
+            r.idle_writes,
+            r.calls_per_token,
+            r.startup.as_secs_f64()
+        )
+        .unwrap();
+    }
+    print!("{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("scale.csv"), csv).unwrap();
+    println!("written: target/bench/scale.csv");
+}
