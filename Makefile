@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 
-.PHONY: test demo controlplane deps lint crds bench chart chart
+.PHONY: test demo controlplane deps lint crds bench chart
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
 test: deps controlplane lint chart

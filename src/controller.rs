@@ -26,7 +26,7 @@ use kube::core::{DeserializeGuard, Status};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -252,11 +252,24 @@ where
 fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Controller<Guarded> {
     let ours = format!("{LABEL_MANAGED_BY}={MANAGER}");
     let others = format!("{LABEL_MANAGED_BY}!={MANAGER}");
-    let controller = Controller::new(
-        api::<Guarded>(client, namespace),
-        watcher::Config::default(),
+    // Only spec (generation) and annotation (verify-requested-at) changes start a reconcile:
+    // the operator's own status writes would otherwise each cause another one.
+    let (reader, writer) = reflector::store();
+    let credentials = reflector(
+        writer,
+        watcher(
+            api::<Guarded>(client, namespace),
+            watcher::Config::default(),
+        ),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(credentials, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let store = controller.store();
     let secrets = |selector: &str| {
         watcher(
