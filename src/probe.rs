@@ -123,7 +123,9 @@ impl ProbeTarget {
     ) -> Result<Self, ProbeError> {
         let base_url = base_url.map(|b| parse_url(b, "baseUrl")).transpose()?;
         let named = match probe.map(str::trim).filter(|p| !p.is_empty()) {
-            Some(p) if p.contains("://") => return Ok(ProbeTarget::Url(parse_url(p, "probe")?)),
+            // Named probes have no colon; anything with one is meant as a URL, and URL errors
+            // never repeat the text (it could hold a password).
+            Some(p) if p.contains(':') => return Ok(ProbeTarget::Url(parse_url(p, "probe")?)),
             Some(p) => NamedProbe::from_name(p).ok_or_else(|| ProbeError::Unknown(p.to_owned()))?,
             None => match (platform, credential_type) {
                 (Platform::PrivatePlatform, CredentialType::PersonalAccessToken) => {
@@ -245,6 +247,7 @@ mod tests {
             ("ftp://example.com/", "https://"),
             ("file:///etc/passwd", "https://"),
             ("https://", "not a valid URL"),
+            ("https:user:pw@host", "probe"),
         ] {
             let err = ProbeTarget::resolve(PersonalAccessToken, MendixCloud, None, Some(bad))
                 .unwrap_err()
