@@ -7,7 +7,7 @@ CRD := crds/mendixcredentials.mxcred.io.yaml
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
 test: deps controlplane lint chart
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --lib --bins --tests
 
 ## demo: a local control plane, the operator, the examples; prints what it publishes
 demo: deps controlplane

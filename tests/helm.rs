@@ -124,12 +124,7 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         .await;
     env.wait_reason("c", "Ready", "Synced").await;
     env.wait_reason("c", "TokenValid", "Verified").await;
-    assert!(
-        env.events()
-            .await
-            .iter()
-            .any(|e| e.starts_with("Normal Verified"))
-    );
+    env.wait_event("Normal Verified").await;
     assert!(
         !op.logs().to_lowercase().contains("forbidden"),
         "{}",

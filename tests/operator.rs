@@ -79,11 +79,7 @@ async fn personal_access_token_becomes_a_header_ready_secret() {
     assert_eq!(ready.status, "True");
     assert_eq!(ready.observed_generation, cr.metadata.generation);
 
-    let events = env.events().await;
-    assert!(
-        events.iter().any(|e| e.starts_with("Normal Synced")),
-        "{events:?}"
-    );
+    env.wait_event("Normal Synced").await;
 }
 
 #[tokio::test]
@@ -255,13 +251,7 @@ async fn a_refused_source_keeps_the_last_good_secret() {
         env.put_source("raw", &[("token", "good-token")]).await;
         env.wait_reason("keep", "Ready", "Synced").await;
     }
-    let events = env.events().await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("Warning InvalidSource")),
-        "{events:?}"
-    );
+    let events = env.wait_event("Warning InvalidSource").await;
     assert!(
         !events
             .iter()
@@ -298,12 +288,7 @@ async fn a_foreign_secret_is_never_modified() {
         foreign.metadata.resource_version
     );
     assert_eq!(value(&after, "mine").as_deref(), Some("keep me"));
-    assert!(
-        env.events()
-            .await
-            .iter()
-            .any(|e| e.starts_with("Warning TargetConflict"))
-    );
+    env.wait_event("Warning TargetConflict").await;
 
     // Once the foreign Secret is gone, the operator publishes without being prodded.
     env.secrets()

@@ -318,7 +318,8 @@ async fn hostile_input_gets_a_reason_and_harms_no_one_else() {
         &[("token", &[0xff, 0x00, 0xfe, b'C', b'A', b'N'])],
     )
     .await;
-    env.put_source_bytes("src-blank", &[("token", b"   \n")]).await;
+    env.put_source_bytes("src-blank", &[("token", b"   \n")])
+        .await;
     env.put_source_bytes(
         "src-notutf8",
         &[("username", &[0xc3, 0x28]), ("apiKey", good.as_bytes())],

@@ -318,6 +318,22 @@ impl TestEnv {
         .unwrap_or_else(|| panic!("Secret {name} never became {what}"))
     }
 
+    /// Waits until an Event starting with `prefix` ("Type Reason") is recorded; returns all of
+    /// them. Events follow the status write that records them, so they can lag behind it.
+    pub async fn wait_event(&self, prefix: &str) -> Vec<String> {
+        let last = std::sync::Mutex::new(vec![]);
+        let found = wait_for(Duration::from_secs(15), || async {
+            let events = self.events().await;
+            *last.lock().unwrap() = events.clone();
+            events
+                .iter()
+                .any(|e| e.starts_with(prefix))
+                .then_some(events)
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("no Event {prefix}; have {:?}", last.lock().unwrap()))
+    }
+
     /// The Events recorded for the objects of this namespace, as "Type Reason: note".
     pub async fn events(&self) -> Vec<String> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
