@@ -20,7 +20,7 @@ use crate::tracker::Tracker;
 use crate::verification::{self, Verifier};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::core::{DeserializeGuard, Status};
 use kube::runtime::controller::{Action, Controller};
@@ -260,7 +260,8 @@ fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Con
         watcher(
             api::<Guarded>(client, namespace),
             watcher::Config::default(),
-        ),
+        )
+        .modify(slim),
     )
     .default_backoff()
     .applied_objects()
@@ -635,20 +636,34 @@ fn verify_requested(
 
 /// When `key` was last set, from the `managedFields` entry that owns it.
 fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
-    let field = format!("f:{key}");
     meta.managed_fields
         .iter()
         .flatten()
-        .filter(|entry| {
-            entry.fields_v1.as_ref().is_some_and(|f| {
-                f.0.get("f:metadata")
-                    .and_then(|m| m.get("f:annotations"))
-                    .and_then(|a| a.get(&field))
-                    .is_some()
-            })
-        })
+        .filter(|entry| sets_annotation(entry, key))
         .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
         .max()
+}
+
+fn sets_annotation(entry: &ManagedFieldsEntry, key: &str) -> bool {
+    entry.fields_v1.as_ref().is_some_and(|f| {
+        f.0.get("f:metadata")
+            .and_then(|m| m.get("f:annotations"))
+            .and_then(|a| a.get(format!("f:{key}")))
+            .is_some()
+    })
+}
+
+/// What the cache keeps of a resource: not its managed fields (but those that set the
+/// verify-requested-at annotation) nor kubectl's last-applied copy, which together outweigh the
+/// spec many times over.
+fn slim(guard: &mut Guarded) {
+    let meta = guard.meta_mut();
+    if let Some(fields) = meta.managed_fields.as_mut() {
+        fields.retain(|e| sets_annotation(e, ANNOTATION_VERIFY_REQUESTED_AT));
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 fn not_ready(reason: &'static str, message: String) -> Verdict {
