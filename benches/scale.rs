@@ -68,25 +68,6 @@ fn start(env: &TestEnv, sim: &Simulator) -> Operator {
     env.start_operator_as(&sim.base_url(), &[], &[("RUST_LOG", "info")])
 }
 
-async fn converged(env: &TestEnv, n: usize) -> bool {
-    let all = env
-        .credentials()
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items;
-    all.len() == n
-        && all.iter().all(|cr| {
-            let conds = cr
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let has = |t: &str, r: &str| conds.iter().any(|c| c.type_ == t && c.reason == r);
-            has("Ready", "Synced") && has("TokenValid", "Verified")
-        })
-}
-
 async fn round(n: usize, sim: &Simulator) -> Row {
     let env = TestEnv::new(&format!("bench{n}")).await;
     for t in 0..TOKENS {
@@ -124,7 +105,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         .await;
     wait_until(Duration::from_secs(1800), "convergence", || async {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        converged(&env, n).await
+        env.all_verified(n).await
     })
     .await;
     let converge = started.elapsed();

@@ -142,25 +142,7 @@ async fn crashes_at_random_moments_converge_without_storm_or_repeated_events() {
     wait_until(
         Duration::from_secs(180),
         "all resources to converge",
-        || async {
-            let all = env
-                .credentials()
-                .list(&Default::default())
-                .await
-                .unwrap()
-                .items;
-            all.len() == N
-                && all.iter().all(|cr| {
-                    let conds = cr
-                        .status
-                        .as_ref()
-                        .map(|s| s.conditions.clone())
-                        .unwrap_or_default();
-                    let has =
-                        |t: &str, r: &str| conds.iter().any(|c| c.type_ == t && c.reason == r);
-                    has("Ready", "Synced") && has("TokenValid", "Verified")
-                })
-        },
+        || env.all_verified(N),
     )
     .await;
     println!(

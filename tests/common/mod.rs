@@ -318,6 +318,27 @@ impl TestEnv {
         .unwrap_or_else(|| panic!("Secret {name} never became {what}"))
     }
 
+    /// Whether the namespace holds exactly `n` MendixCredentials, all Ready (Synced) and
+    /// TokenValid (Verified).
+    pub async fn all_verified(&self, n: usize) -> bool {
+        let all = self
+            .credentials()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items;
+        all.len() == n
+            && all.iter().all(|cr| {
+                let conds = cr
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default();
+                let has = |t: &str, r: &str| conds.iter().any(|c| c.type_ == t && c.reason == r);
+                has("Ready", "Synced") && has("TokenValid", "Verified")
+            })
+    }
+
     /// Waits until an Event starting with `prefix` ("Type Reason") is recorded; returns all of
     /// them. Events follow the status write that records them, so they can lag behind it.
     pub async fn wait_event(&self, prefix: &str) -> Vec<String> {
