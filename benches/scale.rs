@@ -64,8 +64,11 @@ async fn api_writes(env: &TestEnv) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Starts the operator; `MXCRED_BENCH_ARGS` adds flags (e.g. `--concurrency 32`).
 fn start(env: &TestEnv, sim: &Simulator) -> Operator {
-    env.start_operator_as(&sim.base_url(), &[], &[("RUST_LOG", "info")])
+    let extra = std::env::var("MXCRED_BENCH_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    env.start_operator_as(&sim.base_url(), &extra, &[("RUST_LOG", "info")])
 }
 
 async fn round(n: usize, sim: &Simulator) -> Row {
