@@ -60,7 +60,6 @@ pub enum Error {
 
 /// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,
 /// from which the `mxcred_credentials` gauge is counted at scrape time.
-#[derive(Default)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     stores: Mutex<Vec<Store<Guarded>>>,
@@ -309,17 +308,18 @@ fn referencing(
     let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
         return vec![];
     };
+    // Runs for every Secret event: filter under the store's lock, without allocating per
+    // resource, and clone only the matches.
     store
-        .state()
-        .iter()
-        .filter(|guard| guard.namespace().as_ref() == Some(ns))
-        .filter(|guard| match &guard.0 {
-            Ok(cr) => {
-                let target = cr.spec.target.as_ref().and_then(|t| t.name.as_ref());
-                &cr.spec.source_ref.name == name || target.unwrap_or(&cr.name_any()) == name
+        .state_filter(|guard| match &guard.0 {
+            Ok(cr) if cr.metadata.namespace.as_ref() == Some(ns) => {
+                let target = cr.spec.target.as_ref().and_then(|t| t.name.as_deref());
+                cr.spec.source_ref.name == *name
+                    || target.or(cr.metadata.name.as_deref()) == Some(name)
             }
-            Err(_) => false,
+            _ => false,
         })
+        .iter()
         .map(|guard| ObjectRef::from_obj(guard.as_ref()))
         .collect()
 }

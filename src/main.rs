@@ -50,7 +50,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(metrics));
     let client = kube::Client::try_default().await?;
     let shutdown = CancellationToken::new();
-    let listener = server::bind(args.metrics_addr).await?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let http = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
     tokio::spawn(cancel_on_signal(shutdown.clone(), shared.clone()));
     let settings = args.settings();

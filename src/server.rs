@@ -6,18 +6,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address first, so
-/// that port 0 can be used in tests.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
+/// Serves until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,

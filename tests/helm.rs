@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Operator, TestEnv, client_from, control_plane, service_account_kubeconfig};
+use common::{
+    Operator, TestEnv, client_from, control_plane, loopback_platform, service_account_kubeconfig,
+};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -100,16 +102,10 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         "mxcred-operator",
         "--lease-namespace",
         release_ns,
-        "--allowed-host",
-        "127.0.0.1",
-        "--allow-http",
     ]
     .map(String::from)
     .into();
-    for (probe, url) in sim.probe_urls() {
-        args.push("--probe-url".into());
-        args.push(format!("{probe}={url}"));
-    }
+    args.extend(loopback_platform(&sim.base_url()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let op = Operator::start(
         env.cp,
@@ -207,13 +203,7 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
 
     let sim = Simulator::start().await;
     sim.set("scoped-token", State::Valid);
-    let mut args: Vec<String> = ["--allowed-host", "127.0.0.1", "--allow-http"]
-        .map(String::from)
-        .into();
-    for (probe, url) in sim.probe_urls() {
-        args.push("--probe-url".into());
-        args.push(format!("{probe}={url}"));
-    }
+    let args = loopback_platform(&sim.base_url());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let _op = Operator::start(watched.cp, &kubeconfig, &watched.ns, &args, &[]);
     watched

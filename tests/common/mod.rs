@@ -259,19 +259,7 @@ impl TestEnv {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Operator {
-        let mut args: Vec<String> = ["--allowed-host", "127.0.0.1", "--allow-http"]
-            .map(String::from)
-            .into();
-        for (probe, path) in [
-            ("DeployApps", "/api/v4/apps?limit=1"),
-            ("Projects", "/v2/projects?limit=1"),
-            ("MarketplaceContent", "/v1/content?limit=1"),
-            ("DeployV1Apps", "/api/1/apps"),
-            ("PrivatePlatformProjects", "/projectservice/v1/projects"),
-        ] {
-            args.push("--probe-url".into());
-            args.push(format!("{probe}={platform}{path}"));
-        }
+        let mut args = loopback_platform(platform);
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Operator::start(self.cp, &self.cp.operator_kubeconfig, &self.ns, &args, env)
@@ -424,6 +412,25 @@ where
     })
     .await
     .unwrap_or_else(|| panic!("timed out waiting for {what}"));
+}
+
+/// Flags that point every named probe at `platform` (a simulator's base URL) and allow only
+/// loopback: nothing a test runs can reach a host outside it.
+pub fn loopback_platform(platform: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["--allowed-host", "127.0.0.1", "--allow-http"]
+        .map(String::from)
+        .into();
+    for (probe, path) in [
+        ("DeployApps", "/api/v4/apps?limit=1"),
+        ("Projects", "/v2/projects?limit=1"),
+        ("MarketplaceContent", "/v1/content?limit=1"),
+        ("DeployV1Apps", "/api/1/apps"),
+        ("PrivatePlatformProjects", "/projectservice/v1/projects"),
+    ] {
+        args.push("--probe-url".into());
+        args.push(format!("{probe}={platform}{path}"));
+    }
+    args
 }
 
 /// The operator as a child process; killed when dropped.
