@@ -61,7 +61,7 @@ pub struct MendixCredentialSpec {
     pub verification: Option<Verification>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum CredentialType {
     #[default]
     PersonalAccessToken,

@@ -15,13 +15,14 @@ use crate::credential::{Credential, SourceError};
 use crate::metrics::Metrics;
 use crate::render;
 use crate::schedule;
+use crate::secrets::{self, SecretMeta, Secrets};
 use crate::spec::{self, InvalidSpec, Resolved};
-use crate::tracker::Tracker;
+use crate::tracker::{Published, Tracker};
 use crate::verification::{self, Verifier};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, Status};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -153,7 +154,8 @@ fn describe(error: &kube::Error) -> String {
 pub struct Context {
     client: Client,
     shared: Arc<Shared>,
-    recorder: Recorder,
+    reporter: Reporter,
+    secrets: Secrets,
     settings: Settings,
     verifier: Arc<Verifier>,
     tracker: Tracker,
@@ -167,17 +169,14 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         shared: shared.clone(),
-        recorder,
+        reporter: Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+        secrets: Secrets::default(),
         settings: settings.clone(),
         verifier,
         tracker: Tracker::default(),
@@ -189,7 +188,7 @@ pub async fn run(
     };
     let controllers: Vec<_> = scopes
         .into_iter()
-        .map(|ns| controller(&client, ns.as_deref(), settings.concurrency))
+        .map(|ns| controller(&client, ns.as_deref(), settings.concurrency, &ctx.secrets))
         .collect();
     *shared.stores.lock().expect("lock poisoned") =
         controllers.iter().map(Controller::store).collect();
@@ -229,6 +228,7 @@ async fn forget_deleted(ctx: Arc<Context>, shutdown: CancellationToken) {
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
         ctx.tracker.retain(&live);
+        ctx.secrets.forget_outdated();
         ctx.verifier
             .forget_older_than(Duration::from_secs(25 * 3600));
     }
@@ -245,10 +245,16 @@ where
 }
 
 /// The controller for one scope (a namespace, or all). Secrets are watched metadata-only, never
-/// their data, so memory grows with the number of credentials and not with the Secrets of the
-/// cluster: target Secrets by label, mapped to their publisher; every other Secret mapped to the
-/// credentials that read it as source or want it as target.
-fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Controller<Guarded> {
+/// their data, and cached slimmed to name and version, so memory grows with the number of
+/// credentials and hardly with the Secrets of the cluster: target Secrets by label, mapped to
+/// their publisher; every other Secret mapped to the credentials that read it as source or want
+/// it as target. Initial lists are served from the API server's watch cache.
+fn controller(
+    client: &Client,
+    namespace: Option<&str>,
+    concurrency: u16,
+    cache: &Secrets,
+) -> Controller<Guarded> {
     let ours = format!("{LABEL_MANAGED_BY}={MANAGER}");
     let others = format!("{LABEL_MANAGED_BY}!={MANAGER}");
     // Only spec (generation) and annotation (verify-requested-at) changes start a reconcile:
@@ -258,7 +264,7 @@ fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Con
         writer,
         watcher(
             api::<Guarded>(client, namespace),
-            watcher::Config::default(),
+            watcher::Config::default().any_semantic(),
         )
         .modify(slim),
     )
@@ -271,22 +277,26 @@ fn controller(client: &Client, namespace: Option<&str>, concurrency: u16) -> Con
     let controller = Controller::for_stream(credentials, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let store = controller.store();
-    let secrets = |selector: &str| {
-        watcher(
-            api::<PartialObjectMeta<Secret>>(client, namespace),
-            watcher::Config::default().labels(selector),
+    let secrets = |selector: &str, links: bool| {
+        let (reader, writer) = reflector::store();
+        cache.watch(reader);
+        let watch = watcher(
+            api::<SecretMeta>(client, namespace),
+            watcher::Config::default().labels(selector).any_semantic(),
         )
-        .default_backoff()
-        .touched_objects()
+        .modify(move |secret| secrets::slim(secret, links));
+        reflector(writer, watch).default_backoff().touched_objects()
     };
     controller
-        .watches_stream(secrets(&ours), |target| publisher(&target))
-        .watches_stream(secrets(&others), move |secret| referencing(&store, &secret))
+        .watches_stream(secrets(&ours, true), |target| publisher(&target))
+        .watches_stream(secrets(&others, false), move |secret| {
+            referencing(&store, &secret)
+        })
 }
 
 /// The credential that published a target Secret: its controller owner, or, when someone
 /// removed the owner reference, the one its `mxcred.io/credential` label names.
-fn publisher(secret: &PartialObjectMeta<Secret>) -> Option<ObjectRef<Guarded>> {
+fn publisher(secret: &SecretMeta) -> Option<ObjectRef<Guarded>> {
     let ns = secret.metadata.namespace.as_deref()?;
     let owner = secret
         .metadata
@@ -301,10 +311,7 @@ fn publisher(secret: &PartialObjectMeta<Secret>) -> Option<ObjectRef<Guarded>> {
 
 /// The credentials that read `secret` as their source, or want to write it as their target (a
 /// target blocked by a foreign Secret is retried when that Secret changes or goes away).
-fn referencing(
-    store: &Store<Guarded>,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<Guarded>> {
+fn referencing(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Guarded>> {
     let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
         return vec![];
     };
@@ -690,65 +697,43 @@ async fn sync(
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let source_name = &resolved.source.secret;
-    let Some(source) = secrets.get_opt(source_name).await? else {
+    let Some(read) = read_source(&secrets, ns, resolved, &ctx.secrets).await? else {
         return Ok(refused(not_ready(
             ready::SOURCE_NOT_FOUND,
             format!("Secret {source_name:?} not found in namespace {ns:?}"),
         )));
     };
-    let data = source.data.unwrap_or_default();
-    let credential =
-        match Credential::from_source(resolved.credential_type, &resolved.source, &data) {
-            Ok(credential) => credential,
-            Err(e @ SourceError::KeyMissing { .. }) => {
-                return Ok(refused(not_ready(ready::SOURCE_KEY_MISSING, e.to_string())));
-            }
-            Err(e @ SourceError::Invalid { .. }) => {
-                return Ok(refused(not_ready(
-                    ready::INVALID_SOURCE,
-                    format!("{e}; the target Secret was left as it was"),
-                )));
-            }
-        };
+    let credential = match read {
+        Ok(credential) => credential,
+        Err(e @ SourceError::KeyMissing { .. }) => {
+            return Ok(refused(not_ready(ready::SOURCE_KEY_MISSING, e.to_string())));
+        }
+        Err(e @ SourceError::Invalid { .. }) => {
+            return Ok(refused(not_ready(
+                ready::INVALID_SOURCE,
+                format!("{e}; the target Secret was left as it was"),
+            )));
+        }
+    };
 
     let uid = cr.uid().ok_or(Error::MissingMetadata("uid"))?;
     let owner = cr
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
     let desired = render::target_secret(ns, &cr.name_any(), owner, resolved, &credential);
+    let digest = render::digest(&desired);
     let target = &resolved.target_name;
-    let existing = secrets.get_opt(target).await?;
-    let (wrote, synced_at) = match &existing {
-        Some(existing) if !render::is_ours(existing, &uid, &cr.name_any()) => {
-            return Ok(refused(not_ready(
-                ready::TARGET_CONFLICT,
-                format!(
-                    "Secret {target:?} exists and is not managed by this MendixCredential; \
-                     delete or rename it, or choose another spec.target.name"
-                ),
-            )));
-        }
-        Some(existing) if render::is_current(existing, &desired) => {
-            (false, render::applied_at(existing))
-        }
-        _ => {
-            let mut desired = desired;
-            // The resourceVersion makes the apply conditional: if the Secret changed (or was
-            // replaced by a foreign one) since it was read, the apply fails and is retried.
-            desired.metadata.resource_version = existing
-                .as_ref()
-                .and_then(|e| e.metadata.resource_version.clone());
-            match secrets
-                .patch(target, &apply_params(), &Patch::Apply(&desired))
-                .await
-            {
-                Ok(_) => (true, Some(now())),
-                Err(kube::Error::Api(e)) if e.is_invalid() => {
-                    return Ok(refused(not_ready(ready::INVALID_SPEC, refused_target(&e))));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+    let version = ctx.secrets.version(ns, target);
+    let known = ctx
+        .tracker
+        .publication(&uid, target, version.as_deref(), &digest);
+    let (wrote, synced_at) = match known {
+        // The target is as this instance left it, and would be left as it is.
+        Some(published) => (false, published.at),
+        None => match write_target(cr, &secrets, desired, digest, ctx).await? {
+            Ok(written) => written,
+            Err(verdict) => return Ok(refused(verdict)),
+        },
     };
     remove_previous_target(cr, &secrets, target, &uid).await?;
     Ok(Synced {
@@ -762,6 +747,93 @@ async fn sync(
         wrote,
         synced_at,
     })
+}
+
+/// The credential in the source Secret: from the cache when the watch reports the version it
+/// was read at, else read. `None` when the Secret does not exist.
+async fn read_source(
+    secrets: &Api<Secret>,
+    ns: &str,
+    resolved: &Resolved,
+    cache: &Secrets,
+) -> Result<Option<Result<Credential, SourceError>>, Error> {
+    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
+    if let Some(cached) = cache.credential(ns, credential_type, keys) {
+        return Ok(Some(cached));
+    }
+    let Some(source) = secrets.get_opt(&keys.secret).await? else {
+        return Ok(None);
+    };
+    let data = source.data.unwrap_or_default();
+    let credential = Credential::from_source(credential_type, keys, &data);
+    if let Some(version) = source.metadata.resource_version {
+        cache.remember(ns, credential_type, keys, version, credential.clone());
+    }
+    Ok(Some(credential))
+}
+
+/// Reads the target and applies `desired` unless the target already holds it; returns whether
+/// it wrote and when the data was last written, or why the target cannot be written.
+async fn write_target(
+    cr: &MendixCredential,
+    secrets: &Api<Secret>,
+    mut desired: Secret,
+    digest: [u8; 32],
+    ctx: &Context,
+) -> Result<Result<(bool, Option<Time>), Verdict>, Error> {
+    let uid = cr.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let target = desired
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let existing = secrets.get_opt(&target).await?;
+    let (published, wrote) = match &existing {
+        Some(existing) if !render::is_ours(existing, &uid, &cr.name_any()) => {
+            return Ok(Err(not_ready(
+                ready::TARGET_CONFLICT,
+                format!(
+                    "Secret {target:?} exists and is not managed by this MendixCredential; \
+                     delete or rename it, or choose another spec.target.name"
+                ),
+            )));
+        }
+        Some(existing) if render::is_current(existing, &desired) => {
+            let published = Published {
+                target,
+                version: existing.resource_version().unwrap_or_default(),
+                digest,
+                at: render::applied_at(existing),
+            };
+            (published, false)
+        }
+        _ => {
+            // The resourceVersion makes the apply conditional: if the Secret changed (or was
+            // replaced by a foreign one) since it was read, the apply fails and is retried.
+            desired.metadata.resource_version = existing.and_then(|e| e.metadata.resource_version);
+            match secrets
+                .patch(&target, &apply_params(), &Patch::Apply(&desired))
+                .await
+            {
+                Ok(written) => {
+                    let published = Published {
+                        target,
+                        version: written.resource_version().unwrap_or_default(),
+                        digest,
+                        at: Some(now()),
+                    };
+                    (published, true)
+                }
+                Err(kube::Error::Api(e)) if e.is_invalid() => {
+                    return Ok(Err(not_ready(ready::INVALID_SPEC, refused_target(&e))));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let at = published.at.clone();
+    ctx.tracker.published(&uid, published);
+    Ok(Ok((wrote, at)))
 }
 
 /// The API server refused the target Secret: only labels and annotations from the spec can make
@@ -846,7 +918,10 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &cr.object_ref(&())).await {
+    // A recorder per Event, as kube documents: a long-lived one keeps every Event it published
+    // for six minutes, and scans them all on each publish.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(error) = recorder.publish(&event, &cr.object_ref(&())).await {
         warn!(%error, reason, "could not publish Event");
     }
 }

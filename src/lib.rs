@@ -17,6 +17,7 @@ pub mod platform;
 pub mod probe;
 pub mod render;
 pub mod schedule;
+pub mod secrets;
 pub mod server;
 pub mod spec;
 pub mod telemetry;

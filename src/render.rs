@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
 use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The Secret the operator publishes for a credential: header values, environment variables and
@@ -141,6 +142,12 @@ pub fn is_current(existing: &Secret, desired: &Secret) -> bool {
             &desired.metadata.annotations,
             &managed.annotations,
         )
+}
+
+/// A digest of everything `desired` states: equal digests, equal Secrets.
+pub fn digest(desired: &Secret) -> [u8; 32] {
+    let bytes = serde_json::to_vec(desired).expect("a Secret serializes");
+    Sha256::digest(bytes).into()
 }
 
 /// When this operator last applied changes to `secret`, from `metadata.managedFields`.
@@ -326,6 +333,25 @@ mod tests {
         }]);
         s.metadata.resource_version = Some("7".into());
         s
+    }
+
+    #[test]
+    fn the_digest_changes_with_any_stated_value() {
+        let r = resolved(CredentialType::PersonalAccessToken);
+        let desired = render(&r, &pat());
+        assert_eq!(digest(&desired), digest(&render(&r, &pat())));
+        let rotated = Credential::PersonalAccessToken("tok-456".to_string().into());
+        assert_ne!(digest(&desired), digest(&render(&r, &rotated)));
+        let mut relabelled = r.clone();
+        relabelled.target_labels.insert("team".into(), "qa".into());
+        assert_ne!(digest(&desired), digest(&render(&relabelled, &pat())));
+        let mut annotated = r.clone();
+        annotated.target_annotations.clear();
+        assert_ne!(digest(&desired), digest(&render(&annotated, &pat())));
+        let mut other_owner = owner();
+        other_owner.uid = "uid-2".into();
+        let reowned = target_secret("ci", "deploy-bot", other_owner, &r, &pat());
+        assert_ne!(digest(&desired), digest(&reowned));
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct Resolved {
 }
 
 /// The source Secret and the keys to read from it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SourceKeys {
     pub secret: String,
     pub token_key: String,

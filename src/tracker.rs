@@ -4,6 +4,7 @@
 use crate::api::MendixCredentialStatus;
 use crate::classify::{Outcome, Reason};
 use crate::schedule::Attempt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -24,6 +25,18 @@ struct Memory {
     announced: Option<Reason>,
     /// The last status write.
     written: Option<Written>,
+    /// The target Secret as this instance last wrote or confirmed it.
+    published: Option<Published>,
+}
+
+/// A target Secret known to hold the desired content: its name and version, the digest of
+/// that content, and when it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub target: String,
+    pub version: String,
+    pub digest: [u8; 32],
+    pub at: Option<Time>,
 }
 
 /// A status write: the resource version it was based on and the one it produced.
@@ -127,6 +140,27 @@ impl Tracker {
         })
     }
 
+    /// Remembers the target as written or confirmed.
+    pub fn published(&self, uid: &str, published: Published) {
+        self.with(uid, |m| m.published = Some(published));
+    }
+
+    /// The target as last written or confirmed, if it was `target` at `version` holding the
+    /// content with `digest`: then it needs neither a read nor a write.
+    pub fn publication(
+        &self,
+        uid: &str,
+        target: &str,
+        version: Option<&str>,
+        digest: &[u8; 32],
+    ) -> Option<Published> {
+        self.with(uid, |m| {
+            m.published.clone().filter(|p| {
+                p.target == target && Some(p.version.as_str()) == version && p.digest == *digest
+            })
+        })
+    }
+
     /// Forgets resources that no longer exist.
     pub fn retain(&self, live: &HashSet<String>) {
         self.resources
@@ -215,6 +249,39 @@ mod tests {
         assert!(t.has_written("u", Some("11")));
         assert!(t.has_written("u", Some("10")));
         assert!(!t.has_written("u", Some("12")));
+    }
+
+    #[test]
+    fn a_publication_matches_only_the_same_target_version_and_content() {
+        let t = Tracker::default();
+        let published = Published {
+            target: "t".into(),
+            version: "5".into(),
+            digest: [1; 32],
+            at: None,
+        };
+        assert_eq!(t.publication("u", "t", Some("5"), &[1; 32]), None);
+        t.published("u", published.clone());
+        assert_eq!(
+            t.publication("u", "t", Some("5"), &[1; 32]),
+            Some(published)
+        );
+        assert_eq!(
+            t.publication("u", "t", Some("6"), &[1; 32]),
+            None,
+            "changed since"
+        );
+        assert_eq!(t.publication("u", "t", None, &[1; 32]), None, "gone");
+        assert_eq!(
+            t.publication("u", "t", Some("5"), &[2; 32]),
+            None,
+            "new content"
+        );
+        assert_eq!(
+            t.publication("u", "x", Some("5"), &[1; 32]),
+            None,
+            "renamed"
+        );
     }
 
     #[test]

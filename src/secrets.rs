@@ -1,0 +1,213 @@
+//! What the operator knows of Secrets without asking the API server: the metadata of every
+//! Secret it can see, slimmed to what lookups and mappings need, and the credentials it read from
+//! source Secrets, each kept for as long as the watch reports the version it was read at.
+//!
+//! A reconcile that finds its source unchanged and its target as it left it sends no request.
+
+use crate::api::CredentialType;
+use crate::credential::{Credential, SourceError};
+use crate::spec::SourceKeys;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+/// Keeps of a Secret's metadata its name, namespace and version, and, for the operator's own
+/// targets (`links`), the labels and owner references that map them to their credential.
+/// Managed fields, annotations and everything else would cost memory for every Secret of the
+/// cluster and serve nothing.
+pub fn slim(secret: &mut SecretMeta, links: bool) {
+    let meta = std::mem::take(&mut secret.metadata);
+    secret.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        labels: meta.labels.filter(|_| links),
+        owner_references: meta.owner_references.filter(|_| links),
+        ..ObjectMeta::default()
+    };
+    secret.types = None;
+}
+
+/// What a credential was read from: a source Secret and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Reading {
+    namespace: String,
+    credential_type: CredentialType,
+    keys: SourceKeys,
+}
+
+/// A credential read from a source Secret at `version`.
+struct Read {
+    version: String,
+    credential: Result<Credential, SourceError>,
+}
+
+#[derive(Default)]
+pub struct Secrets {
+    stores: Mutex<Vec<Store<SecretMeta>>>,
+    reads: Mutex<HashMap<Reading, Read>>,
+}
+
+impl Secrets {
+    /// Adds the cache of one watch.
+    pub fn watch(&self, store: Store<SecretMeta>) {
+        self.stores.lock().expect("lock poisoned").push(store);
+    }
+
+    /// The version of Secret `name` as the watches last reported it.
+    pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.stores
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .find_map(|store| store.get(&key))
+            .and_then(|secret| secret.metadata.resource_version.clone())
+    }
+
+    /// Whether every watch has listed its Secrets.
+    pub fn listed(&self) -> bool {
+        self.stores.lock().expect("lock poisoned").iter().all(|s| {
+            s.wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
+        })
+    }
+
+    /// The credential read earlier from the source, if the watch still reports the version it
+    /// was read at.
+    pub fn credential(
+        &self,
+        namespace: &str,
+        credential_type: CredentialType,
+        keys: &SourceKeys,
+    ) -> Option<Result<Credential, SourceError>> {
+        let current = self.version(namespace, &keys.secret)?;
+        let reading = Reading {
+            namespace: namespace.to_owned(),
+            credential_type,
+            keys: keys.clone(),
+        };
+        let reads = self.reads.lock().expect("lock poisoned");
+        let read = reads.get(&reading)?;
+        (read.version == current).then(|| read.credential.clone())
+    }
+
+    /// Remembers what the source at `version` yielded.
+    pub fn remember(
+        &self,
+        namespace: &str,
+        credential_type: CredentialType,
+        keys: &SourceKeys,
+        version: String,
+        credential: Result<Credential, SourceError>,
+    ) {
+        let reading = Reading {
+            namespace: namespace.to_owned(),
+            credential_type,
+            keys: keys.clone(),
+        };
+        self.reads.lock().expect("lock poisoned").insert(
+            reading,
+            Read {
+                version,
+                credential,
+            },
+        );
+    }
+
+    /// Forgets credentials whose source has changed or gone.
+    pub fn forget_outdated(&self) {
+        let mut reads = self.reads.lock().expect("lock poisoned");
+        reads.retain(|reading, read| {
+            self.version(&reading.namespace, &reading.keys.secret) == Some(read.version.clone())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher;
+    use std::collections::BTreeMap;
+
+    fn secret(name: &str, version: &str) -> SecretMeta {
+        let mut secret = SecretMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                labels: Some(BTreeMap::from([("a".into(), "b".into())])),
+                annotations: Some(BTreeMap::from([("c".into(), "d".into())])),
+                owner_references: Some(vec![OwnerReference::default()]),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..ObjectMeta::default()
+            },
+            _phantom: Default::default(),
+        };
+        slim(&mut secret, false);
+        secret
+    }
+
+    fn keys(secret: &str) -> SourceKeys {
+        SourceKeys {
+            secret: secret.into(),
+            token_key: "token".into(),
+            username_key: "username".into(),
+            api_key_key: "apiKey".into(),
+        }
+    }
+
+    #[test]
+    fn slim_keeps_identity_and_links_only_for_targets() {
+        let other = secret("s", "1");
+        assert_eq!(other.metadata.name.as_deref(), Some("s"));
+        assert_eq!(other.metadata.resource_version.as_deref(), Some("1"));
+        assert!(other.metadata.labels.is_none() && other.metadata.owner_references.is_none());
+        assert!(other.metadata.annotations.is_none() && other.metadata.managed_fields.is_none());
+    }
+
+    #[test]
+    fn a_credential_is_used_only_at_the_version_it_was_read_at() {
+        let (reader, mut writer) = store();
+        let secrets = Secrets::default();
+        secrets.watch(reader);
+        let pat = CredentialType::PersonalAccessToken;
+        writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "1")));
+        assert!(secrets.credential("ns", pat, &keys("src")).is_none());
+
+        let token = Credential::personal_access_token(b"token-1").unwrap();
+        secrets.remember("ns", pat, &keys("src"), "1".into(), Ok(token));
+        assert!(secrets.credential("ns", pat, &keys("src")).is_some());
+        assert!(secrets.credential("other", pat, &keys("src")).is_none());
+        assert!(
+            secrets
+                .credential("ns", CredentialType::ApiKey, &keys("src"))
+                .is_none()
+        );
+
+        writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "2")));
+        assert!(secrets.credential("ns", pat, &keys("src")).is_none());
+        secrets.forget_outdated();
+        assert!(secrets.reads.lock().unwrap().is_empty());
+
+        // A read newer than the watch is not used until the watch catches up.
+        let token = Credential::personal_access_token(b"token-3").unwrap();
+        secrets.remember("ns", pat, &keys("src"), "3".into(), Ok(token));
+        assert!(secrets.credential("ns", pat, &keys("src")).is_none());
+        writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "3")));
+        assert!(secrets.credential("ns", pat, &keys("src")).is_some());
+
+        writer.apply_watcher_event(&watcher::Event::Delete(secret("src", "3")));
+        assert!(secrets.credential("ns", pat, &keys("src")).is_none());
+    }
+}
