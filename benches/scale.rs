@@ -6,10 +6,14 @@
 mod common;
 
 use common::{Operator, TestEnv, wait_until};
-use futures::StreamExt;
-use kube::api::{Patch, PatchParams, PostParams};
+use futures::{StreamExt, TryStreamExt};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use mendix_simulator::{Simulator, State};
+use mxcred_operator::api::MendixCredential;
 use serde_json::json;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,8 @@ const UNRELATED: usize = 3000;
 
 struct Row {
     n: usize,
+    /// How long the bench itself took to apply the N resources (part of `converge`).
+    apply: Duration,
     converge: Duration,
     plain: Duration,
     rss_converge_mib: f64,
@@ -40,13 +46,87 @@ fn peak_rss_mib(op: &Operator) -> f64 {
     kib / 1024.0
 }
 
-/// Write requests the API server has served so far (apiserver_request_total).
-async fn api_writes(env: &TestEnv) -> u64 {
-    let text: String = env
-        .client
+async fn apiserver_metrics(env: &TestEnv) -> String {
+    env.client
         .request_text(http::Request::get("/metrics").body(vec![]).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Requests served and seconds spent by the API server so far, per verb and resource.
+async fn request_costs(env: &TestEnv) -> HashMap<String, (f64, f64)> {
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(line[start..].split('"').next()?.to_owned())
+    };
+    let mut costs: HashMap<String, (f64, f64)> = HashMap::new();
+    for line in apiserver_metrics(env).await.lines() {
+        let (count, seconds) = if line.starts_with("apiserver_request_duration_seconds_count{") {
+            (true, false)
+        } else if line.starts_with("apiserver_request_duration_seconds_sum{") {
+            (false, true)
+        } else {
+            continue;
+        };
+        let (Some(verb), Some(resource), Some(value)) = (
+            label(line, "verb"),
+            label(line, "resource"),
+            line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        if verb == "WATCH" {
+            continue;
+        }
+        let subresource = label(line, "subresource").filter(|s| !s.is_empty());
+        let key = match subresource {
+            Some(sub) => format!("{verb} {resource}/{sub}"),
+            None => format!("{verb} {resource}"),
+        };
+        let entry = costs.entry(key).or_default();
+        if count {
+            entry.0 += value;
+        }
+        if seconds {
+            entry.1 += value;
+        }
+    }
+    costs
+}
+
+/// What the API server served between two `request_costs`, costliest first.
+fn profile(before: &HashMap<String, (f64, f64)>, after: &HashMap<String, (f64, f64)>) -> String {
+    let mut rows: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(k, (n, s))| {
+            let (n0, s0) = before.get(k).copied().unwrap_or_default();
+            (k.clone(), n - n0, s - s0)
+        })
+        .filter(|(_, n, _)| *n > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows.iter()
+        .take(10)
+        .map(|(k, n, s)| format!("  {k:<44} {n:>7.0} requests {s:>8.1} s\n"))
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Write requests the API server has served so far (apiserver_request_total).
+async fn api_writes(env: &TestEnv) -> u64 {
+    let text = apiserver_metrics(env).await;
     text.lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
         .filter(|l| {
@@ -62,6 +142,24 @@ async fn api_writes(env: &TestEnv) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Returns once `n` resources are Ready and Verified. Watched, not polled: listing thousands of
+/// resources every moment would load the API server it measures.
+async fn all_verified(api: Api<MendixCredential>, n: usize) {
+    let mut verified = HashSet::new();
+    let events = watcher(api, watcher::Config::default().any_semantic()).applied_objects();
+    let mut events = std::pin::pin!(events);
+    while let Some(cr) = events.try_next().await.expect("watch") {
+        if common::is_verified(&cr) {
+            verified.insert(cr.name_any());
+        } else {
+            verified.remove(&cr.name_any());
+        }
+        if verified.len() == n {
+            return;
+        }
+    }
 }
 
 /// Starts the operator; `MXCRED_BENCH_ARGS` adds flags (e.g. `--concurrency 32`).
@@ -85,8 +183,11 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     })
     .await;
 
-    let started = Instant::now();
     let api = env.credentials();
+    let converged = tokio::spawn(all_verified(api.clone(), n));
+    let costs_before = request_costs(&env).await;
+    let cpu_before = cpu_seconds(op.pid());
+    let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
@@ -106,12 +207,18 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         .buffer_unordered(CLIENT_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
-    wait_until(Duration::from_secs(1800), "convergence", || async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        env.all_verified(n).await
-    })
-    .await;
+    let apply = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(1800), converged)
+        .await
+        .expect("convergence within 30 minutes")
+        .unwrap();
     let converge = started.elapsed();
+    let operator_cpu = cpu_seconds(op.pid()) - cpu_before;
+    eprintln!(
+        "N = {n}: the operator used {operator_cpu:.1} s of CPU; the API server served, \
+         during convergence (request latency summed):\n{}",
+        profile(&costs_before, &request_costs(&env).await)
+    );
     let rss_converge_mib = peak_rss_mib(&op);
 
     // A plain client writing N equivalent Secrets, with the same concurrency, same API server.
@@ -195,6 +302,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     }
     Row {
         n,
+        apply,
         converge,
         plain,
         rss_converge_mib,
@@ -221,13 +329,14 @@ async fn main() {
     }
     let mut table = String::new();
     let mut csv = String::from(
-        "n,tokens,converge_s,plain_client_s,ratio,peak_rss_converge_mib,peak_rss_restart_mib,peak_rss_restart_with_unrelated_mib,idle_minute_api_writes,platform_calls_per_token,startup_to_first_reconcile_s\n",
+        "n,tokens,apply_s,converge_s,plain_client_s,ratio,peak_rss_converge_mib,peak_rss_restart_mib,peak_rss_restart_with_unrelated_mib,idle_minute_api_writes,platform_calls_per_token,startup_to_first_reconcile_s\n",
     );
     writeln!(
         table,
-        "{:>5} {:>6} {:>10} {:>9} {:>6} {:>9} {:>9} {:>12} {:>11} {:>11} {:>9}",
+        "{:>5} {:>6} {:>8} {:>10} {:>9} {:>6} {:>9} {:>9} {:>12} {:>11} {:>11} {:>9}",
         "N",
         "tokens",
+        "apply",
         "converge",
         "plain",
         "ratio",
@@ -244,13 +353,14 @@ async fn main() {
         let unrelated = r
             .rss_restart_unrelated_mib
             .map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
-        writeln!(table, "{:>5} {:>6} {:>9.1}s {:>8.1}s {:>6.2} {:>5.1} MiB {:>5.1} MiB {:>12} {:>11} {:>11.1} {:>8.2}s",
-            r.n, TOKENS, r.converge.as_secs_f64(), r.plain.as_secs_f64(), ratio, r.rss_converge_mib, r.rss_restart_mib, unrelated, r.idle_writes, r.calls_per_token, r.startup.as_secs_f64()).unwrap();
+        writeln!(table, "{:>5} {:>6} {:>7.1}s {:>9.1}s {:>8.1}s {:>6.2} {:>5.1} MiB {:>5.1} MiB {:>12} {:>11} {:>11.1} {:>8.2}s",
+            r.n, TOKENS, r.apply.as_secs_f64(), r.converge.as_secs_f64(), r.plain.as_secs_f64(), ratio, r.rss_converge_mib, r.rss_restart_mib, unrelated, r.idle_writes, r.calls_per_token, r.startup.as_secs_f64()).unwrap();
         writeln!(
             csv,
-            "{},{},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.1},{:.2}",
+            "{},{},{:.2},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.1},{:.2}",
             r.n,
             TOKENS,
+            r.apply.as_secs_f64(),
             r.converge.as_secs_f64(),
             r.plain.as_secs_f64(),
             ratio,

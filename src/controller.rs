@@ -590,7 +590,7 @@ async fn verify(
         ctx.shared.metrics.verified(outcome.reason.as_str());
         let name = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
         info!(credential = %name, reason = outcome.reason.as_str(), forced, "verified");
-        let answered_at = jiff::Timestamp::try_from(answered).map_or_else(|_| now(), Time);
+        let answered_at = jiff::Timestamp::try_from(answered).map_or_else(|_| now(), api_time);
         let transition = verification::record(status, &outcome, generation, answered_at);
         if let Some(reason) = transition.filter(|r| ctx.tracker.announce(uid, *r)) {
             let type_ = match reason {
@@ -608,7 +608,7 @@ async fn verify(
             schedule::jitter(uid, interval),
             attempt,
         );
-        status.next_verification_time = jiff::Timestamp::try_from(next).ok().map(Time);
+        status.next_verification_time = jiff::Timestamp::try_from(next).ok().map(api_time);
     }
     let next = status
         .next_verification_time
@@ -931,7 +931,13 @@ fn apply_params() -> PatchParams {
 }
 
 fn now() -> Time {
-    Time(jiff::Timestamp::now())
+    api_time(jiff::Timestamp::now())
+}
+
+/// A time as the API serializes it: in whole seconds. A status holding a finer time would differ
+/// from its own copy read back, and be written a second time.
+fn api_time(t: jiff::Timestamp) -> Time {
+    Time(jiff::Timestamp::from_second(t.as_second()).expect("a second of a valid time is valid"))
 }
 
 #[cfg(test)]

@@ -119,10 +119,14 @@ impl Tracker {
 
     /// The status this instance wrote, when the cache still holds the object it was based on:
     /// a reconcile triggered by another event may read the object before the cache has seen our
-    /// own write, and must not act on the older status.
+    /// own write, and must not act on the older status. Once the cache holds the write, the
+    /// copy is dropped.
     pub fn newer_status(&self, uid: &str, version: Option<&str>) -> Option<MendixCredentialStatus> {
         self.with(uid, |m| {
-            let w = m.written.as_ref()?;
+            let w = m.written.as_mut()?;
+            if version.is_some() && w.produced.as_deref() == version {
+                w.status = None;
+            }
             (version.is_some() && w.based_on.as_deref() == version)
                 .then(|| w.status.clone())
                 .flatten()
@@ -245,6 +249,11 @@ mod tests {
         );
         assert_eq!(t.newer_status("u", Some("10")), Some(status));
         assert_eq!(t.newer_status("u", Some("11")), None, "the cache caught up");
+        assert_eq!(
+            t.newer_status("u", Some("10")),
+            None,
+            "and the copy was dropped"
+        );
         assert_eq!(t.newer_status("u", None), None);
         assert!(t.has_written("u", Some("11")));
         assert!(t.has_written("u", Some("10")));

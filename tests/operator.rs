@@ -481,3 +481,72 @@ async fn a_source_in_another_namespace_cannot_be_named() {
     env.wait_reason("steal", "Ready", "SourceNotFound").await;
     assert!(other.secrets().get_opt("t").await.unwrap().is_none());
 }
+
+/// Watches `name`: once the watch is established, returns a task that yields the distinct
+/// versions reported until `done` holds, and for three seconds after.
+async fn versions<K>(
+    api: kube::Api<K>,
+    name: &str,
+    done: impl Fn(&K) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<String>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(api, config).boxed();
+    while !matches!(stream.next().await, Some(Ok(Event::InitDone))) {}
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let mut seen: Vec<String> = vec![];
+        let mut settled = None;
+        loop {
+            let deadline = settled.unwrap_or_else(|| Instant::now() + Duration::from_secs(20));
+            let Ok(next) = tokio::time::timeout_at(deadline.into(), stream.next()).await else {
+                assert!(settled.is_some(), "{name} never got there");
+                return seen;
+            };
+            let Event::Apply(object) = next.unwrap().unwrap() else {
+                continue;
+            };
+            let version = object.meta().resource_version.clone().unwrap();
+            if !seen.contains(&version) {
+                seen.push(version);
+            }
+            if settled.is_none() && done(&object) {
+                settled = Some(Instant::now() + Duration::from_secs(3));
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_new_resource_costs_one_target_write_one_status_write_and_two_events() {
+    let env = TestEnv::new("once").await;
+    let sim = mendix_simulator::Simulator::start().await;
+    sim.set(PAT, mendix_simulator::State::Valid);
+    let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    let statuses = versions(env.credentials(), "once", common::is_verified).await;
+    let targets = versions(env.secrets(), "once", |_: &Secret| true).await;
+    env.put_credential("once", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    let statuses = statuses.await.unwrap();
+    assert_eq!(
+        statuses.len(),
+        2,
+        "created, then one status write: {statuses:?}"
+    );
+    assert_eq!(targets.await.unwrap().len(), 1, "one target write");
+    let events = env.events().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events.iter().any(|e| e.starts_with("Normal Synced")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.starts_with("Normal Verified")),
+        "{events:?}"
+    );
+}

@@ -315,16 +315,7 @@ impl TestEnv {
             .await
             .unwrap()
             .items;
-        all.len() == n
-            && all.iter().all(|cr| {
-                let conds = cr
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.as_slice())
-                    .unwrap_or_default();
-                let has = |t: &str, r: &str| conds.iter().any(|c| c.type_ == t && c.reason == r);
-                has("Ready", "Synced") && has("TokenValid", "Verified")
-            })
+        all.len() == n && all.iter().all(is_verified)
     }
 
     /// Waits until an Event starting with `prefix` ("Type Reason") is recorded; returns all of
@@ -365,6 +356,17 @@ impl TestEnv {
 }
 
 /// The condition `type_` of a resource; panics when it has none.
+/// Whether `cr` is Ready (Synced) and TokenValid (Verified).
+pub fn is_verified(cr: &MendixCredential) -> bool {
+    let conds = cr
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let has = |t: &str, r: &str| conds.iter().any(|c| c.type_ == t && c.reason == r);
+    has("Ready", "Synced") && has("TokenValid", "Verified")
+}
+
 pub fn condition(
     cr: &MendixCredential,
     type_: &str,
