@@ -192,6 +192,9 @@ pub async fn run(
         .collect();
     *shared.stores.lock().expect("lock poisoned") =
         controllers.iter().map(Controller::store).collect();
+    for controller in &controllers {
+        tokio::spawn(report_listed(controller.store(), "MendixCredentials"));
+    }
     shared.set_role(Role::Serving);
     tokio::spawn(forget_deleted(ctx.clone(), shutdown.clone()));
     let controllers = controllers.into_iter().map(|controller| {
@@ -207,6 +210,19 @@ pub async fn run(
     });
     futures::future::join_all(controllers).await;
     shared.stores.lock().expect("lock poisoned").clear();
+}
+
+/// Logs when a cache has been filled by its initial list, and how long that took.
+async fn report_listed<K>(store: Store<K>, what: &'static str)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    let started = Instant::now();
+    if store.wait_until_ready().await.is_ok() {
+        let count = store.state().len();
+        info!(count, took = ?started.elapsed(), "listed {what}");
+    }
 }
 
 /// Every ten minutes, forgets what is remembered of resources that no longer exist, and cached
@@ -279,6 +295,12 @@ fn controller(
     let store = controller.store();
     let secrets = |selector: &str, links: bool| {
         let (reader, writer) = reflector::store();
+        let what = if links {
+            "target Secrets"
+        } else {
+            "other Secrets"
+        };
+        tokio::spawn(report_listed(reader.clone(), what));
         cache.watch(reader);
         let watch = watcher(
             api::<SecretMeta>(client, namespace),
@@ -730,7 +752,7 @@ async fn sync(
     let (wrote, synced_at) = match known {
         // The target is as this instance left it, and would be left as it is.
         Some(published) => (false, published.at),
-        None => match write_target(cr, &secrets, desired, digest, ctx).await? {
+        None => match write_target(cr, ns, &secrets, desired, digest, ctx).await? {
             Ok(written) => written,
             Err(verdict) => return Ok(refused(verdict)),
         },
@@ -776,6 +798,7 @@ async fn read_source(
 /// it wrote and when the data was last written, or why the target cannot be written.
 async fn write_target(
     cr: &MendixCredential,
+    ns: &str,
     secrets: &Api<Secret>,
     mut desired: Secret,
     digest: [u8; 32],
@@ -787,7 +810,15 @@ async fn write_target(
         .name
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
-    let existing = secrets.get_opt(&target).await?;
+    // A target that no watch reports, once every watch has listed, does not exist (but for a
+    // Secret created in the moment the watch takes to report it; see SECURITY.md): nothing to
+    // read before creating it.
+    let unseen = ctx.secrets.listed() && ctx.secrets.version(ns, &target).is_none();
+    let existing = if unseen {
+        None
+    } else {
+        secrets.get_opt(&target).await?
+    };
     let (published, wrote) = match &existing {
         Some(existing) if !render::is_ours(existing, &uid, &cr.name_any()) => {
             return Ok(Err(not_ready(
