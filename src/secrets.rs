@@ -7,13 +7,13 @@
 use crate::api::CredentialType;
 use crate::credential::{Credential, SourceError};
 use crate::spec::SourceKeys;
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
@@ -51,13 +51,16 @@ struct Read {
 #[derive(Default)]
 pub struct Secrets {
     stores: Mutex<Vec<Store<SecretMeta>>>,
+    /// One flag per watch, set once it has listed its Secrets.
+    listed: Mutex<Vec<Arc<AtomicBool>>>,
     reads: Mutex<HashMap<Reading, Read>>,
 }
 
 impl Secrets {
-    /// Adds the cache of one watch.
-    pub fn watch(&self, store: Store<SecretMeta>) {
+    /// Adds the cache of one watch, and the flag its watch sets once it has listed.
+    pub fn watch(&self, store: Store<SecretMeta>, listed: Arc<AtomicBool>) {
         self.stores.lock().expect("lock poisoned").push(store);
+        self.listed.lock().expect("lock poisoned").push(listed);
     }
 
     /// The version of Secret `name` as the watches last reported it.
@@ -73,11 +76,8 @@ impl Secrets {
 
     /// Whether every watch has listed its Secrets.
     pub fn listed(&self) -> bool {
-        self.stores.lock().expect("lock poisoned").iter().all(|s| {
-            s.wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok())
-        })
+        let listed = self.listed.lock().expect("lock poisoned");
+        !listed.is_empty() && listed.iter().all(|l| l.load(Ordering::Relaxed))
     }
 
     /// The credential read earlier from the source, if the watch still reports the version it
@@ -180,7 +180,7 @@ mod tests {
     fn a_credential_is_used_only_at_the_version_it_was_read_at() {
         let (reader, mut writer) = store();
         let secrets = Secrets::default();
-        secrets.watch(reader);
+        secrets.watch(reader, Arc::default());
         let pat = CredentialType::PersonalAccessToken;
         writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "1")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
