@@ -159,7 +159,7 @@ pub struct Context {
     secrets: Secrets,
     settings: Settings,
     verifier: Arc<Verifier>,
-    tracker: Tracker,
+    tracker: Arc<Tracker>,
 }
 
 /// Runs the controller until `shutdown` is cancelled.
@@ -180,7 +180,7 @@ pub async fn run(
         secrets: Secrets::default(),
         settings: settings.clone(),
         verifier,
-        tracker: Tracker::default(),
+        tracker: Arc::default(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -196,13 +196,7 @@ pub async fn run(
                 .lock()
                 .expect("lock poisoned")
                 .push(listed.clone());
-            controller(
-                &client,
-                ns.as_deref(),
-                settings.concurrency,
-                &ctx.secrets,
-                listed,
-            )
+            controller(&client, ns.as_deref(), &ctx, listed)
         })
         .collect();
     *shared.stores.lock().expect("lock poisoned") =
@@ -290,8 +284,7 @@ where
 fn controller(
     client: &Client,
     namespace: Option<&str>,
-    concurrency: u16,
-    cache: &Secrets,
+    ctx: &Context,
     listed: Arc<AtomicBool>,
 ) -> Controller<Guarded> {
     let ours = format!("{LABEL_MANAGED_BY}={MANAGER}");
@@ -299,6 +292,7 @@ fn controller(
     // Only spec (generation) and annotation (verify-requested-at) changes start a reconcile:
     // the operator's own status writes would otherwise each cause another one.
     let (reader, writer) = reflector::store();
+    let tracker = ctx.tracker.clone();
     let credentials = reflector(
         writer,
         watcher(
@@ -308,35 +302,43 @@ fn controller(
         .modify(slim)
         .inspect_ok(lists("MendixCredentials", listed)),
     )
+    // Once the cache holds a resource past a status write, the write's copy can go.
+    .inspect_ok(move |event| {
+        if let watcher::Event::Apply(cr) = event
+            && let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version)
+        {
+            tracker.cached(uid, version);
+        }
+    })
     .default_backoff()
     .applied_objects()
     .predicate_filter(
         predicates::generation.combine(predicates::annotations),
         Default::default(),
     );
-    let controller = Controller::for_stream(credentials, reader)
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let controller = Controller::for_stream(credentials, reader).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+    );
     let store = controller.store();
-    let secrets = |selector: &str, links: bool| {
-        let (reader, writer) = reflector::store();
-        let what = if links {
-            "target Secrets"
-        } else {
-            "other Secrets"
-        };
+    // The cache keeps slim copies; the mappings see the Secrets' links (owner, labels) first.
+    let secrets = |selector: &str, what: &'static str| {
+        let (reader, mut writer) = reflector::store();
         let listed = Arc::new(AtomicBool::new(false));
-        cache.watch(reader, listed.clone());
-        let watch = watcher(
+        ctx.secrets.watch(reader, listed.clone());
+        watcher(
             api::<SecretMeta>(client, namespace),
             watcher::Config::default().labels(selector),
         )
-        .modify(move |secret| secrets::slim(secret, links))
-        .inspect_ok(lists(what, listed));
-        reflector(writer, watch).default_backoff().touched_objects()
+        .inspect_ok(lists(what, listed))
+        .inspect_ok(move |event| writer.apply_watcher_event(&event.clone().modify(secrets::slim)))
+        .default_backoff()
+        .touched_objects()
     };
     controller
-        .watches_stream(secrets(&ours, true), |target| publisher(&target))
-        .watches_stream(secrets(&others, false), move |secret| {
+        .watches_stream(secrets(&ours, "target Secrets"), |target| {
+            publisher(&target)
+        })
+        .watches_stream(secrets(&others, "other Secrets"), move |secret| {
             referencing(&store, &secret)
         })
 }

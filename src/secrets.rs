@@ -17,18 +17,14 @@ use std::sync::{Arc, Mutex};
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
-/// Keeps of a Secret's metadata its name, namespace and version, and, for the operator's own
-/// targets (`links`), the labels and owner references that map them to their credential.
-/// Managed fields, annotations and everything else would cost memory for every Secret of the
-/// cluster and serve nothing.
-pub fn slim(secret: &mut SecretMeta, links: bool) {
+/// Keeps of a Secret's metadata its name, namespace and version: labels, owners, managed fields
+/// and the rest would cost memory for every Secret of the cluster and serve no lookup.
+pub fn slim(secret: &mut SecretMeta) {
     let meta = std::mem::take(&mut secret.metadata);
     secret.metadata = ObjectMeta {
         name: meta.name,
         namespace: meta.namespace,
         resource_version: meta.resource_version,
-        labels: meta.labels.filter(|_| links),
-        owner_references: meta.owner_references.filter(|_| links),
         ..ObjectMeta::default()
     };
     secret.types = None;
@@ -154,7 +150,7 @@ mod tests {
             },
             _phantom: Default::default(),
         };
-        slim(&mut secret, false);
+        slim(&mut secret);
         secret
     }
 
@@ -168,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn slim_keeps_identity_and_links_only_for_targets() {
+    fn slim_keeps_only_identity() {
         let other = secret("s", "1");
         assert_eq!(other.metadata.name.as_deref(), Some("s"));
         assert_eq!(other.metadata.resource_version.as_deref(), Some("1"));

@@ -119,18 +119,25 @@ impl Tracker {
 
     /// The status this instance wrote, when the cache still holds the object it was based on:
     /// a reconcile triggered by another event may read the object before the cache has seen our
-    /// own write, and must not act on the older status. Once the cache holds the write, the
-    /// copy is dropped.
+    /// own write, and must not act on the older status.
     pub fn newer_status(&self, uid: &str, version: Option<&str>) -> Option<MendixCredentialStatus> {
         self.with(uid, |m| {
-            let w = m.written.as_mut()?;
-            if version.is_some() && w.produced.as_deref() == version {
-                w.status = None;
-            }
+            let w = m.written.as_ref()?;
             (version.is_some() && w.based_on.as_deref() == version)
                 .then(|| w.status.clone())
                 .flatten()
         })
+    }
+
+    /// The cache now holds the resource at `version`: once that is past the version a status
+    /// write was based on, its copy of the status can serve no more.
+    pub fn cached(&self, uid: &str, version: &str) {
+        let mut resources = self.resources.lock().expect("lock poisoned");
+        if let Some(w) = resources.get_mut(uid).and_then(|m| m.written.as_mut())
+            && w.based_on.as_deref() != Some(version)
+        {
+            w.status = None;
+        }
     }
 
     /// Whether the object at `version` is one this instance wrote the status of, or based a
@@ -247,14 +254,17 @@ mod tests {
             Some("11".into()),
             Some(status.clone()),
         );
-        assert_eq!(t.newer_status("u", Some("10")), Some(status));
+        assert_eq!(t.newer_status("u", Some("10")), Some(status.clone()));
         assert_eq!(t.newer_status("u", Some("11")), None, "the cache caught up");
+        assert_eq!(t.newer_status("u", None), None);
+        t.cached("u", "10");
         assert_eq!(
             t.newer_status("u", Some("10")),
-            None,
-            "and the copy was dropped"
+            Some(status),
+            "still needed"
         );
-        assert_eq!(t.newer_status("u", None), None);
+        t.cached("u", "11");
+        assert_eq!(t.newer_status("u", Some("10")), None, "the copy is dropped");
         assert!(t.has_written("u", Some("11")));
         assert!(t.has_written("u", Some("10")));
         assert!(!t.has_written("u", Some("12")));

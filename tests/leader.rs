@@ -131,3 +131,22 @@ async fn sigterm_drains_quickly_and_releases_the_lease() {
         Some(names[standby])
     );
 }
+
+#[tokio::test]
+async fn a_leader_keeps_its_lease_past_the_lease_duration() {
+    let env = TestEnv::new("renew").await;
+    let ops = [
+        elected(&env, "renew", "pod-e"),
+        elected(&env, "renew", "pod-f"),
+    ];
+    let leader = the_one_serving([&ops[0], &ops[1]]).await;
+    let names = ["pod-e", "pod-f"];
+    tokio::time::sleep(Duration::from_secs(LEASE_DURATION + 10)).await;
+    assert_eq!(the_one_serving([&ops[0], &ops[1]]).await, leader);
+    assert_eq!(holder(&env, "renew").await.as_deref(), Some(names[leader]));
+    let standby = &ops[1 - leader];
+    assert!(
+        !standby.logs().contains("holding the lease"),
+        "the standby took the lease while the leader held it"
+    );
+}
