@@ -323,13 +323,22 @@ fn controller(
     // The cache keeps slim copies; the mappings see the Secrets' links (owner, labels) first.
     let secrets = |selector: &str, what: &'static str| {
         let (reader, mut writer) = reflector::store();
-        let listed = Arc::new(AtomicBool::new(false));
-        ctx.secrets.watch(reader, listed.clone());
+        let current = Arc::new(AtomicBool::new(false));
+        ctx.secrets.watch(reader, current.clone());
         watcher(
             api::<SecretMeta>(client, namespace),
             watcher::Config::default().labels(selector),
         )
-        .inspect_ok(lists(what, listed))
+        .inspect_ok(lists(what, Arc::default()))
+        // The cache is current from the end of a list until an error or the next re-list; after
+        // a reconnect, from the first event that arrives.
+        .inspect(move |result| {
+            let flowing = matches!(
+                result,
+                Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
+            );
+            current.store(flowing, Ordering::Relaxed);
+        })
         .inspect_ok(move |event| writer.apply_watcher_event(&event.clone().modify(secrets::slim)))
         .default_backoff()
         .touched_objects()
@@ -657,7 +666,11 @@ async fn verify(
             schedule::jitter(uid, interval),
             attempt,
         );
-        status.next_verification_time = jiff::Timestamp::try_from(next).ok().map(api_time);
+        // Rounded up: a check recorded as due before the cached answer expires would find that
+        // answer still fresh, and be due again at once.
+        status.next_verification_time = jiff::Timestamp::try_from(next)
+            .ok()
+            .map(|t| api_time(t + jiff::SignedDuration::from_nanos(999_999_999)));
     }
     let next = status
         .next_verification_time
@@ -772,7 +785,11 @@ async fn sync(
     let desired = render::target_secret(ns, &cr.name_any(), owner, resolved, &credential);
     let digest = render::digest(&desired);
     let target = &resolved.target_name;
-    let version = ctx.secrets.version(ns, target);
+    let version = ctx
+        .secrets
+        .current()
+        .then(|| ctx.secrets.version(ns, target))
+        .flatten();
     let known = ctx
         .tracker
         .publication(&uid, target, version.as_deref(), &digest);
@@ -840,7 +857,7 @@ async fn write_target(
     // A target that no watch reports, once every watch has listed, does not exist (but for a
     // Secret created in the moment the watch takes to report it; see SECURITY.md): nothing to
     // read before creating it.
-    let unseen = ctx.secrets.listed() && ctx.secrets.version(ns, &target).is_none();
+    let unseen = ctx.secrets.current() && ctx.secrets.version(ns, &target).is_none();
     let existing = if unseen {
         None
     } else {

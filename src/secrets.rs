@@ -47,16 +47,17 @@ struct Read {
 #[derive(Default)]
 pub struct Secrets {
     stores: Mutex<Vec<Store<SecretMeta>>>,
-    /// One flag per watch, set once it has listed its Secrets.
-    listed: Mutex<Vec<Arc<AtomicBool>>>,
+    /// One flag per watch, set while its cache is known to be current.
+    current: Mutex<Vec<Arc<AtomicBool>>>,
     reads: Mutex<HashMap<Reading, Read>>,
 }
 
 impl Secrets {
-    /// Adds the cache of one watch, and the flag its watch sets once it has listed.
-    pub fn watch(&self, store: Store<SecretMeta>, listed: Arc<AtomicBool>) {
+    /// Adds the cache of one watch, and the flag its watch keeps set while the cache is current
+    /// (listed, and no error since).
+    pub fn watch(&self, store: Store<SecretMeta>, current: Arc<AtomicBool>) {
         self.stores.lock().expect("lock poisoned").push(store);
-        self.listed.lock().expect("lock poisoned").push(listed);
+        self.current.lock().expect("lock poisoned").push(current);
     }
 
     /// The version of Secret `name` as the watches last reported it.
@@ -70,20 +71,25 @@ impl Secrets {
             .and_then(|secret| secret.metadata.resource_version.clone())
     }
 
-    /// Whether every watch has listed its Secrets.
-    pub fn listed(&self) -> bool {
-        let listed = self.listed.lock().expect("lock poisoned");
-        !listed.is_empty() && listed.iter().all(|l| l.load(Ordering::Relaxed))
+    /// Whether every watch has listed its Secrets and had no error since: only then does a
+    /// Secret the caches do not hold not exist, and a version they hold is the latest seen.
+    pub fn current(&self) -> bool {
+        let current = self.current.lock().expect("lock poisoned");
+        !current.is_empty() && current.iter().all(|c| c.load(Ordering::Relaxed))
     }
 
-    /// The credential read earlier from the source, if the watch still reports the version it
-    /// was read at.
+    /// The credential read earlier from the source, if the watches are current and still report
+    /// the version it was read at. (A watch that failed, say in an API server outage, may have
+    /// missed a change until it lists again.)
     pub fn credential(
         &self,
         namespace: &str,
         credential_type: CredentialType,
         keys: &SourceKeys,
     ) -> Option<Result<Credential, SourceError>> {
+        if !self.current() {
+            return None;
+        }
         let current = self.version(namespace, &keys.secret)?;
         let reading = Reading {
             namespace: namespace.to_owned(),
@@ -176,7 +182,8 @@ mod tests {
     fn a_credential_is_used_only_at_the_version_it_was_read_at() {
         let (reader, mut writer) = store();
         let secrets = Secrets::default();
-        secrets.watch(reader, Arc::default());
+        let current = Arc::new(AtomicBool::new(true));
+        secrets.watch(reader, current.clone());
         let pat = CredentialType::PersonalAccessToken;
         writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "1")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
@@ -203,6 +210,12 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "3")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_some());
 
+        current.store(false, Ordering::Relaxed);
+        assert!(
+            secrets.credential("ns", pat, &keys("src")).is_none(),
+            "not while the watch may have missed a change"
+        );
+        current.store(true, Ordering::Relaxed);
         writer.apply_watcher_event(&watcher::Event::Delete(secret("src", "3")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
     }
