@@ -854,10 +854,12 @@ async fn write_target(
         .name
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
-    // A target that no watch reports, once every watch has listed, does not exist (but for a
-    // Secret created in the moment the watch takes to report it; see SECURITY.md): nothing to
-    // read before creating it.
-    let unseen = ctx.secrets.current() && ctx.secrets.version(ns, &target).is_none();
+    // A target that no current watch reports, and this instance has not published (the watch
+    // may not have reported its own write yet), does not exist (but for a Secret created in the
+    // moment the watch takes to report it; see SECURITY.md): nothing to read before creating it.
+    let unseen = !ctx.tracker.has_published(&uid, &target)
+        && ctx.secrets.current()
+        && ctx.secrets.version(ns, &target).is_none();
     let existing = if unseen {
         None
     } else {
@@ -885,19 +887,23 @@ async fn write_target(
         _ => {
             // The resourceVersion makes the apply conditional: if the Secret changed (or was
             // replaced by a foreign one) since it was read, the apply fails and is retried.
-            desired.metadata.resource_version = existing.and_then(|e| e.metadata.resource_version);
+            let before = existing.and_then(|e| e.metadata.resource_version);
+            desired.metadata.resource_version = before.clone();
             match secrets
                 .patch(&target, &apply_params(), &Patch::Apply(&desired))
                 .await
             {
                 Ok(written) => {
+                    let version = written.resource_version().unwrap_or_default();
+                    // An apply that changed nothing keeps the version: nothing was written.
+                    let wrote = before.as_ref() != Some(&version);
                     let published = Published {
                         target,
-                        version: written.resource_version().unwrap_or_default(),
+                        version,
                         digest,
                         at: Some(now()),
                     };
-                    (published, true)
+                    (published, wrote)
                 }
                 Err(kube::Error::Api(e)) if e.is_invalid() => {
                     return Ok(Err(not_ready(ready::INVALID_SPEC, refused_target(&e))));

@@ -172,6 +172,13 @@ impl Tracker {
         })
     }
 
+    /// Whether this instance has written or confirmed `target` (under any version).
+    pub fn has_published(&self, uid: &str, target: &str) -> bool {
+        self.with(uid, |m| {
+            m.published.as_ref().is_some_and(|p| p.target == target)
+        })
+    }
+
     /// Forgets resources that no longer exist.
     pub fn retain(&self, live: &HashSet<String>) {
         self.resources
@@ -280,7 +287,9 @@ mod tests {
             at: None,
         };
         assert_eq!(t.publication("u", "t", Some("5"), &[1; 32]), None);
+        assert!(!t.has_published("u", "t"));
         t.published("u", published.clone());
+        assert!(t.has_published("u", "t") && !t.has_published("u", "x"));
         assert_eq!(
             t.publication("u", "t", Some("5"), &[1; 32]),
             Some(published)

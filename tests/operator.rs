@@ -4,6 +4,7 @@ mod common;
 
 use common::{TestEnv, condition, value, wait_until};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use mxcred_operator::api::MendixCredential;
 use serde_json::json;
@@ -482,8 +483,8 @@ async fn a_source_in_another_namespace_cannot_be_named() {
     assert!(other.secrets().get_opt("t").await.unwrap().is_none());
 }
 
-/// Watches `name`: once the watch is established, returns a task that yields the distinct
-/// versions reported until `done` holds, and for three seconds after.
+/// Watches `name`: once the watch has listed, returns a task that yields the distinct versions
+/// reported after that, until `done` holds and for three seconds more.
 async fn versions<K>(
     api: kube::Api<K>,
     name: &str,
@@ -549,4 +550,22 @@ async fn a_new_resource_costs_one_target_write_one_status_write_and_two_events()
         events.iter().any(|e| e.starts_with("Normal Verified")),
         "{events:?}"
     );
+
+    // Another reconcile of the same resource (someone else's annotation starts one) writes
+    // nothing: the status it would write equals the one read back, times and all.
+    let after = versions(env.credentials(), "once", |cr: &MendixCredential| {
+        cr.annotations().contains_key("example.com/note")
+    })
+    .await;
+    env.credentials()
+        .patch(
+            "once",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "x"}}})),
+        )
+        .await
+        .unwrap();
+    let after = after.await.unwrap();
+    assert_eq!(after.len(), 1, "annotated, and no status write: {after:?}");
+    assert_eq!(env.events().await.len(), 2);
 }
