@@ -219,10 +219,8 @@ pub async fn run(
     shared.listed.lock().expect("lock poisoned").clear();
 }
 
-/// Follows the (re)lists of a watch: sets `listed` after the first, and logs each, with how
-/// many objects it brought and how long it took. (Readiness is not read from the store: its
-/// signal wakes only its last waiter, and that must remain the controller.)
-fn lists<K>(what: &'static str, listed: Arc<AtomicBool>) -> impl FnMut(&watcher::Event<K>) {
+/// Logs each (re)list of a watch, with how many objects it brought and how long it took.
+fn lists<K>(what: &'static str) -> impl FnMut(&watcher::Event<K>) {
     let mut started = Instant::now();
     let mut count = 0usize;
     move |event| match event {
@@ -231,10 +229,7 @@ fn lists<K>(what: &'static str, listed: Arc<AtomicBool>) -> impl FnMut(&watcher:
             count = 0;
         }
         watcher::Event::InitApply(_) => count += 1,
-        watcher::Event::InitDone => {
-            listed.store(true, Ordering::Relaxed);
-            info!(count, took = ?started.elapsed(), "listed {what}");
-        }
+        watcher::Event::InitDone => info!(count, took = ?started.elapsed(), "listed {what}"),
         watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
     }
 }
@@ -300,7 +295,14 @@ fn controller(
             watcher::Config::default(),
         )
         .modify(slim)
-        .inspect_ok(lists("MendixCredentials", listed)),
+        .inspect_ok(lists("MendixCredentials"))
+        // Readiness is not read from the store: its signal wakes only its last waiter, and that
+        // must remain the controller.
+        .inspect_ok(move |event| {
+            if let watcher::Event::InitDone = event {
+                listed.store(true, Ordering::Relaxed);
+            }
+        }),
     )
     // Once the cache holds a resource past a status write, the write's copy can go.
     .inspect_ok(move |event| {
@@ -329,7 +331,7 @@ fn controller(
             api::<SecretMeta>(client, namespace),
             watcher::Config::default().labels(selector),
         )
-        .inspect_ok(lists(what, Arc::default()))
+        .inspect_ok(lists(what))
         // The cache is current from the end of a list until an error or the next re-list; after
         // a reconnect, from the first event that arrives.
         .inspect(move |result| {
@@ -785,11 +787,7 @@ async fn sync(
     let desired = render::target_secret(ns, &cr.name_any(), owner, resolved, &credential);
     let digest = render::digest(&desired);
     let target = &resolved.target_name;
-    let version = ctx
-        .secrets
-        .current()
-        .then(|| ctx.secrets.version(ns, target))
-        .flatten();
+    let version = ctx.secrets.version(ns, target);
     let known = ctx
         .tracker
         .publication(&uid, target, version.as_deref(), &digest);

@@ -60,8 +60,11 @@ impl Secrets {
         self.current.lock().expect("lock poisoned").push(current);
     }
 
-    /// The version of Secret `name` as the watches last reported it.
+    /// The version of Secret `name` as the watches last reported it, while they are current.
     pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
+        if !self.current() {
+            return None;
+        }
         let key = ObjectRef::new(name).within(namespace);
         self.stores
             .lock()
@@ -87,9 +90,6 @@ impl Secrets {
         credential_type: CredentialType,
         keys: &SourceKeys,
     ) -> Option<Result<Credential, SourceError>> {
-        if !self.current() {
-            return None;
-        }
         let current = self.version(namespace, &keys.secret)?;
         let reading = Reading {
             namespace: namespace.to_owned(),
