@@ -15,7 +15,7 @@ use crate::credential::{Credential, SourceError};
 use crate::metrics::Metrics;
 use crate::render;
 use crate::schedule;
-use crate::secrets::{self, SecretMeta, Secrets};
+use crate::secrets::{self, SecretCache, SecretMeta};
 use crate::spec::{self, InvalidSpec, Resolved};
 use crate::tracker::{Published, Tracker};
 use crate::verification::{self, Verifier};
@@ -124,8 +124,6 @@ impl Shared {
             // PodDisruptionBudget could never let the leader's node be drained.
             Role::Standby => Some("standby"),
             Role::Serving => {
-                // Not by polling the stores' readiness: it wakes only its last waiter, and that
-                // must stay the controller's.
                 let listed = self.listed.lock().expect("lock poisoned");
                 let filled = !listed.is_empty() && listed.iter().all(|l| l.load(Ordering::Relaxed));
                 filled.then_some("serving")
@@ -156,7 +154,7 @@ pub struct Context {
     client: Client,
     shared: Arc<Shared>,
     reporter: Reporter,
-    secrets: Secrets,
+    secret_cache: SecretCache,
     settings: Settings,
     verifier: Arc<Verifier>,
     tracker: Arc<Tracker>,
@@ -177,7 +175,7 @@ pub async fn run(
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         },
-        secrets: Secrets::default(),
+        secret_cache: SecretCache::default(),
         settings: settings.clone(),
         verifier,
         tracker: Arc::default(),
@@ -243,17 +241,34 @@ async fn forget_deleted(ctx: Arc<Context>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: HashSet<String> = ctx
+        let resources: Vec<Arc<Guarded>> = ctx
             .shared
             .stores
             .lock()
             .expect("lock poisoned")
             .iter()
             .flat_map(|store| store.state())
+            .collect();
+        let live: HashSet<String> = resources
+            .iter()
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
         ctx.tracker.retain(&live);
-        ctx.secrets.forget_outdated();
+        let read: HashSet<secrets::Reading> = resources
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter_map(|cr| {
+                let ns = cr.namespace()?;
+                let resolved =
+                    spec::resolve(&cr.name_any(), &cr.spec, ctx.settings.default_interval).ok()?;
+                Some(secrets::Reading::new(
+                    &ns,
+                    resolved.credential_type,
+                    &resolved.source,
+                ))
+            })
+            .collect();
+        ctx.secret_cache.forget_unwanted(&read);
         ctx.verifier
             .forget_older_than(Duration::from_secs(25 * 3600));
     }
@@ -309,7 +324,7 @@ fn controller(
         if let watcher::Event::Apply(cr) = event
             && let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version)
         {
-            tracker.cached(uid, version);
+            tracker.cache_reached(uid, version);
         }
     })
     .default_backoff()
@@ -326,14 +341,16 @@ fn controller(
     let secrets = |selector: &str, what: &'static str| {
         let (reader, mut writer) = reflector::store();
         let current = Arc::new(AtomicBool::new(false));
-        ctx.secrets.watch(reader, current.clone());
+        ctx.secret_cache.watch(reader, current.clone());
         watcher(
             api::<SecretMeta>(client, namespace),
             watcher::Config::default().labels(selector),
         )
         .inspect_ok(lists(what))
+        .inspect_ok(move |event| writer.apply_watcher_event(&event.clone().modify(secrets::slim)))
         // The cache is current from the end of a list until an error or the next re-list; after
-        // a reconnect, from the first event that arrives.
+        // a reconnect, from the first event that arrives. (Until then reconciles read what they
+        // need, as they would without a cache.)
         .inspect(move |result| {
             let flowing = matches!(
                 result,
@@ -341,7 +358,6 @@ fn controller(
             );
             current.store(flowing, Ordering::Relaxed);
         })
-        .inspect_ok(move |event| writer.apply_watcher_event(&event.clone().modify(secrets::slim)))
         .default_backoff()
         .touched_objects()
     };
@@ -761,7 +777,7 @@ async fn sync(
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let source_name = &resolved.source.secret;
-    let Some(read) = read_source(&secrets, ns, resolved, &ctx.secrets).await? else {
+    let Some(read) = read_source(&secrets, ns, resolved, &ctx.secret_cache).await? else {
         return Ok(refused(not_ready(
             ready::SOURCE_NOT_FOUND,
             format!("Secret {source_name:?} not found in namespace {ns:?}"),
@@ -787,14 +803,14 @@ async fn sync(
     let desired = render::target_secret(ns, &cr.name_any(), owner, resolved, &credential);
     let digest = render::digest(&desired);
     let target = &resolved.target_name;
-    let version = ctx.secrets.version(ns, target);
+    let version = ctx.secret_cache.version(ns, target);
     let known = ctx
         .tracker
         .publication(&uid, target, version.as_deref(), &digest);
     let (wrote, synced_at) = match known {
         // The target is as this instance left it, and would be left as it is.
         Some(published) => (false, published.at),
-        None => match write_target(cr, ns, &secrets, desired, digest, ctx).await? {
+        None => match write_target(cr, &secrets, desired, digest, ctx).await? {
             Ok(written) => written,
             Err(verdict) => return Ok(refused(verdict)),
         },
@@ -819,7 +835,7 @@ async fn read_source(
     secrets: &Api<Secret>,
     ns: &str,
     resolved: &Resolved,
-    cache: &Secrets,
+    cache: &SecretCache,
 ) -> Result<Option<Result<Credential, SourceError>>, Error> {
     let (credential_type, keys) = (resolved.credential_type, &resolved.source);
     if let Some(cached) = cache.credential(ns, credential_type, keys) {
@@ -837,10 +853,9 @@ async fn read_source(
 }
 
 /// Reads the target and applies `desired` unless the target already holds it; returns whether
-/// it wrote and when the data was last written, or why the target cannot be written.
+/// it wrote and when the data was last written, or the verdict when it cannot be written.
 async fn write_target(
     cr: &MendixCredential,
-    ns: &str,
     secrets: &Api<Secret>,
     mut desired: Secret,
     digest: [u8; 32],
@@ -852,17 +867,9 @@ async fn write_target(
         .name
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
-    // A target that no current watch reports, and this instance has not published (the watch
-    // may not have reported its own write yet), does not exist (but for a Secret created in the
-    // moment the watch takes to report it; see SECURITY.md): nothing to read before creating it.
-    let unseen = !ctx.tracker.has_published(&uid, &target)
-        && ctx.secrets.current()
-        && ctx.secrets.version(ns, &target).is_none();
-    let existing = if unseen {
-        None
-    } else {
-        secrets.get_opt(&target).await?
-    };
+    // Read even when no watch reports it: a Secret another resource (or anyone) created a
+    // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
+    let existing = secrets.get_opt(&target).await?;
     let (published, wrote) = match &existing {
         Some(existing) if !render::is_ours(existing, &uid, &cr.name_any()) => {
             return Ok(Err(not_ready(
@@ -895,11 +902,16 @@ async fn write_target(
                     let version = written.resource_version().unwrap_or_default();
                     // An apply that changed nothing keeps the version: nothing was written.
                     let wrote = before.as_ref() != Some(&version);
+                    let at = if wrote {
+                        Some(now())
+                    } else {
+                        render::applied_at(&written)
+                    };
                     let published = Published {
                         target,
                         version,
                         digest,
-                        at: Some(now()),
+                        at,
                     };
                     (published, wrote)
                 }
@@ -911,7 +923,7 @@ async fn write_target(
         }
     };
     let at = published.at.clone();
-    ctx.tracker.published(&uid, published);
+    ctx.tracker.record_published(&uid, published);
     Ok(Ok((wrote, at)))
 }
 

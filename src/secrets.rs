@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -32,10 +32,20 @@ pub fn slim(secret: &mut SecretMeta) {
 
 /// What a credential was read from: a source Secret and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Reading {
+pub struct Reading {
     namespace: String,
     credential_type: CredentialType,
     keys: SourceKeys,
+}
+
+impl Reading {
+    pub fn new(namespace: &str, credential_type: CredentialType, keys: &SourceKeys) -> Self {
+        Reading {
+            namespace: namespace.to_owned(),
+            credential_type,
+            keys: keys.clone(),
+        }
+    }
 }
 
 /// A credential read from a source Secret at `version`.
@@ -45,14 +55,14 @@ struct Read {
 }
 
 #[derive(Default)]
-pub struct Secrets {
+pub struct SecretCache {
     stores: Mutex<Vec<Store<SecretMeta>>>,
     /// One flag per watch, set while its cache is known to be current.
     current: Mutex<Vec<Arc<AtomicBool>>>,
     reads: Mutex<HashMap<Reading, Read>>,
 }
 
-impl Secrets {
+impl SecretCache {
     /// Adds the cache of one watch, and the flag its watch keeps set while the cache is current
     /// (listed, and no error since).
     pub fn watch(&self, store: Store<SecretMeta>, current: Arc<AtomicBool>) {
@@ -91,13 +101,8 @@ impl Secrets {
         keys: &SourceKeys,
     ) -> Option<Result<Credential, SourceError>> {
         let current = self.version(namespace, &keys.secret)?;
-        let reading = Reading {
-            namespace: namespace.to_owned(),
-            credential_type,
-            keys: keys.clone(),
-        };
         let reads = self.reads.lock().expect("lock poisoned");
-        let read = reads.get(&reading)?;
+        let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
         (read.version == current).then(|| read.credential.clone())
     }
 
@@ -110,13 +115,8 @@ impl Secrets {
         version: String,
         credential: Result<Credential, SourceError>,
     ) {
-        let reading = Reading {
-            namespace: namespace.to_owned(),
-            credential_type,
-            keys: keys.clone(),
-        };
         self.reads.lock().expect("lock poisoned").insert(
-            reading,
+            Reading::new(namespace, credential_type, keys),
             Read {
                 version,
                 credential,
@@ -124,11 +124,16 @@ impl Secrets {
         );
     }
 
-    /// Forgets credentials whose source has changed or gone.
-    pub fn forget_outdated(&self) {
+    /// Forgets credentials that no resource reads any more (`wanted` lists what the resources
+    /// read), and those whose source has changed or gone.
+    pub fn forget_unwanted(&self, wanted: &HashSet<Reading>) {
         let mut reads = self.reads.lock().expect("lock poisoned");
         reads.retain(|reading, read| {
-            self.version(&reading.namespace, &reading.keys.secret) == Some(read.version.clone())
+            wanted.contains(reading)
+                && self
+                    .version(&reading.namespace, &reading.keys.secret)
+                    .as_ref()
+                    == Some(&read.version)
         });
     }
 }
@@ -181,7 +186,7 @@ mod tests {
     #[test]
     fn a_credential_is_used_only_at_the_version_it_was_read_at() {
         let (reader, mut writer) = store();
-        let secrets = Secrets::default();
+        let secrets = SecretCache::default();
         let current = Arc::new(AtomicBool::new(true));
         secrets.watch(reader, current.clone());
         let pat = CredentialType::PersonalAccessToken;
@@ -200,8 +205,9 @@ mod tests {
 
         writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "2")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
-        secrets.forget_outdated();
-        assert!(secrets.reads.lock().unwrap().is_empty());
+        let wanted = HashSet::from([Reading::new("ns", pat, &keys("src"))]);
+        secrets.forget_unwanted(&wanted);
+        assert!(secrets.reads.lock().unwrap().is_empty(), "outdated");
 
         // A read newer than the watch is not used until the watch catches up.
         let token = Credential::personal_access_token(b"token-3").unwrap();
@@ -209,6 +215,18 @@ mod tests {
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
         writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "3")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_some());
+        secrets.forget_unwanted(&wanted);
+        assert!(
+            secrets.credential("ns", pat, &keys("src")).is_some(),
+            "kept"
+        );
+        secrets.forget_unwanted(&HashSet::new());
+        assert!(
+            secrets.credential("ns", pat, &keys("src")).is_none(),
+            "no longer read"
+        );
+        let token = Credential::personal_access_token(b"token-3").unwrap();
+        secrets.remember("ns", pat, &keys("src"), "3".into(), Ok(token));
 
         current.store(false, Ordering::Relaxed);
         assert!(

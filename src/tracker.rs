@@ -131,7 +131,7 @@ impl Tracker {
 
     /// The cache now holds the resource at `version`: once that is past the version a status
     /// write was based on, its copy of the status can serve no more.
-    pub fn cached(&self, uid: &str, version: &str) {
+    pub fn cache_reached(&self, uid: &str, version: &str) {
         let mut resources = self.resources.lock().expect("lock poisoned");
         if let Some(w) = resources.get_mut(uid).and_then(|m| m.written.as_mut())
             && w.based_on.as_deref() != Some(version)
@@ -152,7 +152,7 @@ impl Tracker {
     }
 
     /// Remembers the target as written or confirmed.
-    pub fn published(&self, uid: &str, published: Published) {
+    pub fn record_published(&self, uid: &str, published: Published) {
         self.with(uid, |m| m.published = Some(published));
     }
 
@@ -169,13 +169,6 @@ impl Tracker {
             m.published.clone().filter(|p| {
                 p.target == target && Some(p.version.as_str()) == version && p.digest == *digest
             })
-        })
-    }
-
-    /// Whether this instance has written or confirmed `target` (under any version).
-    pub fn has_published(&self, uid: &str, target: &str) -> bool {
-        self.with(uid, |m| {
-            m.published.as_ref().is_some_and(|p| p.target == target)
         })
     }
 
@@ -264,13 +257,13 @@ mod tests {
         assert_eq!(t.newer_status("u", Some("10")), Some(status.clone()));
         assert_eq!(t.newer_status("u", Some("11")), None, "the cache caught up");
         assert_eq!(t.newer_status("u", None), None);
-        t.cached("u", "10");
+        t.cache_reached("u", "10");
         assert_eq!(
             t.newer_status("u", Some("10")),
             Some(status),
             "still needed"
         );
-        t.cached("u", "11");
+        t.cache_reached("u", "11");
         assert_eq!(t.newer_status("u", Some("10")), None, "the copy is dropped");
         assert!(t.has_written("u", Some("11")));
         assert!(t.has_written("u", Some("10")));
@@ -287,9 +280,7 @@ mod tests {
             at: None,
         };
         assert_eq!(t.publication("u", "t", Some("5"), &[1; 32]), None);
-        assert!(!t.has_published("u", "t"));
-        t.published("u", published.clone());
-        assert!(t.has_published("u", "t") && !t.has_published("u", "x"));
+        t.record_published("u", published.clone());
         assert_eq!(
             t.publication("u", "t", Some("5"), &[1; 32]),
             Some(published)
