@@ -61,10 +61,10 @@ async fn request_costs(env: &TestEnv) -> HashMap<String, (f64, f64)> {
     };
     let mut costs: HashMap<String, (f64, f64)> = HashMap::new();
     for line in apiserver_metrics(env).await.lines() {
-        let (count, seconds) = if line.starts_with("apiserver_request_duration_seconds_count{") {
-            (true, false)
+        let is_count = if line.starts_with("apiserver_request_duration_seconds_count{") {
+            true
         } else if line.starts_with("apiserver_request_duration_seconds_sum{") {
-            (false, true)
+            false
         } else {
             continue;
         };
@@ -83,12 +83,11 @@ async fn request_costs(env: &TestEnv) -> HashMap<String, (f64, f64)> {
             Some(sub) => format!("{verb} {resource}/{sub}"),
             None => format!("{verb} {resource}"),
         };
-        let entry = costs.entry(key).or_default();
-        if count {
-            entry.0 += value;
-        }
-        if seconds {
-            entry.1 += value;
+        let (requests, seconds) = costs.entry(key).or_default();
+        if is_count {
+            *requests += value;
+        } else {
+            *seconds += value;
         }
     }
     costs

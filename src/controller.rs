@@ -64,9 +64,9 @@ pub enum Error {
 /// from which the `mxcred_credentials` gauge is counted at scrape time.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    stores: Mutex<Vec<Store<Guarded>>>,
-    /// One flag per watch of MendixCredentials, set once it has listed them.
-    listed: Mutex<Vec<Arc<AtomicBool>>>,
+    /// The cache of each watch of MendixCredentials, with the flag the watch sets once it has
+    /// listed them.
+    stores: Mutex<Vec<(Store<Guarded>, Arc<AtomicBool>)>>,
     role: Mutex<Role>,
 }
 
@@ -87,30 +87,33 @@ impl Shared {
         Shared {
             metrics,
             stores: Mutex::default(),
-            listed: Mutex::default(),
             role: Mutex::default(),
         }
+    }
+
+    /// Every cached resource.
+    fn resources(&self) -> Vec<Arc<Guarded>> {
+        let stores = self.stores.lock().expect("lock poisoned");
+        stores.iter().flat_map(|(store, _)| store.state()).collect()
     }
 
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        for store in self.stores.lock().expect("lock poisoned").iter() {
-            for guard in store.state() {
-                let status = match &guard.0 {
-                    Ok(cr) => cr
-                        .status
-                        .as_ref()
-                        .and_then(|s| conditions::find(&s.conditions, condition::TOKEN_VALID))
-                        .map_or("Unknown", |c| match c.status.as_str() {
-                            "True" => "True",
-                            "False" => "False",
-                            _ => "Unknown",
-                        }),
-                    Err(_) => "Unknown",
-                };
-                *counts.entry(status).or_default() += 1;
-            }
+        for guard in self.resources() {
+            let status = match &guard.0 {
+                Ok(cr) => cr
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, condition::TOKEN_VALID))
+                    .map_or("Unknown", |c| match c.status.as_str() {
+                        "True" => "True",
+                        "False" => "False",
+                        _ => "Unknown",
+                    }),
+                Err(_) => "Unknown",
+            };
+            *counts.entry(status).or_default() += 1;
         }
         self.metrics.encode(counts)
     }
@@ -124,9 +127,12 @@ impl Shared {
             // PodDisruptionBudget could never let the leader's node be drained.
             Role::Standby => Some("standby"),
             Role::Serving => {
-                let listed = self.listed.lock().expect("lock poisoned");
-                let filled = !listed.is_empty() && listed.iter().all(|l| l.load(Ordering::Relaxed));
-                filled.then_some("serving")
+                let stores = self.stores.lock().expect("lock poisoned");
+                let listed = !stores.is_empty()
+                    && stores
+                        .iter()
+                        .all(|(_, listed)| listed.load(Ordering::Relaxed));
+                listed.then_some("serving")
             }
         }
     }
@@ -185,20 +191,17 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
+    let mut stores = vec![];
     let controllers: Vec<_> = scopes
         .into_iter()
         .map(|ns| {
             let listed = Arc::new(AtomicBool::new(false));
-            shared
-                .listed
-                .lock()
-                .expect("lock poisoned")
-                .push(listed.clone());
-            controller(&client, ns.as_deref(), &ctx, listed)
+            let controller = controller(&client, ns.as_deref(), &ctx, listed.clone());
+            stores.push((controller.store(), listed));
+            controller
         })
         .collect();
-    *shared.stores.lock().expect("lock poisoned") =
-        controllers.iter().map(Controller::store).collect();
+    *shared.stores.lock().expect("lock poisoned") = stores;
     shared.set_role(Role::Serving);
     tokio::spawn(forget_deleted(ctx.clone(), shutdown.clone()));
     let controllers = controllers.into_iter().map(|controller| {
@@ -214,7 +217,6 @@ pub async fn run(
     });
     futures::future::join_all(controllers).await;
     shared.stores.lock().expect("lock poisoned").clear();
-    shared.listed.lock().expect("lock poisoned").clear();
 }
 
 /// Logs each (re)list of a watch, with how many objects it brought and how long it took.
@@ -241,14 +243,7 @@ async fn forget_deleted(ctx: Arc<Context>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let resources: Vec<Arc<Guarded>> = ctx
-            .shared
-            .stores
-            .lock()
-            .expect("lock poisoned")
-            .iter()
-            .flat_map(|store| store.state())
-            .collect();
+        let resources = ctx.shared.resources();
         let live: HashSet<String> = resources
             .iter()
             .filter_map(|guard| guard.meta().uid.clone())
@@ -338,7 +333,7 @@ fn controller(
     );
     let store = controller.store();
     // The cache keeps slim copies; the mappings see the Secrets' links (owner, labels) first.
-    let secrets = |selector: &str, what: &'static str| {
+    let watch_secrets = |selector: &str, what: &'static str| {
         let (reader, mut writer) = reflector::store();
         let current = Arc::new(AtomicBool::new(false));
         ctx.secret_cache.watch(reader, current.clone());
@@ -347,7 +342,7 @@ fn controller(
             watcher::Config::default().labels(selector),
         )
         .inspect_ok(lists(what))
-        .inspect_ok(move |event| writer.apply_watcher_event(&event.clone().modify(secrets::slim)))
+        .inspect_ok(move |event| writer.apply_watcher_event(&secrets::slim_event(event)))
         // The cache is current from the end of a list until an error or the next re-list; after
         // a reconnect, from the first event that arrives. (Until then reconciles read what they
         // need, as they would without a cache.)
@@ -362,10 +357,10 @@ fn controller(
         .touched_objects()
     };
     controller
-        .watches_stream(secrets(&ours, "target Secrets"), |target| {
+        .watches_stream(watch_secrets(&ours, "target Secrets"), |target| {
             publisher(&target)
         })
-        .watches_stream(secrets(&others, "other Secrets"), move |secret| {
+        .watches_stream(watch_secrets(&others, "other Secrets"), move |secret| {
             referencing(&store, &secret)
         })
 }
@@ -810,7 +805,7 @@ async fn sync(
     let (wrote, synced_at) = match known {
         // The target is as this instance left it, and would be left as it is.
         Some(published) => (false, published.at),
-        None => match write_target(cr, &secrets, desired, digest, ctx).await? {
+        None => match write_target(cr, &uid, &secrets, desired, digest, ctx).await? {
             Ok(written) => written,
             Err(verdict) => return Ok(refused(verdict)),
         },
@@ -856,12 +851,12 @@ async fn read_source(
 /// it wrote and when the data was last written, or the verdict when it cannot be written.
 async fn write_target(
     cr: &MendixCredential,
+    uid: &str,
     secrets: &Api<Secret>,
     mut desired: Secret,
     digest: [u8; 32],
     ctx: &Context,
 ) -> Result<Result<(bool, Option<Time>), Verdict>, Error> {
-    let uid = cr.uid().ok_or(Error::MissingMetadata("uid"))?;
     let target = desired
         .metadata
         .name
@@ -871,7 +866,7 @@ async fn write_target(
     // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
     let existing = secrets.get_opt(&target).await?;
     let (published, wrote) = match &existing {
-        Some(existing) if !render::is_ours(existing, &uid, &cr.name_any()) => {
+        Some(existing) if !render::is_ours(existing, uid, &cr.name_any()) => {
             return Ok(Err(not_ready(
                 ready::TARGET_CONFLICT,
                 format!(
@@ -923,7 +918,7 @@ async fn write_target(
         }
     };
     let at = published.at.clone();
-    ctx.tracker.record_published(&uid, published);
+    ctx.tracker.record_published(uid, published);
     Ok(Ok((wrote, at)))
 }
 

@@ -180,12 +180,7 @@ mod tests {
     use super::*;
 
     fn keys() -> SourceKeys {
-        SourceKeys {
-            secret: "raw".into(),
-            token_key: "token".into(),
-            username_key: "username".into(),
-            api_key_key: "apiKey".into(),
-        }
+        SourceKeys::defaults_of("raw")
     }
 
     fn data(pairs: &[(&str, &[u8])]) -> BTreeMap<String, ByteString> {

@@ -215,12 +215,7 @@ mod tests {
     fn resolved(t: CredentialType) -> Resolved {
         Resolved {
             credential_type: t,
-            source: SourceKeys {
-                secret: "raw".into(),
-                token_key: "token".into(),
-                username_key: "username".into(),
-                api_key_key: "apiKey".into(),
-            },
+            source: SourceKeys::defaults_of("raw"),
             target_name: "deploy-bot-mendix".into(),
             target_labels: [("team".to_string(), "ci".to_string())].into(),
             target_annotations: [("note".to_string(), "x".to_string())].into(),

@@ -11,23 +11,40 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
-/// Keeps of a Secret's metadata its name, namespace and version: labels, owners, managed fields
-/// and the rest would cost memory for every Secret of the cluster and serve no lookup.
-pub fn slim(secret: &mut SecretMeta) {
-    let meta = std::mem::take(&mut secret.metadata);
-    secret.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        ..ObjectMeta::default()
-    };
-    secret.types = None;
+/// What the cache keeps of a Secret: its name, namespace and version. Labels, owners, managed
+/// fields and the rest would cost memory for every Secret of the cluster and serve no lookup.
+fn slimmed(secret: &SecretMeta) -> SecretMeta {
+    let meta = &secret.metadata;
+    SecretMeta {
+        types: None,
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..ObjectMeta::default()
+        },
+        _phantom: Default::default(),
+    }
+}
+
+/// A watch event as the cache keeps it (copying only what [`slimmed`] keeps, not the whole
+/// Secret's metadata: this runs for every Secret event).
+pub fn slim_event(event: &watcher::Event<SecretMeta>) -> watcher::Event<SecretMeta> {
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+    match event {
+        Apply(secret) => Apply(slimmed(secret)),
+        Delete(secret) => Delete(slimmed(secret)),
+        InitApply(secret) => InitApply(slimmed(secret)),
+        Init => Init,
+        InitDone => InitDone,
+    }
 }
 
 /// What a credential was read from: a source Secret and how to read it.
@@ -56,9 +73,8 @@ struct Read {
 
 #[derive(Default)]
 pub struct SecretCache {
-    stores: Mutex<Vec<Store<SecretMeta>>>,
-    /// One flag per watch, set while its cache is known to be current.
-    current: Mutex<Vec<Arc<AtomicBool>>>,
+    /// The cache of each watch, with the flag the watch keeps set while that cache is current.
+    stores: Mutex<Vec<(Store<SecretMeta>, Arc<AtomicBool>)>>,
     reads: Mutex<HashMap<Reading, Read>>,
 }
 
@@ -66,29 +82,23 @@ impl SecretCache {
     /// Adds the cache of one watch, and the flag its watch keeps set while the cache is current
     /// (listed, and no error since).
     pub fn watch(&self, store: Store<SecretMeta>, current: Arc<AtomicBool>) {
-        self.stores.lock().expect("lock poisoned").push(store);
-        self.current.lock().expect("lock poisoned").push(current);
+        self.stores
+            .lock()
+            .expect("lock poisoned")
+            .push((store, current));
     }
 
     /// The version of Secret `name` as the watches last reported it, while they are current.
     pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
-        if !self.current() {
+        let stores = self.stores.lock().expect("lock poisoned");
+        if !all_current(&stores) {
             return None;
         }
         let key = ObjectRef::new(name).within(namespace);
-        self.stores
-            .lock()
-            .expect("lock poisoned")
+        stores
             .iter()
-            .find_map(|store| store.get(&key))
+            .find_map(|(store, _)| store.get(&key))
             .and_then(|secret| secret.metadata.resource_version.clone())
-    }
-
-    /// Whether every watch has listed its Secrets and had no error since: only then does a
-    /// Secret the caches do not hold not exist, and a version they hold is the latest seen.
-    pub fn current(&self) -> bool {
-        let current = self.current.lock().expect("lock poisoned");
-        !current.is_empty() && current.iter().all(|c| c.load(Ordering::Relaxed))
     }
 
     /// The credential read earlier from the source, if the watches are current and still report
@@ -138,6 +148,15 @@ impl SecretCache {
     }
 }
 
+/// Whether every watch has listed its Secrets and had no error since: only then is a version the
+/// caches hold the latest seen.
+fn all_current(stores: &[(Store<SecretMeta>, Arc<AtomicBool>)]) -> bool {
+    !stores.is_empty()
+        && stores
+            .iter()
+            .all(|(_, current)| current.load(Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +166,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn secret(name: &str, version: &str) -> SecretMeta {
-        let mut secret = SecretMeta {
+        let secret = SecretMeta {
             types: None,
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -161,17 +180,11 @@ mod tests {
             },
             _phantom: Default::default(),
         };
-        slim(&mut secret);
-        secret
+        slimmed(&secret)
     }
 
     fn keys(secret: &str) -> SourceKeys {
-        SourceKeys {
-            secret: secret.into(),
-            token_key: "token".into(),
-            username_key: "username".into(),
-            api_key_key: "apiKey".into(),
-        }
+        SourceKeys::defaults_of(secret)
     }
 
     #[test]

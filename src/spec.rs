@@ -34,6 +34,19 @@ pub struct SourceKeys {
     pub api_key_key: String,
 }
 
+#[cfg(test)]
+impl SourceKeys {
+    /// Secret `secret` with the default key names, as unit tests use it.
+    pub fn defaults_of(secret: &str) -> Self {
+        SourceKeys {
+            secret: secret.into(),
+            token_key: "token".into(),
+            username_key: "username".into(),
+            api_key_key: "apiKey".into(),
+        }
+    }
+}
+
 /// Verification as resolved from the spec; `None` in [`Resolved`] when disabled.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerificationPlan {
