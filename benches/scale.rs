@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use mendix_simulator::{Simulator, State};
-use mxcred_operator::api::MendixCredential;
+use mxcred_operator::domain::api::MendixCredential;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;

@@ -10,7 +10,7 @@ use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use mxcred_operator::cli::{Cli, Command as CliCommand};
+use mxcred_operator::shell::cli::{Cli, Command as CliCommand};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;

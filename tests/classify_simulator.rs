@@ -2,8 +2,8 @@
 //! reads it (the body bounded to `classify::MAX_BODY`).
 
 use mendix_simulator::{Simulator, State};
-use mxcred_operator::classify::{Answer, MAX_BODY, Outcome, Reason, classify};
-use mxcred_operator::probe::NamedProbe;
+use mxcred_operator::domain::classify::{Answer, MAX_BODY, Outcome, Reason, classify};
+use mxcred_operator::domain::probe::NamedProbe;
 use std::time::{Duration, SystemTime};
 
 const PAT: &str = "pat-for-classification";

@@ -5,7 +5,7 @@ mod common;
 use common::{Operator, TestEnv, value, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use mxcred_operator::leader::LEASE_DURATION;
+use mxcred_operator::shell::leader::LEASE_DURATION;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@ use common::{TestEnv, condition, value, wait_until};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use mxcred_operator::api::MendixCredential;
+use mxcred_operator::domain::api::MendixCredential;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

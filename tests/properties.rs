@@ -12,19 +12,21 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     FieldsV1, ManagedFieldsEntry, OwnerReference, Time,
 };
-use mxcred_operator::api::{
+use mxcred_operator::domain::api::{
     ANNOTATION_FINGERPRINT, CredentialType, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER,
     MendixCredentialSpec, MendixCredentialStatus, Platform, SourceRef, Target, Verification,
 };
-use mxcred_operator::classify::{Answer, MAX_RETRY_AFTER, Outcome, Reason, TokenValid, classify};
-use mxcred_operator::conditions;
-use mxcred_operator::credential::{ApiKeyPart, Credential, Problem, SourceError};
-use mxcred_operator::platform::{self as client, PlatformConfig};
-use mxcred_operator::probe::{NamedProbe, ProbeTarget};
-use mxcred_operator::render::{is_current, target_secret};
-use mxcred_operator::schedule::{self, Attempt};
-use mxcred_operator::spec::{self, Resolved, SourceKeys};
-use mxcred_operator::verification::record;
+use mxcred_operator::domain::classify::{
+    Answer, MAX_RETRY_AFTER, Outcome, Reason, TokenValid, classify,
+};
+use mxcred_operator::domain::conditions;
+use mxcred_operator::domain::credential::{ApiKeyPart, Credential, Problem, SourceError};
+use mxcred_operator::domain::probe::{NamedProbe, ProbeTarget};
+use mxcred_operator::domain::render::{is_current, target_secret};
+use mxcred_operator::domain::schedule::{self, Attempt};
+use mxcred_operator::domain::spec::{self, Resolved, SourceKeys};
+use mxcred_operator::shell::platform::{self as client, PlatformConfig};
+use mxcred_operator::shell::verification::record;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};

@@ -8,7 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use mxcred_operator::api::MendixCredential;
+use mxcred_operator::domain::api::MendixCredential;
 use serde_json::json;
 use std::time::Duration;
 

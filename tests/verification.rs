@@ -4,7 +4,7 @@ mod common;
 
 use common::{TestEnv, wait_for, wait_until};
 use mendix_simulator::{Simulator, State};
-use mxcred_operator::api::MendixCredential;
+use mxcred_operator::domain::api::MendixCredential;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -5,20 +5,20 @@
 //! credential (pure) -> render the target (pure) -> apply it -> write the status, only when it
 //! changed.
 
-use crate::api::{
+use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER, MendixCredential,
     MendixCredentialStatus, condition, ready,
 };
-use crate::classify::{Outcome, Reason};
-use crate::conditions::{self, Verdict};
-use crate::credential::{Credential, SourceError};
-use crate::metrics::Metrics;
-use crate::render;
-use crate::schedule;
-use crate::secrets::{self, SecretCache, SecretMeta};
-use crate::spec::{self, InvalidSpec, Resolved};
-use crate::tracker::{Published, Tracker};
-use crate::verification::{self, Verifier};
+use crate::domain::classify::{Outcome, Reason};
+use crate::domain::conditions::{self, Verdict};
+use crate::domain::credential::{Credential, SourceError};
+use crate::domain::render;
+use crate::domain::schedule;
+use crate::domain::spec::{self, InvalidSpec, Resolved};
+use crate::shell::metrics::Metrics;
+use crate::shell::secrets::{self, SecretCache, SecretMeta};
+use crate::shell::tracker::{Published, Tracker};
+use crate::shell::verification::{self, Verifier};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};

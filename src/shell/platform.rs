@@ -1,15 +1,15 @@
 //! The Mendix platform client: sends a credential's headers to a probe and classifies the
-//! answer. Thin IO around [`crate::classify`].
+//! answer. Thin IO around [`crate::domain::classify`].
 //!
 //! Guards, in order: the probe's host must be on the allow-list (a namespace user must not make
 //! the operator call internal addresses), `http://` only when allowed, a rate limit per host, no
 //! redirects (they could carry the credential elsewhere), connect and total timeouts, and a
 //! bounded read of the body, which is never logged or stored.
 
-use crate::classify::{self, Answer, MAX_BODY, Outcome, Reason, TransportFailure};
-use crate::credential::Credential;
-use crate::metrics::Metrics;
-use crate::probe::{NamedProbe, ProbeTarget};
+use crate::domain::classify::{self, Answer, MAX_BODY, Outcome, Reason, TransportFailure};
+use crate::domain::credential::Credential;
+use crate::domain::probe::{NamedProbe, ProbeTarget};
+use crate::shell::metrics::Metrics;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -252,7 +252,7 @@ fn is_tls(e: &reqwest::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CredentialType, Platform as Kind};
+    use crate::domain::api::{CredentialType, Platform as Kind};
 
     fn config() -> PlatformConfig {
         PlatformConfig {

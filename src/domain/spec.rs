@@ -2,8 +2,8 @@
 //!
 //! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
 
-use crate::api::{CredentialType, MendixCredentialSpec, Platform};
-use crate::probe::ProbeTarget;
+use crate::domain::api::{CredentialType, MendixCredentialSpec, Platform};
+use crate::domain::probe::ProbeTarget;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ pub fn is_valid_secret_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{SourceRef, Target, Verification};
+    use crate::domain::api::{SourceRef, Target, Verification};
 
     fn spec() -> MendixCredentialSpec {
         MendixCredentialSpec {

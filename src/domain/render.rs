@@ -1,9 +1,9 @@
 //! The target Secret: what CI runners read. Pure: built from the resolved spec and credential,
 //! compared with what the cluster holds.
 
-use crate::api::{ANNOTATION_FINGERPRINT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER};
-use crate::credential::Credential;
-use crate::spec::Resolved;
+use crate::domain::api::{ANNOTATION_FINGERPRINT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER};
+use crate::domain::credential::Credential;
+use crate::domain::spec::Resolved;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -197,8 +197,8 @@ impl ManagedKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::CredentialType;
-    use crate::spec::SourceKeys;
+    use crate::domain::api::CredentialType;
+    use crate::domain::spec::SourceKeys;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 
     fn owner() -> OwnerReference {

@@ -1,9 +1,9 @@
 //! What this operator instance remembers about each resource between reconciles. Everything
 //! here may be lost (a restart): the durable state is the resource's status.
 
-use crate::api::MendixCredentialStatus;
-use crate::classify::{Outcome, Reason};
-use crate::schedule::Attempt;
+use crate::domain::api::MendixCredentialStatus;
+use crate::domain::classify::{Outcome, Reason};
+use crate::domain::schedule::Attempt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;

@@ -4,8 +4,8 @@
 //! Secret or a request header, a credential lives in [`SecretString`]s, whose `Debug` prints
 //! `[REDACTED]`: it cannot reach a log line or an error message by accident.
 
-use crate::api::CredentialType;
-use crate::spec::SourceKeys;
+use crate::domain::api::CredentialType;
+use crate::domain::spec::SourceKeys;
 use k8s_openapi::ByteString;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};

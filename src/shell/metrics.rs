@@ -1,7 +1,7 @@
 //! Prometheus metrics. Labels carry reasons, result words, hosts and HTTP codes: never a
 //! credential, a resource's data or a response body.
 
-use crate::classify::Reason;
+use crate::domain::classify::Reason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -6,8 +6,8 @@
 //! plus the HTTP status, the host and the probe: never a byte of the body, a header value or the
 //! credential, so that whatever a platform or proxy sends back cannot reach a status or a log.
 
-use crate::probe::NamedProbe;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, RETRY_AFTER};
+use crate::domain::probe::NamedProbe;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, RETRY_AFTER};
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -404,7 +404,7 @@ mod tests {
     use super::*;
     use NamedProbe::*;
     use Reason::*;
-    use reqwest::header::HeaderValue;
+    use http::header::HeaderValue;
 
     const HOST: &str = "cloud.home.mendix.com";
 

@@ -1,6 +1,6 @@
 //! The HTTP endpoints for the kubelet and Prometheus: `/healthz`, `/readyz`, `/metrics`.
 
-use crate::controller::Shared;
+use crate::shell::controller::Shared;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

@@ -2,7 +2,7 @@
 //! public interface: labels, annotations, condition types and reasons.
 //!
 //! Optional fields are `Option<T>` with no schema default; defaults are applied in code
-//! ([`crate::spec`]), so GitOps tools see no drift between what they applied and what is stored.
+//! ([`crate::domain::spec`]), so GitOps tools see no drift between what they applied and what is stored.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;

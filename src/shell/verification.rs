@@ -1,13 +1,13 @@
 //! Verification: asking the platform (once per credential and probe, however many resources
 //! share them) and recording the answer in the status.
 
-use crate::api::{MendixCredentialStatus, condition};
-use crate::classify::{Outcome, Reason, TokenValid};
-use crate::conditions::{self, Verdict};
-use crate::credential::Credential;
-use crate::platform::Platform;
-use crate::probe::ProbeTarget;
-use crate::schedule::FIRST_RETRY;
+use crate::domain::api::{MendixCredentialStatus, condition};
+use crate::domain::classify::{Outcome, Reason, TokenValid};
+use crate::domain::conditions::{self, Verdict};
+use crate::domain::credential::Credential;
+use crate::domain::probe::ProbeTarget;
+use crate::domain::schedule::FIRST_RETRY;
+use crate::shell::platform::Platform;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};

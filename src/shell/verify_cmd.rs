@@ -2,13 +2,13 @@
 //! `<TokenValid status> <reason>: <message>`, and exits 0 (valid), 1 (rejected or deactivated)
 //! or 2 (unknown, including unusable input). Never prints the credential.
 
-use crate::api::CredentialType;
-use crate::classify::{Outcome, TokenValid};
-use crate::cli::VerifyArgs;
-use crate::credential::{ApiKeyPart, Credential};
-use crate::metrics::Metrics;
-use crate::platform::Platform;
-use crate::probe::ProbeTarget;
+use crate::domain::api::CredentialType;
+use crate::domain::classify::{Outcome, TokenValid};
+use crate::domain::credential::{ApiKeyPart, Credential};
+use crate::domain::probe::ProbeTarget;
+use crate::shell::cli::VerifyArgs;
+use crate::shell::metrics::Metrics;
+use crate::shell::platform::Platform;
 use std::process::ExitCode;
 
 /// Runs the check and returns the line to print and the exit code.

@@ -1,10 +1,10 @@
 //! Command line: `run`, `crd`. Every `run` flag is also an environment variable `MXCRED_...`.
 
-use crate::api::Platform;
-use crate::controller::Settings;
-use crate::platform::PlatformConfig;
-use crate::probe::NamedProbe;
-use crate::telemetry::LogFormat;
+use crate::domain::api::Platform;
+use crate::domain::probe::NamedProbe;
+use crate::shell::controller::Settings;
+use crate::shell::platform::PlatformConfig;
+use crate::shell::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 use std::net::SocketAddr;
@@ -183,7 +183,7 @@ impl RunArgs {
 }
 
 fn parse_default_interval(text: &str) -> Result<Duration, String> {
-    crate::spec::parse_interval(text).map_err(|e| e.to_string())
+    crate::domain::spec::parse_interval(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //!
 //! A reconcile that finds its source unchanged and its target as it left it sends no request.
 
-use crate::api::CredentialType;
-use crate::credential::{Credential, SourceError};
-use crate::spec::SourceKeys;
+use crate::domain::api::CredentialType;
+use crate::domain::credential::{Credential, SourceError};
+use crate::domain::spec::SourceKeys;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;

@@ -1,8 +1,8 @@
 //! Leader election with a coordination.k8s.io Lease (kube-lease-manager): only the instance
 //! holding the Lease runs the controllers; a standby takes over when the leader stops renewing.
 
-use crate::api::MANAGER;
-use crate::controller::{Role, Shared};
+use crate::domain::api::MANAGER;
+use crate::shell::controller::{Role, Shared};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use std::future::Future;

@@ -1,0 +1,10 @@
+//! The pure core: values in, values out. No Kubernetes client, no async runtime, no HTTP client.
+
+pub mod api;
+pub mod classify;
+pub mod conditions;
+pub mod credential;
+pub mod probe;
+pub mod render;
+pub mod schedule;
+pub mod spec;
