@@ -6,7 +6,7 @@ use mxcred_operator::shell::controller::{Role, Shared};
 use mxcred_operator::shell::leader::{self, LeaseConfig};
 use mxcred_operator::shell::metrics::Metrics;
 use mxcred_operator::shell::platform::Platform;
-use mxcred_operator::shell::verification::Verifier;
+use mxcred_operator::shell::verifier::Verifier;
 use mxcred_operator::shell::{controller, server, telemetry, verify_cmd};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,10 +44,11 @@ fn parse() -> Cli {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     let metrics = Arc::new(Metrics::default());
-    let verifier = Arc::new(Verifier::new(Platform::new(
-        args.platform.config(),
+    let verifier = Arc::new(Verifier::new(
+        Platform::new(args.platform.config(), metrics.clone())?,
         metrics.clone(),
-    )?));
+        args.forced_check_cooldown,
+    ));
     let shared = Arc::new(Shared::new(metrics));
     let client = kube::Client::try_default().await?;
     let shutdown = CancellationToken::new();

@@ -21,12 +21,12 @@ use mxcred_operator::domain::classify::{
 };
 use mxcred_operator::domain::conditions;
 use mxcred_operator::domain::credential::{ApiKeyPart, Credential, Problem, SourceError};
+use mxcred_operator::domain::plan::record;
 use mxcred_operator::domain::probe::{NamedProbe, ProbeTarget};
 use mxcred_operator::domain::render::{is_current, target_secret};
 use mxcred_operator::domain::schedule::{self, Attempt};
 use mxcred_operator::domain::spec::{self, Resolved, SourceKeys};
 use mxcred_operator::shell::platform::{self as client, PlatformConfig};
-use mxcred_operator::shell::verification::record;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};

@@ -4,6 +4,7 @@ pub mod api;
 pub mod classify;
 pub mod conditions;
 pub mod credential;
+pub mod plan;
 pub mod probe;
 pub mod render;
 pub mod schedule;

@@ -17,6 +17,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
@@ -46,6 +51,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabel, Counter>,
     reconcile_duration: Histogram,
+    errors: Family<StepLabel, Counter>,
     verifications: Family<OutcomeLabel, Counter>,
     platform_requests: Family<RequestLabels, Counter>,
     platform_duration: Family<HostLabel, Histogram>,
@@ -53,6 +59,17 @@ pub struct Metrics {
     /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
     encoding: Mutex<()>,
 }
+
+/// The steps of a reconcile that can fail, as the error metric labels them.
+const STEPS: [&str; 7] = [
+    "read_resource",
+    "read_source",
+    "read_target",
+    "apply_target",
+    "delete_previous_target",
+    "write_status",
+    "publish_event",
+];
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -72,6 +89,18 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
             reconcile_duration.clone(),
+        );
+        let errors = Family::<StepLabel, Counter>::default();
+        // Every step from zero, so that increase() sees the first failure after a start.
+        for step in STEPS {
+            errors
+                .get_or_create(&StepLabel { step: step.into() })
+                .inc_by(0);
+        }
+        registry.register(
+            "reconcile_errors",
+            "Failed reconcile steps, by step (read_source, read_target, apply_target, delete_previous_target, write_status, publish_event, read_resource)",
+            errors.clone(),
         );
         let verifications = Family::<OutcomeLabel, Counter>::default();
         // Every outcome from zero, so that increase() sees the first one after a start.
@@ -118,6 +147,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             reconcile_duration,
+            errors,
             verifications,
             platform_requests,
             platform_duration,
@@ -135,6 +165,13 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// A step of a reconcile failed (an Event that could not be published included).
+    pub fn failed(&self, step: &str) {
+        self.errors
+            .get_or_create(&StepLabel { step: step.into() })
+            .inc();
     }
 
     pub fn verified(&self, outcome: &str) {
@@ -193,6 +230,7 @@ mod tests {
         let m = Metrics::default();
         m.reconciled("Synced", Duration::from_millis(3));
         m.verified("Verified");
+        m.failed("write_status");
         m.platform_request(
             "cloud.home.mendix.com",
             Some(200),
@@ -203,6 +241,8 @@ mod tests {
         for line in [
             r#"mxcred_reconciles_total{result="Synced"} 1"#,
             r#"mxcred_verifications_total{outcome="Verified"} 1"#,
+            r#"mxcred_reconcile_errors_total{step="write_status"} 1"#,
+            r#"mxcred_reconcile_errors_total{step="read_source"} 0"#,
             r#"mxcred_platform_requests_total{host="cloud.home.mendix.com",code="200"} 1"#,
             r#"mxcred_platform_requests_total{host="cloud.home.mendix.com",code="error"} 1"#,
             r#"mxcred_credentials{token_valid="true"} 2"#,

@@ -5,9 +5,14 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod platform;
+pub mod reconcile;
 pub mod secrets;
 pub mod server;
 pub mod telemetry;
 pub mod tracker;
-pub mod verification;
+pub mod verifier;
 pub mod verify_cmd;
+
+/// A MendixCredential as the watch delivers it: one this version cannot read still arrives, so
+/// that it gets a condition instead of being skipped in silence.
+pub type Guarded = kube::core::DeserializeGuard<crate::domain::api::MendixCredential>;

@@ -2,11 +2,10 @@
 //! here may be lost (a restart): the durable state is the resource's status.
 
 use crate::domain::api::MendixCredentialStatus;
-use crate::domain::classify::{Outcome, Reason};
-use crate::domain::schedule::Attempt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 #[derive(Default)]
 pub struct Tracker {
@@ -17,16 +16,19 @@ pub struct Tracker {
 struct Memory {
     /// Failed reconciles in a row (API errors).
     api_failures: u32,
-    /// Transient verification failures in a row.
-    transient_failures: u32,
-    /// The last `verify-requested-at` value served.
-    verify_request: Option<String>,
-    /// The TokenValid reason last announced by an Event.
-    announced: Option<Reason>,
+    /// The last `verify-requested-at` value seen, and whether a check has served it.
+    verify_request: Option<VerifyRequest>,
     /// The last status write.
     written: Option<Written>,
     /// The target Secret as this instance last wrote or confirmed it.
     published: Option<Published>,
+}
+
+struct VerifyRequest {
+    value: String,
+    /// When this instance first saw the value.
+    seen: SystemTime,
+    served: bool,
 }
 
 /// A target Secret known to hold the desired content: its name and version, the digest of
@@ -64,40 +66,38 @@ impl Tracker {
         self.with(uid, |m| m.api_failures = 0);
     }
 
-    /// Records `value` as served; returns the value served before, if this instance saw one.
-    pub fn serve_verify_request(&self, uid: &str, value: &str) -> Option<String> {
-        self.with(uid, |m| m.verify_request.replace(value.to_owned()))
-    }
-
-    /// The schedule's view of an outcome, counting transient failures in a row.
-    pub fn attempt(&self, uid: &str, outcome: &Outcome) -> Attempt {
-        self.with(uid, |m| match outcome.reason {
-            Reason::Verified => {
-                m.transient_failures = 0;
-                Attempt::Accepted
-            }
-            Reason::TokenRejected | Reason::UserDeactivated => {
-                m.transient_failures = 0;
-                Attempt::Rejected
-            }
-            _ => {
-                m.transient_failures = m.transient_failures.saturating_add(1);
-                Attempt::Transient {
-                    failures: m.transient_failures,
-                    retry_after: outcome.retry_after,
+    /// The forced check that `value` of the annotation asks for: when this instance first saw
+    /// it, or `None` once served. A value first seen counts as served if `served_before` says
+    /// so (the last definitive check came after it was set).
+    pub fn verify_request(
+        &self,
+        uid: &str,
+        value: &str,
+        served_before: impl FnOnce() -> bool,
+    ) -> Option<SystemTime> {
+        self.with(uid, |m| {
+            let request = match &mut m.verify_request {
+                Some(request) if request.value == value => request,
+                other => {
+                    let served = other.is_none() && served_before();
+                    other.insert(VerifyRequest {
+                        value: value.to_owned(),
+                        seen: SystemTime::now(),
+                        served,
+                    })
                 }
-            }
+            };
+            (!request.served).then_some(request.seen)
         })
     }
 
-    /// Forgets transient failures, e.g. after the credential was rotated.
-    pub fn reset_transient(&self, uid: &str) {
-        self.with(uid, |m| m.transient_failures = 0);
-    }
-
-    /// Records `reason` as announced; false when it already was.
-    pub fn announce(&self, uid: &str, reason: Reason) -> bool {
-        self.with(uid, |m| m.announced.replace(reason) != Some(reason))
+    /// A check answered the request with `value`, and the status that tells of it is written.
+    pub fn serve_verify_request(&self, uid: &str, value: &str) {
+        self.with(uid, |m| {
+            if let Some(request) = m.verify_request.as_mut().filter(|r| r.value == value) {
+                request.served = true;
+            }
+        });
     }
 
     /// Remembers a status write based on the object at `based_on` that produced `produced`.
@@ -184,62 +184,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn outcome(reason: Reason, retry_after: Option<Duration>) -> Outcome {
-        Outcome {
-            reason,
-            message: String::new(),
-            retry_after,
-        }
-    }
-
-    #[test]
-    fn transient_failures_count_until_a_verdict() {
-        let t = Tracker::default();
-        let down = outcome(Reason::PlatformUnavailable, None);
-        assert_eq!(
-            t.attempt("u", &down),
-            Attempt::Transient {
-                failures: 1,
-                retry_after: None
-            }
-        );
-        assert_eq!(
-            t.attempt("u", &down),
-            Attempt::Transient {
-                failures: 2,
-                retry_after: None
-            }
-        );
-        assert_eq!(
-            t.attempt("u", &outcome(Reason::Verified, None)),
-            Attempt::Accepted
-        );
-        assert_eq!(
-            t.attempt("u", &down),
-            Attempt::Transient {
-                failures: 1,
-                retry_after: None
-            }
-        );
-        let asked = Some(Duration::from_secs(9));
-        assert_eq!(
-            t.attempt("u", &outcome(Reason::RateLimited, asked)),
-            Attempt::Transient {
-                failures: 2,
-                retry_after: asked
-            }
-        );
-    }
-
-    #[test]
-    fn announcements_are_made_once() {
-        let t = Tracker::default();
-        assert!(t.announce("u", Reason::Verified));
-        assert!(!t.announce("u", Reason::Verified));
-        assert!(t.announce("u", Reason::TokenRejected));
-    }
 
     #[test]
     fn the_newer_status_wins_over_a_stale_cache() {
@@ -314,9 +258,31 @@ mod tests {
     }
 
     #[test]
-    fn verify_requests_remember_the_last_value() {
+    fn a_verify_request_stays_pending_until_served() {
         let t = Tracker::default();
-        assert_eq!(t.serve_verify_request("u", "1"), None);
-        assert_eq!(t.serve_verify_request("u", "2").as_deref(), Some("1"));
+        let seen = t.verify_request("u", "1", || false).expect("pending");
+        assert_eq!(
+            t.verify_request("u", "1", || false),
+            Some(seen),
+            "still pending"
+        );
+        t.serve_verify_request("u", "other");
+        assert_eq!(
+            t.verify_request("u", "1", || false),
+            Some(seen),
+            "not this one"
+        );
+        t.serve_verify_request("u", "1");
+        assert_eq!(t.verify_request("u", "1", || false), None, "served");
+        assert!(
+            t.verify_request("u", "2", || true).is_some(),
+            "a new value is new"
+        );
+    }
+
+    #[test]
+    fn a_request_first_seen_after_its_check_is_served() {
+        let t = Tracker::default();
+        assert_eq!(t.verify_request("u", "1", || true), None);
     }
 }

@@ -1,0 +1,417 @@
+//! What a reconcile decides, as plain data: the status to write, the Events to publish and what
+//! to remember once both are done. The reconcile driver observes (the previous status, the
+//! source, the target, the platform's answer, the time), calls [`reconcile`], and applies the
+//! [`Plan`] in order, each step only after the one before it succeeded.
+//!
+//! Events are derived from the difference between the previous status and the new one, never
+//! from memory: a status write that fails is retried from the same previous status, so the
+//! retry announces what the failed attempt would have.
+
+use crate::domain::api::{MendixCredentialStatus, condition};
+use crate::domain::classify::{Outcome, Reason, TokenValid};
+use crate::domain::conditions::{self, Verdict};
+use crate::domain::credential::SourceError;
+use crate::domain::render;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// The reason of the `Ready` condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadyReason {
+    Synced,
+    SourceNotFound,
+    SourceNotAllowed,
+    SourceKeyMissing,
+    InvalidSource,
+    TargetConflict,
+    InvalidSpec,
+}
+
+impl ReadyReason {
+    pub const ALL: [ReadyReason; 7] = [
+        ReadyReason::Synced,
+        ReadyReason::SourceNotFound,
+        ReadyReason::SourceNotAllowed,
+        ReadyReason::SourceKeyMissing,
+        ReadyReason::InvalidSource,
+        ReadyReason::TargetConflict,
+        ReadyReason::InvalidSpec,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyReason::Synced => "Synced",
+            ReadyReason::SourceNotFound => "SourceNotFound",
+            ReadyReason::SourceNotAllowed => "SourceNotAllowed",
+            ReadyReason::SourceKeyMissing => "SourceKeyMissing",
+            ReadyReason::InvalidSource => "InvalidSource",
+            ReadyReason::TargetConflict => "TargetConflict",
+            ReadyReason::InvalidSpec => "InvalidSpec",
+        }
+    }
+
+    fn status(self) -> &'static str {
+        match self {
+            ReadyReason::Synced => "True",
+            _ => "False",
+        }
+    }
+
+    /// Whether reaching this reason is announced by a Warning Event: the problems a user must
+    /// act on and that could otherwise go unseen.
+    fn warns(self) -> bool {
+        matches!(
+            self,
+            ReadyReason::TargetConflict | ReadyReason::InvalidSource
+        )
+    }
+}
+
+/// The `Ready` condition as the sync step found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub reason: ReadyReason,
+    pub message: String,
+}
+
+impl Ready {
+    pub fn refused(reason: ReadyReason, message: impl Into<String>) -> Self {
+        Ready {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the sync step established about the target Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// The target holds the current credential.
+    Published {
+        target: String,
+        fingerprint: String,
+        /// When the target's data was last written, as the API server recorded it.
+        written_at: Option<Time>,
+        /// Whether this reconcile wrote it.
+        wrote: bool,
+    },
+    /// Nothing was written; the target (if any) was left as it was.
+    Refused(Ready),
+}
+
+/// What the verification loop knows of the published credential.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verification {
+    /// `spec.verification.enabled: false`.
+    Disabled,
+    /// No answer from this instance, and none due: the status's own verdict still holds (after
+    /// a restart), or there is no credential to check.
+    Waiting,
+    /// The first check of this credential is under way or due now, since `since`.
+    Queued {
+        since: Time,
+    },
+    Answered(Answer),
+}
+
+/// The platform's latest answer about a credential and probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    pub answered_at: Time,
+    /// When the next check is due.
+    pub next: Option<Time>,
+    /// Whether the answer serves the pending forced check of this resource (asked no earlier
+    /// than the request was seen).
+    pub serves_request: bool,
+}
+
+/// Everything a reconcile observed.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    pub generation: Option<i64>,
+    pub previous: &'a MendixCredentialStatus,
+    pub sync: Sync,
+    pub verification: Verification,
+    pub now: Time,
+}
+
+/// An Event to publish, after the status that records it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// What to write, publish and remember.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The status to write; `None` when it is as it was.
+    pub status: Option<MendixCredentialStatus>,
+    pub events: Vec<Announcement>,
+    pub ready: ReadyReason,
+    /// The pending forced check has been served: remember it once the status is written.
+    pub request_served: bool,
+    /// The status is held back this long for the first answer about a new credential, so that
+    /// a new resource, or a rotation, costs one status write instead of two.
+    pub hold: Option<std::time::Duration>,
+}
+
+/// How long a status waits for the first answer about a new credential before it says
+/// `Pending`.
+pub const FIRST_ANSWER_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Decides the status and the Events of one reconcile.
+pub fn reconcile(observed: Observed) -> Plan {
+    let Observed {
+        generation,
+        previous,
+        sync,
+        verification,
+        now,
+    } = observed;
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    let ready = match &sync {
+        Sync::Published {
+            target,
+            fingerprint,
+            written_at,
+            wrote,
+        } => {
+            let rotated = previous.token_fingerprint.as_ref() != Some(fingerprint);
+            if rotated {
+                forget_verdict(&mut status);
+            }
+            // The time of the write as this instance saw it, unless the status already tells
+            // of the same content: another instance, or a restart, reads it from the target.
+            if *wrote || rotated || previous.last_synced_time.is_none() {
+                status.last_synced_time = written_at.clone().or(previous.last_synced_time.clone());
+            }
+            status.token_fingerprint = Some(fingerprint.clone());
+            status.secret_name = Some(target.clone());
+            Ready {
+                reason: ReadyReason::Synced,
+                message: format!("Secret {target:?} holds the current credential"),
+            }
+        }
+        Sync::Refused(ready) => ready.clone(),
+    };
+    conditions::set(
+        &mut status.conditions,
+        Verdict {
+            type_: condition::READY,
+            status: ready.reason.status(),
+            reason: ready.reason.as_str(),
+            message: ready.message.clone(),
+        },
+        generation,
+        now.clone(),
+    );
+    let mut request_served = false;
+    let mut hold = None;
+    match verification {
+        Verification::Disabled => {
+            record(
+                &mut status,
+                &Outcome::verification_disabled(),
+                generation,
+                now,
+            );
+            status.next_verification_time = None;
+        }
+        Verification::Answered(answer) if matches!(sync, Sync::Published { .. }) => {
+            record(&mut status, &answer.outcome, generation, answer.answered_at);
+            status.next_verification_time = answer.next;
+            request_served = answer.serves_request;
+        }
+        Verification::Queued { since } if matches!(sync, Sync::Published { .. }) => {
+            let waited = now.0.duration_since(since.0).unsigned_abs();
+            hold = FIRST_ANSWER_HOLD
+                .checked_sub(waited)
+                .filter(|h| !h.is_zero());
+            if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
+                record(&mut status, &Outcome::pending(), generation, now);
+            }
+        }
+        Verification::Answered(_) | Verification::Queued { .. } | Verification::Waiting => {
+            if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
+                record(&mut status, &Outcome::pending(), generation, now);
+            }
+        }
+    }
+    if hold.is_some() {
+        return Plan {
+            status: None,
+            events: vec![],
+            ready: ready.reason,
+            request_served,
+            hold,
+        };
+    }
+    Plan {
+        events: announcements(previous, &status, &ready),
+        status: (status != *previous).then_some(status),
+        ready: ready.reason,
+        request_served,
+        hold,
+    }
+}
+
+/// A verdict on one credential says nothing about the next.
+fn forget_verdict(status: &mut MendixCredentialStatus) {
+    status
+        .conditions
+        .retain(|c| c.type_ != condition::TOKEN_VALID);
+    status.last_verified_time = None;
+    status.last_verification_error = None;
+    status.next_verification_time = None;
+}
+
+/// The Events that tell of the difference between two statuses: a write of the target, and
+/// transitions into a reason people must hear about.
+fn announcements(
+    previous: &MendixCredentialStatus,
+    status: &MendixCredentialStatus,
+    ready: &Ready,
+) -> Vec<Announcement> {
+    let mut events = vec![];
+    let reason_of = |s: &MendixCredentialStatus, type_| {
+        conditions::find(&s.conditions, type_).map(|c| c.reason.clone())
+    };
+    if ready.reason == ReadyReason::Synced
+        && status.last_synced_time.is_some()
+        && status.last_synced_time != previous.last_synced_time
+    {
+        let target = status.secret_name.clone().unwrap_or_default();
+        events.push(Announcement {
+            warning: false,
+            reason: ReadyReason::Synced.as_str(),
+            note: format!("wrote Secret {target}"),
+        });
+    }
+    let ready_changed =
+        reason_of(previous, condition::READY).as_deref() != Some(ready.reason.as_str());
+    if ready.reason.warns() && ready_changed {
+        events.push(Announcement {
+            warning: true,
+            reason: ready.reason.as_str(),
+            note: ready.message.clone(),
+        });
+    }
+    if let Some(valid) = conditions::find(&status.conditions, condition::TOKEN_VALID) {
+        let announced = [
+            Reason::Verified,
+            Reason::TokenRejected,
+            Reason::UserDeactivated,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == valid.reason);
+        if let Some(reason) = announced
+            && reason_of(previous, condition::TOKEN_VALID).as_deref() != Some(reason.as_str())
+        {
+            events.push(Announcement {
+                warning: reason != Reason::Verified,
+                reason: reason.as_str(),
+                note: valid.message.clone(),
+            });
+        }
+    }
+    events
+}
+
+/// Whether a reason is a verdict on the credential rather than on the attempt.
+pub fn is_definitive(reason: Reason) -> bool {
+    reason.status() != TokenValid::Unknown || reason == Reason::VerificationDisabled
+}
+
+/// Records `outcome` in `status`. A transient outcome never replaces a definitive verdict: it
+/// only sets `lastVerificationError`. Returns the new reason when `TokenValid` changed reason.
+pub fn record(
+    status: &mut MendixCredentialStatus,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Reason> {
+    let previous = conditions::find(&status.conditions, condition::TOKEN_VALID)
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    let previous_was_verdict = previous.as_ref().is_some_and(|(s, _)| s != "Unknown");
+    if is_definitive(outcome.reason) {
+        if outcome.reason != Reason::VerificationDisabled {
+            status.last_verified_time = Some(now.clone());
+        }
+        status.last_verification_error = None;
+    } else {
+        status.last_verification_error = Some(outcome.message.clone());
+        if previous_was_verdict {
+            return None;
+        }
+    }
+    let verdict = Verdict {
+        type_: condition::TOKEN_VALID,
+        status: outcome.reason.status().as_str(),
+        reason: outcome.reason.as_str(),
+        message: outcome.message.clone(),
+    };
+    conditions::set(&mut status.conditions, verdict, generation, now);
+    let changed = previous.is_none_or(|(_, reason)| reason != outcome.reason.as_str());
+    changed.then_some(outcome.reason)
+}
+
+/// What to do with the target Secret, given what exists under its name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetAction {
+    /// Someone else's Secret holds the name: leave it alone.
+    Conflict,
+    /// It already holds the desired content, as written at this time.
+    Keep { written_at: Option<Time> },
+    /// Apply the desired Secret, on condition that the target is still at `resource_version`
+    /// (`None`: that it does not exist).
+    Apply { resource_version: Option<String> },
+}
+
+/// Decides what to do with the target, given the Secret found under its name (`None`: none).
+pub fn target_action(
+    existing: Option<&Secret>,
+    desired: &Secret,
+    uid: &str,
+    name: &str,
+) -> TargetAction {
+    match existing {
+        Some(existing) if !render::is_ours(existing, uid, name) => TargetAction::Conflict,
+        Some(existing) if render::is_current(existing, desired) => TargetAction::Keep {
+            written_at: render::applied_at(existing),
+        },
+        existing => TargetAction::Apply {
+            resource_version: existing.and_then(|e| e.metadata.resource_version.clone()),
+        },
+    }
+}
+
+/// The condition for a source whose values cannot be used.
+pub fn source_refused(problem: &SourceError) -> Ready {
+    match problem {
+        SourceError::KeyMissing { .. } => {
+            Ready::refused(ReadyReason::SourceKeyMissing, problem.to_string())
+        }
+        SourceError::Invalid { .. } => Ready::refused(
+            ReadyReason::InvalidSource,
+            format!("{problem}; the target Secret was left as it was"),
+        ),
+    }
+}
+
+/// The condition that a target which cannot be written is reported with.
+pub fn target_conflict(target: &str) -> Ready {
+    Ready::refused(
+        ReadyReason::TargetConflict,
+        format!(
+            "Secret {target:?} exists and is not managed by this MendixCredential; delete or \
+             rename it, or choose another spec.target.name"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+//! The plan, table by table: every Ready reason and TokenValid reason, entered from each other
+//! state, and what a failed or a successful status write leaves for the next reconcile.
+
+use super::*;
+use crate::domain::classify::Reason;
+use std::time::Duration;
+
+fn at(s: i64) -> Time {
+    Time(jiff::Timestamp::from_second(s).unwrap())
+}
+
+fn published(fingerprint: &str, written_at: i64, wrote: bool) -> Sync {
+    Sync::Published {
+        target: "t".into(),
+        fingerprint: fingerprint.into(),
+        written_at: Some(at(written_at)),
+        wrote,
+    }
+}
+
+fn answered(reason: Reason, when: i64) -> Verification {
+    Verification::Answered(Answer {
+        outcome: Outcome {
+            reason,
+            message: format!("{} message", reason.as_str()),
+            retry_after: None,
+        },
+        answered_at: at(when),
+        next: Some(at(when + 3600)),
+        serves_request: false,
+    })
+}
+
+fn run(previous: &MendixCredentialStatus, sync: Sync, verification: Verification) -> Plan {
+    reconcile(Observed {
+        generation: Some(1),
+        previous,
+        sync,
+        verification,
+        now: at(100),
+    })
+}
+
+/// The status a plan writes, or the previous one when it writes nothing.
+fn after(previous: &MendixCredentialStatus, plan: &Plan) -> MendixCredentialStatus {
+    plan.status.clone().unwrap_or_else(|| previous.clone())
+}
+
+fn reasons(plan: &Plan) -> Vec<(&'static str, bool)> {
+    plan.events.iter().map(|e| (e.reason, e.warning)).collect()
+}
+
+fn condition_of(status: &MendixCredentialStatus, type_: &str) -> (String, String) {
+    let c = conditions::find(&status.conditions, type_).expect("condition set");
+    (c.status.clone(), c.reason.clone())
+}
+
+/// A resource synced and verified with credential "fp-a".
+fn settled() -> MendixCredentialStatus {
+    let first = run(
+        &MendixCredentialStatus::default(),
+        published("fp-a", 10, true),
+        answered(Reason::Verified, 11),
+    );
+    first.status.unwrap()
+}
+
+#[test]
+fn every_ready_reason_is_reached_from_synced_and_from_nothing() {
+    for reason in ReadyReason::ALL {
+        let sync = match reason {
+            ReadyReason::Synced => published("fp-a", 10, false),
+            other => Sync::Refused(Ready::refused(other, format!("{} message", other.as_str()))),
+        };
+        for previous in [MendixCredentialStatus::default(), settled()] {
+            let plan = run(&previous, sync.clone(), Verification::Waiting);
+            let status = after(&previous, &plan);
+            let expected = if reason == ReadyReason::Synced {
+                "True"
+            } else {
+                "False"
+            };
+            assert_eq!(
+                condition_of(&status, "Ready"),
+                (expected.to_owned(), reason.as_str().to_owned())
+            );
+            assert_eq!(plan.ready, reason);
+            let warned = reasons(&plan).contains(&(reason.as_str(), true));
+            let entered = conditions::find(&previous.conditions, "Ready")
+                .is_none_or(|c| c.reason != reason.as_str());
+            assert_eq!(
+                warned,
+                entered
+                    && matches!(
+                        reason,
+                        ReadyReason::TargetConflict | ReadyReason::InvalidSource
+                    ),
+                "{reason:?} from {previous:?}"
+            );
+            // Staying in a reason announces nothing again.
+            let again = run(&status, sync.clone(), Verification::Waiting);
+            assert_eq!(again.status, None, "{reason:?}: nothing changed");
+            assert!(again.events.is_empty(), "{reason:?}: {:?}", again.events);
+        }
+    }
+}
+
+#[test]
+fn a_refused_source_keeps_what_was_published() {
+    let previous = settled();
+    let plan = run(
+        &previous,
+        Sync::Refused(Ready::refused(ReadyReason::InvalidSource, "bad")),
+        Verification::Waiting,
+    );
+    let status = plan.status.unwrap();
+    assert_eq!(status.token_fingerprint.as_deref(), Some("fp-a"));
+    assert_eq!(status.last_synced_time, previous.last_synced_time);
+    assert_eq!(condition_of(&status, "TokenValid").1, "Verified");
+}
+
+#[test]
+fn token_valid_transitions_and_their_events() {
+    use Reason::*;
+    // (previous TokenValid reason, answer, resulting reason, Event announced)
+    let table = [
+        (None, Verified, Verified, Some((Verified, false))),
+        (
+            None,
+            TokenRejected,
+            TokenRejected,
+            Some((TokenRejected, true)),
+        ),
+        (
+            None,
+            UserDeactivated,
+            UserDeactivated,
+            Some((UserDeactivated, true)),
+        ),
+        (None, PlatformUnavailable, PlatformUnavailable, None),
+        (None, Forbidden, Forbidden, None),
+        (
+            Some(Verified),
+            TokenRejected,
+            TokenRejected,
+            Some((TokenRejected, true)),
+        ),
+        (
+            Some(Verified),
+            UserDeactivated,
+            UserDeactivated,
+            Some((UserDeactivated, true)),
+        ),
+        (Some(Verified), PlatformUnavailable, Verified, None),
+        (Some(Verified), RateLimited, Verified, None),
+        (Some(Verified), EndpointNotAllowed, Verified, None),
+        (
+            Some(TokenRejected),
+            Verified,
+            Verified,
+            Some((Verified, false)),
+        ),
+        (Some(TokenRejected), Forbidden, TokenRejected, None),
+        (
+            Some(UserDeactivated),
+            TokenRejected,
+            TokenRejected,
+            Some((TokenRejected, true)),
+        ),
+        (
+            Some(PlatformUnavailable),
+            Verified,
+            Verified,
+            Some((Verified, false)),
+        ),
+        (Some(Verified), Verified, Verified, None),
+    ];
+    for (before, answer, expected, event) in table {
+        let mut previous = MendixCredentialStatus::default();
+        if let Some(before) = before {
+            let plan = run(&previous, published("fp-a", 10, true), answered(before, 11));
+            previous = plan.status.unwrap();
+        }
+        let plan = run(
+            &previous,
+            published("fp-a", 10, false),
+            answered(answer, 50),
+        );
+        let status = after(&previous, &plan);
+        assert_eq!(
+            condition_of(&status, "TokenValid").1,
+            expected.as_str(),
+            "{before:?} then {answer:?}"
+        );
+        let announced: Vec<_> = plan
+            .events
+            .iter()
+            .filter(|e| e.reason != "Synced")
+            .map(|e| (e.reason, e.warning))
+            .collect();
+        let wanted: Vec<_> = event.iter().map(|(r, w)| (r.as_str(), *w)).collect();
+        assert_eq!(announced, wanted, "{before:?} then {answer:?}");
+        if is_definitive(answer) {
+            assert_eq!(status.last_verified_time, Some(at(50)));
+            assert_eq!(status.last_verification_error, None);
+        } else {
+            assert!(status.last_verification_error.is_some());
+        }
+    }
+}
+
+#[test]
+fn a_failed_status_write_is_planned_again_with_its_events() {
+    // A forced check found the token deleted; the status write failed. The retry starts from
+    // the same previous status: the same status, the same Event, the request still served.
+    let previous = settled();
+    let mut verification = answered(Reason::TokenRejected, 60);
+    if let Verification::Answered(a) = &mut verification {
+        a.serves_request = true;
+    }
+    let first = run(
+        &previous,
+        published("fp-a", 10, false),
+        verification.clone(),
+    );
+    let retry = run(
+        &previous,
+        published("fp-a", 10, false),
+        verification.clone(),
+    );
+    assert_eq!(first, retry);
+    assert_eq!(reasons(&retry), [("TokenRejected", true)]);
+    assert!(retry.request_served);
+    // Once written, the next reconcile has nothing to write or say.
+    let written = retry.status.clone().unwrap();
+    let next = run(&written, published("fp-a", 10, false), verification);
+    assert_eq!(next.status, None);
+    assert!(next.events.is_empty());
+}
+
+#[test]
+fn a_target_write_is_announced_until_the_status_records_it() {
+    let previous = settled();
+    // Rotated: the target was written, then the status write failed; the retry finds the
+    // target as written (not by itself) and still announces the write.
+    let retry = run(
+        &previous,
+        published("fp-b", 70, false),
+        Verification::Waiting,
+    );
+    assert_eq!(reasons(&retry), [("Synced", false)]);
+    let status = retry.status.unwrap();
+    assert_eq!(status.last_synced_time, Some(at(70)));
+    assert_eq!(status.token_fingerprint.as_deref(), Some("fp-b"));
+    // The verdict was about the old credential.
+    assert_eq!(condition_of(&status, "TokenValid").1, "Pending");
+    assert_eq!(status.last_verified_time, None);
+}
+
+#[test]
+fn another_instance_agrees_on_the_write_time() {
+    // The same credential found current by another instance, whose idea of the write time
+    // could differ: the status's own time stands.
+    let previous = settled();
+    let plan = run(
+        &previous,
+        published("fp-a", 12, false),
+        answered(Reason::Verified, 11),
+    );
+    assert_eq!(plan.status, None);
+    assert!(plan.events.is_empty());
+}
+
+#[test]
+fn the_first_answer_is_waited_for_briefly() {
+    let fresh = MendixCredentialStatus::default();
+    let plan = run(
+        &fresh,
+        published("fp-a", 99, true),
+        Verification::Queued { since: at(99) },
+    );
+    assert_eq!(plan.status, None, "held for the first answer");
+    assert!(plan.events.is_empty());
+    assert_eq!(plan.hold, Some(FIRST_ANSWER_HOLD - Duration::from_secs(1)));
+    // Held no longer than FIRST_ANSWER_HOLD: then Pending is written.
+    let plan = run(
+        &fresh,
+        published("fp-a", 90, true),
+        Verification::Queued { since: at(90) },
+    );
+    assert_eq!(plan.hold, None);
+    assert_eq!(reasons(&plan), [("Synced", false)]);
+    let status = plan.status.unwrap();
+    assert_eq!(condition_of(&status, "TokenValid").1, "Pending");
+}
+
+#[test]
+fn disabling_verification_replaces_any_verdict_and_clears_the_schedule() {
+    let previous = settled();
+    let plan = run(
+        &previous,
+        published("fp-a", 10, false),
+        Verification::Disabled,
+    );
+    let status = plan.status.unwrap();
+    assert_eq!(
+        condition_of(&status, "TokenValid"),
+        ("Unknown".to_owned(), "VerificationDisabled".to_owned())
+    );
+    assert_eq!(status.next_verification_time, None);
+    assert!(plan.events.is_empty());
+}
+
+#[test]
+fn the_target_decision() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    let owner = OwnerReference {
+        api_version: "mxcred.io/v1alpha1".into(),
+        kind: "MendixCredential".into(),
+        name: "c".into(),
+        uid: "uid-1".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let desired = Secret {
+        metadata: ObjectMeta {
+            name: Some("t".into()),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+    let mut foreign = desired.clone();
+    foreign.metadata.owner_references = Some(vec![OwnerReference {
+        uid: "someone-else".into(),
+        ..owner
+    }]);
+    foreign.metadata.resource_version = Some("5".into());
+    assert_eq!(
+        target_action(None, &desired, "uid-1", "c"),
+        TargetAction::Apply {
+            resource_version: None
+        }
+    );
+    assert_eq!(
+        target_action(Some(&foreign), &desired, "uid-1", "c"),
+        TargetAction::Conflict
+    );
+    let mut ours = desired.clone();
+    ours.metadata.resource_version = Some("7".into());
+    assert_eq!(
+        target_action(Some(&ours), &desired, "uid-1", "c"),
+        TargetAction::Keep { written_at: None }
+    );
+    ours.type_ = Some("kubernetes.io/tls".into());
+    assert_eq!(
+        target_action(Some(&ours), &desired, "uid-1", "c"),
+        TargetAction::Apply {
+            resource_version: Some("7".into())
+        }
+    );
+}

@@ -1,0 +1,592 @@
+//! The verification loop: asks the platform about each credential (per credential and probe,
+//! however many resources share them), apart from the sync of Secrets, and tells the resources
+//! that use a credential when its answer changed.
+//!
+//! Reconciles subscribe (a call that never waits) and read the latest answer; the loop runs the
+//! checks that are due, a few at a time and round-robin over namespaces, so that a namespace
+//! with many due or slow checks takes no more than its share of workers and of the platform's
+//! rate limit. Forced checks of one credential are merged within a cooldown.
+
+use crate::domain::classify::{Outcome, Reason};
+use crate::domain::credential::Credential;
+use crate::domain::probe::ProbeTarget;
+use crate::domain::schedule::{self, Attempt};
+use crate::shell::Guarded;
+use crate::shell::metrics::Metrics;
+use crate::shell::platform::Platform;
+use futures::channel::mpsc;
+use kube::runtime::reflector::ObjectRef;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Checks under way at once, in all.
+const WORKERS: usize = 16;
+/// Checks under way at once for the resources of one namespace.
+const PER_NAMESPACE: usize = 2;
+
+/// A digest of a credential and the URL it is checked at: the loop never keys by the credential.
+pub type Key = [u8; 32];
+
+pub struct Verifier {
+    platform: Platform,
+    metrics: Arc<Metrics>,
+    /// Forced checks of one credential closer together than this are merged into one.
+    cooldown: Duration,
+    state: Mutex<State>,
+    wake: tokio::sync::Notify,
+    /// Where to send the resources whose answer changed: the controller of each scope.
+    routes: Mutex<Vec<Route>>,
+}
+
+/// The resources of a scope (a namespace, or all) and where to send them.
+type Route = (Option<String>, mpsc::UnboundedSender<ObjectRef<Guarded>>);
+
+/// A check to run.
+struct Job {
+    key: Key,
+    namespace: String,
+    probe: ProbeTarget,
+    credential: Credential,
+    forced: bool,
+}
+
+#[derive(Default)]
+struct State {
+    checks: HashMap<Key, Check>,
+    /// The credential each resource (by uid) subscribed to.
+    subscribed: HashMap<String, Key>,
+    /// Checks under way per namespace.
+    running: HashMap<String, usize>,
+    /// The namespace served last, for round-robin.
+    cursor: Option<String>,
+}
+
+struct Check {
+    credential: Credential,
+    probe: ProbeTarget,
+    subscribers: BTreeMap<String, Subscriber>,
+    /// The last answer of the platform given to this instance, and when it was asked.
+    answer: Option<(Outcome, SystemTime, SystemTime)>,
+    /// The last definitive answer or restored verdict, and when: the base of the schedule.
+    last: Option<(SystemTime, Attempt)>,
+    /// Transient failures in a row.
+    failures: u32,
+    /// Earliest moment a forced check was requested that no check has served yet.
+    forced: Option<SystemTime>,
+    /// When the last forced check was sent, for the cooldown.
+    last_forced: Option<SystemTime>,
+    /// When the next check is due as a resource's status recorded it, after a restart.
+    restored_next: Option<SystemTime>,
+    created: SystemTime,
+    running: bool,
+}
+
+#[derive(Clone)]
+struct Subscriber {
+    namespace: String,
+    name: String,
+    interval: Duration,
+}
+
+/// What a reconcile tells the loop about its resource.
+pub struct Subscription<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub credential: &'a Credential,
+    pub probe: &'a ProbeTarget,
+    pub interval: Duration,
+    /// A forced check requested at this time, not yet served.
+    pub forced: Option<SystemTime>,
+    /// The verdict the status holds for this credential and probe, after a restart: the
+    /// schedule goes on from it instead of asking again at once.
+    pub known: Option<Known>,
+}
+
+/// What a resource's status says of its credential's checks, after a restart.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Known {
+    /// The last definitive verdict, and when it was given.
+    pub verdict: Option<(Reason, SystemTime)>,
+    /// When the next check is due.
+    pub next: Option<SystemTime>,
+}
+
+/// What the loop knows of a credential, as a reconcile sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum View {
+    Answered(Latest),
+    /// Its first check is due now (or under way), queued at `since`.
+    Queued {
+        since: SystemTime,
+    },
+    /// No answer from this instance, and none due yet: the status's verdict still holds.
+    Scheduled,
+}
+
+/// The latest answer for a credential.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latest {
+    pub outcome: Outcome,
+    pub answered_at: SystemTime,
+    pub next: SystemTime,
+    /// Whether it was asked no earlier than the forced check in the subscription.
+    pub serves_request: bool,
+}
+
+impl Verifier {
+    pub fn new(platform: Platform, metrics: Arc<Metrics>, cooldown: Duration) -> Self {
+        Verifier {
+            platform,
+            metrics,
+            cooldown,
+            state: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            routes: Mutex::default(),
+        }
+    }
+
+    /// Subscribes a resource to the checks of its credential and probe (and from any other it
+    /// used before); returns what is known of its answer.
+    pub fn subscribe(&self, s: Subscription) -> View {
+        let key = self.key(s.probe, s.credential);
+        let now = SystemTime::now();
+        let mut state = self.state.lock().expect("lock poisoned");
+        if let Some(old) = state.subscribed.insert(s.uid.to_owned(), key)
+            && old != key
+        {
+            state.leave(&old, s.uid);
+        }
+        let check = state.checks.entry(key).or_insert_with(|| Check {
+            credential: s.credential.clone(),
+            probe: s.probe.clone(),
+            subscribers: BTreeMap::new(),
+            answer: None,
+            last: None,
+            failures: 0,
+            forced: None,
+            last_forced: None,
+            restored_next: None,
+            created: now,
+            running: false,
+        });
+        check.subscribers.insert(
+            s.uid.to_owned(),
+            Subscriber {
+                namespace: s.namespace.to_owned(),
+                name: s.name.to_owned(),
+                interval: s.interval,
+            },
+        );
+        if let (None, None, None, Some(known)) =
+            (&check.answer, check.last, check.restored_next, s.known)
+        {
+            check.last = known.verdict.map(|(reason, at)| (at, attempt_of(reason)));
+            check.restored_next = known.next;
+        }
+        let asked = check.answer.as_ref().map(|(_, _, asked)| *asked);
+        let served = match s.forced {
+            Some(at) => asked.is_some_and(|asked| asked >= at),
+            None => true,
+        };
+        if !served {
+            check.forced = Some(
+                check
+                    .forced
+                    .map_or(s.forced.unwrap_or(now), |f| f.min(s.forced.unwrap_or(now))),
+            );
+        }
+        let next = check.due(&key, self.cooldown);
+        let view = match &check.answer {
+            Some((outcome, answered_at, _)) => View::Answered(Latest {
+                outcome: outcome.clone(),
+                answered_at: *answered_at,
+                next,
+                serves_request: s.forced.is_some() && served,
+            }),
+            None if check.last.is_none() && check.restored_next.is_none() => View::Queued {
+                since: check.created,
+            },
+            None => View::Scheduled,
+        };
+        drop(state);
+        self.wake.notify_one();
+        view
+    }
+
+    /// The resource no longer uses any credential (its source is gone or refused).
+    pub fn unsubscribe(&self, uid: &str) {
+        let mut state = self.state.lock().expect("lock poisoned");
+        if let Some(key) = state.subscribed.remove(uid) {
+            state.leave(&key, uid);
+        }
+    }
+
+    /// Forgets resources that no longer exist.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let mut state = self.state.lock().expect("lock poisoned");
+        let gone: Vec<String> = state
+            .subscribed
+            .keys()
+            .filter(|uid| !live.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(key) = state.subscribed.remove(&uid) {
+                state.leave(&key, &uid);
+            }
+        }
+    }
+
+    /// A stream of the resources of `scope` (a namespace, or all) whose answer changed. A new
+    /// set of routes replaces the previous one (each leadership term starts controllers anew).
+    pub fn routes(
+        &self,
+        scopes: &[Option<String>],
+    ) -> Vec<mpsc::UnboundedReceiver<ObjectRef<Guarded>>> {
+        let mut routes = self.routes.lock().expect("lock poisoned");
+        routes.clear();
+        scopes
+            .iter()
+            .map(|scope| {
+                let (tx, rx) = mpsc::unbounded();
+                routes.push((scope.clone(), tx));
+                rx
+            })
+            .collect()
+    }
+
+    /// Runs due checks until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let (due, wait) = self.take_due(running.len());
+            for job in due {
+                running.spawn(self.clone().check(job));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        running.abort_all();
+        // Checks cut short must run again in the next term.
+        let mut state = self.state.lock().expect("lock poisoned");
+        state.running.clear();
+        for check in state.checks.values_mut() {
+            check.running = false;
+        }
+    }
+
+    /// The checks to start now, fairly over namespaces, and how long to wait for the next.
+    fn take_due(&self, busy: usize) -> (Vec<Job>, Duration) {
+        let now = SystemTime::now();
+        let mut state = self.state.lock().expect("lock poisoned");
+        let mut waiting: BTreeMap<String, Vec<(SystemTime, Key)>> = BTreeMap::new();
+        let mut soonest = Duration::from_secs(3600);
+        for (key, check) in &state.checks {
+            if check.running || check.subscribers.is_empty() {
+                continue;
+            }
+            let due = check.due(key, self.cooldown);
+            match due.duration_since(now) {
+                Ok(wait) if !wait.is_zero() => soonest = soonest.min(wait),
+                _ => waiting
+                    .entry(check.namespace().to_owned())
+                    .or_default()
+                    .push((due, *key)),
+            }
+        }
+        let picked = fair_pick(
+            waiting,
+            &state.running,
+            state.cursor.as_deref(),
+            WORKERS.saturating_sub(busy),
+        );
+        let mut started = vec![];
+        for (namespace, key) in picked {
+            let check = state.checks.get_mut(&key).expect("picked from the checks");
+            check.running = true;
+            let forced = check.forced.is_some_and(|f| f <= now);
+            if forced {
+                check.last_forced = Some(now);
+            }
+            started.push(Job {
+                key,
+                namespace: namespace.clone(),
+                probe: check.probe.clone(),
+                credential: check.credential.clone(),
+                forced,
+            });
+            *state.running.entry(namespace.clone()).or_default() += 1;
+            state.cursor = Some(namespace);
+        }
+        (started, soonest)
+    }
+
+    async fn check(self: Arc<Self>, job: Job) {
+        let Job {
+            key,
+            namespace,
+            probe,
+            credential,
+            forced,
+        } = job;
+        let asked = SystemTime::now();
+        let outcome = self.platform.check(&probe, &credential).await;
+        let answered = SystemTime::now();
+        self.metrics.verified(outcome.reason.as_str());
+        let told = {
+            let mut state = self.state.lock().expect("lock poisoned");
+            if let Some(n) = state.running.get_mut(&namespace) {
+                *n = n.saturating_sub(1);
+            }
+            let Some(check) = state.checks.get_mut(&key) else {
+                return;
+            };
+            check.running = false;
+            check.record(&outcome, asked, answered);
+            if check.forced.is_some_and(|f| f <= asked) {
+                check.forced = None;
+            }
+            let told: Vec<Subscriber> = check.subscribers.values().cloned().collect();
+            if told.is_empty() {
+                state.checks.remove(&key);
+            }
+            told
+        };
+        info!(
+            fingerprint = credential.fingerprint(),
+            host = self.platform.url_for(&probe).host_str().unwrap_or_default(),
+            reason = outcome.reason.as_str(),
+            forced,
+            resources = told.len(),
+            "verified"
+        );
+        let routes = self.routes.lock().expect("lock poisoned");
+        for subscriber in told {
+            let resource = ObjectRef::new(&subscriber.name).within(&subscriber.namespace);
+            for (scope, tx) in routes.iter() {
+                if scope.as_ref().is_none_or(|s| *s == subscriber.namespace) {
+                    let _ = tx.unbounded_send(resource.clone());
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn key(&self, probe: &ProbeTarget, credential: &Credential) -> Key {
+        let mut hash = Sha256::new();
+        for (name, value) in credential.headers() {
+            hash.update(name);
+            hash.update(b"\0");
+            hash.update(value.expose_secret());
+            hash.update(b"\0");
+        }
+        hash.update(self.platform.url_for(probe).as_str());
+        hash.finalize().into()
+    }
+}
+
+impl State {
+    fn leave(&mut self, key: &Key, uid: &str) {
+        if let Some(check) = self.checks.get_mut(key) {
+            check.subscribers.remove(uid);
+            if check.subscribers.is_empty() && !check.running {
+                self.checks.remove(key);
+            }
+        }
+    }
+}
+
+impl Check {
+    /// The namespace whose share this check counts against: its first subscriber's.
+    fn namespace(&self) -> &str {
+        self.subscribers
+            .values()
+            .next()
+            .map_or("", |s| s.namespace.as_str())
+    }
+
+    /// When this check is due: on the schedule of its shortest interval, or sooner for a forced
+    /// check (at the end of the cooldown since the last one).
+    fn due(&self, key: &Key, cooldown: Duration) -> SystemTime {
+        let interval = self
+            .subscribers
+            .values()
+            .map(|s| s.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
+        let scheduled = match (&self.answer, self.last) {
+            (None, _) if self.restored_next.is_some() => {
+                self.restored_next.unwrap_or(SystemTime::UNIX_EPOCH)
+            }
+            // Never asked: now.
+            (None, None) => SystemTime::UNIX_EPOCH,
+            (Some((outcome, answered, _)), _)
+                if !crate::domain::plan::is_definitive(outcome.reason) =>
+            {
+                schedule::next_check(
+                    *answered,
+                    interval,
+                    Duration::ZERO,
+                    Attempt::Transient {
+                        failures: self.failures.max(1),
+                        retry_after: outcome.retry_after,
+                    },
+                )
+            }
+            (_, Some((at, attempt))) => schedule::next_check(
+                at,
+                interval,
+                schedule::jitter(&hex::encode(key), interval),
+                attempt,
+            ),
+            (Some(_), None) => SystemTime::UNIX_EPOCH,
+        };
+        match self.forced {
+            Some(requested) => {
+                let allowed = self
+                    .last_forced
+                    .map_or(requested, |last| (last + cooldown).max(requested));
+                scheduled.min(allowed)
+            }
+            None => scheduled,
+        }
+    }
+
+    fn record(&mut self, outcome: &Outcome, asked: SystemTime, answered: SystemTime) {
+        self.answer = Some((outcome.clone(), answered, asked));
+        match attempt_of(outcome.reason) {
+            Attempt::Transient { .. } => self.failures = self.failures.saturating_add(1),
+            attempt => {
+                self.failures = 0;
+                self.last = Some((answered, attempt));
+            }
+        }
+    }
+}
+
+/// The schedule's view of a reason.
+fn attempt_of(reason: Reason) -> Attempt {
+    match reason {
+        Reason::Verified => Attempt::Accepted,
+        Reason::TokenRejected | Reason::UserDeactivated => Attempt::Rejected,
+        _ => Attempt::Transient {
+            failures: 1,
+            retry_after: None,
+        },
+    }
+}
+
+/// Picks up to `room` due checks, round-robin over namespaces starting after `cursor`, the
+/// longest-due first within a namespace, and no namespace beyond [`PER_NAMESPACE`] under way.
+fn fair_pick(
+    mut waiting: BTreeMap<String, Vec<(SystemTime, Key)>>,
+    running: &HashMap<String, usize>,
+    cursor: Option<&str>,
+    room: usize,
+) -> Vec<(String, Key)> {
+    for due in waiting.values_mut() {
+        // Longest due last, to pop first.
+        due.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    }
+    let order: Vec<String> = {
+        let names: Vec<&String> = waiting.keys().collect();
+        let start = cursor.map_or(0, |c| {
+            names.iter().position(|n| n.as_str() > c).unwrap_or(0)
+        });
+        names[start..]
+            .iter()
+            .chain(names[..start].iter())
+            .map(|n| (*n).clone())
+            .collect()
+    };
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    let mut picked = vec![];
+    let mut progress = true;
+    while picked.len() < room && progress {
+        progress = false;
+        for namespace in &order {
+            if picked.len() >= room {
+                break;
+            }
+            let busy = running.get(namespace).copied().unwrap_or(0)
+                + taken.get(namespace.as_str()).copied().unwrap_or(0);
+            if busy >= PER_NAMESPACE {
+                continue;
+            }
+            if let Some((_, key)) = waiting.get_mut(namespace).and_then(Vec::pop) {
+                *taken.entry(namespace.as_str()).or_default() += 1;
+                picked.push((namespace.clone(), key));
+                progress = true;
+            }
+        }
+    }
+    picked
+}
+
+/// The distinct namespaces in a pick (for tests and logs).
+#[cfg(test)]
+fn namespaces(picked: &[(String, Key)]) -> std::collections::BTreeSet<String> {
+    picked.iter().map(|(n, _)| n.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due(n: u8, count: usize) -> Vec<(SystemTime, Key)> {
+        (0..count)
+            .map(|i| {
+                (
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64),
+                    [n + i as u8; 32],
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_crowded_namespace_takes_no_more_than_its_share() {
+        let waiting = BTreeMap::from([
+            ("busy".to_owned(), due(0, 45)),
+            ("quiet".to_owned(), due(100, 1)),
+        ]);
+        let picked = fair_pick(waiting, &HashMap::new(), None, WORKERS);
+        assert_eq!(picked.len(), PER_NAMESPACE + 1);
+        assert_eq!(
+            namespaces(&picked),
+            ["busy".to_owned(), "quiet".to_owned()].into()
+        );
+        // Checks under way count against the share.
+        let waiting = BTreeMap::from([("busy".to_owned(), due(0, 45))]);
+        let running = HashMap::from([("busy".to_owned(), PER_NAMESPACE)]);
+        assert!(fair_pick(waiting, &running, None, WORKERS).is_empty());
+    }
+
+    #[test]
+    fn namespaces_take_turns_after_the_cursor() {
+        let waiting: BTreeMap<String, _> = ["a", "b", "c"]
+            .iter()
+            .map(|n| (n.to_string(), due(0, 3)))
+            .collect();
+        let picked = fair_pick(waiting, &HashMap::new(), Some("a"), 2);
+        let order: Vec<&str> = picked.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(order, ["b", "c"]);
+    }
+
+    #[test]
+    fn the_longest_due_goes_first() {
+        let waiting = BTreeMap::from([("a".to_owned(), due(0, 3))]);
+        let picked = fair_pick(waiting, &HashMap::new(), None, 1);
+        assert_eq!(picked[0].1, [0; 32]);
+    }
+}
