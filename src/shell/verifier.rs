@@ -82,7 +82,9 @@ struct Check {
     last_forced: Option<SystemTime>,
     /// When the next check is due as a resource's status recorded it, after a restart.
     restored_next: Option<SystemTime>,
-    created: SystemTime,
+    /// Since when a subscriber whose status holds no verdict waits for a first answer: the
+    /// check is then due at once, whatever another subscriber's status restored.
+    wanted: Option<SystemTime>,
     running: bool,
 }
 
@@ -172,7 +174,7 @@ impl Verifier {
             forced: None,
             last_forced: None,
             restored_next: None,
-            created: now,
+            wanted: None,
             running: false,
         });
         check.subscribers.insert(
@@ -183,11 +185,17 @@ impl Verifier {
                 interval: s.interval,
             },
         );
-        if let (None, None, None, Some(known)) =
-            (&check.answer, check.last, check.restored_next, s.known)
-        {
-            check.last = known.verdict.map(|(reason, at)| (at, attempt_of(reason)));
-            check.restored_next = known.next;
+        match (&check.answer, s.known) {
+            (Some(_), _) => {}
+            (None, Some(known)) => {
+                if check.last.is_none() && check.restored_next.is_none() {
+                    check.last = known.verdict.map(|(reason, at)| (at, attempt_of(reason)));
+                    check.restored_next = known.next;
+                }
+            }
+            (None, None) => {
+                check.wanted.get_or_insert(now);
+            }
         }
         let asked = check.answer.as_ref().map(|(_, _, asked)| *asked);
         let served = match s.forced {
@@ -201,7 +209,7 @@ impl Verifier {
                     .map_or(s.forced.unwrap_or(now), |f| f.min(s.forced.unwrap_or(now))),
             );
         }
-        let next = check.due(&key, self.cooldown);
+        let next = check.scheduled(&key);
         let view = match &check.answer {
             Some((outcome, answered_at, _)) => View::Answered(Latest {
                 outcome: outcome.clone(),
@@ -209,8 +217,8 @@ impl Verifier {
                 next,
                 serves_request: s.forced.is_some() && served,
             }),
-            None if check.last.is_none() && check.restored_next.is_none() => View::Queued {
-                since: check.created,
+            None if check.first_due() => View::Queued {
+                since: check.wanted.unwrap_or(now),
             },
             None => View::Scheduled,
         };
@@ -415,21 +423,43 @@ impl Check {
             .map_or("", |s| s.namespace.as_str())
     }
 
-    /// When this check is due: on the schedule of its shortest interval, or sooner for a forced
-    /// check (at the end of the cooldown since the last one).
+    /// Whether this check has never been asked and must be: a subscriber has no verdict, or
+    /// no status restored a schedule.
+    fn first_due(&self) -> bool {
+        self.answer.is_none()
+            && (self.wanted.is_some() || (self.last.is_none() && self.restored_next.is_none()))
+    }
+
+    /// When this check is due: on its schedule, or sooner for a forced check (at the end of
+    /// the cooldown since the last one).
     fn due(&self, key: &Key, cooldown: Duration) -> SystemTime {
+        let scheduled = self.scheduled(key);
+        match self.forced {
+            Some(requested) => {
+                let allowed = self
+                    .last_forced
+                    .map_or(requested, |last| (last + cooldown).max(requested));
+                scheduled.min(allowed)
+            }
+            None => scheduled,
+        }
+    }
+
+    /// When the next check is due on the schedule of the shortest interval of its subscribers
+    /// (the time the status shows: a forced check does not move it).
+    fn scheduled(&self, key: &Key) -> SystemTime {
         let interval = self
             .subscribers
             .values()
             .map(|s| s.interval)
             .min()
             .unwrap_or(Duration::from_secs(3600));
-        let scheduled = match (&self.answer, self.last) {
+        match (&self.answer, self.last) {
+            // Never asked, and a subscriber waits for an answer: now.
+            (None, _) if self.first_due() => SystemTime::UNIX_EPOCH,
             (None, _) if self.restored_next.is_some() => {
                 self.restored_next.unwrap_or(SystemTime::UNIX_EPOCH)
             }
-            // Never asked: now.
-            (None, None) => SystemTime::UNIX_EPOCH,
             (Some((outcome, answered, _)), _)
                 if !crate::domain::plan::is_definitive(outcome.reason) =>
             {
@@ -449,16 +479,7 @@ impl Check {
                 schedule::jitter(&hex::encode(key), interval),
                 attempt,
             ),
-            (Some(_), None) => SystemTime::UNIX_EPOCH,
-        };
-        match self.forced {
-            Some(requested) => {
-                let allowed = self
-                    .last_forced
-                    .map_or(requested, |last| (last + cooldown).max(requested));
-                scheduled.min(allowed)
-            }
-            None => scheduled,
+            (_, None) => SystemTime::UNIX_EPOCH,
         }
     }
 
