@@ -1,6 +1,7 @@
 //! When to ask the platform again. Pure: the schedule lives in the resource's status, so a
 //! restarted operator continues it instead of re-verifying everything at once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 /// After the platform rejected a credential, it is asked again at most this often (unless the
@@ -64,6 +65,55 @@ pub fn jitter(uid: &str, interval: Duration) -> Duration {
 /// Whether a check is due: never checked, or the scheduled time has come.
 pub fn is_due(now: SystemTime, next: Option<SystemTime>) -> bool {
     next.is_none_or(|next| next <= now)
+}
+
+/// Picks up to `room` due checks, round-robin over namespaces starting after `cursor`, the
+/// longest-due first within a namespace, and no namespace beyond `per_namespace` under way: a namespace with many due or slow checks
+/// takes no more than its share of the workers, whatever the others wait for.
+pub fn fair_pick<K: Copy>(
+    mut waiting: BTreeMap<String, Vec<(SystemTime, K)>>,
+    running: &HashMap<String, usize>,
+    cursor: Option<&str>,
+    room: usize,
+    per_namespace: usize,
+) -> Vec<(String, K)> {
+    for due in waiting.values_mut() {
+        // Longest due last, to pop first.
+        due.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    }
+    let order: Vec<String> = {
+        let names: Vec<&String> = waiting.keys().collect();
+        let start = cursor.map_or(0, |c| {
+            names.iter().position(|n| n.as_str() > c).unwrap_or(0)
+        });
+        names[start..]
+            .iter()
+            .chain(names[..start].iter())
+            .map(|n| (*n).clone())
+            .collect()
+    };
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    let mut picked = vec![];
+    let mut progress = true;
+    while picked.len() < room && progress {
+        progress = false;
+        for namespace in &order {
+            if picked.len() >= room {
+                break;
+            }
+            let busy = running.get(namespace).copied().unwrap_or(0)
+                + taken.get(namespace.as_str()).copied().unwrap_or(0);
+            if busy >= per_namespace {
+                continue;
+            }
+            if let Some((_, key)) = waiting.get_mut(namespace).and_then(Vec::pop) {
+                *taken.entry(namespace.as_str()).or_default() += 1;
+                picked.push((namespace.clone(), key));
+                progress = true;
+            }
+        }
+    }
+    picked
 }
 
 #[cfg(test)]
@@ -141,5 +191,55 @@ mod tests {
         assert!(is_due(T0, None));
         assert!(is_due(T0 + HOUR, Some(T0 + HOUR)));
         assert!(!is_due(T0, Some(T0 + HOUR)));
+    }
+
+    fn due_in(n: u32, count: usize) -> Vec<(SystemTime, u32)> {
+        (0..count)
+            .map(|i| {
+                (
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64),
+                    n + i as u32,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_crowded_namespace_takes_no_more_than_its_share() {
+        let waiting = BTreeMap::from([
+            ("busy".to_owned(), due_in(0, 45)),
+            ("quiet".to_owned(), due_in(100, 1)),
+        ]);
+        let picked = fair_pick(waiting, &HashMap::new(), None, 16, 2);
+        assert_eq!(picked.len(), 2 + 1);
+        assert_eq!(
+            picked
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<std::collections::BTreeSet<_>>(),
+            ["busy".to_owned(), "quiet".to_owned()].into()
+        );
+        // Checks under way count against the share.
+        let waiting = BTreeMap::from([("busy".to_owned(), due_in(0, 45))]);
+        let running = HashMap::from([("busy".to_owned(), 2)]);
+        assert!(fair_pick(waiting, &running, None, 16, 2).is_empty());
+    }
+
+    #[test]
+    fn namespaces_take_turns_after_the_cursor() {
+        let waiting: BTreeMap<String, _> = ["a", "b", "c"]
+            .iter()
+            .map(|n| (n.to_string(), due_in(0, 3)))
+            .collect();
+        let picked = fair_pick(waiting, &HashMap::new(), Some("a"), 2, 2);
+        let order: Vec<&str> = picked.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(order, ["b", "c"]);
+    }
+
+    #[test]
+    fn the_longest_due_goes_first() {
+        let waiting = BTreeMap::from([("a".to_owned(), due_in(0, 3))]);
+        let picked = fair_pick(waiting, &HashMap::new(), None, 1, 2);
+        assert_eq!(picked[0].1, 0);
     }
 }

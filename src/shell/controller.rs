@@ -11,6 +11,7 @@ use crate::shell::Guarded;
 use crate::shell::metrics::Metrics;
 use crate::shell::reconcile::{self, Context, error_policy};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
+use crate::shell::subscribe;
 use crate::shell::verifier::Verifier;
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::Controller;
@@ -366,7 +367,7 @@ fn referencing(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Gua
 fn slim(guard: &mut Guarded) {
     let meta = guard.meta_mut();
     if let Some(fields) = meta.managed_fields.as_mut() {
-        fields.retain(|e| reconcile::sets_annotation(e, ANNOTATION_VERIFY_REQUESTED_AT));
+        fields.retain(|e| subscribe::sets_annotation(e, ANNOTATION_VERIFY_REQUESTED_AT));
     }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");

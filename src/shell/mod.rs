@@ -8,6 +8,8 @@ pub mod platform;
 pub mod reconcile;
 pub mod secrets;
 pub mod server;
+mod subscribe;
+mod target;
 pub mod telemetry;
 pub mod tracker;
 pub mod verifier;

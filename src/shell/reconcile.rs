@@ -9,31 +9,25 @@
 //!
 //! each step only after the write before it succeeded.
 
-use crate::domain::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, MANAGER, MendixCredential, MendixCredentialStatus, condition,
-};
-use crate::domain::classify::{Reason, TokenValid};
+use crate::domain::api::{MANAGER, MendixCredential, MendixCredentialStatus, condition};
 use crate::domain::conditions::{self, Verdict};
-use crate::domain::credential::Credential;
-use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync, TargetAction};
-use crate::domain::render;
-use crate::domain::spec::{self, InvalidSpec, Resolved};
+use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
+use crate::domain::spec::{self, InvalidSpec};
 use crate::shell::Guarded;
 use crate::shell::controller::Settings;
 use crate::shell::metrics::Metrics;
 use crate::shell::secrets::SecretCache;
-use crate::shell::tracker::{Published, Tracker};
-use crate::shell::verifier::{Known, Subscription, Verifier, View};
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
-use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::core::Status;
+use crate::shell::tracker::Tracker;
+use crate::shell::verifier::Verifier;
+use crate::shell::{subscribe, target};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// What every reconcile shares.
@@ -134,10 +128,10 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// The names of a resource that every step needs.
-struct Id {
-    namespace: String,
-    name: String,
-    uid: String,
+pub(crate) struct Id {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
 }
 
 async fn reconcile_valid(
@@ -157,14 +151,14 @@ async fn reconcile_valid(
 
     let resolved = spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval);
     let (sync, credential) = match &resolved {
-        Ok(resolved) => sync(cr, &id, resolved, &previous, ctx).await?,
+        Ok(resolved) => target::sync(cr, &id, resolved, &previous, ctx).await?,
         Err(InvalidSpec(message)) => (
             Sync::Refused(Ready::refused(ReadyReason::InvalidSpec, message.clone())),
             None,
         ),
     };
-    let request = verify_request(cr, &id.uid, &previous, ctx);
-    let verification = subscribe(
+    let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
+    let verification = subscribe::subscribe(
         cr,
         &id,
         resolved.as_ref().ok(),
@@ -215,306 +209,6 @@ async fn reconcile_valid(
         (None, _) => Action::await_change(),
     };
     Ok((action, ready))
-}
-
-/// Reads the source, renders the target and writes it when it differs from what is there.
-/// Returns what was established, and the credential published.
-async fn sync(
-    cr: &MendixCredential,
-    id: &Id,
-    resolved: &Resolved,
-    previous: &MendixCredentialStatus,
-    ctx: &Context,
-) -> Result<(Sync, Option<Credential>), Error> {
-    let refused = |ready| Ok((Sync::Refused(ready), None));
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    let credential = match read_source(&secrets, &id.namespace, resolved, &ctx.secrets).await? {
-        None => {
-            return refused(Ready::refused(
-                ReadyReason::SourceNotFound,
-                format!(
-                    "Secret {:?} not found in namespace {:?}",
-                    resolved.source.secret, id.namespace
-                ),
-            ));
-        }
-        Some(Err(problem)) => return refused(plan::source_refused(&problem)),
-        Some(Ok(credential)) => credential,
-    };
-
-    let owner = cr
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingMetadata("uid"))?;
-    let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
-    let digest = render::digest(&desired);
-    let target = &resolved.target_name;
-    let version = ctx.secrets.version(&id.namespace, target);
-    let known = ctx
-        .tracker
-        .publication(&id.uid, target, version.as_deref(), &digest);
-    let (written_at, wrote) = match known {
-        // The target is as this instance left it, and would be left as it is.
-        Some(published) => (published.at, false),
-        None => match write_target(id, &secrets, desired, digest, ctx).await? {
-            Ok(written) => written,
-            Err(ready) => return refused(ready),
-        },
-    };
-    remove_previous_target(previous, &secrets, target, &id.uid).await?;
-    let sync = Sync::Published {
-        target: target.clone(),
-        fingerprint: credential.fingerprint(),
-        written_at,
-        wrote,
-    };
-    Ok((sync, Some(credential)))
-}
-
-/// The credential in the source Secret: from the cache when the watch reports the version it
-/// was read at, else read. `None` when the Secret does not exist.
-async fn read_source(
-    secrets: &Api<Secret>,
-    ns: &str,
-    resolved: &Resolved,
-    cache: &SecretCache,
-) -> Result<Option<Result<Credential, crate::domain::credential::SourceError>>, Error> {
-    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
-    if let Some(cached) = cache.credential(ns, credential_type, keys) {
-        return Ok(Some(cached));
-    }
-    let Some(source) = secrets
-        .get_opt(&keys.secret)
-        .await
-        .map_err(Error::ReadSource)?
-    else {
-        return Ok(None);
-    };
-    let data = source.data.unwrap_or_default();
-    let credential = Credential::from_source(credential_type, keys, &data);
-    if let Some(version) = source.metadata.resource_version {
-        cache.remember(ns, credential_type, keys, version, credential.clone());
-    }
-    Ok(Some(credential))
-}
-
-/// Reads the target and applies `desired` unless the target already holds it; returns when the
-/// data was last written and whether this wrote it, or the condition when it cannot be written.
-async fn write_target(
-    id: &Id,
-    secrets: &Api<Secret>,
-    mut desired: Secret,
-    digest: [u8; 32],
-    ctx: &Context,
-) -> Result<Result<(Option<Time>, bool), Ready>, Error> {
-    let target = desired
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingMetadata("name"))?;
-    // Read even when no watch reports it: a Secret another resource (or anyone) created a
-    // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
-    let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
-    let (version, written_at, wrote) =
-        match plan::target_action(existing.as_ref(), &desired, &id.uid, &id.name) {
-            TargetAction::Conflict => return Ok(Err(plan::target_conflict(&target))),
-            TargetAction::Keep { written_at } => {
-                let version = existing.and_then(|e| e.metadata.resource_version);
-                (version.unwrap_or_default(), written_at, false)
-            }
-            TargetAction::Apply { resource_version } => {
-                // The resourceVersion makes the apply conditional: if the Secret changed (or
-                // was replaced by a foreign one) since it was read, the apply fails and is
-                // retried.
-                desired.metadata.resource_version = resource_version.clone();
-                let written = match secrets
-                    .patch(&target, &apply_params(), &Patch::Apply(&desired))
-                    .await
-                {
-                    Ok(written) => written,
-                    Err(kube::Error::Api(e)) if e.is_invalid() => {
-                        return Ok(Err(Ready::refused(
-                            ReadyReason::InvalidSpec,
-                            refused_target(&e),
-                        )));
-                    }
-                    Err(e) => return Err(Error::ApplyTarget(e)),
-                };
-                let version = written.resource_version().unwrap_or_default();
-                // An apply that changed nothing keeps the version: nothing was written.
-                let wrote = resource_version.as_ref() != Some(&version);
-                // The server's own time of the write, as any later reader of the target sees
-                // it: another instance then agrees on it.
-                let at = render::applied_at(&written).or_else(|| wrote.then(now));
-                (version, at, wrote)
-            }
-        };
-    ctx.tracker.record_published(
-        &id.uid,
-        Published {
-            target,
-            version,
-            digest,
-            at: written_at.clone(),
-        },
-    );
-    Ok(Ok((written_at, wrote)))
-}
-
-/// The API server refused the target Secret: only labels and annotations from the spec can make
-/// it invalid. Names the fields, not the values.
-fn refused_target(e: &Status) -> String {
-    let fields: Vec<&str> = e
-        .details
-        .iter()
-        .flat_map(|d| d.causes.iter())
-        .map(|c| c.field.as_str())
-        .filter(|f| !f.is_empty())
-        .collect();
-    format!(
-        "the API server refused the target Secret (invalid: {}); check spec.target.labels and spec.target.annotations",
-        fields.join(", ")
-    )
-}
-
-/// After `spec.target.name` changed, deletes the Secret published under the old name.
-async fn remove_previous_target(
-    previous: &MendixCredentialStatus,
-    secrets: &Api<Secret>,
-    target: &str,
-    uid: &str,
-) -> Result<(), Error> {
-    let Some(old) = previous.secret_name.as_deref().filter(|old| *old != target) else {
-        return Ok(());
-    };
-    let existing = secrets
-        .get_opt(old)
-        .await
-        .map_err(Error::DeletePreviousTarget)?;
-    if let Some(secret) = existing
-        && render::is_controlled_by(&secret, uid)
-    {
-        secrets
-            .delete(old, &DeleteParams::default())
-            .await
-            .map_err(Error::DeletePreviousTarget)?;
-        info!(secret = old, "deleted the previous target Secret");
-    }
-    Ok(())
-}
-
-/// Tells the verification loop which credential and probe this resource uses; returns what the
-/// plan needs of its answer.
-fn subscribe(
-    cr: &MendixCredential,
-    id: &Id,
-    resolved: Option<&Resolved>,
-    credential: Option<&Credential>,
-    forced: Option<SystemTime>,
-    previous: &MendixCredentialStatus,
-    ctx: &Context,
-) -> plan::Verification {
-    let Some((resolved, credential)) = resolved.zip(credential) else {
-        ctx.verifier.unsubscribe(&id.uid);
-        return plan::Verification::Waiting;
-    };
-    let Some(verification) = &resolved.verification else {
-        ctx.verifier.unsubscribe(&id.uid);
-        return plan::Verification::Disabled;
-    };
-    let latest = ctx.verifier.subscribe(Subscription {
-        uid: &id.uid,
-        namespace: &id.namespace,
-        name: &id.name,
-        credential,
-        probe: &verification.probe,
-        interval: ctx.settings.test_interval.unwrap_or(verification.interval),
-        forced,
-        known: known_verdict(cr, previous, credential),
-    });
-    match latest {
-        View::Scheduled => plan::Verification::Waiting,
-        View::Queued { since } => plan::Verification::Queued {
-            since: api_time(timestamp(since)),
-        },
-        View::Answered(latest) => plan::Verification::Answered(plan::Answer {
-            outcome: latest.outcome,
-            answered_at: api_time(timestamp(latest.answered_at)),
-            // Rounded up: a status never shows a check as due before it is.
-            next: Some(api_time(
-                timestamp(latest.next) + jiff::SignedDuration::from_nanos(999_999_999),
-            )),
-            serves_request: latest.serves_request,
-        }),
-    }
-}
-
-/// What the status says of the checks of this credential at this generation, which a
-/// restarted instance continues from instead of asking again.
-fn known_verdict(
-    cr: &MendixCredential,
-    previous: &MendixCredentialStatus,
-    credential: &Credential,
-) -> Option<Known> {
-    let valid = conditions::find(&previous.conditions, condition::TOKEN_VALID)?;
-    let same = previous.token_fingerprint.as_deref() == Some(credential.fingerprint().as_str())
-        && valid.observed_generation == cr.metadata.generation
-        && valid.reason != Reason::Pending.as_str();
-    let verdict = Reason::OUTCOMES
-        .into_iter()
-        .find(|r| r.as_str() == valid.reason && r.status() != TokenValid::Unknown)
-        .zip(previous.last_verified_time.as_ref())
-        .map(|(reason, at)| (reason, SystemTime::from(at.0)));
-    let next = previous
-        .next_verification_time
-        .as_ref()
-        .map(|t| SystemTime::from(t.0));
-    same.then_some(Known { verdict, next })
-}
-
-fn timestamp(t: SystemTime) -> jiff::Timestamp {
-    jiff::Timestamp::try_from(t).unwrap_or_default()
-}
-
-/// The forced check the `verify-requested-at` annotation asks for and no check has served yet:
-/// its value, and when this instance first saw it.
-fn verify_request(
-    cr: &MendixCredential,
-    uid: &str,
-    previous: &MendixCredentialStatus,
-    ctx: &Context,
-) -> Option<(String, SystemTime)> {
-    let value = cr.annotations().get(ANNOTATION_VERIFY_REQUESTED_AT)?;
-    // First seen by this instance: served if it was set (as `managedFields` records) before the
-    // last definitive check.
-    let served_before = || match (
-        annotation_set_at(&cr.metadata, ANNOTATION_VERIFY_REQUESTED_AT),
-        &previous.last_verified_time,
-    ) {
-        (Some(asked), Some(done)) => asked < done.0,
-        _ => false,
-    };
-    ctx.tracker
-        .verify_request(uid, value, served_before)
-        .map(|at| (value.clone(), at))
-}
-
-/// When `key` was last set, from the `managedFields` entry that owns it.
-fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .filter(|entry| sets_annotation(entry, key))
-        .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
-        .max()
-}
-
-pub fn sets_annotation(entry: &ManagedFieldsEntry, key: &str) -> bool {
-    entry.fields_v1.as_ref().is_some_and(|f| {
-        f.0.get("f:metadata")
-            .and_then(|m| m.get("f:annotations"))
-            .and_then(|a| a.get(format!("f:{key}")))
-            .is_some()
-    })
 }
 
 async fn write_status(
@@ -612,23 +306,24 @@ async fn reconcile_unreadable(
     Ok(Action::await_change())
 }
 
-fn apply_params() -> PatchParams {
+pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     api_time(jiff::Timestamp::now())
 }
 
 /// A time as the API serializes it: in whole seconds. A status holding a finer time would differ
 /// from its own copy read back, and be written a second time.
-fn api_time(t: jiff::Timestamp) -> Time {
+pub(crate) fn api_time(t: jiff::Timestamp) -> Time {
     Time(jiff::Timestamp::from_second(t.as_second()).expect("a second of a valid time is valid"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::Status;
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -10,7 +10,7 @@
 use crate::domain::classify::{Outcome, Reason};
 use crate::domain::credential::Credential;
 use crate::domain::probe::ProbeTarget;
-use crate::domain::schedule::{self, Attempt};
+use crate::domain::schedule::{self, Attempt, fair_pick};
 use crate::shell::Guarded;
 use crate::shell::metrics::Metrics;
 use crate::shell::platform::Platform;
@@ -26,11 +26,11 @@ use tracing::info;
 
 /// Checks under way at once, in all.
 const WORKERS: usize = 16;
-/// Checks under way at once for the resources of one namespace.
-const PER_NAMESPACE: usize = 2;
 
 /// A digest of a credential and the URL it is checked at: the loop never keys by the credential.
 pub type Key = [u8; 32];
+/// Checks under way at once for the resources of one namespace.
+const PER_NAMESPACE: usize = 2;
 
 pub struct Verifier {
     platform: Platform,
@@ -317,6 +317,7 @@ impl Verifier {
             &state.running,
             state.cursor.as_deref(),
             WORKERS.saturating_sub(busy),
+            PER_NAMESPACE,
         );
         let mut started = vec![];
         for (namespace, key) in picked {
@@ -507,107 +508,111 @@ fn attempt_of(reason: Reason) -> Attempt {
     }
 }
 
-/// Picks up to `room` due checks, round-robin over namespaces starting after `cursor`, the
-/// longest-due first within a namespace, and no namespace beyond [`PER_NAMESPACE`] under way.
-fn fair_pick(
-    mut waiting: BTreeMap<String, Vec<(SystemTime, Key)>>,
-    running: &HashMap<String, usize>,
-    cursor: Option<&str>,
-    room: usize,
-) -> Vec<(String, Key)> {
-    for due in waiting.values_mut() {
-        // Longest due last, to pop first.
-        due.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
-    }
-    let order: Vec<String> = {
-        let names: Vec<&String> = waiting.keys().collect();
-        let start = cursor.map_or(0, |c| {
-            names.iter().position(|n| n.as_str() > c).unwrap_or(0)
-        });
-        names[start..]
-            .iter()
-            .chain(names[..start].iter())
-            .map(|n| (*n).clone())
-            .collect()
-    };
-    let mut taken: HashMap<&str, usize> = HashMap::new();
-    let mut picked = vec![];
-    let mut progress = true;
-    while picked.len() < room && progress {
-        progress = false;
-        for namespace in &order {
-            if picked.len() >= room {
-                break;
-            }
-            let busy = running.get(namespace).copied().unwrap_or(0)
-                + taken.get(namespace.as_str()).copied().unwrap_or(0);
-            if busy >= PER_NAMESPACE {
-                continue;
-            }
-            if let Some((_, key)) = waiting.get_mut(namespace).and_then(Vec::pop) {
-                *taken.entry(namespace.as_str()).or_default() += 1;
-                picked.push((namespace.clone(), key));
-                progress = true;
-            }
-        }
-    }
-    picked
-}
-
-/// The distinct namespaces in a pick (for tests and logs).
-#[cfg(test)]
-fn namespaces(picked: &[(String, Key)]) -> std::collections::BTreeSet<String> {
-    picked.iter().map(|(n, _)| n.clone()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn due(n: u8, count: usize) -> Vec<(SystemTime, Key)> {
-        (0..count)
-            .map(|i| {
-                (
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64),
-                    [n + i as u8; 32],
-                )
-            })
-            .collect()
+    const HOUR: Duration = Duration::from_secs(3600);
+    const T0: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn check(subscribers: &[(&str, Duration)]) -> Check {
+        Check {
+            credential: Credential::personal_access_token(b"tok").unwrap(),
+            probe: ProbeTarget::Url("https://example.invalid/probe".parse().unwrap()),
+            subscribers: subscribers
+                .iter()
+                .map(|(uid, interval)| {
+                    let s = Subscriber {
+                        namespace: "ns".into(),
+                        name: (*uid).into(),
+                        interval: *interval,
+                    };
+                    ((*uid).to_owned(), s)
+                })
+                .collect(),
+            answer: None,
+            last: None,
+            failures: 0,
+            forced: None,
+            last_forced: None,
+            restored_next: None,
+            wanted: None,
+            running: false,
+        }
+    }
+
+    fn outcome(reason: Reason) -> Outcome {
+        Outcome {
+            reason,
+            message: String::new(),
+            retry_after: None,
+        }
     }
 
     #[test]
-    fn a_crowded_namespace_takes_no_more_than_its_share() {
-        let waiting = BTreeMap::from([
-            ("busy".to_owned(), due(0, 45)),
-            ("quiet".to_owned(), due(100, 1)),
-        ]);
-        let picked = fair_pick(waiting, &HashMap::new(), None, WORKERS);
-        assert_eq!(picked.len(), PER_NAMESPACE + 1);
+    fn a_new_credential_is_due_at_once() {
+        let c = check(&[("a", HOUR)]);
+        assert!(c.first_due());
+        assert_eq!(c.due(&[0; 32], HOUR), T0);
+    }
+
+    #[test]
+    fn a_restored_schedule_holds_until_a_subscriber_without_a_verdict_comes() {
+        let mut c = check(&[("a", HOUR)]);
+        c.last = Some((T0 + HOUR, Attempt::Accepted));
+        c.restored_next = Some(T0 + 2 * HOUR);
+        assert!(!c.first_due());
+        assert_eq!(c.due(&[0; 32], HOUR), T0 + 2 * HOUR);
+        c.wanted = Some(T0 + HOUR);
+        assert!(c.first_due());
+        assert_eq!(c.due(&[0; 32], HOUR), T0);
+    }
+
+    #[test]
+    fn the_shortest_interval_of_the_subscribers_sets_the_schedule() {
+        let mut c = check(&[("a", HOUR), ("b", 2 * HOUR)]);
+        c.record(&outcome(Reason::Verified), T0, T0);
+        let key = [7; 32];
+        let jitter = schedule::jitter(&hex::encode(key), HOUR);
+        assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
+        c.subscribers.remove("a");
+        let jitter = schedule::jitter(&hex::encode(key), 2 * HOUR);
+        assert_eq!(c.scheduled(&key), T0 + 2 * HOUR + jitter);
+    }
+
+    #[test]
+    fn transient_answers_back_off_and_keep_the_verdict_as_base() {
+        let mut c = check(&[("a", HOUR)]);
+        c.record(&outcome(Reason::Verified), T0, T0);
+        let at = T0 + HOUR;
+        c.record(&outcome(Reason::PlatformUnavailable), at, at);
+        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(30));
+        c.record(&outcome(Reason::PlatformUnavailable), at, at);
+        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(60));
+        assert_eq!(c.last, Some((T0, Attempt::Accepted)));
+    }
+
+    #[test]
+    fn forced_checks_wait_for_the_cooldown() {
+        let cooldown = Duration::from_secs(60);
+        let mut c = check(&[("a", HOUR)]);
+        c.record(&outcome(Reason::Verified), T0, T0);
+        c.forced = Some(T0 + Duration::from_secs(5));
         assert_eq!(
-            namespaces(&picked),
-            ["busy".to_owned(), "quiet".to_owned()].into()
+            c.due(&[0; 32], cooldown),
+            T0 + Duration::from_secs(5),
+            "the first at once"
         );
-        // Checks under way count against the share.
-        let waiting = BTreeMap::from([("busy".to_owned(), due(0, 45))]);
-        let running = HashMap::from([("busy".to_owned(), PER_NAMESPACE)]);
-        assert!(fair_pick(waiting, &running, None, WORKERS).is_empty());
-    }
-
-    #[test]
-    fn namespaces_take_turns_after_the_cursor() {
-        let waiting: BTreeMap<String, _> = ["a", "b", "c"]
-            .iter()
-            .map(|n| (n.to_string(), due(0, 3)))
-            .collect();
-        let picked = fair_pick(waiting, &HashMap::new(), Some("a"), 2);
-        let order: Vec<&str> = picked.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(order, ["b", "c"]);
-    }
-
-    #[test]
-    fn the_longest_due_goes_first() {
-        let waiting = BTreeMap::from([("a".to_owned(), due(0, 3))]);
-        let picked = fair_pick(waiting, &HashMap::new(), None, 1);
-        assert_eq!(picked[0].1, [0; 32]);
+        c.last_forced = Some(T0 + Duration::from_secs(5));
+        c.forced = Some(T0 + Duration::from_secs(10));
+        assert_eq!(
+            c.due(&[0; 32], cooldown),
+            T0 + Duration::from_secs(65),
+            "the next at the end of the cooldown"
+        );
+        c.forced = Some(T0 + Duration::from_secs(100));
+        assert_eq!(c.due(&[0; 32], cooldown), T0 + Duration::from_secs(100));
+        // The status shows the schedule, not the forced check.
+        assert!(c.scheduled(&[0; 32]) > T0 + HOUR);
     }
 }

@@ -1,0 +1,132 @@
+//! What the sync loop tells the verification loop: which credential and probe a resource
+//! uses, the verdict its status already holds (after a restart), and a forced check the
+//! `verify-requested-at` annotation asks for. Never waits for the platform.
+
+use crate::domain::api::{
+    ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus, condition,
+};
+use crate::domain::classify::{Reason, TokenValid};
+use crate::domain::conditions;
+use crate::domain::credential::Credential;
+use crate::domain::plan;
+use crate::domain::spec::Resolved;
+use crate::shell::reconcile::{Context, Id, api_time};
+use crate::shell::verifier::{Known, Subscription, View};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use kube::ResourceExt;
+use std::time::SystemTime;
+
+/// Tells the verification loop which credential and probe this resource uses; returns what the
+/// plan needs of its answer.
+pub(crate) fn subscribe(
+    cr: &MendixCredential,
+    id: &Id,
+    resolved: Option<&Resolved>,
+    credential: Option<&Credential>,
+    forced: Option<SystemTime>,
+    previous: &MendixCredentialStatus,
+    ctx: &Context,
+) -> plan::Verification {
+    let Some((resolved, credential)) = resolved.zip(credential) else {
+        ctx.verifier.unsubscribe(&id.uid);
+        return plan::Verification::Waiting;
+    };
+    let Some(verification) = &resolved.verification else {
+        ctx.verifier.unsubscribe(&id.uid);
+        return plan::Verification::Disabled;
+    };
+    let latest = ctx.verifier.subscribe(Subscription {
+        uid: &id.uid,
+        namespace: &id.namespace,
+        name: &id.name,
+        credential,
+        probe: &verification.probe,
+        interval: ctx.settings.test_interval.unwrap_or(verification.interval),
+        forced,
+        known: known_verdict(cr, previous, credential),
+    });
+    match latest {
+        View::Scheduled => plan::Verification::Waiting,
+        View::Queued { since } => plan::Verification::Queued {
+            since: api_time(timestamp(since)),
+        },
+        View::Answered(latest) => plan::Verification::Answered(plan::Answer {
+            outcome: latest.outcome,
+            answered_at: api_time(timestamp(latest.answered_at)),
+            // Rounded up: a status never shows a check as due before it is.
+            next: Some(api_time(
+                timestamp(latest.next) + jiff::SignedDuration::from_nanos(999_999_999),
+            )),
+            serves_request: latest.serves_request,
+        }),
+    }
+}
+
+/// What the status says of the checks of this credential at this generation, which a
+/// restarted instance continues from instead of asking again.
+fn known_verdict(
+    cr: &MendixCredential,
+    previous: &MendixCredentialStatus,
+    credential: &Credential,
+) -> Option<Known> {
+    let valid = conditions::find(&previous.conditions, condition::TOKEN_VALID)?;
+    let same = previous.token_fingerprint.as_deref() == Some(credential.fingerprint().as_str())
+        && valid.observed_generation == cr.metadata.generation
+        && valid.reason != Reason::Pending.as_str();
+    let verdict = Reason::OUTCOMES
+        .into_iter()
+        .find(|r| r.as_str() == valid.reason && r.status() != TokenValid::Unknown)
+        .zip(previous.last_verified_time.as_ref())
+        .map(|(reason, at)| (reason, SystemTime::from(at.0)));
+    let next = previous
+        .next_verification_time
+        .as_ref()
+        .map(|t| SystemTime::from(t.0));
+    same.then_some(Known { verdict, next })
+}
+
+fn timestamp(t: SystemTime) -> jiff::Timestamp {
+    jiff::Timestamp::try_from(t).unwrap_or_default()
+}
+
+/// The forced check the `verify-requested-at` annotation asks for and no check has served yet:
+/// its value, and when this instance first saw it.
+pub(crate) fn verify_request(
+    cr: &MendixCredential,
+    uid: &str,
+    previous: &MendixCredentialStatus,
+    ctx: &Context,
+) -> Option<(String, SystemTime)> {
+    let value = cr.annotations().get(ANNOTATION_VERIFY_REQUESTED_AT)?;
+    // First seen by this instance: served if it was set (as `managedFields` records) before the
+    // last definitive check.
+    let served_before = || match (
+        annotation_set_at(&cr.metadata, ANNOTATION_VERIFY_REQUESTED_AT),
+        &previous.last_verified_time,
+    ) {
+        (Some(asked), Some(done)) => asked < done.0,
+        _ => false,
+    };
+    ctx.tracker
+        .verify_request(uid, value, served_before)
+        .map(|at| (value.clone(), at))
+}
+
+/// When `key` was last set, from the `managedFields` entry that owns it.
+fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| sets_annotation(entry, key))
+        .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
+        .max()
+}
+
+pub fn sets_annotation(entry: &ManagedFieldsEntry, key: &str) -> bool {
+    entry.fields_v1.as_ref().is_some_and(|f| {
+        f.0.get("f:metadata")
+            .and_then(|m| m.get("f:annotations"))
+            .and_then(|a| a.get(format!("f:{key}")))
+            .is_some()
+    })
+}

@@ -1,0 +1,203 @@
+//! The sync step: reads the source Secret (from the cache while its version holds), renders
+//! the target, and writes it only when what is there differs. The decisions are pure
+//! ([`crate::domain::plan::target_action`]); this is their IO.
+
+use crate::domain::api::{MendixCredential, MendixCredentialStatus};
+use crate::domain::credential::{Credential, SourceError};
+use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
+use crate::domain::render;
+use crate::domain::spec::Resolved;
+use crate::shell::reconcile::{Context, Error, Id, apply_params, now};
+use crate::shell::secrets::SecretCache;
+use crate::shell::tracker::Published;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch};
+use kube::core::Status;
+use kube::{Api, Resource, ResourceExt};
+use tracing::info;
+
+/// Reads the source, renders the target and writes it when it differs from what is there.
+/// Returns what was established, and the credential published.
+pub(crate) async fn sync(
+    cr: &MendixCredential,
+    id: &Id,
+    resolved: &Resolved,
+    previous: &MendixCredentialStatus,
+    ctx: &Context,
+) -> Result<(Sync, Option<Credential>), Error> {
+    let refused = |ready| Ok((Sync::Refused(ready), None));
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let credential = match read_source(&secrets, &id.namespace, resolved, &ctx.secrets).await? {
+        None => {
+            return refused(Ready::refused(
+                ReadyReason::SourceNotFound,
+                format!(
+                    "Secret {:?} not found in namespace {:?}",
+                    resolved.source.secret, id.namespace
+                ),
+            ));
+        }
+        Some(Err(problem)) => return refused(plan::source_refused(&problem)),
+        Some(Ok(credential)) => credential,
+    };
+
+    let owner = cr
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
+    let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
+    let digest = render::digest(&desired);
+    let target = &resolved.target_name;
+    let version = ctx.secrets.version(&id.namespace, target);
+    let known = ctx
+        .tracker
+        .publication(&id.uid, target, version.as_deref(), &digest);
+    let (written_at, wrote) = match known {
+        // The target is as this instance left it, and would be left as it is.
+        Some(published) => (published.at, false),
+        None => match write_target(id, &secrets, desired, digest, ctx).await? {
+            Ok(written) => written,
+            Err(ready) => return refused(ready),
+        },
+    };
+    remove_previous_target(previous, &secrets, target, &id.uid).await?;
+    let sync = Sync::Published {
+        target: target.clone(),
+        fingerprint: credential.fingerprint(),
+        written_at,
+        wrote,
+    };
+    Ok((sync, Some(credential)))
+}
+
+/// The credential in the source Secret: from the cache when the watch reports the version it
+/// was read at, else read. `None` when the Secret does not exist.
+async fn read_source(
+    secrets: &Api<Secret>,
+    ns: &str,
+    resolved: &Resolved,
+    cache: &SecretCache,
+) -> Result<Option<Result<Credential, SourceError>>, Error> {
+    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
+    if let Some(cached) = cache.credential(ns, credential_type, keys) {
+        return Ok(Some(cached));
+    }
+    let Some(source) = secrets
+        .get_opt(&keys.secret)
+        .await
+        .map_err(Error::ReadSource)?
+    else {
+        return Ok(None);
+    };
+    let data = source.data.unwrap_or_default();
+    let credential = Credential::from_source(credential_type, keys, &data);
+    if let Some(version) = source.metadata.resource_version {
+        cache.remember(ns, credential_type, keys, version, credential.clone());
+    }
+    Ok(Some(credential))
+}
+
+/// Reads the target and applies `desired` unless the target already holds it; returns when the
+/// data was last written and whether this wrote it, or the condition when it cannot be written.
+async fn write_target(
+    id: &Id,
+    secrets: &Api<Secret>,
+    mut desired: Secret,
+    digest: [u8; 32],
+    ctx: &Context,
+) -> Result<Result<(Option<Time>, bool), Ready>, Error> {
+    let target = desired
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    // Read even when no watch reports it: a Secret another resource (or anyone) created a
+    // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
+    let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
+    let (version, written_at, wrote) =
+        match plan::target_action(existing.as_ref(), &desired, &id.uid, &id.name) {
+            TargetAction::Conflict => return Ok(Err(plan::target_conflict(&target))),
+            TargetAction::Keep { written_at } => {
+                let version = existing.and_then(|e| e.metadata.resource_version);
+                (version.unwrap_or_default(), written_at, false)
+            }
+            TargetAction::Apply { resource_version } => {
+                // The resourceVersion makes the apply conditional: if the Secret changed (or
+                // was replaced by a foreign one) since it was read, the apply fails and is
+                // retried.
+                desired.metadata.resource_version = resource_version.clone();
+                let written = match secrets
+                    .patch(&target, &apply_params(), &Patch::Apply(&desired))
+                    .await
+                {
+                    Ok(written) => written,
+                    Err(kube::Error::Api(e)) if e.is_invalid() => {
+                        return Ok(Err(Ready::refused(
+                            ReadyReason::InvalidSpec,
+                            refused_target(&e),
+                        )));
+                    }
+                    Err(e) => return Err(Error::ApplyTarget(e)),
+                };
+                let version = written.resource_version().unwrap_or_default();
+                // An apply that changed nothing keeps the version: nothing was written.
+                let wrote = resource_version.as_ref() != Some(&version);
+                // The server's own time of the write, as any later reader of the target sees
+                // it: another instance then agrees on it.
+                let at = render::applied_at(&written).or_else(|| wrote.then(now));
+                (version, at, wrote)
+            }
+        };
+    ctx.tracker.record_published(
+        &id.uid,
+        Published {
+            target,
+            version,
+            digest,
+            at: written_at.clone(),
+        },
+    );
+    Ok(Ok((written_at, wrote)))
+}
+
+/// The API server refused the target Secret: only labels and annotations from the spec can make
+/// it invalid. Names the fields, not the values.
+fn refused_target(e: &Status) -> String {
+    let fields: Vec<&str> = e
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.field.as_str())
+        .filter(|f| !f.is_empty())
+        .collect();
+    format!(
+        "the API server refused the target Secret (invalid: {}); check spec.target.labels and spec.target.annotations",
+        fields.join(", ")
+    )
+}
+
+/// After `spec.target.name` changed, deletes the Secret published under the old name.
+async fn remove_previous_target(
+    previous: &MendixCredentialStatus,
+    secrets: &Api<Secret>,
+    target: &str,
+    uid: &str,
+) -> Result<(), Error> {
+    let Some(old) = previous.secret_name.as_deref().filter(|old| *old != target) else {
+        return Ok(());
+    };
+    let existing = secrets
+        .get_opt(old)
+        .await
+        .map_err(Error::DeletePreviousTarget)?;
+    if let Some(secret) = existing
+        && render::is_controlled_by(&secret, uid)
+    {
+        secrets
+            .delete(old, &DeleteParams::default())
+            .await
+            .map_err(Error::DeletePreviousTarget)?;
+        info!(secret = old, "deleted the previous target Secret");
+    }
+    Ok(())
+}
