@@ -13,13 +13,17 @@ cd "$(dirname "$0")/.."
 
 target=$(rustc -vV | sed -n 's/^host: //p')
 out=target/image
+mkdir -p "$out"
 log() { echo "image: $*" >&2; }
 
 command -v buildah >/dev/null || { log "buildah is missing: run hack/deps.sh (apt-get install buildah)"; exit 1; }
 
+# A target directory of its own: tests/image.rs runs this script while `cargo test` holds the
+# lock of target/.
 env "CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
-  cargo build --quiet --release --locked --target "$target" -p mxcred-operator --bin mxcred-operator
-binary=target/$target/release/mxcred-operator
+  cargo build --quiet --release --locked --target "$target" --target-dir "$out/cargo" \
+  -p mxcred-operator --bin mxcred-operator
+binary=$out/cargo/$target/release/mxcred-operator
 if ldd "$binary" >/dev/null 2>&1; then
   log "$binary is dynamically linked; the image has no libc"
   exit 1
