@@ -24,12 +24,11 @@ env "CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-featu
   cargo build --quiet --release --locked --target "$target" --target-dir "$out/cargo" \
   -p mxcred-operator --bin mxcred-operator
 binary=$out/cargo/$target/release/mxcred-operator
-if ldd "$binary" >/dev/null 2>&1; then
+if ldd "$binary" 2>&1 | grep -q "=>"; then
   log "$binary is dynamically linked; the image has no libc"
   exit 1
 fi
 
-mkdir -p "$out"
 hack/image-rootfs.sh "$binary" /etc/ssl/certs/ca-certificates.crt "$out/build/rootfs"
 
 # A storage of our own under target/: nothing is shared with other images on the machine.
