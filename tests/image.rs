@@ -351,4 +351,34 @@ async fn the_image_runs_as_the_chart_runs_it() {
         !logs.contains(token.trim()),
         "the ServiceAccount token reached the log"
     );
+    drop(container);
+
+    // The same container with a CA that did not sign the API server's certificate: the
+    // in-cluster client refuses the connection, so the run above verified TLS for real.
+    let other_ca = dir.join("other-ca");
+    std::fs::create_dir_all(&other_ca).unwrap();
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not-the-cluster-ca", "-keyout"])
+        .arg(other_ca.join("ca.key"))
+        .arg("-out")
+        .arg(sa.join("ca.crt")));
+    let container = Container::start(
+        &bundle,
+        &dir.join("runc"),
+        &format!("mxcred-{}-wrong-ca", env.ns),
+        dir.join("container-wrong-ca.log"),
+    );
+    let refused = common::wait_for(Duration::from_secs(20), || async {
+        let logs = container.logs();
+        (logs.contains("UnknownIssuer") || logs.contains("invalid peer certificate")).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "no TLS refusal with the wrong CA:\n{}",
+        container.logs()
+    );
 }
