@@ -11,6 +11,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY sim/Cargo.toml sim/Cargo.toml
 COPY sim/src sim/src
 COPY src src
+# Cargo.toml names the benchmark target: the manifest does not load without its file.
+COPY benches benches
 COPY hack/image-rootfs.sh hack/image-rootfs.sh
 # An explicit --target keeps crt-static off the build scripts and proc macros.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
