@@ -8,7 +8,9 @@
 
 mod common;
 
-use common::{ROOT, TestEnv, control_plane_with, loopback_platform, service_account_token};
+use common::{
+    ROOT, TestEnv, control_plane_with, loopback_platform, require_tool, service_account_token,
+};
 use mendix_simulator::{Simulator, State};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -21,23 +23,10 @@ const ARCHIVE: &str = concat!(
 );
 const PLATFORM_HOST: &str = "platform.mxcred.test";
 
-/// Fails with a message saying how to get `tool` when it is missing.
-pub fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is missing: `make test` installs it (hack/deps.sh), or apt-get install {package}"
-    );
-}
-
 /// Runs `make image`'s script: it rebuilds the binary and the archive when they are stale.
 fn build_image() {
     for (tool, package) in [("buildah", "buildah"), ("skopeo", "skopeo")] {
-        require(tool, package);
+        require_tool(tool, package);
     }
     let status = Command::new(format!("{ROOT}/hack/image.sh"))
         .status()
@@ -212,8 +201,8 @@ fn proc_status(pid: u32, field: &str) -> String {
 
 #[tokio::test]
 async fn the_image_runs_as_the_chart_runs_it() {
-    require("runc", "runc");
-    require("umoci", "umoci");
+    require_tool("runc", "runc");
+    require_tool("umoci", "umoci");
     tokio::task::spawn_blocking(build_image).await.unwrap();
     let size = std::fs::metadata(ARCHIVE).unwrap().len();
     eprintln!("image: {ARCHIVE} is {:.1} MB", size as f64 / 1e6);

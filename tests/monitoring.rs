@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ROOT, TestEnv, wait_for};
+use common::{ROOT, TestEnv, require_tool, wait_for};
 use mendix_simulator::{Simulator, State};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -15,18 +15,6 @@ use std::time::{Duration, Instant};
 
 const RELEASE: &str = "mxcred-operator";
 const NAMESPACE: &str = "mxcred-system";
-
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "{tool} is missing: `make test` installs it (hack/deps.sh), or apt-get install {package}"
-    );
-}
 
 fn helm_dir() -> PathBuf {
     let out = Command::new(format!("{ROOT}/hack/helm.sh"))
@@ -222,7 +210,7 @@ fn has_data(result: &[Value]) -> bool {
 
 #[tokio::test]
 async fn alerts_fire_on_a_real_prometheus_and_every_dashboard_query_has_data() {
-    require("prometheus", "prometheus");
+    require_tool("prometheus", "prometheus");
     let env = TestEnv::new("monitoring").await;
     let sim = Simulator::start().await;
     sim.set("mon-a", State::Valid);

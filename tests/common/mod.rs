@@ -397,6 +397,20 @@ pub fn value(secret: &Secret, key: &str) -> Option<String> {
         .map(|v| String::from_utf8(v.0.clone()).unwrap())
 }
 
+/// Fails with a message saying how to get `tool` (a Debian package) when it is missing: a test
+/// never skips.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is missing: `make test` installs it (hack/deps.sh), or apt-get install {package}"
+    );
+}
+
 /// Polls `probe` every 100 ms until it returns `Some`, or `timeout` passes.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
 where
