@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 
-.PHONY: test demo controlplane deps lint crds bench chart
+.PHONY: test demo controlplane deps lint crds bench chart image rules
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
 test: deps controlplane lint chart
@@ -24,6 +24,15 @@ deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## image: the shipped image, built from the Dockerfile with no registry, as an OCI archive at
+## target/image/mxcred-operator.tar (reference mxcred-operator:dev)
+image: deps
+	hack/image.sh
+
+## rules: regenerate tests/prometheus/rules.yaml (the chart's alerts, for the promtool tests beside it)
+rules:
+	hack/rules.sh > tests/prometheus/rules.yaml
 
 ## crds: regenerate the committed CRD
 crds:

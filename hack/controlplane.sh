@@ -2,7 +2,11 @@
 # Starts and stops a real Kubernetes control plane (etcd, kube-apiserver with RBAC,
 # kube-controller-manager with the garbage collector) on free loopback ports, envtest-style.
 #
-#   hack/controlplane.sh start DIR [--watch-pid PID]   start; with --watch-pid, stop when PID exits
+#   hack/controlplane.sh start DIR [--watch-pid PID] [--serving-ca]
+#                                   start; with --watch-pid, stop when PID exits; with --serving-ca,
+#                                   kube-apiserver serves a certificate signed by a CA made here
+#                                   (DIR/pki/ca.crt), valid for 127.0.0.1, localhost and
+#                                   kubernetes.default.svc, so that clients can verify TLS
 #   hack/controlplane.sh stop DIR
 #   hack/controlplane.sh restart-apiserver DIR [SECONDS]  stop the apiserver, wait, start it again
 #
@@ -38,17 +42,34 @@ wait_ready() {
 }
 
 start_apiserver() {
-  local bins
+  local bins tls=()
   bins=$(cat "$dir/bins")
+  if [ -f "$dir/pki/apiserver.crt" ]; then
+    tls=(--tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key")
+  fi
   "$bins/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$(cat "$dir/etcd.port")" \
     --bind-address 127.0.0.1 --secure-port "$(cat "$dir/apiserver.port")" \
     --cert-dir "$dir/certs" --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$dir/sa.key" --service-account-signing-key-file "$dir/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --disable-admission-plugins ServiceAccount \
+    --service-cluster-ip-range 10.0.0.0/24 --disable-admission-plugins ServiceAccount "${tls[@]}" \
     >>"$dir/kube-apiserver.log" 2>&1 &
   echo $! >"$dir/kube-apiserver.pid"
+}
+
+# A CA and a serving certificate it signed, for --serving-ca.
+make_pki() {
+  local pki=$dir/pki
+  mkdir -p "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mxcred-test-ca \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver \
+    -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+  printf '%s\n' 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc' \
+    'extendedKeyUsage=serverAuth' 'basicConstraints=CA:FALSE' >"$pki/ext.cnf"
+  openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$pki/ext.cnf" -out "$pki/apiserver.crt" 2>/dev/null
 }
 
 stop_pid() {
@@ -65,7 +86,14 @@ stop_pid() {
 case "$cmd" in
 start)
   watch_pid=""
-  if [ "${1:-}" = "--watch-pid" ]; then watch_pid=${2:?}; fi
+  serving_ca=""
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --watch-pid) watch_pid=${2:?}; shift 2 ;;
+      --serving-ca) serving_ca=1; shift ;;
+      *) echo "controlplane: unknown option $1" >&2; exit 2 ;;
+    esac
+  done
   bins=$("$here/controlplane-bins.sh")
   mkdir -p "$dir/certs"
   echo "$bins" >"$dir/bins"
@@ -76,6 +104,7 @@ start)
   echo "$token" >"$dir/admin.token"
   echo "$token,admin,admin-uid,system:masters" >"$dir/tokens.csv"
   [ -f "$dir/sa.key" ] || openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+  [ -z "$serving_ca" ] || make_pki
 
   "$bins/etcd" --data-dir "$dir/etcd" --name default \
     --listen-client-urls "http://127.0.0.1:$(cat "$dir/etcd.port")" \

@@ -7,7 +7,7 @@ use mxcred_operator::shell::leader::{self, LeaseConfig};
 use mxcred_operator::shell::metrics::Metrics;
 use mxcred_operator::shell::platform::Platform;
 use mxcred_operator::shell::verifier::Verifier;
-use mxcred_operator::shell::{controller, server, telemetry, verify_cmd};
+use mxcred_operator::shell::{controller, proxy, server, telemetry, verify_cmd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.forced_check_cooldown,
     ));
     let shared = Arc::new(Shared::new(metrics));
-    let client = kube::Client::try_default().await?;
+    let mut kube_config = kube::Config::infer().await?;
+    kube_config.proxy_url =
+        proxy::for_api_server(&kube_config.cluster_url, kube_config.proxy_url.take());
+    let client = kube::Client::try_from(kube_config)?;
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let http = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));

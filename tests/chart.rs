@@ -616,16 +616,12 @@ fn operator_flags_and_monitoring_from_values() {
     };
     assert!(alert("MendixCredentialInvalid").contains(r#"token_valid="false""#));
     let failing = alert("MendixCredentialVerificationFailing");
-    for outcome in [
-        "PlatformUnavailable",
-        "RateLimited",
-        "Verified",
-        "TokenRejected",
-        "UserDeactivated",
-    ] {
-        assert!(failing.contains(outcome), "{outcome} in {failing}");
+    for kind in [r#"kind="transient""#, r#"kind="definitive""#] {
+        assert!(failing.contains(kind), "{kind} in {failing}");
     }
-    assert!(alert("MendixCredentialOperatorDown").starts_with("absent(up{"));
+    let down = alert("MendixCredentialOperatorDown");
+    assert!(down.contains("max by (namespace, job) (up{"), "{down}");
+    assert!(down.contains("absent(up{"), "{down}");
 
     // The roles for people grant MendixCredentials only, and are not bound to the operator.
     for name in [format!("{FULLNAME}-view"), format!("{FULLNAME}-edit")] {
@@ -655,4 +651,161 @@ fn values_are_checked() {
         refusal(&["--set", "extraCA.configMap=a", "--set", "extraCA.secret=b"])
             .contains("either configMap or secret")
     );
+}
+
+/// A label value the API server accepts: at most 63 characters, alphanumerics at both ends,
+/// `-`, `_` and `.` between.
+fn is_label_value(value: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    value.is_empty()
+        || (value.len() <= 63
+            && value.starts_with(alnum)
+            && value.ends_with(alnum)
+            && value.chars().all(|c| alnum(c) || "-_.".contains(c)))
+}
+
+#[test]
+fn a_digest_pins_the_image_and_every_label_stays_valid() {
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let rendered = render(&[
+        "--set",
+        &format!("image.digest={digest}"),
+        "--set",
+        "image.tag=1.2.3",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "--set",
+        "grafanaDashboard.enabled=true",
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+    ]);
+    assert_eq!(
+        rendered.container().image.as_deref(),
+        Some(format!("ghcr.io/mxcred/mxcred-operator@{digest}").as_str())
+    );
+    let mut checked = 0;
+    for object in &rendered.0 {
+        let meta = &object["metadata"];
+        let template = &object["spec"]["template"]["metadata"];
+        for labels in [&meta["labels"], &template["labels"]] {
+            for (key, value) in labels.as_mapping().into_iter().flatten() {
+                let value = value.as_str().unwrap_or_default();
+                assert!(is_label_value(value), "label {key:?}: {value:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 20, "labels were checked: {checked}");
+    assert!(refusal(&["--set", "image.tag=1.2.3@sha256:abc"]).contains("image"));
+    assert!(refusal(&["--set", "image.digest=1.2.3"]).contains("digest"));
+}
+
+#[test]
+fn the_network_policy_allows_dns_the_api_server_the_platform_and_metrics_only() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    assert_eq!(render(&[]).count("NetworkPolicy"), 0, "opt-in");
+    assert!(refusal(&["--set", "networkPolicy.enabled=true"]).contains("apiServer.cidrs"));
+    let rendered = render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.apiServer.cidrs={172.18.0.2/32}",
+        "--set",
+        "probeUrls.DeployApps=https://mirror.corp.example:8443/api/v4/apps",
+    ]);
+    let policy: NetworkPolicy = rendered.one("NetworkPolicy");
+    let spec = policy.spec.unwrap();
+    let deployment: Deployment = rendered.one("Deployment");
+    let template_labels = deployment.spec.template.metadata.unwrap().labels.unwrap();
+    let selector = spec.pod_selector.clone().unwrap().match_labels.unwrap();
+    for (k, v) in selector {
+        assert_eq!(
+            template_labels.get(&k),
+            Some(&v),
+            "selects the operator's pods"
+        );
+    }
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".to_owned(), "Egress".to_owned()])
+    );
+    let ingress = spec.ingress.unwrap();
+    assert_eq!(ingress.len(), 1);
+    let ports = ingress[0].ports.clone().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, Some(IntOrString::String("metrics".into())));
+    let egress = spec.egress.unwrap();
+    let port_sets: Vec<Vec<i32>> = egress
+        .iter()
+        .map(|rule| {
+            rule.ports
+                .iter()
+                .flatten()
+                .map(|p| match p.port {
+                    Some(IntOrString::Int(n)) => n,
+                    ref other => panic!("port {other:?}"),
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        port_sets,
+        vec![vec![53, 53], vec![443, 6443], vec![443, 8443]],
+        "DNS, the API server, the platform origins"
+    );
+    let api = egress[1].to.clone().unwrap();
+    assert_eq!(api[0].ip_block.as_ref().unwrap().cidr, "172.18.0.2/32");
+}
+
+#[test]
+fn proxy_values_set_both_spellings_of_the_proxy_environment() {
+    let rendered = render(&[
+        "--set",
+        "proxy.httpsProxy=http://proxy.corp:3128",
+        "--set",
+        "proxy.httpProxy=http://proxy.corp:3128",
+        "--set",
+        "proxy.noProxy=10.96.0.0/12\\,.svc",
+    ]);
+    let env: Vec<(String, String)> = rendered
+        .container()
+        .env
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        assert!(
+            env.contains(&(name.into(), "http://proxy.corp:3128".into())),
+            "{name} in {env:?}"
+        );
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        assert!(
+            env.contains(&(name.into(), "10.96.0.0/12,.svc".into())),
+            "{name}"
+        );
+    }
+    let none = render(&[]).container().env.unwrap();
+    assert!(!none.iter().any(|e| e.name.to_lowercase().contains("proxy")));
+}
+
+#[test]
+fn the_dashboard_is_an_opt_in_config_map_for_grafanas_sidecar() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    assert_eq!(render(&[]).count("ConfigMap"), 0, "opt-in");
+    let map: ConfigMap = render(&["--set", "grafanaDashboard.enabled=true"]).one("ConfigMap");
+    let labels = map.metadata.labels.unwrap();
+    assert_eq!(
+        labels.get("grafana_dashboard").map(String::as_str),
+        Some("1")
+    );
+    let json = &map.data.unwrap()["mxcred-operator.json"];
+    let dashboard: serde_json::Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "mxcred-operator");
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 5);
 }

@@ -215,3 +215,45 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
     watched.wait_reason("c", "Ready", "Synced").await;
     watched.wait_reason("c", "TokenValid", "Verified").await;
 }
+
+#[tokio::test]
+async fn a_pinned_digest_the_network_policy_and_the_dashboard_install() {
+    // The API server refuses a label value it finds invalid: a digest must not reach one.
+    let digest = format!("image.digest=sha256:{}", "0123456789abcdef".repeat(4));
+    tokio::task::spawn_blocking(move || {
+        helm_install(
+            "extras",
+            "mxcred-extras",
+            &[
+                &digest,
+                "image.tag=v1.2.3",
+                "networkPolicy.enabled=true",
+                "networkPolicy.apiServer.cidrs={127.0.0.1/32}",
+                "grafanaDashboard.enabled=true",
+                "proxy.httpsProxy=http://proxy.example.com:3128",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let cp = control_plane().await;
+    let client = client_from(&cp.admin_kubeconfig).await;
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), "mxcred-extras");
+    assert!(policies.get("extras-mxcred-operator").await.is_ok());
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "mxcred-extras");
+    let dashboard = maps.get("extras-mxcred-operator-dashboard").await.unwrap();
+    assert!(dashboard.data.unwrap().contains_key("mxcred-operator.json"));
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client, "mxcred-extras");
+    let deployment = deployments.get("extras-mxcred-operator").await.unwrap();
+    let image = deployment.spec.template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    assert!(
+        image.ends_with("@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+        "{image}"
+    );
+}

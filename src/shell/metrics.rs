@@ -1,7 +1,7 @@
 //! Prometheus metrics. Labels carry reasons, result words, hosts and HTTP codes: never a
 //! credential, a resource's data or a response body.
 
-use crate::domain::classify::Reason;
+use crate::domain::classify::{Reason, TokenValid};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -43,6 +43,11 @@ pub struct TokenValidLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -56,6 +61,7 @@ pub struct Metrics {
     platform_requests: Family<RequestLabels, Counter>,
     platform_duration: Family<HostLabel, Histogram>,
     credentials: Family<TokenValidLabel, Gauge>,
+    last_verification: Family<KindLabel, Gauge>,
     /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
     encoding: Mutex<()>,
 }
@@ -130,6 +136,18 @@ impl Default for Metrics {
             "Duration of requests to the Mendix platform",
             platform_duration.clone(),
         );
+        // When the last attempt of each kind ended: an alert can then tell "the latest attempts
+        // all failed" without a window, whatever the retry spacing (up to a day).
+        let last_verification = Family::<KindLabel, Gauge>::default();
+        for kind in ["definitive", "transient"] {
+            last_verification.get_or_create(&KindLabel { kind }).set(0);
+        }
+        registry.register(
+            "last_verification_timestamp_seconds",
+            "Unix time of the last verification attempt with a definitive outcome (Verified, \
+             TokenRejected, UserDeactivated) or a transient one; 0 when none since start",
+            last_verification.clone(),
+        );
         let credentials = Family::<TokenValidLabel, Gauge>::default();
         registry.register(
             "credentials",
@@ -152,6 +170,7 @@ impl Default for Metrics {
             platform_requests,
             platform_duration,
             credentials,
+            last_verification,
             encoding: Mutex::default(),
         }
     }
@@ -180,6 +199,21 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+        let definitive = Reason::OUTCOMES
+            .iter()
+            .find(|r| r.as_str() == outcome)
+            .is_some_and(|r| r.status() != TokenValid::Unknown);
+        let kind = if definitive {
+            "definitive"
+        } else {
+            "transient"
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_verification
+            .get_or_create(&KindLabel { kind })
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 
     /// One request to the platform; `code` is the HTTP status, or `error` when none came back.
@@ -224,6 +258,35 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn last(text: &str, kind: &str) -> i64 {
+        let prefix = format!("mxcred_last_verification_timestamp_seconds{{kind=\"{kind}\"}} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(&prefix));
+        line.unwrap_or_else(|| panic!("no {prefix}in {text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_last_attempt_of_each_kind_is_timed() {
+        let m = Metrics::default();
+        let text = m.encode([]);
+        assert_eq!(
+            (last(&text, "definitive"), last(&text, "transient")),
+            (0, 0)
+        );
+        m.verified("PlatformUnavailable");
+        let text = m.encode([]);
+        assert_eq!(last(&text, "definitive"), 0);
+        assert!(last(&text, "transient") > 1_700_000_000);
+        for outcome in ["Verified", "TokenRejected", "UserDeactivated"] {
+            let m = Metrics::default();
+            m.verified(outcome);
+            let text = m.encode([]);
+            assert!(last(&text, "definitive") > 1_700_000_000, "{outcome}");
+            assert_eq!(last(&text, "transient"), 0, "{outcome}");
+        }
+    }
 
     #[test]
     fn exposes_every_family_with_its_prefix() {

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod platform;
+pub mod proxy;
 pub mod reconcile;
 pub mod secrets;
 pub mod server;

@@ -29,6 +29,12 @@ static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
 
 /// Starts the control plane on first use. Fails (never skips) when its binaries are missing.
 pub async fn control_plane() -> &'static ControlPlane {
+    control_plane_with(&[]).await
+}
+
+/// As [`control_plane`], with options of `hack/controlplane.sh start` (e.g. `--serving-ca`).
+/// The first call of a test binary starts it: its tests must all pass the same options.
+pub async fn control_plane_with(options: &[&str]) -> &'static ControlPlane {
     CONTROL_PLANE
         .get_or_init(|| async {
             let dir = std::env::temp_dir().join(format!(
@@ -45,6 +51,7 @@ pub async fn control_plane() -> &'static ControlPlane {
                 .arg("start")
                 .arg(&dir)
                 .args(["--watch-pid", &std::process::id().to_string()])
+                .args(options)
                 .env("MXCRED_NO_BUILD", "1")
                 .status()
                 .expect("run hack/controlplane.sh");
@@ -130,6 +137,16 @@ pub async fn service_account_kubeconfig(
     ns: &str,
     name: &str,
 ) -> PathBuf {
+    let token = service_account_token(client, ns, name).await;
+    let admin = std::fs::read_to_string(dir.join("admin.kubeconfig")).unwrap();
+    let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
+    std::fs::write(&path, admin.replace(admin_token.trim(), &token)).unwrap();
+    path
+}
+
+/// A TokenRequest token of ServiceAccount `ns/name`, valid for a day.
+pub async fn service_account_token(client: &Client, ns: &str, name: &str) -> String {
     let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -142,12 +159,7 @@ pub async fn service_account_kubeconfig(
         .create_subresource("token", name, &PostParams::default(), &request)
         .await
         .unwrap();
-    let token = response.status.unwrap().token.unwrap();
-    let admin = std::fs::read_to_string(dir.join("admin.kubeconfig")).unwrap();
-    let admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap();
-    let path = dir.join(format!("{ns}-{name}.kubeconfig"));
-    std::fs::write(&path, admin.replace(admin_token.trim(), &token)).unwrap();
-    path
+    response.status.unwrap().token.unwrap()
 }
 
 /// A namespace of its own for one test, and an admin client.
@@ -383,6 +395,20 @@ pub fn value(secret: &Secret, key: &str) -> Option<String> {
     let data = secret.data.as_ref()?;
     data.get(key)
         .map(|v| String::from_utf8(v.0.clone()).unwrap())
+}
+
+/// Fails with a message saying how to get `tool` (a Debian package) when it is missing: a test
+/// never skips.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is missing: `make test` installs it (hack/deps.sh), or apt-get install {package}"
+    );
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, or `timeout` passes.

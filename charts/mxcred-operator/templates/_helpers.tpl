@@ -24,7 +24,7 @@
 {{- define "mxcred-operator.labels" -}}
 helm.sh/chart: {{ include "mxcred-operator.chart" . }}
 {{ include "mxcred-operator.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ include "mxcred-operator.version" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
@@ -83,4 +83,30 @@ sends an update (PUT), so `update` is not granted.
 {{- else }}
 {{- printf "job=%q,namespace=%q" (include "mxcred-operator.metricsServiceName" .) .Release.Namespace }}
 {{- end }}
+{{- end }}
+
+{{/* A duration of Prometheus' kind (30s, 15m, 6h, 1d) as a number of seconds. */}}
+{{- define "mxcred-operator.seconds" -}}
+{{- $d := toString . }}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 "d" 86400 }}
+{{- $unit := substr (int (sub (len $d) 1)) (len $d) $d }}
+{{- if not (hasKey $units $unit) }}
+{{- fail (printf "%q is not a duration like 30s, 15m, 6h or 1d" $d) }}
+{{- end }}
+{{- mul (trimSuffix $unit $d | int) (get $units $unit) }}
+{{- end }}
+
+{{/* The image: repository@digest when a digest pins it, else repository:tag. */}}
+{{- define "mxcred-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The version label: the tag (the schema keeps it to tag characters), at most 63 of them,
+ending in a letter or digit as label values must. A digest never goes into a label. */}}
+{{- define "mxcred-operator.version" -}}
+{{- .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | trimSuffix "_" | trimSuffix "." }}
 {{- end }}

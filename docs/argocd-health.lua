@@ -1,0 +1,53 @@
+local hs = {}
+local function condition(conditions, type)
+  for _, c in ipairs(conditions or {}) do
+    if c.type == type then
+      return c
+    end
+  end
+  return nil
+end
+local function describe(c)
+  local text = c.reason or c.type
+  if c.message ~= nil and c.message ~= "" then
+    text = text .. ": " .. c.message
+  end
+  return text
+end
+
+if obj.status == nil or obj.status.conditions == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator"
+  return hs
+end
+local observed = obj.status.observedGeneration
+if observed ~= nil and obj.metadata.generation ~= nil and observed < obj.metadata.generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to act on generation " .. obj.metadata.generation
+  return hs
+end
+
+local ready = condition(obj.status.conditions, "Ready")
+local valid = condition(obj.status.conditions, "TokenValid")
+if ready ~= nil and ready.status == "False" then
+  hs.status = "Degraded"
+  hs.message = describe(ready)
+  return hs
+end
+if valid ~= nil and valid.status == "False" then
+  hs.status = "Degraded"
+  hs.message = describe(valid)
+  return hs
+end
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"
+  if valid ~= nil then
+    hs.message = "Secret " .. (obj.status.secretName or "") .. " synced; TokenValid " .. valid.status .. " (" .. describe(valid) .. ")"
+  else
+    hs.message = "Secret " .. (obj.status.secretName or "") .. " synced"
+  end
+  return hs
+end
+hs.status = "Progressing"
+hs.message = "Waiting for the Ready condition"
+return hs
