@@ -117,24 +117,25 @@ impl Tracker {
         });
     }
 
-    /// The status this instance wrote, when the cache still holds the object it was based on:
-    /// a reconcile triggered by another event may read the object before the cache has seen our
-    /// own write, and must not act on the older status.
+    /// The status this instance wrote, while the cache holds the object at a version before
+    /// that write: a reconcile triggered by another event may read the object before the cache
+    /// has seen our own write, and must not act on the older status. (Versions between the one
+    /// the write was based on and the one it produced exist: a status write of an instance that
+    /// stopped a moment before lands in between.)
     pub fn newer_status(&self, uid: &str, version: Option<&str>) -> Option<MendixCredentialStatus> {
         self.with(uid, |m| {
             let w = m.written.as_ref()?;
-            (version.is_some() && w.based_on.as_deref() == version)
-                .then(|| w.status.clone())
-                .flatten()
+            let reached = version.is_some_and(|v| reaches(v, w.produced.as_deref()));
+            (!reached).then(|| w.status.clone()).flatten()
         })
     }
 
-    /// The cache now holds the resource at `version`: once that is past the version a status
-    /// write was based on, its copy of the status can serve no more.
+    /// The cache now holds the resource at `version`: once that is our write or later, its
+    /// copy of the status can serve no more.
     pub fn cache_reached(&self, uid: &str, version: &str) {
         let mut resources = self.resources.lock().expect("lock poisoned");
         if let Some(w) = resources.get_mut(uid).and_then(|m| m.written.as_mut())
-            && w.based_on.as_deref() != Some(version)
+            && reaches(version, w.produced.as_deref())
         {
             w.status = None;
         }
@@ -181,6 +182,19 @@ impl Tracker {
     }
 }
 
+/// Whether an object at `version` holds the write that produced `produced`. Resource versions
+/// are etcd revisions, so they are compared as numbers; one that is not a number (an API server
+/// not backed by etcd) holds the write only when it is that version.
+fn reaches(version: &str, produced: Option<&str>) -> bool {
+    let Some(produced) = produced else {
+        return true;
+    };
+    match (version.parse::<u64>(), produced.parse::<u64>()) {
+        (Ok(v), Ok(p)) => v >= p,
+        _ => version == produced,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,16 +214,28 @@ mod tests {
         );
         assert_eq!(t.newer_status("u", Some("10")), Some(status.clone()));
         assert_eq!(t.newer_status("u", Some("11")), None, "the cache caught up");
-        assert_eq!(t.newer_status("u", None), None);
         t.cache_reached("u", "10");
         assert_eq!(
             t.newer_status("u", Some("10")),
-            Some(status),
+            Some(status.clone()),
             "still needed"
         );
-        t.cache_reached("u", "11");
-        assert_eq!(t.newer_status("u", Some("10")), None, "the copy is dropped");
-        assert!(t.has_written("u", Some("11")));
+        // Another write landed between the one ours was based on and ours.
+        t.wrote_status(
+            "u",
+            Some("10".into()),
+            Some("13".into()),
+            Some(status.clone()),
+        );
+        t.cache_reached("u", "12");
+        assert_eq!(
+            t.newer_status("u", Some("12")),
+            Some(status),
+            "an older write than ours"
+        );
+        t.cache_reached("u", "13");
+        assert_eq!(t.newer_status("u", Some("12")), None, "the copy is dropped");
+        assert!(t.has_written("u", Some("13")));
         assert!(t.has_written("u", Some("10")));
         assert!(!t.has_written("u", Some("12")));
     }
