@@ -28,7 +28,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -143,11 +143,16 @@ async fn reconcile_valid(
         name: cr.name_any(),
         uid: cr.uid().ok_or(Error::MissingMetadata("uid"))?,
     };
-    let previous = ctx
+    let remembered = ctx
         .tracker
-        .newer_status(&id.uid, cr.resource_version().as_deref())
-        .or_else(|| cr.status.clone())
-        .unwrap_or_default();
+        .newer_status(&id.uid, cr.resource_version().as_deref());
+    debug!(
+        credential = %format!("{}/{}", id.namespace, id.name),
+        version = cr.resource_version(),
+        remembered = remembered.is_some(),
+        "previous status"
+    );
+    let previous = remembered.or_else(|| cr.status.clone()).unwrap_or_default();
 
     let resolved = spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval);
     let (sync, credential) = match &resolved {
@@ -226,6 +231,12 @@ async fn write_status(
         .patch_status(&id.name, &apply_params(), &Patch::Apply(patch))
         .await
         .map_err(Error::WriteStatus)?;
+    debug!(
+        credential = %format!("{}/{}", id.namespace, id.name),
+        based_on = cr.resource_version(),
+        produced = written.resource_version(),
+        "wrote the status"
+    );
     ctx.tracker.wrote_status(
         &id.uid,
         cr.resource_version(),
