@@ -483,6 +483,9 @@ impl Operator {
             .stdin(Stdio::null())
             .spawn()
             .expect("start mxcred-operator");
+        // For `hack/controlplane.sh stop`, which the control plane's watcher runs when this test
+        // binary exits: an operator this process could not drop (a crash, a kill) stops too.
+        std::fs::write(log.with_extension("pid"), child.id().to_string()).unwrap();
         Operator { child, log }
     }
 
@@ -560,6 +563,7 @@ impl Operator {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.log.with_extension("pid"));
     }
 }
 
