@@ -118,9 +118,12 @@ current-context: local
 KC
   wait_ready
 
+  # The insecure port exists (and must be turned off) only before 1.24.
+  insecure=()
+  "$bins/kube-controller-manager" --help 2>&1 | grep -- '--port int' >/dev/null && insecure=(--port=0)
   "$bins/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
     --controllers=garbagecollector,namespace --leader-elect=false \
-    --bind-address=127.0.0.1 --secure-port=0 --port=0 >"$dir/kube-controller-manager.log" 2>&1 &
+    --bind-address=127.0.0.1 --secure-port=0 "${insecure[@]}" >"$dir/kube-controller-manager.log" 2>&1 &
   echo $! >"$dir/kube-controller-manager.pid"
 
   echo "controlplane: ready at https://127.0.0.1:$(cat "$dir/apiserver.port") (kubeconfig $dir/admin.kubeconfig)" >&2
