@@ -63,6 +63,7 @@ fn a_killed_test_binary_leaves_no_process_and_no_directory() {
     while dir.exists() || pids.iter().any(|&p| alive(p)) || alive(operator.id()) {
         if Instant::now() > deadline {
             let _ = operator.kill();
+            let _ = operator.wait();
             panic!(
                 "20 s after the test binary died: directory exists {}, processes alive {:?}, \
                  operator alive {}",
@@ -71,8 +72,8 @@ fn a_killed_test_binary_leaves_no_process_and_no_directory() {
                 alive(operator.id())
             );
         }
-        // Reaps the stand-in operator once it is killed.
-        let _ = operator.try_wait();
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Killed by the watcher: reap it.
+    operator.wait().unwrap();
 }
