@@ -25,10 +25,21 @@ fn committed_crd_is_current() {
 }
 
 #[test]
-fn no_field_is_nullable() {
+fn only_maps_are_nullable() {
     // An API server publishing OpenAPI v2 turns a nullable field into `{}`: `kubectl explain`
-    // then shows it without type or fields.
-    assert!(!mxcred_operator::crd_yaml().contains("nullable"));
+    // then shows it without type or fields. Maps stay nullable (see `without_nullable`).
+    let crd = mxcred_operator::crd_yaml();
+    assert_eq!(crd.matches("nullable: true").count(), 2, "{crd}");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&crd).unwrap();
+    let target = &yaml["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["target"]["properties"];
+    for map in ["labels", "annotations"] {
+        assert_eq!(
+            target[map]["nullable"],
+            serde_yaml::Value::Bool(true),
+            "{map}"
+        );
+    }
 }
 
 /// kubectl from `hack/helm.sh` (the same one the chart tests use).
@@ -102,6 +113,9 @@ async fn kubectl_explain_documents_every_field() {
     assert!(words.contains("At least 1m."), "{verification}");
     let status = explain("mendixcredential.status");
     assert!(has(&status, "lastVerifiedTime", "<string>"), "{status}");
+    let target = explain("mendixcredential.spec.target");
+    assert!(has(&target, "name", "<string>"), "{target}");
+    assert!(target.contains("labels"), "{target}");
 }
 
 #[tokio::test]
