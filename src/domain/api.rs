@@ -143,6 +143,8 @@ pub struct Verification {
     /// Base URL of a Private Mendix Platform, e.g. https://pmp.example.com. Required for
     /// PrivatePlatform; its host must be allowed by the operator's administrator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Bounded so that the API server's cost estimate of the CEL rules on this object stays low.
+    #[schemars(length(max = 2048))]
     pub base_url: Option<String>,
     /// The probe: a named probe (DeployApps, Projects, MarketplaceContent, DeployV1Apps,
     /// PrivatePlatformProjects) or an https:// URL answered with 2xx for a working credential.
