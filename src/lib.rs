@@ -25,17 +25,16 @@ pub fn crd_yaml() -> String {
     serde_yaml::to_string(&crd).expect("a CRD always serialises")
 }
 
-/// Drops `nullable` from a schema and its subschemas, but for maps. An API server publishing
-/// OpenAPI v2 (1.20, and `kubectl explain` on any server without v3) cannot say "nullable" and
-/// publishes such a field as `{}`: no type, no fields to explain. Optional fields stay optional
-/// (not `required`); the operator never writes null, and a user's null is refused, not stored.
-/// Maps (labels, annotations) stay nullable: a server-side apply that removes a map's last key
-/// leaves it null on 1.20, and a non-nullable map would then refuse that apply.
+/// Drops `nullable` from the objects and enums of a schema. An API server publishing OpenAPI v2
+/// (1.20, and `kubectl explain` on any server without v3) cannot say "nullable" and publishes such
+/// a field as `{}`: no type, no fields to explain. Optional fields stay optional (not
+/// `required`). Plain values and maps stay nullable: a server-side apply on 1.20 turns an empty
+/// string, and a map whose last key it removes, into null, which a non-nullable field refuses.
 fn without_nullable(schema: &mut serde_json::Value) {
     let Some(object) = schema.as_object_mut() else {
         return;
     };
-    if !object.contains_key("additionalProperties") {
+    if object.contains_key("properties") || object.contains_key("enum") {
         object.remove("nullable");
     }
     for (key, value) in object.iter_mut() {
