@@ -2,11 +2,16 @@
 
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
+CHART := charts/mxcred-operator
 
+<<<<<<< HEAD
 .PHONY: test demo controlplane deps lint crds bench chart image rules
+=======
+.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package
+>>>>>>> docs
 
-## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
-test: deps controlplane lint chart
+## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real control plane)
+test: deps controlplane lint actionlint chart
 	$(CARGO) test --workspace --lib --bins --tests
 
 ## demo: a local control plane, the operator, the examples; prints what it publishes
@@ -25,6 +30,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+<<<<<<< HEAD
 ## image: the shipped image, built from the Dockerfile with no registry, as an OCI archive at
 ## target/image/mxcred-operator.tar (reference mxcred-operator:dev)
 image: deps
@@ -35,11 +41,18 @@ rules:
 	hack/rules.sh > tests/prometheus/rules.yaml
 
 ## crds: regenerate the committed CRD
+=======
+## actionlint: check .github/workflows/ (actionlint installed once by hack/actionlint.sh)
+actionlint:
+	@"$$(hack/actionlint.sh)" -color=never .github/workflows/*.yaml
+
+## crds: regenerate the committed CRD and the chart's copy
+>>>>>>> docs
 crds:
 	$(CARGO) run --quiet -- crd > $(CRD)
+	cp $(CRD) $(CHART)/$(CRD)
 
 ## chart: helm lint and helm template of charts/mxcred-operator, with default values and each ci/*.yaml
-CHART := charts/mxcred-operator
 chart:
 	@cmp -s $(CRD) $(CHART)/$(CRD) || { echo "chart: $(CHART)/$(CRD) differs from $(CRD): copy it" >&2; exit 1; }
 	@tools=$$(hack/helm.sh) && set -e && \
@@ -52,3 +65,17 @@ chart:
 ## bench: the scale benchmark (N = 100, 1000, 5000) on a local control plane; figures in target/bench/scale.csv
 bench: deps controlplane
 	$(CARGO) bench --bench scale
+
+## chart-package: the chart as target/chart/mxcred-operator-VERSION.tgz, its version and appVersion
+## VERSION (default: the crate's), its image IMAGE_REPOSITORY pinned to IMAGE_DIGEST when given
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE_REPOSITORY ?=
+IMAGE_DIGEST ?=
+chart-package: chart
+	@rm -rf target/chart && mkdir -p target/chart && cp -r $(CHART) target/chart/src
+	@if [ -n "$(IMAGE_REPOSITORY)" ]; then \
+	  sed -i 's|^  repository: .*|  repository: $(IMAGE_REPOSITORY)|' target/chart/src/values.yaml; fi
+	@if [ -n "$(IMAGE_DIGEST)" ]; then \
+	  sed -i 's|^  tag: ""|  tag: "$(VERSION)@$(IMAGE_DIGEST)"|' target/chart/src/values.yaml; fi
+	@tools=$$(hack/helm.sh) && "$$tools/helm" lint --strict --quiet target/chart/src && \
+	  "$$tools/helm" package target/chart/src --version $(VERSION) --app-version $(VERSION) -d target/chart

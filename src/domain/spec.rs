@@ -97,6 +97,12 @@ pub fn resolve(
             "spec.target.name {target_name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)"
         )));
     }
+    // The same rules as the CRD's x-kubernetes-validations, for API servers without CEL.
+    if target_name == source.secret {
+        return Err(InvalidSpec(
+            "spec.target.name (default: the resource's name) must differ from spec.sourceRef.name: the target Secret would be the source Secret".into(),
+        ));
+    }
 
     let verification = resolve_verification(credential_type, spec, default_interval)?;
     Ok(Resolved {
@@ -127,6 +133,11 @@ fn resolve_verification(
     if platform == Platform::PrivatePlatform && base_url.is_none() {
         return Err(InvalidSpec(
             "spec.verification.baseUrl is required when platform is PrivatePlatform".into(),
+        ));
+    }
+    if platform != Platform::PrivatePlatform && base_url.is_some() {
+        return Err(InvalidSpec(
+            "spec.verification.baseUrl is only used with platform PrivatePlatform".into(),
         ));
     }
     let probe = ProbeTarget::resolve(credential_type, platform, base_url, v.probe.as_deref())
@@ -260,6 +271,37 @@ mod tests {
             ..Default::default()
         });
         assert!(resolve("a", &s, HOUR).unwrap_err().0.contains("baseUrl"));
+    }
+
+    #[test]
+    fn base_url_only_with_private_platform() {
+        let mut s = spec();
+        s.verification = Some(Verification {
+            base_url: Some("https://pmp.example.com".into()),
+            ..Default::default()
+        });
+        assert!(resolve("a", &s, HOUR).unwrap_err().0.contains("only used"));
+        s.verification.as_mut().unwrap().base_url = Some(String::new());
+        assert!(
+            resolve("a", &s, HOUR).is_ok(),
+            "an empty baseUrl is no baseUrl"
+        );
+        s.verification.as_mut().unwrap().enabled = Some(false);
+        s.verification.as_mut().unwrap().base_url = Some("https://pmp.example.com".into());
+        assert!(resolve("a", &s, HOUR).is_ok(), "not checked when disabled");
+    }
+
+    #[test]
+    fn target_must_not_be_the_source() {
+        let mut s = spec();
+        assert!(resolve("raw", &s, HOUR).unwrap_err().0.contains("differ"));
+        s.target = Some(Target {
+            name: Some("raw".into()),
+            ..Default::default()
+        });
+        assert!(resolve("a", &s, HOUR).unwrap_err().0.contains("differ"));
+        s.target.as_mut().unwrap().name = Some("published".into());
+        assert!(resolve("raw", &s, HOUR).is_ok());
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum Command {
     /// Print the CustomResourceDefinition as YAML.
     Crd,
     /// Check a token or API key once, for CI steps: prints `<status> <reason>: <message>` and
-    /// exits 0 when valid, 1 when rejected or deactivated, 2 when unknown.
+    /// exits 0 when valid, 1 when rejected or deactivated, 2 when unknown. Unusable input (a
+    /// variable not set, a value with a space or line break, a bad probe) prints `Unknown
+    /// InvalidInput: ...` and exits 2, before anything is sent.
     Verify(VerifyArgs),
 }
 
@@ -93,6 +95,7 @@ pub struct RunArgs {
     /// Resources reconciled at once. 32 converged 5000 resources a quarter faster than 8 (make bench).
     #[arg(long, env = "MXCRED_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
+    /// Log lines as JSON objects, one a line (for log collectors), or as text for people.
     #[arg(long, env = "MXCRED_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
     /// Run the controllers only while holding a Lease, so that several replicas can run.
@@ -105,7 +108,7 @@ pub struct RunArgs {
     #[arg(long, env = "MXCRED_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     #[command(flatten)]
-    pub platform: PlatformArgs,
+    pub platform: RunPlatformArgs,
     /// For tests only: verify at this interval, whatever the resources ask. Their own minimum
     /// of 1m is unaffected.
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
@@ -133,13 +136,33 @@ pub struct PlatformArgs {
     /// PEM file with extra CAs to trust for platform TLS.
     #[arg(long, env = "MXCRED_EXTRA_CA_FILE")]
     pub extra_ca_file: Option<PathBuf>,
-    /// Requests per second to any one platform host, for the whole operator.
+}
+
+/// The platform flags of `run`: the shared ones and the operator-wide rate limit, which means
+/// nothing to `verify`'s single request.
+#[derive(Debug, Args)]
+pub struct RunPlatformArgs {
+    #[command(flatten)]
+    pub common: PlatformArgs,
+    /// Requests per second to any one platform host, summed over every resource this operator
+    /// verifies.
     #[arg(long, env = "MXCRED_PLATFORM_QPS", default_value = "5")]
     pub platform_qps: NonZeroU32,
 }
 
-impl PlatformArgs {
+impl RunPlatformArgs {
     pub fn config(&self) -> PlatformConfig {
+        self.common.config_with_qps(self.platform_qps)
+    }
+}
+
+impl PlatformArgs {
+    /// The configuration of `verify`: one request, so no rate limit to choose.
+    pub fn config(&self) -> PlatformConfig {
+        self.config_with_qps(NonZeroU32::MIN)
+    }
+
+    fn config_with_qps(&self, qps: NonZeroU32) -> PlatformConfig {
         let allowed_hosts = if self.allowed_hosts.is_empty() {
             PlatformConfig::default_allowed_hosts()
         } else {
@@ -150,7 +173,7 @@ impl PlatformArgs {
             allowed_hosts,
             allow_http: self.allow_http,
             extra_ca_file: self.extra_ca_file.clone(),
-            qps: self.platform_qps,
+            qps,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(15),
         }
@@ -219,6 +242,36 @@ mod tests {
             args.platform.config().allowed_hosts,
             PlatformConfig::default_allowed_hosts()
         );
+        assert_eq!(args.platform.config().qps.get(), 5);
+    }
+
+    #[test]
+    fn only_run_offers_the_operator_wide_rate_limit() {
+        let run = Cli::try_parse_from(["mxcred-operator", "run", "--platform-qps", "2"]);
+        assert!(run.is_ok());
+        let verify = Cli::try_parse_from([
+            "mxcred-operator",
+            "verify",
+            "--token-env",
+            "T",
+            "--platform-qps",
+            "2",
+        ]);
+        assert!(verify.is_err(), "verify sends one request: no rate limit");
+    }
+
+    #[test]
+    fn every_flag_has_a_description() {
+        for sub in Cli::command().get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} --{} has no help text",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
     }
 
     #[test]

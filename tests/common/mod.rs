@@ -5,6 +5,7 @@
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -81,12 +82,20 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
     Client::try_from(config).unwrap()
 }
 
-/// Applies the committed CRD and the operator's RBAC, and waits until the CRD is served.
+/// Creates the committed CRD, applies the operator's RBAC, and waits until the CRD is served.
 async fn install(client: &Client) {
-    let crd =
-        std::fs::read_to_string(format!("{ROOT}/crds/mendixcredentials.mxcred.io.yaml")).unwrap();
+    // Created, not server-side applied: an API server without CEL (before 1.25) refuses the
+    // CRD's `x-kubernetes-validations` in an apply, but drops them from a create.
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/crds/mendixcredentials.mxcred.io.yaml")).unwrap(),
+    )
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap_or_else(|e| panic!("create the CRD of crds/: {e}"));
     let rbac = std::fs::read_to_string(format!("{ROOT}/hack/rbac.yaml")).unwrap();
-    apply_yaml(client, &format!("{crd}\n---\n{rbac}")).await;
+    apply_yaml(client, &rbac).await;
     let api: Api<MendixCredential> = Api::all(client.clone());
     wait_until(Duration::from_secs(30), "the CRD to be served", || async {
         api.list(&Default::default()).await.is_ok()
@@ -500,6 +509,9 @@ impl Operator {
             .stdin(Stdio::null())
             .spawn()
             .expect("start mxcred-operator");
+        // For `hack/controlplane.sh stop`, which the control plane's watcher runs when this test
+        // binary exits: an operator this process could not drop (a crash, a kill) stops too.
+        std::fs::write(log.with_extension("pid"), child.id().to_string()).unwrap();
         Operator { child, log }
     }
 
@@ -577,6 +589,7 @@ impl Operator {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.log.with_extension("pid"));
     }
 }
 
