@@ -4,11 +4,7 @@ CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 CHART := charts/mxcred-operator
 
-<<<<<<< HEAD
-.PHONY: test demo controlplane deps lint crds bench chart image rules
-=======
-.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package
->>>>>>> docs
+.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules
 
 ## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real control plane)
 test: deps controlplane lint actionlint chart
@@ -30,7 +26,6 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-<<<<<<< HEAD
 ## image: the shipped image, built from the Dockerfile with no registry, as an OCI archive at
 ## target/image/mxcred-operator.tar (reference mxcred-operator:dev)
 image: deps
@@ -40,14 +35,11 @@ image: deps
 rules:
 	hack/rules.sh > tests/prometheus/rules.yaml
 
-## crds: regenerate the committed CRD
-=======
 ## actionlint: check .github/workflows/ (actionlint installed once by hack/actionlint.sh)
 actionlint:
 	@"$$(hack/actionlint.sh)" -color=never .github/workflows/*.yaml
 
 ## crds: regenerate the committed CRD and the chart's copy
->>>>>>> docs
 crds:
 	$(CARGO) run --quiet -- crd > $(CRD)
 	cp $(CRD) $(CHART)/$(CRD)
