@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 /// What the controller is told by its command line.
 #[derive(Debug, Clone)]
@@ -195,19 +195,31 @@ fn lists<K>(what: &'static str) -> impl FnMut(&watcher::Event<K>) {
     }
 }
 
-/// Every ten minutes, forgets what is remembered of resources that no longer exist.
+/// Every minute, drops the status copies the cache has caught up with; every ten minutes,
+/// forgets what is remembered of resources that no longer exist.
 async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        ctx.tracker.drop_settled(Duration::from_secs(30));
+        ticks = ticks.wrapping_add(1);
+        // The first tick comes at once, before any list: nothing to forget yet.
+        if ticks % 10 != 0 {
+            continue;
         }
         let resources = shared.resources();
         let live: HashSet<String> = resources
             .iter()
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
+        debug!(
+            live = live.len(),
+            "forgetting what is remembered of deleted resources"
+        );
         ctx.tracker.retain(&live);
         ctx.verifier.retain(&live);
         let read: HashSet<secrets::Reading> = resources
@@ -273,7 +285,7 @@ fn controller(
             }
         }),
     )
-    // Once the cache holds a resource past a status write, the write's copy can go.
+    // Once the cache holds a resource past a status write, the write's copy can go soon.
     .inspect_ok(move |event| {
         if let watcher::Event::Apply(cr) = event
             && let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version)

@@ -235,6 +235,7 @@ async fn write_status(
         credential = %format!("{}/{}", id.namespace, id.name),
         based_on = cr.resource_version(),
         produced = written.resource_version(),
+        answered_with_status = written.status.is_some(),
         "wrote the status"
     );
     ctx.tracker.wrote_status(

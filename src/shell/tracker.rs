@@ -5,7 +5,7 @@ use crate::domain::api::MendixCredentialStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Default)]
 pub struct Tracker {
@@ -46,6 +46,8 @@ struct Written {
     based_on: Option<String>,
     produced: Option<String>,
     status: Option<MendixCredentialStatus>,
+    /// When the cache first held the write.
+    reached: Option<Instant>,
 }
 
 impl Tracker {
@@ -113,31 +115,47 @@ impl Tracker {
                 based_on,
                 produced,
                 status,
+                reached: None,
             })
         });
     }
 
-    /// The status this instance wrote, while the cache holds the object at a version before
-    /// that write: a reconcile triggered by another event may read the object before the cache
-    /// has seen our own write, and must not act on the older status. (Versions between the one
-    /// the write was based on and the one it produced exist: a status write of an instance that
-    /// stopped a moment before lands in between.)
+    /// The status this instance wrote, while the object a reconcile holds is older than that
+    /// write: a reconcile triggered by another event may hold the object from before the cache
+    /// saw our own write, and must not act on the older status. (Versions between the one the
+    /// write was based on and the one it produced exist: a status write of an instance that
+    /// stopped a moment before lands in between.) A reconcile holding our write or later drops
+    /// the copy.
     pub fn newer_status(&self, uid: &str, version: Option<&str>) -> Option<MendixCredentialStatus> {
         self.with(uid, |m| {
-            let w = m.written.as_ref()?;
-            let reached = version.is_some_and(|v| reaches(v, w.produced.as_deref()));
-            (!reached).then(|| w.status.clone()).flatten()
+            let w = m.written.as_mut()?;
+            if version.is_some_and(|v| reaches(v, w.produced.as_deref())) {
+                w.status = None;
+            }
+            w.status.clone()
         })
     }
 
-    /// The cache now holds the resource at `version`: once that is our write or later, its
-    /// copy of the status can serve no more.
+    /// The cache now holds the resource at `version`. The copy of a status this reaches is
+    /// not dropped at once: a reconcile may have taken the object from the cache a moment
+    /// before, and still need it. [`Tracker::drop_settled`] drops it later.
     pub fn cache_reached(&self, uid: &str, version: &str) {
         let mut resources = self.resources.lock().expect("lock poisoned");
         if let Some(w) = resources.get_mut(uid).and_then(|m| m.written.as_mut())
+            && w.reached.is_none()
             && reaches(version, w.produced.as_deref())
         {
-            w.status = None;
+            w.reached = Some(Instant::now());
+        }
+    }
+
+    /// Drops the status copies the cache has held for longer than `settled`.
+    pub fn drop_settled(&self, settled: Duration) {
+        let mut resources = self.resources.lock().expect("lock poisoned");
+        for w in resources.values_mut().filter_map(|m| m.written.as_mut()) {
+            if w.reached.is_some_and(|at| at.elapsed() > settled) {
+                w.status = None;
+            }
         }
     }
 
@@ -209,35 +227,38 @@ mod tests {
         t.wrote_status(
             "u",
             Some("10".into()),
-            Some("11".into()),
-            Some(status.clone()),
-        );
-        assert_eq!(t.newer_status("u", Some("10")), Some(status.clone()));
-        assert_eq!(t.newer_status("u", Some("11")), None, "the cache caught up");
-        t.cache_reached("u", "10");
-        assert_eq!(
-            t.newer_status("u", Some("10")),
-            Some(status.clone()),
-            "still needed"
-        );
-        // Another write landed between the one ours was based on and ours.
-        t.wrote_status(
-            "u",
-            Some("10".into()),
             Some("13".into()),
             Some(status.clone()),
         );
-        t.cache_reached("u", "12");
+        assert_eq!(t.newer_status("u", Some("10")), Some(status.clone()));
         assert_eq!(
             t.newer_status("u", Some("12")),
-            Some(status),
-            "an older write than ours"
+            Some(status.clone()),
+            "another write landed between the one ours was based on and ours"
         );
+        // The cache reaches the write, but a reconcile may hold the older object still.
         t.cache_reached("u", "13");
-        assert_eq!(t.newer_status("u", Some("12")), None, "the copy is dropped");
+        assert_eq!(t.newer_status("u", Some("10")), Some(status.clone()));
+        t.drop_settled(Duration::from_secs(60));
+        assert_eq!(
+            t.newer_status("u", Some("10")),
+            Some(status.clone()),
+            "not settled yet"
+        );
+        t.drop_settled(Duration::ZERO);
+        assert_eq!(t.newer_status("u", Some("10")), None, "settled: dropped");
+        // A reconcile holding the write or later drops the copy.
+        t.wrote_status(
+            "u",
+            Some("13".into()),
+            Some("15".into()),
+            Some(status.clone()),
+        );
+        assert_eq!(t.newer_status("u", Some("15")), None);
+        assert_eq!(t.newer_status("u", Some("14")), None, "dropped");
+        assert!(t.has_written("u", Some("15")));
         assert!(t.has_written("u", Some("13")));
-        assert!(t.has_written("u", Some("10")));
-        assert!(!t.has_written("u", Some("12")));
+        assert!(!t.has_written("u", Some("14")));
     }
 
     #[test]

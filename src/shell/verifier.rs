@@ -164,19 +164,10 @@ impl Verifier {
         {
             state.leave(&old, s.uid);
         }
-        let check = state.checks.entry(key).or_insert_with(|| Check {
-            credential: s.credential.clone(),
-            probe: s.probe.clone(),
-            subscribers: BTreeMap::new(),
-            answer: None,
-            last: None,
-            failures: 0,
-            forced: None,
-            last_forced: None,
-            restored_next: None,
-            wanted: None,
-            running: false,
-        });
+        let check = state
+            .checks
+            .entry(key)
+            .or_insert_with(|| Check::new(s.credential.clone(), s.probe.clone()));
         check.subscribers.insert(
             s.uid.to_owned(),
             Subscriber {
@@ -416,6 +407,22 @@ impl State {
 }
 
 impl Check {
+    fn new(credential: Credential, probe: ProbeTarget) -> Self {
+        Check {
+            credential,
+            probe,
+            subscribers: BTreeMap::new(),
+            answer: None,
+            last: None,
+            failures: 0,
+            forced: None,
+            last_forced: None,
+            restored_next: None,
+            wanted: None,
+            running: false,
+        }
+    }
+
     /// The namespace whose share this check counts against: its first subscriber's.
     fn namespace(&self) -> &str {
         self.subscribers
@@ -516,29 +523,19 @@ mod tests {
     const T0: SystemTime = SystemTime::UNIX_EPOCH;
 
     fn check(subscribers: &[(&str, Duration)]) -> Check {
-        Check {
-            credential: Credential::personal_access_token(b"tok").unwrap(),
-            probe: ProbeTarget::Url("https://example.invalid/probe".parse().unwrap()),
-            subscribers: subscribers
-                .iter()
-                .map(|(uid, interval)| {
-                    let s = Subscriber {
-                        namespace: "ns".into(),
-                        name: (*uid).into(),
-                        interval: *interval,
-                    };
-                    ((*uid).to_owned(), s)
-                })
-                .collect(),
-            answer: None,
-            last: None,
-            failures: 0,
-            forced: None,
-            last_forced: None,
-            restored_next: None,
-            wanted: None,
-            running: false,
+        let mut check = Check::new(
+            Credential::personal_access_token(b"tok").unwrap(),
+            ProbeTarget::Url("https://example.invalid/probe".parse().unwrap()),
+        );
+        for (uid, interval) in subscribers {
+            let s = Subscriber {
+                namespace: "ns".into(),
+                name: (*uid).into(),
+                interval: *interval,
+            };
+            check.subscribers.insert((*uid).to_owned(), s);
         }
+        check
     }
 
     fn outcome(reason: Reason) -> Outcome {
