@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 
-.PHONY: test demo controlplane deps lint crds bench chart
+.PHONY: test demo controlplane deps lint crds bench chart soak-leader
 
 ## test: install what is missing, then fmt check, clippy and every test (unit and real control plane)
 test: deps controlplane lint chart
@@ -43,3 +43,7 @@ chart:
 ## bench: the scale benchmark (N = 100, 1000, 5000) on a local control plane; figures in target/bench/scale.csv
 bench: deps controlplane
 	$(CARGO) bench --bench scale
+
+## soak-leader: the leader election stress test with many rounds (MXCRED_LEADER_ROUNDS, default 100; about 6 s each)
+soak-leader: deps controlplane
+	MXCRED_LEADER_ROUNDS=$${MXCRED_LEADER_ROUNDS:-100} $(CARGO) test --test leader instances_started_together -- --nocapture

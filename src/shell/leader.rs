@@ -319,7 +319,13 @@ async fn acquire(elector: &mut Elector, shutdown: &CancellationToken) -> Option<
         let started = Instant::now();
         let wait = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            attempt = elector.try_acquire_or_renew() => match attempt {
+            // A request the API server never answers must not keep a standby from trying again.
+            attempt = tokio::time::timeout(RENEW_DEADLINE, elector.try_acquire_or_renew()) => match attempt {
+                Err(_) => {
+                    warn!("no answer from the API server about the lease");
+                    STANDBY_PERIOD
+                }
+                Ok(attempt) => match attempt {
                 Ok(Attempt::Held) => return Some(started),
                 Ok(Attempt::HeldUntil(_, expiry)) => expiry.saturating_duration_since(Instant::now()).min(STANDBY_PERIOD),
                 Ok(Attempt::HeldBy(_)) => STANDBY_PERIOD,
@@ -327,7 +333,7 @@ async fn acquire(elector: &mut Elector, shutdown: &CancellationToken) -> Option<
                     warn!(error = %e, "could not read or take the lease");
                     STANDBY_PERIOD
                 }
-            },
+            }},
         };
         tokio::select! {
             _ = shutdown.cancelled() => return None,
