@@ -105,7 +105,7 @@ impl Sampler {
             response.text().await.ok()
         }))
         .await;
-        let read = tokio::time::timeout(Duration::from_secs(1), self.leases.get(&self.lease));
+        let read = tokio::time::timeout(Duration::from_millis(300), self.leases.get(&self.lease));
         // None while the API server does not answer: only the roles are checked then.
         let holder = match read.await {
             Ok(Ok(lease)) => Some(lease.spec.and_then(|s| s.holder_identity)),
@@ -138,9 +138,16 @@ impl Sampler {
     /// Samples until exactly one instance serves and every other one in `live` stands by, for
     /// `STEADY` samples in a row; returns the index of the one serving.
     async fn settle(&mut self, live: &[bool], within: Duration) -> usize {
+        self.settle_since(live, within).await.0
+    }
+
+    /// As [`Self::settle`], also returning when the one serving was first seen serving.
+    async fn settle_since(&mut self, live: &[bool], within: Duration) -> (usize, Instant) {
         let deadline = Instant::now() + within;
         let mut steady = (usize::MAX, 0);
+        let mut since = Instant::now();
         loop {
+            let sampled = Instant::now();
             let roles = self.sample().await;
             let serving = roles.iter().position(|r| r.as_deref() == Some("serving"));
             let others_stand_by = roles
@@ -149,11 +156,14 @@ impl Sampler {
                 .all(|(i, r)| !live[i] || Some(i) == serving || r.as_deref() == Some("standby"));
             steady = match serving {
                 Some(i) if others_stand_by && steady.0 == i => (i, steady.1 + 1),
-                Some(i) if others_stand_by => (i, 1),
+                Some(i) if others_stand_by => {
+                    since = sampled;
+                    (i, 1)
+                }
                 _ => (usize::MAX, 0),
             };
             if steady.1 >= STEADY {
-                return steady.0;
+                return (steady.0, since);
             }
             assert!(
                 Instant::now() < deadline,
@@ -256,12 +266,12 @@ async fn a_frozen_leader_stops_serving_and_serves_again_only_after_renewing() {
     let frozen = Frozen::freeze(ops[second].pid());
     let mut others = all;
     others[second] = false;
-    let third = sampler
-        .settle(&others, Duration::from_secs(LEASE_DURATION) + SETTLE)
+    let (third, serving) = sampler
+        .settle_since(&others, Duration::from_secs(LEASE_DURATION) + SETTLE)
         .await;
     println!(
         "fail-over from a frozen leader: {:?} (lease duration {LEASE_DURATION} s)",
-        frozen_at.elapsed()
+        serving - frozen_at
     );
     sampler
         .sample_for(Duration::from_secs(25).saturating_sub(frozen_at.elapsed()))
@@ -295,8 +305,8 @@ async fn a_leader_that_cannot_renew_stops_serving_before_its_lease_expires() {
 
     let stalled = Instant::now();
     let frozen = Frozen::freeze(env.cp.apiserver_pid());
-    // Its last renewal started at most one renew period (and a request) before the stall.
-    let bound = RENEW_DEADLINE + RENEW_PERIOD + Duration::from_secs(1);
+    // Its last successful renewal started before the stall; a second covers the sampling.
+    let bound = RENEW_DEADLINE + Duration::from_secs(1);
     loop {
         let roles = sampler.sample().await;
         if roles[leader].as_deref() == Some("standby") {
