@@ -192,7 +192,7 @@ fn rounds() -> usize {
     std::env::var("MXCRED_LEADER_ROUNDS")
         .ok()
         .map(|r| r.parse().expect("MXCRED_LEADER_ROUNDS is a number"))
-        .unwrap_or(6)
+        .unwrap_or(10)
 }
 
 fn cores() -> usize {
