@@ -441,3 +441,36 @@ async fn a_leader_keeps_its_lease_past_the_lease_duration() {
         "the standby took the lease while the leader held it"
     );
 }
+
+/// What the election rests on: a patch carrying an outdated `resourceVersion` is refused, so of
+/// two instances that decided on the same record only the first write lands.
+#[tokio::test]
+async fn a_write_decided_on_an_outdated_lease_is_refused() {
+    let _shared = API_SERVER.read().await;
+    let env = TestEnv::new("precondition").await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "mxcred-system");
+    let lease: Lease =
+        serde_json::from_value(json!({"metadata": {"name": "precondition"}})).unwrap();
+    let created = leases
+        .create(&kube::api::PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let decided_on = created.metadata.resource_version.clone();
+    let take = |who: &str| {
+        kube::api::Patch::Merge(json!({
+            "metadata": {"resourceVersion": decided_on},
+            "spec": {"holderIdentity": who},
+        }))
+    };
+    let params = kube::api::PatchParams::default();
+    leases
+        .patch("precondition", &params, &take("first"))
+        .await
+        .unwrap();
+    let second = leases.patch("precondition", &params, &take("second")).await;
+    assert!(
+        matches!(&second, Err(kube::Error::Api(s)) if s.code == 409),
+        "{second:?}"
+    );
+    assert_eq!(holder(&env, "precondition").await.as_deref(), Some("first"));
+}

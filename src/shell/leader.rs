@@ -191,14 +191,14 @@ impl Elector {
     }
 
     /// Gives the Lease up if this instance still holds it, so that a standby need not wait for
-    /// it to expire.
-    pub async fn release(&mut self) -> kube::Result<()> {
+    /// it to expire; tells whether it did.
+    pub async fn release(&mut self) -> kube::Result<bool> {
         let Some(current) = self.api.get_opt(&self.lease.name).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let spec = current.spec.unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(self.lease.identity.as_str()) {
-            return Ok(());
+            return Ok(false);
         }
         let patch = json!({
             "metadata": {"resourceVersion": current.metadata.resource_version},
@@ -208,7 +208,8 @@ impl Elector {
                 "renewTime": MicroTime(jiff::Timestamp::now()),
             }
         });
-        self.write(Patch::Merge(patch), None).await.map(drop)
+        let attempt = self.write(Patch::Merge(patch), None).await?;
+        Ok(attempt == Attempt::Held)
     }
 }
 
@@ -262,8 +263,10 @@ where
             let mut renewing = pin!(renew(&mut elector, &deadline));
             let mut watchdog = pin!(sleep_until(deadline.get()));
             // The clock is read before the controllers are polled, every time: after a stall
-            // (a frozen process, a starved CPU) they must not take a single step past the
-            // deadline, whichever timer or socket woke the task first.
+            // (a frozen process, a starved CPU) they must start no reconcile past the deadline,
+            // whichever timer or socket woke the task first. Reconciles already running are
+            // tasks of their own: `drain` lets them end while the Lease is surely still ours,
+            // and aborts them then.
             poll_fn(|cx| {
                 if Instant::now() >= deadline.get() {
                     return Poll::Ready(End::Deadline);
@@ -306,7 +309,8 @@ where
     }
     // Only after the controllers have stopped: a standby may start the moment it is released.
     match elector.release().await {
-        Ok(()) => info!(identity = %lease.identity, "released the lease"),
+        Ok(true) => info!(identity = %lease.identity, "released the lease"),
+        Ok(false) => {}
         Err(e) => warn!(error = %e, "could not release the lease; it expires by itself"),
     }
     Ok(())
@@ -317,23 +321,26 @@ where
 async fn acquire(elector: &mut Elector, shutdown: &CancellationToken) -> Option<Instant> {
     loop {
         let started = Instant::now();
-        let wait = tokio::select! {
+        // A request the API server never answers must not keep a standby from trying again.
+        let attempt = tokio::time::timeout(RENEW_DEADLINE, elector.try_acquire_or_renew());
+        let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            // A request the API server never answers must not keep a standby from trying again.
-            attempt = tokio::time::timeout(RENEW_DEADLINE, elector.try_acquire_or_renew()) => match attempt {
-                Err(_) => {
-                    warn!("no answer from the API server about the lease");
-                    STANDBY_PERIOD
-                }
-                Ok(attempt) => match attempt {
-                Ok(Attempt::Held) => return Some(started),
-                Ok(Attempt::HeldUntil(_, expiry)) => expiry.saturating_duration_since(Instant::now()).min(STANDBY_PERIOD),
-                Ok(Attempt::HeldBy(_)) => STANDBY_PERIOD,
-                Err(e) => {
-                    warn!(error = %e, "could not read or take the lease");
-                    STANDBY_PERIOD
-                }
-            }},
+            attempt = attempt => attempt,
+        };
+        let wait = match attempt {
+            Ok(Ok(Attempt::Held)) => return Some(started),
+            Ok(Ok(Attempt::HeldUntil(_, expiry))) => expiry
+                .saturating_duration_since(Instant::now())
+                .min(STANDBY_PERIOD),
+            Ok(Ok(Attempt::HeldBy(_))) => STANDBY_PERIOD,
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not read or take the lease");
+                STANDBY_PERIOD
+            }
+            Err(_) => {
+                warn!("no answer from the API server about the lease");
+                STANDBY_PERIOD
+            }
         };
         tokio::select! {
             _ = shutdown.cancelled() => return None,
