@@ -370,8 +370,9 @@ async fn one_leader_and_fail_over_when_it_dies() {
     println!(
         "fail-over after SIGKILL: lease taken after {taken:?}, serving after {serving:?} (lease duration {LEASE_DURATION} s)"
     );
-    // The standby sees the last renewal at most a poll late.
-    assert!(taken < Duration::from_secs(LEASE_DURATION + 3), "{taken:?}");
+    // Within the lease duration of the last renewal, which came before the kill; the second
+    // is for the requests of a loaded machine.
+    assert!(taken < Duration::from_secs(LEASE_DURATION + 1), "{taken:?}");
 
     // The new leader serves: a rotation reaches the target.
     env.put_source("raw", &[("token", "second")]).await;

@@ -11,9 +11,10 @@
 //! other 409 Conflict), and a leader stops on its own monotonic clock before anyone may take over.
 //!
 //! Why that is enough: a renewal that starts at instant `s` and succeeds is committed after `s`,
-//! and a standby counts the lease duration from when it first saw that record, which is after the
-//! commit. The leader stops serving at `s + RENEW_DEADLINE`, so before `s + LEASE_DURATION`, the
-//! earliest a standby may write, and its write fails if the record changed in between.
+//! and a standby waits 14 s (the lease duration less its polling period) from when it first saw
+//! that record, which is after the commit. The leader stops serving at `s + RENEW_DEADLINE`, 4 s
+//! before the earliest instant a standby may write, and that write fails if the record changed
+//! in between.
 
 use crate::domain::api::MANAGER;
 use crate::shell::controller::{Role, Shared};
@@ -34,14 +35,19 @@ use tracing::{info, warn};
 /// Seconds a Lease stays valid without renewal: the longest a standby waits after a leader died.
 pub const LEASE_DURATION: u64 = 15;
 /// A leader that has not renewed within this long of the start of its last successful renewal
-/// stops serving. The 5 s to the lease duration are what the controllers get to drain and what
-/// absorbs clock rate differences between instances.
+/// stops serving. The 4 s to the earliest take-over by a standby are what the controllers get to
+/// drain and what absorbs clock rate differences between instances.
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the leader renews.
 pub const RENEW_PERIOD: Duration = Duration::from_secs(2);
-/// How often a standby reads the Lease: the most by which it sees a renewal late, and so the
-/// most by which a fail-over exceeds the lease duration.
+/// How often a standby reads the Lease: the most by which it sees a renewal late.
 pub const STANDBY_PERIOD: Duration = Duration::from_secs(1);
+/// How long after first seeing a record a standby may take the Lease: the record's duration less
+/// the polling period by which it may have seen the record late, so that a dead leader is
+/// replaced within the lease duration of its last renewal. Still 4 s past the renew deadline.
+fn take_over_after(lease_duration: Duration) -> Duration {
+    lease_duration.saturating_sub(STANDBY_PERIOD)
+}
 
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -112,7 +118,7 @@ impl Elector {
             let duration = spec.lease_duration_seconds.map_or(LEASE_DURATION, |d| {
                 u64::try_from(d).unwrap_or(LEASE_DURATION)
             });
-            let expiry = seen + Duration::from_secs(duration);
+            let expiry = seen + take_over_after(Duration::from_secs(duration));
             if Instant::now() < expiry {
                 return Ok(Attempt::HeldUntil(holder, expiry));
             }
@@ -369,7 +375,7 @@ async fn renew(elector: &mut Elector, deadline: &Cell<Instant>) -> End {
 /// Lets the controllers finish what they started, but only while no other instance can have
 /// taken the Lease (`renewed` is the start of the last successful renewal); then drops them.
 async fn drain(serving: std::pin::Pin<&mut impl Future<Output = ()>>, renewed: Instant) {
-    let expiry = renewed + Duration::from_secs(LEASE_DURATION);
+    let expiry = renewed + take_over_after(Duration::from_secs(LEASE_DURATION));
     let mut serving = serving;
     let mut timer = pin!(sleep_until(expiry));
     let drained = poll_fn(|cx| {
