@@ -93,8 +93,8 @@ impl Sampler {
 
     /// One sample: each instance's role (`None` when it does not answer or is not ready), then
     /// the Lease's holder. A holder read after a role can differ from the one the role was
-    /// served under only if the Lease changed hands in between, which takes at least the 5 s
-    /// between renew deadline and lease duration.
+    /// served under only if the Lease changed hands in between, which takes the 4 s between a
+    /// leader's renew deadline and the earliest take-over.
     async fn sample(&mut self) -> Vec<Option<String>> {
         let http = &self.http;
         let roles = futures::future::join_all(self.urls.iter().map(|url| async move {
@@ -135,26 +135,29 @@ impl Sampler {
         roles
     }
 
-    /// Samples until exactly one instance serves and every other one in `live` stands by, for
-    /// `STEADY` samples in a row; returns the index of the one serving.
+    /// Samples until exactly one instance of `live` serves and every other one in `live` stands
+    /// by, for `STEADY` samples in a row; returns the index of the one serving.
     async fn settle(&mut self, live: &[bool], within: Duration) -> usize {
         self.settle_since(live, within).await.0
     }
 
-    /// As [`Self::settle`], also returning when the one serving was first seen serving.
+    /// As [`Self::settle`], also returning when the one serving was first seen serving (the
+    /// end of that sample: it served by then).
     async fn settle_since(&mut self, live: &[bool], within: Duration) -> (usize, Instant) {
         let deadline = Instant::now() + within;
         let mut steady = (usize::MAX, 0);
         let mut since = Instant::now();
         loop {
-            let sampled = Instant::now();
             let roles = self.sample().await;
+            let sampled = Instant::now();
             let serving = roles.iter().position(|r| r.as_deref() == Some("serving"));
             let others_stand_by = roles
                 .iter()
                 .enumerate()
                 .all(|(i, r)| !live[i] || Some(i) == serving || r.as_deref() == Some("standby"));
-            steady = match serving {
+            // One outside `live` may still serve (a leader handles SIGTERM when it next runs):
+            // that is no new leader yet.
+            steady = match serving.filter(|i| live[*i]) {
                 Some(i) if others_stand_by && steady.0 == i => (i, steady.1 + 1),
                 Some(i) if others_stand_by => {
                     since = sampled;
