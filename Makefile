@@ -44,6 +44,6 @@ chart:
 bench: deps controlplane
 	$(CARGO) bench --bench scale
 
-## soak-leader: the leader election stress test with many rounds (MXCRED_LEADER_ROUNDS, default 100; about 3 s each)
+## soak-leader: the leader election stress test with many rounds (MXCRED_LEADER_ROUNDS, default 100; 2 to 3 s each)
 soak-leader: deps controlplane
 	MXCRED_LEADER_ROUNDS=$${MXCRED_LEADER_ROUNDS:-100} $(CARGO) test --test leader instances_started_together -- --nocapture
