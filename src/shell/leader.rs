@@ -26,6 +26,7 @@ use serde_json::json;
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::pin;
+use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -47,6 +48,25 @@ pub const STANDBY_PERIOD: Duration = Duration::from_secs(1);
 /// replaced within the lease duration of its last renewal. Still 4 s past the renew deadline.
 fn take_over_after(lease_duration: Duration) -> Duration {
     lease_duration.saturating_sub(STANDBY_PERIOD)
+}
+
+/// When this process's current term ends, on the monotonic clock; `None` without leader
+/// election. A process woken from a stall can answer `/readyz` before its leader task has run and
+/// taken the role back, so `/readyz` reads the clock itself. Process-wide because the role it
+/// qualifies is: one per process.
+static TERM_ENDS: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn set_term_end(end: Instant) {
+    *TERM_ENDS.lock().expect("lock poisoned") = Some(end);
+}
+
+/// Whether this process may report serving now: always without leader election, else only
+/// before its renew deadline.
+pub fn within_term() -> bool {
+    TERM_ENDS
+        .lock()
+        .expect("lock poisoned")
+        .is_none_or(|end| Instant::now() < end)
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +275,7 @@ where
     Fut: Future<Output = ()>,
 {
     let mut elector = Elector::new(client, lease.clone());
+    set_term_end(Instant::now());
     info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for the lease");
     loop {
         shared.set_role(Role::Standby);
@@ -263,6 +284,7 @@ where
         };
         info!(identity = %lease.identity, "holding the lease: serving");
         let deadline = Cell::new(acquired + RENEW_DEADLINE);
+        set_term_end(deadline.get());
         let term = shutdown.child_token();
         let mut serving = pin!(lead(term.clone()));
         let end = {
@@ -294,6 +316,7 @@ where
         match end {
             End::Stopped => {}
             End::Deadline | End::Lost(_) => {
+                set_term_end(Instant::now());
                 if !shutdown.is_cancelled() {
                     shared.set_role(Role::Standby);
                 }
@@ -364,7 +387,10 @@ async fn renew(elector: &mut Elector, deadline: &Cell<Instant>) -> End {
         let attempt = tokio::time::timeout_at(deadline.get(), elector.try_acquire_or_renew()).await;
         match attempt {
             Err(_) => return End::Deadline,
-            Ok(Ok(Attempt::Held)) => deadline.set(started + RENEW_DEADLINE),
+            Ok(Ok(Attempt::Held)) => {
+                deadline.set(started + RENEW_DEADLINE);
+                set_term_end(deadline.get());
+            }
             Ok(Ok(Attempt::HeldBy(holder))) => return End::Lost(holder),
             Ok(Ok(Attempt::HeldUntil(holder, _))) => return End::Lost(Some(holder)),
             Ok(Err(e)) => warn!(error = %e, "could not renew the lease; trying again"),

@@ -1,6 +1,7 @@
 //! The HTTP endpoints for the kubelet and Prometheus: `/healthz`, `/readyz`, `/metrics`.
 
 use crate::shell::controller::Shared;
+use crate::shell::leader;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -30,6 +31,7 @@ pub async fn serve(
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     match shared.serving() {
+        Some("serving") if !leader::within_term() => (StatusCode::OK, "standby"),
         Some(role) => (StatusCode::OK, role),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
     }
