@@ -272,6 +272,10 @@ async fn a_frozen_leader_stops_serving_and_serves_again_only_after_renewing() {
 
     // Frozen past the lease duration: another instance takes over, and the woken one never
     // serves beside it.
+    const CONNECTIONS: usize = 20;
+    let (http, url) = (reqwest::Client::new(), ops[second].readyz_url().await);
+    let open = (0..CONNECTIONS).map(|_| async { http.get(&url).send().await.unwrap() });
+    futures::future::join_all(open).await;
     let frozen_at = Instant::now();
     let frozen = Frozen::freeze(ops[second].pid());
     let mut others = all;
@@ -286,7 +290,24 @@ async fn a_frozen_leader_stops_serving_and_serves_again_only_after_renewing() {
     sampler
         .sample_for(Duration::from_secs(25).saturating_sub(frozen_at.elapsed()))
         .await;
+    // Requests queued on open connections while it is frozen are the first it answers on
+    // waking, perhaps before its leader task has run: not one may say it serves.
+    let queued: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move { http.get(url).send().await?.text().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     drop(frozen);
+    for answer in futures::future::join_all(queued).await {
+        let answer = answer.unwrap();
+        assert_ne!(
+            answer.as_deref().ok(),
+            Some("serving"),
+            "answered on waking"
+        );
+    }
     sampler.sample_for(Duration::from_secs(3)).await;
     assert_eq!(sampler.settle(&all, SETTLE).await, third);
     assert!(
