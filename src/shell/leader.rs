@@ -25,7 +25,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
@@ -287,32 +287,7 @@ where
         set_term_end(deadline.get());
         let term = shutdown.child_token();
         let mut serving = pin!(lead(term.clone()));
-        let end = {
-            let mut renewing = pin!(renew(&mut elector, &deadline));
-            let mut watchdog = pin!(sleep_until(deadline.get()));
-            // The clock is read before the controllers are polled, every time: after a stall
-            // (a frozen process, a starved CPU) they must start no reconcile past the deadline,
-            // whichever timer or socket woke the task first. Reconciles already running are
-            // tasks of their own: `drain` lets them end while the Lease is surely still ours,
-            // and aborts them then.
-            poll_fn(|cx| {
-                if Instant::now() >= deadline.get() {
-                    return Poll::Ready(End::Deadline);
-                }
-                if let Poll::Ready(end) = renewing.as_mut().poll(cx) {
-                    return Poll::Ready(end);
-                }
-                if serving.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(End::Stopped);
-                }
-                watchdog.as_mut().reset(deadline.get());
-                match watchdog.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(End::Deadline),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await
-        };
+        let end = hold(&mut elector, &deadline, serving.as_mut()).await;
         match end {
             End::Stopped => {}
             End::Deadline | End::Lost(_) => {
@@ -343,6 +318,34 @@ where
         Err(e) => warn!(error = %e, "could not release the lease; it expires by itself"),
     }
     Ok(())
+}
+
+/// Runs the controllers while renewing the Lease, until the term ends.
+async fn hold(
+    elector: &mut Elector,
+    deadline: &Cell<Instant>,
+    mut serving: Pin<&mut impl Future<Output = ()>>,
+) -> End {
+    let mut renewing = pin!(renew(elector, deadline));
+    let mut watchdog = pin!(sleep_until(deadline.get()));
+    // The clock is read before the controllers are polled, every time: after a stall (a frozen
+    // process, a starved CPU) they must start no reconcile past the deadline, whichever timer or
+    // socket woke the task first. Reconciles already running are tasks of their own: `drain`
+    // lets them end while the Lease is surely still ours, and aborts them then.
+    poll_fn(|cx| {
+        if Instant::now() >= deadline.get() {
+            return Poll::Ready(End::Deadline);
+        }
+        if let Poll::Ready(end) = renewing.as_mut().poll(cx) {
+            return Poll::Ready(end);
+        }
+        if serving.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::Stopped);
+        }
+        watchdog.as_mut().reset(deadline.get());
+        watchdog.as_mut().poll(cx).map(|()| End::Deadline)
+    })
+    .await
 }
 
 /// Tries to take the Lease until it succeeds (returning when the successful attempt started) or
@@ -400,9 +403,8 @@ async fn renew(elector: &mut Elector, deadline: &Cell<Instant>) -> End {
 
 /// Lets the controllers finish what they started, but only while no other instance can have
 /// taken the Lease (`renewed` is the start of the last successful renewal); then drops them.
-async fn drain(serving: std::pin::Pin<&mut impl Future<Output = ()>>, renewed: Instant) {
+async fn drain(mut serving: Pin<&mut impl Future<Output = ()>>, renewed: Instant) {
     let expiry = renewed + take_over_after(Duration::from_secs(LEASE_DURATION));
-    let mut serving = serving;
     let mut timer = pin!(sleep_until(expiry));
     let drained = poll_fn(|cx| {
         if Instant::now() >= expiry || timer.as_mut().poll(cx).is_ready() {
