@@ -4,7 +4,7 @@ CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
 CHART := charts/mxcred-operator
 
-.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules
+.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules soak-leader
 
 ## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real control plane)
 test: deps controlplane lint actionlint chart
@@ -68,6 +68,10 @@ chart-package: chart
 	@if [ -n "$(IMAGE_REPOSITORY)" ]; then \
 	  sed -i 's|^  repository: .*|  repository: $(IMAGE_REPOSITORY)|' target/chart/src/values.yaml; fi
 	@if [ -n "$(IMAGE_DIGEST)" ]; then \
-	  sed -i 's|^  tag: ""|  tag: "$(VERSION)@$(IMAGE_DIGEST)"|' target/chart/src/values.yaml; fi
+	  sed -i 's|^  digest: ""|  digest: "$(IMAGE_DIGEST)"|' target/chart/src/values.yaml; fi
 	@tools=$$(hack/helm.sh) && "$$tools/helm" lint --strict --quiet target/chart/src && \
 	  "$$tools/helm" package target/chart/src --version $(VERSION) --app-version $(VERSION) -d target/chart
+
+## soak-leader: the leader election stress test with many rounds (MXCRED_LEADER_ROUNDS, default 100; 2 to 3 s each)
+soak-leader: deps controlplane
+	MXCRED_LEADER_ROUNDS=$${MXCRED_LEADER_ROUNDS:-100} $(CARGO) test --test leader instances_started_together -- --nocapture

@@ -45,6 +45,10 @@ pub struct Shared {
     /// listed them.
     stores: Mutex<Vec<(Store<Guarded>, Arc<AtomicBool>)>>,
     role: Mutex<Role>,
+    /// When the current leadership term ends, on the monotonic clock (`None` without leader
+    /// election). A process woken from a stall can answer `/readyz` before its leader task has
+    /// run and taken the role back, so `/readyz` reads the clock itself.
+    term_ends: Mutex<Option<Instant>>,
 }
 
 /// The part this instance plays.
@@ -65,6 +69,7 @@ impl Shared {
             metrics,
             stores: Mutex::default(),
             role: Mutex::default(),
+            term_ends: Mutex::default(),
         }
     }
 
@@ -103,6 +108,7 @@ impl Shared {
             // A healthy standby is ready, as in controller-runtime: were it not, a
             // PodDisruptionBudget could never let the leader's node be drained.
             Role::Standby => Some("standby"),
+            Role::Serving if !self.within_term() => Some("standby"),
             Role::Serving => {
                 let stores = self.stores.lock().expect("lock poisoned");
                 let listed = !stores.is_empty()
@@ -112,6 +118,17 @@ impl Shared {
                 listed.then_some("serving")
             }
         }
+    }
+
+    pub fn set_term_end(&self, end: Option<Instant>) {
+        *self.term_ends.lock().expect("lock poisoned") = end;
+    }
+
+    fn within_term(&self) -> bool {
+        self.term_ends
+            .lock()
+            .expect("lock poisoned")
+            .is_none_or(|end| Instant::now() < end)
     }
 
     pub fn set_role(&self, role: Role) {

@@ -585,6 +585,11 @@ impl Operator {
         state.map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, ...) without waiting for its effect.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
     /// Stops the operator with SIGKILL and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -631,6 +636,80 @@ pub async fn assert_no_canary(env: &TestEnv, operators: &[&Operator], canary: &s
                 !op.metrics().await.contains(canary),
                 "a credential reached the metrics"
             );
+        }
+    }
+}
+
+/// Sends `signal` (`"STOP"`, `"CONT"`, ...) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+impl ControlPlane {
+    /// The process id of the running kube-apiserver.
+    pub fn apiserver_pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("kube-apiserver.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// A process frozen with SIGSTOP; SIGCONT when dropped, so that a failing test never leaves it
+/// frozen for the tests that share it.
+pub struct Frozen(pub u32);
+
+impl Frozen {
+    pub fn freeze(pid: u32) -> Frozen {
+        send_signal(pid, "STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Busy threads that keep every core loaded until dropped.
+pub struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    pub fn start(threads: usize) -> CpuLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        CpuLoad { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }
