@@ -54,7 +54,7 @@ fn expect(method: Method, path: &str, status: u16, body: Option<Value>) -> Expec
 fn get_source() -> Expect {
     let source = json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "raw", "namespace": NS, "resourceVersion": "1"},
+        "metadata": {"name": "raw", "namespace": NS, "resourceVersion": "1", "labels": {"mxcred.io/source": "true"}},
         "type": "Opaque",
         "data": {"token": base64(TOKEN)},
     });

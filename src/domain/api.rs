@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 pub const MANAGER: &str = "mxcred-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_CREDENTIAL: &str = "mxcred.io/credential";
+/// The label by which a Secret opts in as a source (value `"true"`).
+pub const LABEL_SOURCE: &str = "mxcred.io/source";
 pub const ANNOTATION_FINGERPRINT: &str = "mxcred.io/token-fingerprint";
 pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at";
 
@@ -211,6 +213,7 @@ pub mod condition {
 pub mod ready {
     pub const SYNCED: &str = "Synced";
     pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    pub const SOURCE_NOT_ALLOWED: &str = "SourceNotAllowed";
     pub const SOURCE_KEY_MISSING: &str = "SourceKeyMissing";
     pub const INVALID_SOURCE: &str = "InvalidSource";
     pub const TARGET_CONFLICT: &str = "TargetConflict";

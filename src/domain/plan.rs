@@ -392,6 +392,9 @@ pub fn target_action(
 /// The condition for a source whose values cannot be used.
 pub fn source_refused(problem: &SourceError) -> Ready {
     match problem {
+        SourceError::NotAllowed { .. } => {
+            Ready::refused(ReadyReason::SourceNotAllowed, problem.to_string())
+        }
         SourceError::KeyMissing { .. } => {
             Ready::refused(ReadyReason::SourceKeyMissing, problem.to_string())
         }

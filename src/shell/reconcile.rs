@@ -90,6 +90,9 @@ fn describe(error: &kube::Error) -> String {
     }
 }
 
+/// How often a target blocked by someone else's Secret is tried again.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
+
 pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = match &guard.0 {
@@ -211,6 +214,8 @@ async fn reconcile_valid(
     let action = match (hold, ready) {
         (Some(hold), _) => Action::requeue(hold),
         (None, ReadyReason::Synced) => Action::requeue(Duration::from_secs(3600)),
+        // The foreign Secret in the way is not watched (only ours and sources are).
+        (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
         (None, _) => Action::await_change(),
     };
     Ok((action, ready))

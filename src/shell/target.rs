@@ -89,8 +89,7 @@ async fn read_source(
     else {
         return Ok(None);
     };
-    let data = source.data.unwrap_or_default();
-    let credential = Credential::from_source(credential_type, keys, &data);
+    let credential = Credential::from_secret(credential_type, keys, &source);
     if let Some(version) = source.metadata.resource_version {
         cache.remember(ns, credential_type, keys, version, credential.clone());
     }

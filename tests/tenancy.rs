@@ -1,0 +1,187 @@
+//! One operator, many tenants: each attack of issue 11, tried as a tenant would, with a
+//! ServiceAccount of its own and a namespace-scoped Role, on the real control plane.
+
+mod common;
+
+use common::{TestEnv, assert_no_canary, value, wait_until};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use mendix_simulator::{Simulator, State};
+use serde_json::json;
+use std::time::Duration;
+
+/// A tenant of the test's namespace: may create and read MendixCredentials, and `get` only the
+/// Secrets named in `readable`. Returns the tenant's client.
+async fn tenant(env: &TestEnv, readable: &[&str]) -> Client {
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    accounts
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "tenant"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut rules = vec![json!({
+        "apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    })];
+    if !readable.is_empty() {
+        rules.push(json!({
+            "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+            "resourceNames": readable,
+        }));
+    }
+    let role: Role =
+        serde_json::from_value(json!({"metadata": {"name": "tenant"}, "rules": rules})).unwrap();
+    Api::<Role>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tenant"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": env.ns}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let kubeconfig =
+        common::service_account_kubeconfig(&env.client, &env.cp.dir, &env.ns, "tenant").await;
+    let client = common::client_from(&kubeconfig).await;
+    let credentials: Api<mxcred_operator::domain::api::MendixCredential> =
+        Api::namespaced(client.clone(), &env.ns);
+    wait_until(Duration::from_secs(10), "the tenant's Role", || async {
+        credentials.list(&Default::default()).await.is_ok()
+    })
+    .await;
+    client
+}
+
+/// Applies a MendixCredential with the tenant's client.
+async fn apply_as(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+        "metadata": {"name": name}, "spec": spec});
+    Api::<mxcred_operator::domain::api::MendixCredential>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::apply("tenant"), &Patch::Apply(cr))
+        .await
+        .unwrap();
+}
+
+/// A Secret the tenant did not make, created by the namespace's administrator.
+async fn admin_secret(env: &TestEnv, secret: serde_json::Value) {
+    let secret: Secret = serde_json::from_value(secret).unwrap();
+    env.secrets()
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_that_did_not_opt_in_is_never_read_for_a_tenant() {
+    let canary = "CANARY-prod-db-password-7d1f";
+    let sa_canary = "CANARY-eyJhbGciOiJSUzI1NiJ9.service-account-jwt";
+    let sim = Simulator::start().await;
+    sim.set(canary, State::Valid);
+    sim.set(sa_canary, State::Valid);
+    sim.set("tok-late", State::Valid);
+    let env = TestEnv::new("deputy").await;
+    let op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    admin_secret(
+        &env,
+        json!({"metadata": {"name": "prod-db"}, "type": "Opaque",
+               "stringData": {"password": canary, "user": "app"}}),
+    )
+    .await;
+    // A ServiceAccount token Secret, even labelled as a source, is no source.
+    admin_secret(
+        &env,
+        json!({"metadata": {"name": "sa-token", "labels": {"mxcred.io/source": "true"},
+                            "annotations": {"kubernetes.io/service-account.name": "default"}},
+               "type": "kubernetes.io/service-account-token",
+               "stringData": {"token": sa_canary}}),
+    )
+    .await;
+    let tenant = tenant(&env, &["ci-token"]).await;
+
+    // Confused deputy: the tenant may read ci-token only, and asks for prod-db's password in it.
+    apply_as(
+        &tenant,
+        &env.ns,
+        "deputy",
+        json!({"sourceRef": {"name": "prod-db", "tokenKey": "password"},
+               "target": {"name": "ci-token"}}),
+    )
+    .await;
+    apply_as(
+        &tenant,
+        &env.ns,
+        "jwt",
+        json!({"sourceRef": {"name": "sa-token"}, "target": {"name": "ci-jwt"}}),
+    )
+    .await;
+    for name in ["deputy", "jwt"] {
+        let cr = env.wait_reason(name, "Ready", "SourceNotAllowed").await;
+        let message = common::condition(&cr, "Ready").message;
+        assert!(message.contains("mxcred.io/source"), "{message}");
+        for hidden in ["password", "\"user\"", "key", "bytes", "service-account"] {
+            assert!(!message.contains(hidden), "{message} reveals {hidden}");
+        }
+    }
+    let tenant_secrets: Api<Secret> = Api::namespaced(tenant.clone(), &env.ns);
+    assert!(
+        tenant_secrets.get_opt("ci-token").await.unwrap().is_none(),
+        "no target was written"
+    );
+    assert!(env.secrets().get_opt("ci-jwt").await.unwrap().is_none());
+
+    // A Secret opts in with the label; it is picked up through the watch of sources, and losing
+    // the label stops its use while the published target stays.
+    admin_secret(
+        &env,
+        json!({"metadata": {"name": "late"}, "type": "Opaque", "stringData": {"token": "tok-late"}}),
+    )
+    .await;
+    apply_as(
+        &tenant,
+        &env.ns,
+        "late",
+        json!({"sourceRef": {"name": "late"}, "target": {"name": "late-out"}}),
+    )
+    .await;
+    env.wait_reason("late", "Ready", "SourceNotAllowed").await;
+    let label =
+        |value: serde_json::Value| json!({"metadata": {"labels": {"mxcred.io/source": value}}});
+    env.secrets()
+        .patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(label(json!("true"))),
+        )
+        .await
+        .unwrap();
+    env.wait_reason("late", "TokenValid", "Verified").await;
+    env.secrets()
+        .patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(label(json!(null))),
+        )
+        .await
+        .unwrap();
+    env.wait_reason("late", "Ready", "SourceNotAllowed").await;
+    let kept = env.secrets().get("late-out").await.unwrap();
+    assert_eq!(
+        value(&kept, "MENDIX_TOKEN").as_deref(),
+        Some("tok-late"),
+        "the last good target stays"
+    );
+
+    assert_eq!(sim.requests(canary), 0, "the password reached the probe");
+    assert_eq!(sim.requests(sa_canary), 0, "the JWT reached the probe");
+    assert_no_canary(&env, &[&op], canary).await;
+    assert_no_canary(&env, &[&op], sa_canary).await;
+}
