@@ -6,7 +6,7 @@ mod common;
 use common::{TestEnv, assert_no_canary, value, wait_until};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use mendix_simulator::{Simulator, State};
 use serde_json::json;
@@ -15,6 +15,11 @@ use std::time::Duration;
 /// A tenant of the test's namespace: may create and read MendixCredentials, and `get` only the
 /// Secrets named in `readable`. Returns the tenant's client.
 async fn tenant(env: &TestEnv, readable: &[&str]) -> Client {
+    tenant_with(env, readable, vec![]).await
+}
+
+/// As [`tenant`], with more rules.
+async fn tenant_with(env: &TestEnv, readable: &[&str], more: Vec<serde_json::Value>) -> Client {
     let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
     accounts
         .create(
@@ -33,6 +38,7 @@ async fn tenant(env: &TestEnv, readable: &[&str]) -> Client {
             "resourceNames": readable,
         }));
     }
+    rules.extend(more);
     let role: Role =
         serde_json::from_value(json!({"metadata": {"name": "tenant"}, "rules": rules})).unwrap();
     Api::<Role>::namespaced(env.client.clone(), &env.ns)
@@ -184,4 +190,132 @@ async fn a_secret_that_did_not_opt_in_is_never_read_for_a_tenant() {
     assert_eq!(sim.requests(sa_canary), 0, "the JWT reached the probe");
     assert_no_canary(&env, &[&op], canary).await;
     assert_no_canary(&env, &[&op], sa_canary).await;
+}
+
+#[tokio::test]
+async fn forged_labels_never_make_a_secret_ours() {
+    let env = TestEnv::new("forged").await;
+    let op = env.start_operator(&[]);
+    // A Helm release Secret the tenant may not read, only patch.
+    admin_secret(
+        &env,
+        json!({"metadata": {"name": "sh.helm.release.v1.app.v1", "labels": {"owner": "helm"}},
+               "type": "helm.sh/release.v1", "stringData": {"release": "CANARY-helm-release"}}),
+    )
+    .await;
+    let tenant = tenant_with(
+        &env,
+        &[],
+        vec![json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["patch"]})],
+    )
+    .await;
+    let forged = json!({"metadata": {"labels": {
+        "app.kubernetes.io/managed-by": "mxcred-operator", "mxcred.io/credential": "x"}}});
+    Api::<Secret>::namespaced(tenant.clone(), &env.ns)
+        .patch(
+            "sh.helm.release.v1.app.v1",
+            &PatchParams::default(),
+            &Patch::Merge(forged),
+        )
+        .await
+        .unwrap();
+    env.put_source("x-raw", &[("token", "tok-x")]).await;
+    apply_as(
+        &tenant,
+        &env.ns,
+        "x",
+        json!({"sourceRef": {"name": "x-raw"}, "target": {"name": "sh.helm.release.v1.app.v1"},
+               "verification": {"enabled": false}}),
+    )
+    .await;
+    env.wait_reason("x", "Ready", "TargetConflict").await;
+    let release = env
+        .secrets()
+        .get("sh.helm.release.v1.app.v1")
+        .await
+        .unwrap();
+    assert!(release.metadata.owner_references.is_none(), "never adopted");
+    assert_eq!(
+        value(&release, "release").as_deref(),
+        Some("CANARY-helm-release")
+    );
+    assert!(value(&release, "MENDIX_TOKEN").is_none());
+
+    // Deleting the resource therefore cannot delete the release.
+    Api::<mxcred_operator::domain::api::MendixCredential>::namespaced(tenant.clone(), &env.ns)
+        .delete("x", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the resource gone", || async {
+        env.credentials().get_opt("x").await.unwrap().is_none()
+    })
+    .await;
+    // The garbage collector, had the Secret an owner reference, would act within a second.
+    assert!(
+        common::wait_for(Duration::from_secs(3), || async {
+            env.secrets()
+                .get_opt("sh.helm.release.v1.app.v1")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await
+        .is_none(),
+        "the release Secret was deleted with the resource"
+    );
+    assert_no_canary(&env, &[&op], "CANARY-helm-release").await;
+}
+
+#[tokio::test]
+async fn an_orphaning_delete_keeps_the_secret_and_a_new_resource_adopts_it() {
+    let env = TestEnv::new("orphan").await;
+    let _op = env.start_operator(&[]);
+    let tenant = tenant(&env, &["keep"]).await;
+    env.put_source("keep-raw", &[("token", "tok-keep")]).await;
+    let spec = json!({"sourceRef": {"name": "keep-raw"}, "verification": {"enabled": false}});
+    apply_as(&tenant, &env.ns, "keep", spec.clone()).await;
+    env.wait_reason("keep", "Ready", "Synced").await;
+
+    // `kubectl delete mxcred keep --cascade=orphan`, as docs/install.md says to keep the Secret.
+    let credentials: Api<mxcred_operator::domain::api::MendixCredential> =
+        Api::namespaced(tenant.clone(), &env.ns);
+    credentials
+        .delete("keep", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the resource gone", || async {
+        env.credentials().get_opt("keep").await.unwrap().is_none()
+    })
+    .await;
+    // Had the operator put its owner reference back while the resource was being deleted, the
+    // garbage collector would now delete the Secret (it acts within a second).
+    let collected = common::wait_for(Duration::from_secs(3), || async {
+        let secret = env.secrets().get_opt("keep").await.unwrap();
+        let owned = secret
+            .as_ref()
+            .is_some_and(|s| s.metadata.owner_references.is_some());
+        (secret.is_none() || owned).then_some(())
+    })
+    .await;
+    assert!(
+        collected.is_none(),
+        "the kept Secret was collected or re-owned"
+    );
+    let kept = env.secrets().get("keep").await.unwrap();
+    assert_eq!(value(&kept, "MENDIX_TOKEN").as_deref(), Some("tok-keep"));
+
+    // A resource of the same name takes the kept Secret back (it was written by the operator
+    // for a credential of that name), and owns it again.
+    apply_as(&tenant, &env.ns, "keep", spec).await;
+    let cr = env.wait_reason("keep", "Ready", "Synced").await;
+    let uid = cr.metadata.uid.unwrap();
+    env.wait_secret("keep", "owned by the new resource", |s| {
+        s.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == uid && r.controller == Some(true))
+    })
+    .await;
 }

@@ -99,12 +99,12 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
         Ok(cr) => reconcile_valid(cr, &ctx).await,
         Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx)
             .await
-            .map(|action| (action, ReadyReason::InvalidSpec)),
+            .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
     };
     let uid = guard.meta().uid.as_deref().unwrap_or_default();
     match &result {
         Ok((_, ready)) => {
-            ctx.metrics.reconciled(ready.as_str(), started.elapsed());
+            ctx.metrics.reconciled(ready, started.elapsed());
             ctx.tracker.api_succeeded(uid);
         }
         Err(e) => {
@@ -140,7 +140,14 @@ pub(crate) struct Id {
 async fn reconcile_valid(
     cr: &MendixCredential,
     ctx: &Context,
-) -> Result<(Action, ReadyReason), Error> {
+) -> Result<(Action, &'static str), Error> {
+    // A resource being deleted is never written for. With `--cascade=orphan` the garbage
+    // collector removes the owner reference from the target so that it stays; a "repair" of it
+    // would hand the Secret back to be collected with its owner.
+    if cr.metadata.deletion_timestamp.is_some() {
+        debug!(credential = %format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()), "being deleted: nothing to do");
+        return Ok((Action::await_change(), "Deleting"));
+    }
     let id = Id {
         namespace: cr.namespace().ok_or(Error::MissingMetadata("namespace"))?,
         name: cr.name_any(),
@@ -218,7 +225,7 @@ async fn reconcile_valid(
         (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
         (None, _) => Action::await_change(),
     };
-    Ok((action, ready))
+    Ok((action, ready.as_str()))
 }
 
 async fn write_status(
