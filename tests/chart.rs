@@ -559,6 +559,8 @@ fn operator_flags_and_monitoring_from_values() {
         "--default-interval=30m",
         "--concurrency=4",
         "--log-format=json",
+        "--denied-metadata-prefix=example.com/",
+        "--denied-metadata-prefix=argocd.argoproj.io/",
     ] {
         assert!(
             args.contains(&expected.to_owned()),

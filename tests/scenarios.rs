@@ -231,6 +231,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
             default_interval: Duration::from_secs(3600),
             concurrency: 1,
             test_interval: None,
+            denied_metadata_prefixes: vec![],
         },
         verifier: verifier.clone(),
         tracker: Arc::default(),

@@ -319,3 +319,52 @@ async fn an_orphaning_delete_keeps_the_secret_and_a_new_resource_adopts_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn replication_and_reserved_metadata_keys_are_refused() {
+    let env = TestEnv::new("metadata").await;
+    let _op = env.start_operator(&["--denied-metadata-prefix", "example.com/"]);
+    let tenant = tenant(&env, &[]).await;
+    env.put_source("raw", &[("token", "tok-meta")]).await;
+    for (name, target) in [
+        (
+            "reflect",
+            json!({"annotations": {
+                "reflector.v1.k8s.emberstack.com/reflection-allowed": "true",
+                "reflector.v1.k8s.emberstack.com/reflection-auto-namespaces": "attacker"}}),
+        ),
+        (
+            "kubed",
+            json!({"annotations": {"kubed.appscode.com/sync": "team=attacker"}}),
+        ),
+        (
+            "replicate",
+            json!({"annotations": {"replicator.v1.mittwald.de/replicate-to": "attacker"}}),
+        ),
+        (
+            "reserved",
+            json!({"labels": {"kubernetes.io/service-account.name": "default"}}),
+        ),
+        ("admin", json!({"labels": {"example.com/owner": "x"}})),
+    ] {
+        apply_as(
+            &tenant,
+            &env.ns,
+            name,
+            json!({"sourceRef": {"name": "raw"}, "target": target,
+                   "verification": {"enabled": false}}),
+        )
+        .await;
+        let cr = env.wait_reason(name, "Ready", "InvalidSpec").await;
+        let message = common::condition(&cr, "Ready").message;
+        let key = [
+            "reflector",
+            "kubed.appscode",
+            "replicator",
+            "kubernetes.io/service",
+            "example.com/owner",
+        ];
+        assert!(key.iter().any(|k| message.contains(k)), "{message}");
+        assert!(env.secrets().get_opt(name).await.unwrap().is_none());
+    }
+}

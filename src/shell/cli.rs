@@ -107,6 +107,15 @@ pub struct RunArgs {
     /// Namespace of the Lease; default $POD_NAMESPACE, else the kubeconfig's namespace.
     #[arg(long, env = "MXCRED_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Refuse spec.target label and annotation keys starting with this prefix (repeatable),
+    /// e.g. `example.com/`, beyond the built-in kubernetes.io/, k8s.io/, mxcred.io/ and the
+    /// replication keys of Reflector, kubed and kubernetes-replicator.
+    #[arg(
+        long = "denied-metadata-prefix",
+        env = "MXCRED_DENIED_METADATA_PREFIX",
+        value_delimiter = ','
+    )]
+    pub denied_metadata_prefixes: Vec<String>,
     #[command(flatten)]
     pub platform: RunPlatformArgs,
     /// For tests only: verify at this interval, whatever the resources ask. Their own minimum
@@ -205,6 +214,7 @@ impl RunArgs {
             default_interval: self.default_interval,
             concurrency: self.concurrency,
             test_interval: self.test_interval,
+            denied_metadata_prefixes: self.denied_metadata_prefixes.clone(),
         }
     }
 }

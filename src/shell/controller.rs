@@ -36,6 +36,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Replaces every resource's interval (tests only).
     pub test_interval: Option<Duration>,
+    /// Label and annotation key prefixes refused in `spec.target`, beyond the built-in ones.
+    pub denied_metadata_prefixes: Vec<String>,
 }
 
 /// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,

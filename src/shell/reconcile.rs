@@ -164,7 +164,11 @@ async fn reconcile_valid(
     );
     let previous = remembered.or_else(|| cr.status.clone()).unwrap_or_default();
 
-    let resolved = spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval);
+    let resolved =
+        spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval).and_then(|resolved| {
+            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)
+                .map(|()| resolved)
+        });
     let (sync, credential) = match &resolved {
         Ok(resolved) => target::sync(cr, &id, resolved, &previous, ctx).await?,
         Err(InvalidSpec(message)) => (
