@@ -1172,7 +1172,7 @@ fn platform_client() -> &'static (tokio::runtime::Runtime, client::Platform) {
             .expect("runtime");
         let config = PlatformConfig {
             probe_urls: BTreeMap::new(),
-            allowed_hosts: ["127.0.0.1".to_owned()].into(),
+            allowed_hosts: [format!("http://127.0.0.1:{}", Loopback::get().port)].into(),
             allow_http: true,
             extra_ca_file: None,
             qps: NonZeroU32::new(10_000).expect("non-zero"),

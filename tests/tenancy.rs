@@ -368,3 +368,52 @@ async fn replication_and_reserved_metadata_keys_are_refused() {
         assert!(env.secrets().get_opt(name).await.unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn the_allow_list_is_an_origin_and_a_probe_url_only_itself() {
+    // Another port of the allowed loopback host stands for an internal service.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let contacted = tokio::spawn(async move { listener.accept().await.is_ok() });
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("origin").await;
+    // Only the simulator's exact probe URLs (and https://127.0.0.1:443) are allowed.
+    let op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    let tenant = tenant(&env, &[]).await;
+    let canary = "CANARY-origin-token";
+    sim.set(canary, State::Valid);
+    env.put_source("raw", &[("token", canary)]).await;
+    for (name, probe) in [
+        ("port", format!("http://127.0.0.1:{port}/anything?q=1")),
+        // The simulator's own origin, but not one of the URLs given with --probe-url.
+        ("path", format!("{}/api/v4/apps?limit=2", sim.base_url())),
+    ] {
+        apply_as(
+            &tenant,
+            &env.ns,
+            name,
+            json!({"sourceRef": {"name": "raw"}, "verification": {"probe": probe}}),
+        )
+        .await;
+        let cr = env
+            .wait_reason(name, "TokenValid", "EndpointNotAllowed")
+            .await;
+        let message = common::condition(&cr, "TokenValid").message;
+        assert!(message.contains("127.0.0.1"), "{message}");
+    }
+    assert!(
+        !contacted.is_finished(),
+        "a request reached the port outside the allow-list"
+    );
+    assert_eq!(sim.requests(canary), 0, "the simulator got an unlisted URL");
+    // The exact probe URL itself is allowed.
+    apply_as(
+        &tenant,
+        &env.ns,
+        "named",
+        json!({"sourceRef": {"name": "raw"}}),
+    )
+    .await;
+    env.wait_reason("named", "TokenValid", "Verified").await;
+    assert_no_canary(&env, &[&op], canary).await;
+}

@@ -128,15 +128,17 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct PlatformArgs {
     /// Replace the URL of a named probe, keeping its classification: NAME=URL (repeatable). For
-    /// egress proxies, mirrors and simulators; its host counts as allowed.
+    /// egress proxies, mirrors and simulators; exactly this URL counts as allowed.
     #[arg(long = "probe-url", env = "MXCRED_PROBE_URL", value_delimiter = ',', value_parser = parse_probe_url)]
     pub probe_urls: Vec<(NamedProbe, Url)>,
-    /// Host credentials may be sent to (repeatable). Default: the Mendix Cloud hosts of the
-    /// named probes. A Private Mendix Platform host must be added here.
+    /// Origin credentials may be sent to (repeatable): `host` (https on port 443), `host:port`
+    /// (https) or `scheme://host[:port]`. Default: the Mendix Cloud hosts of the named probes.
+    /// A Private Mendix Platform host must be added here.
     #[arg(
         long = "allowed-host",
         env = "MXCRED_ALLOWED_HOST",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_allowed_origin
     )]
     pub allowed_hosts: Vec<String>,
     /// Permit http:// probe URLs (local testing only).
@@ -217,6 +219,10 @@ impl RunArgs {
             denied_metadata_prefixes: self.denied_metadata_prefixes.clone(),
         }
     }
+}
+
+fn parse_allowed_origin(text: &str) -> Result<String, String> {
+    crate::shell::platform::Origin::parse(text).map(|_| text.to_owned())
 }
 
 fn parse_default_interval(text: &str) -> Result<Duration, String> {
