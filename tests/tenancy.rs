@@ -417,3 +417,117 @@ async fn the_allow_list_is_an_origin_and_a_probe_url_only_itself() {
     env.wait_reason("named", "TokenValid", "Verified").await;
     assert_no_canary(&env, &[&op], canary).await;
 }
+
+#[tokio::test]
+async fn an_oversized_spec_is_refused_by_the_api_server() {
+    let env = TestEnv::new("oversized").await;
+    let tenant = tenant(&env, &[]).await;
+    let many: serde_json::Map<_, _> = (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let huge = "x".repeat(1025);
+    for (what, spec) in [
+        (
+            "17 annotations",
+            json!({"sourceRef": {"name": "raw"}, "target": {"annotations": many}}),
+        ),
+        (
+            "a 1 KiB annotation",
+            json!({"sourceRef": {"name": "raw"}, "target": {"annotations": {"a": huge}}}),
+        ),
+        (
+            "17 labels",
+            json!({"sourceRef": {"name": "raw"}, "target": {"labels": many}}),
+        ),
+        (
+            "a long probe",
+            json!({"sourceRef": {"name": "raw"},
+                   "verification": {"probe": format!("https://x.example.com/{}", "p".repeat(2048))}}),
+        ),
+        (
+            "a long key name",
+            json!({"sourceRef": {"name": "raw", "tokenKey": "k".repeat(254)}}),
+        ),
+    ] {
+        let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+            "metadata": {"name": "big"}, "spec": spec});
+        let refused = Api::<mxcred_operator::domain::api::MendixCredential>::namespaced(
+            tenant.clone(),
+            &env.ns,
+        )
+        .patch("big", &PatchParams::apply("tenant"), &Patch::Apply(cr))
+        .await
+        .expect_err(what);
+        match refused {
+            kube::Error::Api(e) => assert_eq!(e.code, 422, "{what}: {e:?}"),
+            other => panic!("{what}: {other}"),
+        }
+    }
+}
+
+/// Applies a MendixCredential without verification and waits until it is Ready.
+async fn ready_credential(env: &TestEnv, name: &str) {
+    env.put_credential(
+        name,
+        json!({"sourceRef": {"name": "raw"}, "verification": {"enabled": false}}),
+    )
+    .await;
+    env.wait_reason(name, "Ready", "Synced").await;
+}
+
+/// The operator's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test]
+async fn unrelated_secrets_however_large_leave_the_operator_flat() {
+    use futures::StreamExt;
+    const SECRETS: usize = 1000;
+    const ANNOTATION: usize = 48 * 1024;
+    let env = TestEnv::new("memory").await;
+    let mut op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", "tok-mem")]).await;
+    ready_credential(&env, "before").await;
+    let before = peak_rss_kib(op.pid());
+
+    // Unrelated Secrets, each with a 48 KiB annotation (as kubectl's last-applied copy makes).
+    let padding = "a".repeat(ANNOTATION);
+    futures::stream::iter(0..SECRETS)
+        .map(|i| {
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": format!("unrelated-{i}"),
+                             "annotations": {"example.com/padding": padding}},
+                "stringData": {"data": "x"},
+            }))
+            .unwrap();
+            let secrets = env.secrets();
+            async move { secrets.create(&Default::default(), &secret).await.unwrap() }
+        })
+        .buffer_unordered(16)
+        .for_each(|_| async {})
+        .await;
+    ready_credential(&env, "after").await;
+    let running = peak_rss_kib(op.pid());
+
+    // A restart lists what it watches: the unrelated Secrets are not among them.
+    op.kill();
+    let op = env.start_operator(&[]);
+    ready_credential(&env, "restarted").await;
+    let restarted = peak_rss_kib(op.pid());
+    println!(
+        "peak RSS (VmHWM): {before} KiB with one resource; {running} KiB after {SECRETS} \
+         unrelated Secrets with {} KiB annotations ({} MiB in all); {restarted} KiB after a restart",
+        ANNOTATION / 1024,
+        SECRETS * ANNOTATION / (1024 * 1024)
+    );
+    let flat = before + 2 * 1024;
+    assert!(running < flat, "{running} KiB against {before} KiB before");
+    assert!(
+        restarted < flat,
+        "{restarted} KiB after a restart against {before} KiB"
+    );
+}

@@ -84,12 +84,15 @@ pub struct SourceRef {
     pub name: String,
     /// Key holding the personal access token (type PersonalAccessToken). Defaults to "token".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub token_key: Option<String>,
     /// Key holding the Mendix login name (type ApiKey). Defaults to "username".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub username_key: Option<String>,
     /// Key holding the API key (type ApiKey). Defaults to "apiKey".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub api_key_key: Option<String>,
 }
 
@@ -102,11 +105,15 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub name: Option<String>,
-    /// Labels copied onto the target Secret.
+    /// Labels copied onto the target Secret (at most 16). Keys under kubernetes.io/, k8s.io/,
+    /// mxcred.io/ and replication keys (Reflector, kubed, kubernetes-replicator) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_map::<MAX_LABELS, 63>)]
     pub labels: Option<BTreeMap<String, String>>,
-    /// Annotations copied onto the target Secret.
+    /// Annotations copied onto the target Secret (at most 16, each value at most 1024
+    /// characters). The same keys as for labels are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
@@ -153,6 +160,7 @@ pub struct Verification {
     /// Defaults to DeployApps for personal access tokens, DeployV1Apps for API keys and
     /// PrivatePlatformProjects on a Private Mendix Platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub probe: Option<String>,
 }
 
@@ -193,6 +201,24 @@ pub struct MendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// How many labels, and annotations, `spec.target` may carry. With the other bounds of the
+/// schema, a resource's spec stays under about 20 KiB, so what the operator caches of each
+/// resource is bounded whatever a tenant writes.
+pub const MAX_LABELS: u64 = 16;
+pub const MAX_ANNOTATIONS: u64 = 16;
+
+/// A map of at most `N` entries whose values are at most `LEN` characters. (Key patterns cannot
+/// be stated in a structural schema without CEL, which 1.20 lacks: the API server refuses bad
+/// keys when the target Secret is written, and the operator reports that as InvalidSpec.)
+fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::Schema) {
+    schema.insert("maxProperties".into(), N.into());
+    if let Some(values) = schema.get_mut("additionalProperties")
+        && let Some(values) = values.as_object_mut()
+    {
+        values.insert("maxLength".into(), LEN.into());
+    }
 }
 
 /// An optional enum is generated with `null` among its values, which the API server's OpenAPI

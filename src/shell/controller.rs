@@ -362,15 +362,17 @@ fn reading(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Guarded
         .collect()
 }
 
-/// What the cache keeps of a resource: not its managed fields (but those that set the
-/// verify-requested-at annotation) nor kubectl's last-applied copy, which together outweigh the
-/// spec many times over.
+/// What the cache keeps of a resource: of its metadata, besides identity, only the
+/// verify-requested-at annotation and the managed fields that set it. Labels, other annotations
+/// (kubectl's last-applied copy among them) and other managed fields are not used, and a tenant
+/// could make them large.
 fn slim(guard: &mut Guarded) {
     let meta = guard.meta_mut();
     if let Some(fields) = meta.managed_fields.as_mut() {
         fields.retain(|e| subscribe::sets_annotation(e, ANNOTATION_VERIFY_REQUESTED_AT));
     }
+    meta.labels = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        annotations.retain(|k, _| k == ANNOTATION_VERIFY_REQUESTED_AT);
     }
 }
