@@ -163,11 +163,6 @@ async fn invalid_specs_are_reported() {
             "interval",
         ),
         (
-            "badname",
-            json!({"sourceRef": {"name": "raw"}, "target": {"name": "Bad_Name"}}),
-            "spec.target.name",
-        ),
-        (
             "probe",
             json!({"sourceRef": {"name": "raw"}, "verification": {"probe": "ftp://x"}}),
             "probe",

@@ -350,8 +350,9 @@ async fn hostile_input_gets_a_reason_and_harms_no_one_else() {
             "InvalidSource",
         ),
         (
-            "emptykey",
-            json!({"sourceRef": {"name": "src-padded", "tokenKey": ""}}),
+            // (An empty key is refused when applied: the CRD's pattern, tests/tenancy.rs.)
+            "samekeys",
+            json!({"type": "ApiKey", "sourceRef": {"name": "src-padded", "usernameKey": "k", "apiKeyKey": "k"}}),
             "Ready",
             "InvalidSpec",
         ),

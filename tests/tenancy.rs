@@ -446,6 +446,18 @@ async fn an_oversized_spec_is_refused_by_the_api_server() {
             "a long key name",
             json!({"sourceRef": {"name": "raw", "tokenKey": "k".repeat(254)}}),
         ),
+        (
+            "a key no Secret can have",
+            json!({"sourceRef": {"name": "raw", "tokenKey": "to ken"}}),
+        ),
+        (
+            "a target name no Secret can have",
+            json!({"sourceRef": {"name": "raw"}, "target": {"name": "Bad_Name"}}),
+        ),
+        (
+            "a source name no Secret can have",
+            json!({"sourceRef": {"name": "../raw"}}),
+        ),
     ] {
         let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
             "metadata": {"name": "big"}, "spec": spec});

@@ -80,19 +80,19 @@ pub enum CredentialType {
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
     /// Name of the source Secret in this resource's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_NAME))]
     pub name: String,
     /// Key holding the personal access token (type PersonalAccessToken). Defaults to "token".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
     pub token_key: Option<String>,
     /// Key holding the Mendix login name (type ApiKey). Defaults to "username".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
     pub username_key: Option<String>,
     /// Key holding the API key (type ApiKey). Defaults to "apiKey".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
     pub api_key_key: Option<String>,
 }
 
@@ -103,7 +103,7 @@ pub struct Target {
     /// Name of the target Secret. Defaults to the name of this resource. Must differ from
     /// spec.sourceRef.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = 253), pattern(SECRET_NAME))]
     pub name: Option<String>,
     /// Labels copied onto the target Secret (at most 16). Keys under kubernetes.io/, k8s.io/,
     /// mxcred.io/ and replication keys (Reflector, kubed, kubernetes-replicator) are refused.
@@ -202,6 +202,10 @@ pub struct MendixCredentialStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+/// What the API server accepts as a Secret's name (a DNS subdomain) and as a key of its data.
+const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// How many labels, and annotations, `spec.target` may carry. With the other bounds of the
 /// schema, a resource's spec stays under about 20 KiB, so what the operator caches of each
