@@ -194,7 +194,7 @@ fn operator_grants() -> BTreeSet<Grant> {
             "secrets",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
-        grant("events.k8s.io", "events", &["create", "patch"]),
+        grant("events.k8s.io", "events", &["create"]),
     ]
     .concat()
     .into_iter()
@@ -559,6 +559,8 @@ fn operator_flags_and_monitoring_from_values() {
         "--default-interval=30m",
         "--concurrency=4",
         "--log-format=json",
+        "--denied-metadata-prefix=example.com/",
+        "--denied-metadata-prefix=argocd.argoproj.io/",
     ] {
         assert!(
             args.contains(&expected.to_owned()),
@@ -808,4 +810,67 @@ fn the_dashboard_is_an_opt_in_config_map_for_grafanas_sidecar() {
     let dashboard: serde_json::Value = serde_json::from_str(json).expect("the dashboard is JSON");
     assert_eq!(dashboard["uid"], "mxcred-operator");
     assert!(dashboard["panels"].as_array().unwrap().len() >= 5);
+}
+
+#[test]
+fn the_admission_policy_confines_the_operators_secret_writes_when_asked() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let default = render(&[]);
+    assert_eq!(
+        default.count("ValidatingAdmissionPolicy"),
+        0,
+        "off by default"
+    );
+    assert_eq!(default.count("ValidatingAdmissionPolicyBinding"), 0);
+
+    let rendered = render(&["--set", "admissionPolicy.enabled=true"]);
+    let policy: ValidatingAdmissionPolicy = rendered.one("ValidatingAdmissionPolicy");
+    let spec = policy.spec.expect("a spec");
+    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let rules = spec
+        .match_constraints
+        .and_then(|m| m.resource_rules)
+        .expect("resource rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["secrets".to_owned()][..])
+    );
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
+    let operations: BTreeSet<_> = rules[0].operations.iter().flatten().cloned().collect();
+    assert_eq!(
+        operations,
+        ["CREATE", "UPDATE", "DELETE"].map(String::from).into()
+    );
+    // Only the operator's ServiceAccount is confined, by its exact user name.
+    let conditions = spec.match_conditions.expect("match conditions");
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(
+        conditions[0].expression,
+        format!("request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{FULLNAME}'")
+    );
+    // The new object (create, update) and the old one (update, delete) must carry our label.
+    let validations = spec.validations.expect("validations");
+    assert_eq!(validations.len(), 2);
+    for (v, object, exempt) in [
+        (&validations[0], "object.metadata.labels", "'DELETE'"),
+        (&validations[1], "oldObject.metadata.labels", "'CREATE'"),
+    ] {
+        assert!(v.expression.contains(exempt), "{}", v.expression);
+        assert!(
+            v.expression.contains(&format!(
+                "{object}['app.kubernetes.io/managed-by'] == 'mxcred-operator'"
+            )),
+            "{}",
+            v.expression
+        );
+    }
+    let binding: ValidatingAdmissionPolicyBinding =
+        rendered.one("ValidatingAdmissionPolicyBinding");
+    let binding = binding.spec;
+    assert_eq!(binding.policy_name, policy.metadata.name.unwrap());
+    assert_eq!(binding.validation_actions, ["Deny".to_owned()]);
+    assert!(refusal(&["--set", "admissionPolicy.enable=true"]).contains("enable"));
 }

@@ -82,10 +82,7 @@ fn token_problem(value: &[u8]) -> Option<Problem> {
     if v.is_empty() {
         Some(Problem::Empty)
     } else if v.len() > 4096 {
-        Some(Problem::TooLong {
-            len: v.len(),
-            max: 4096,
-        })
+        Some(Problem::TooLong { max: 4096 })
     } else if !v.iter().all(|b| (0x21..=0x7e).contains(b)) {
         Some(Problem::NotVisibleAscii)
     } else {
@@ -100,10 +97,7 @@ fn username_problem(value: &[u8]) -> Option<Problem> {
         return Some(Problem::Empty);
     }
     if v.len() > 256 {
-        return Some(Problem::TooLong {
-            len: v.len(),
-            max: 256,
-        });
+        return Some(Problem::TooLong { max: 256 });
     }
     match std::str::from_utf8(v) {
         Err(_) => Some(Problem::NotUtf8),
@@ -1178,7 +1172,7 @@ fn platform_client() -> &'static (tokio::runtime::Runtime, client::Platform) {
             .expect("runtime");
         let config = PlatformConfig {
             probe_urls: BTreeMap::new(),
-            allowed_hosts: ["127.0.0.1".to_owned()].into(),
+            allowed_hosts: [format!("http://127.0.0.1:{}", Loopback::get().port)].into(),
             allow_http: true,
             extra_ca_file: None,
             qps: NonZeroU32::new(10_000).expect("non-zero"),

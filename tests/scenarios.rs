@@ -54,7 +54,7 @@ fn expect(method: Method, path: &str, status: u16, body: Option<Value>) -> Expec
 fn get_source() -> Expect {
     let source = json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "raw", "namespace": NS, "resourceVersion": "1"},
+        "metadata": {"name": "raw", "namespace": NS, "resourceVersion": "1", "labels": {"mxcred.io/source": "true"}},
         "type": "Opaque",
         "data": {"token": base64(TOKEN)},
     });
@@ -72,6 +72,10 @@ fn not_found() -> Value {
 
 fn target_path() -> String {
     format!("/api/v1/namespaces/{NS}/secrets/c")
+}
+
+fn secrets_path() -> String {
+    format!("/api/v1/namespaces/{NS}/secrets")
 }
 
 fn status_path() -> String {
@@ -227,6 +231,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
             default_interval: Duration::from_secs(3600),
             concurrency: 1,
             test_interval: None,
+            denied_metadata_prefixes: vec![],
         },
         verifier: verifier.clone(),
         tracker: Arc::default(),
@@ -286,13 +291,14 @@ fn cache_holding(secrets: &[(&str, &str)]) -> SecretCache {
 async fn a_new_resource_sends_the_reads_and_writes_the_readme_promises() {
     let (mut ctx, _) = context("http://127.0.0.1:9", SecretCache::default());
     let cr = resource(json!({"enabled": false}));
+
     let (result, bodies) = scenario(
         &mut ctx,
         &cr,
         vec![
             get_source(),
             expect(Method::GET, &target_path(), 404, Some(not_found())),
-            expect(Method::PATCH, &target_path(), 200, None),
+            expect(Method::POST, &secrets_path(), 201, None),
             expect(Method::PATCH, &status_path(), 200, None),
             expect(Method::POST, &events_path(), 201, None),
         ],
@@ -302,11 +308,54 @@ async fn a_new_resource_sends_the_reads_and_writes_the_readme_promises() {
     let target: Secret = serde_json::from_value(bodies[2].clone()).unwrap();
     assert_eq!(
         target.metadata.resource_version, None,
-        "created on condition that it does not exist"
+        "created, not applied: a Secret made meanwhile fails it"
     );
     assert!(target.data.unwrap().contains_key("MENDIX_TOKEN"));
     assert_eq!(bodies[3]["status"]["conditions"][0]["reason"], "Synced");
     assert_eq!(reasons_of(&bodies[4..]), ["Synced"]);
+}
+
+#[tokio::test]
+async fn a_target_created_meanwhile_is_never_taken_over() {
+    let (mut ctx, _) = context("http://127.0.0.1:9", SecretCache::default());
+    let cr = resource(json!({"enabled": false}));
+    let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "AlreadyExists", "code": 409, "message": "secrets \"c\" already exists"});
+    let (result, _) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            get_source(),
+            expect(Method::GET, &target_path(), 404, Some(not_found())),
+            expect(Method::POST, &secrets_path(), 409, Some(exists)),
+        ],
+    )
+    .await;
+    let error = result.unwrap_err();
+    assert!(error.contains("HTTP 409"), "{error}");
+    // The retry finds the other Secret, and reports the conflict without writing it.
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "c", "namespace": NS, "resourceVersion": "5",
+            "labels": {"app.kubernetes.io/managed-by": "mxcred-operator", "mxcred.io/credential": "c"}},
+        "data": {"password": base64("hunter2")},
+    });
+    let (result, bodies) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            get_source(),
+            expect(Method::GET, &target_path(), 200, Some(foreign)),
+            expect(Method::PATCH, &status_path(), 200, None),
+            expect(Method::POST, &events_path(), 201, None),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        bodies[2]["status"]["conditions"][0]["reason"],
+        "TargetConflict"
+    );
 }
 
 #[tokio::test]
@@ -324,7 +373,7 @@ async fn a_cached_resource_sends_nothing() {
         vec![
             get_source(),
             expect(Method::GET, &target_path(), 404, Some(not_found())),
-            expect(Method::PATCH, &target_path(), 200, None),
+            expect(Method::POST, &secrets_path(), 201, None),
             expect(Method::PATCH, &status_path(), 200, None),
             expect(Method::POST, &events_path(), 201, None),
         ],
@@ -366,6 +415,55 @@ async fn a_foreign_target_is_a_conflict_and_is_left_alone() {
 }
 
 #[tokio::test]
+async fn a_created_target_is_claimed_for_apply_before_its_first_change() {
+    let (mut ctx, _) = context("http://127.0.0.1:9", SecretCache::default());
+    let cr = resource(json!({"enabled": false}));
+    // As the creation left it: our entry is an update, and its data is an older token.
+    let created = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "c", "namespace": NS, "resourceVersion": "5",
+            "labels": {"app.kubernetes.io/managed-by": "mxcred-operator", "mxcred.io/credential": "c"},
+            "ownerReferences": [{"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+                "name": "c", "uid": "uid-c", "controller": true, "blockOwnerDeletion": true}],
+            "managedFields": [
+                {"manager": "kubectl", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {}},
+                {"manager": "mxcred-operator", "operation": "Update", "apiVersion": "v1",
+                 "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {}}]},
+        "data": {"MENDIX_TOKEN": base64("old-token")},
+    });
+    let mut claimed = created.clone();
+    claimed["metadata"]["resourceVersion"] = json!("6");
+    claimed["metadata"]["managedFields"][1]["operation"] = json!("Apply");
+    let (result, bodies) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            get_source(),
+            expect(Method::GET, &target_path(), 200, Some(created)),
+            expect(Method::PATCH, &target_path(), 200, Some(claimed)),
+            expect(Method::PATCH, &target_path(), 200, None),
+            expect(Method::PATCH, &status_path(), 200, None),
+            expect(Method::POST, &events_path(), 201, None),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        bodies[2],
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "5"},
+            {"op": "test", "path": "/metadata/managedFields/1/manager", "value": "mxcred-operator"},
+            {"op": "replace", "path": "/metadata/managedFields/1/operation", "value": "Apply"},
+        ]),
+        "the creation's entry becomes an apply entry, on condition"
+    );
+    assert_eq!(
+        bodies[3]["metadata"]["resourceVersion"], "6",
+        "the apply is conditional on the claimed version"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_status_write_is_retried_with_its_forced_check_and_event() {
     let sim = Simulator::start().await;
     sim.set(TOKEN, State::Valid);
@@ -382,7 +480,7 @@ async fn a_failed_status_write_is_retried_with_its_forced_check_and_event() {
         vec![
             get_source(),
             expect(Method::GET, &target_path(), 404, Some(not_found())),
-            expect(Method::PATCH, &target_path(), 200, None),
+            expect(Method::POST, &secrets_path(), 201, None),
         ],
     )
     .await;

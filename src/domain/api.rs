@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 pub const MANAGER: &str = "mxcred-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_CREDENTIAL: &str = "mxcred.io/credential";
+/// The label by which a Secret opts in as a source (value `"true"`).
+pub const LABEL_SOURCE: &str = "mxcred.io/source";
 pub const ANNOTATION_FINGERPRINT: &str = "mxcred.io/token-fingerprint";
 pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at";
 
@@ -78,16 +80,19 @@ pub enum CredentialType {
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
     /// Name of the source Secret in this resource's namespace.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_NAME))]
     pub name: String,
     /// Key holding the personal access token (type PersonalAccessToken). Defaults to "token".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
     pub token_key: Option<String>,
     /// Key holding the Mendix login name (type ApiKey). Defaults to "username".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
     pub username_key: Option<String>,
     /// Key holding the API key (type ApiKey). Defaults to "apiKey".
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
     pub api_key_key: Option<String>,
 }
 
@@ -98,13 +103,17 @@ pub struct Target {
     /// Name of the target Secret. Defaults to the name of this resource. Must differ from
     /// spec.sourceRef.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
+    #[schemars(length(max = 253), pattern(SECRET_NAME))]
     pub name: Option<String>,
-    /// Labels copied onto the target Secret.
+    /// Labels copied onto the target Secret (at most 16). Keys under kubernetes.io/, k8s.io/,
+    /// mxcred.io/ and replication keys (Reflector, kubed, kubernetes-replicator) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_map::<MAX_LABELS, 63>)]
     pub labels: Option<BTreeMap<String, String>>,
-    /// Annotations copied onto the target Secret.
+    /// Annotations copied onto the target Secret (at most 16, each value at most 1024
+    /// characters). The same keys as for labels are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
@@ -151,6 +160,7 @@ pub struct Verification {
     /// Defaults to DeployApps for personal access tokens, DeployV1Apps for API keys and
     /// PrivatePlatformProjects on a Private Mendix Platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub probe: Option<String>,
 }
 
@@ -193,6 +203,28 @@ pub struct MendixCredentialStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// What the API server accepts as a Secret's name (a DNS subdomain) and as a key of its data.
+const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// How many labels, and annotations, `spec.target` may carry. With the other bounds of the
+/// schema, a resource's spec stays under about 20 KiB, so what the operator caches of each
+/// resource is bounded whatever a tenant writes.
+pub const MAX_LABELS: u64 = 16;
+pub const MAX_ANNOTATIONS: u64 = 16;
+
+/// A map of at most `N` entries whose values are at most `LEN` characters. (Key patterns cannot
+/// be stated in a structural schema without CEL, which 1.20 lacks: the API server refuses bad
+/// keys when the target Secret is written, and the operator reports that as InvalidSpec.)
+fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::Schema) {
+    schema.insert("maxProperties".into(), N.into());
+    if let Some(values) = schema.get_mut("additionalProperties")
+        && let Some(values) = values.as_object_mut()
+    {
+        values.insert("maxLength".into(), LEN.into());
+    }
+}
+
 /// An optional enum is generated with `null` among its values, which the API server's OpenAPI
 /// validation rejects; the field being optional is enough.
 fn enum_without_null(schema: &mut schemars::Schema) {
@@ -211,6 +243,7 @@ pub mod condition {
 pub mod ready {
     pub const SYNCED: &str = "Synced";
     pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
+    pub const SOURCE_NOT_ALLOWED: &str = "SourceNotAllowed";
     pub const SOURCE_KEY_MISSING: &str = "SourceKeyMissing";
     pub const INVALID_SOURCE: &str = "InvalidSource";
     pub const TARGET_CONFLICT: &str = "TargetConflict";

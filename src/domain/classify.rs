@@ -130,8 +130,9 @@ impl Outcome {
         Outcome::new(
             Reason::EndpointNotAllowed,
             format!(
-                "the probe's host {host} is not in the operator's allow-list: no request was \
-                 sent; the operator's administrator can add it (--allowed-host)"
+                "the probe's origin (scheme, host {host} and port) is not in the operator's \
+                 allow-list: no request was sent; the operator's administrator can add it \
+                 (--allowed-host)"
             ),
         )
     }

@@ -4,9 +4,10 @@
 //! Secret or a request header, a credential lives in [`SecretString`]s, whose `Debug` prints
 //! `[REDACTED]`: it cannot reach a log line or an error message by accident.
 
-use crate::domain::api::CredentialType;
+use crate::domain::api::{CredentialType, LABEL_SOURCE};
 use crate::domain::spec::SourceKeys;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -23,9 +24,20 @@ pub enum Credential {
     },
 }
 
+/// The type a source Secret must have.
+pub const SOURCE_TYPE: &str = "Opaque";
+
 /// Why a source Secret does not yield a credential. Never carries the offending value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
+    /// The Secret has not opted in. The same words whatever it lacks, so that nothing about a
+    /// Secret the resource's author may not read (its type, labels, keys) is revealed.
+    #[error(
+        "Secret {secret:?} is not a source: a Secret opts in with type {SOURCE_TYPE} and the label \
+         {LABEL_SOURCE}: \"true\" (kubectl label secret {secret} {LABEL_SOURCE}=true); it was not \
+         read, and the target Secret was left as it was"
+    )]
+    NotAllowed { secret: String },
     #[error("Secret {secret:?} has no key {key:?}")]
     KeyMissing { secret: String, key: String },
     #[error("key {key:?} of Secret {secret:?} {problem}")]
@@ -47,8 +59,8 @@ pub enum ApiKeyPart {
 pub enum Problem {
     #[error("is empty (after trimming surrounding whitespace)")]
     Empty,
-    #[error("is {len} bytes long; at most {max} are allowed")]
-    TooLong { len: usize, max: usize },
+    #[error("is longer than the {max} bytes allowed")]
+    TooLong { max: usize },
     #[error(
         "contains a byte that is not visible ASCII (such as a space, line break or non-ASCII character)"
     )]
@@ -75,6 +87,22 @@ impl Credential {
                 .map_err(|p| (ApiKeyPart::ApiKey, p))?
                 .into(),
         })
+    }
+
+    /// Reads the credential of `credential_type` from a source Secret, if it has opted in
+    /// ([`check_opt_in`]); a Secret that has not is not looked into.
+    pub fn from_secret(
+        credential_type: CredentialType,
+        keys: &SourceKeys,
+        secret: &Secret,
+    ) -> Result<Self, SourceError> {
+        check_opt_in(&keys.secret, secret)?;
+        let empty = BTreeMap::new();
+        Self::from_source(
+            credential_type,
+            keys,
+            secret.data.as_ref().unwrap_or(&empty),
+        )
     }
 
     /// Reads the credential of `credential_type` from the data of the source Secret.
@@ -138,6 +166,27 @@ impl Credential {
     }
 }
 
+/// Whether a Secret has opted in as a source: type `Opaque` (an unset type is stored as
+/// `Opaque`) and the label `mxcred.io/source: "true"`. Without this, whoever may create a
+/// MendixCredential could make the operator copy any Secret of the namespace (a database
+/// password, a ServiceAccount token) into a target they can read, or send it to a probe.
+pub fn check_opt_in(name: &str, secret: &Secret) -> Result<(), SourceError> {
+    let type_ok = secret.type_.as_deref().unwrap_or(SOURCE_TYPE) == SOURCE_TYPE;
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SOURCE))
+        .is_some_and(|v| v == "true");
+    if type_ok && labelled {
+        Ok(())
+    } else {
+        Err(SourceError::NotAllowed {
+            secret: name.to_owned(),
+        })
+    }
+}
+
 /// A token or API key: 1 to 4096 bytes of visible ASCII (0x21-0x7E). This also shuts out
 /// header injection through CR or LF.
 fn check_token(value: &[u8]) -> Result<String, Problem> {
@@ -146,7 +195,6 @@ fn check_token(value: &[u8]) -> Result<String, Problem> {
     }
     if value.len() > MAX_SECRET_LEN {
         return Err(Problem::TooLong {
-            len: value.len(),
             max: MAX_SECRET_LEN,
         });
     }
@@ -164,7 +212,6 @@ fn check_username(value: &[u8]) -> Result<String, Problem> {
     }
     if value.len() > MAX_USERNAME_LEN {
         return Err(Problem::TooLong {
-            len: value.len(),
             max: MAX_USERNAME_LEN,
         });
     }
@@ -222,12 +269,10 @@ mod tests {
         assert_eq!(problem("tökén".as_bytes()), Problem::NotVisibleAscii);
         assert_eq!(problem(&[0xff, 0xfe]), Problem::NotVisibleAscii);
         assert!(pat(&[b'a'; 4096]).is_ok());
-        assert_eq!(
-            problem(&[b'a'; 4097]),
-            Problem::TooLong {
-                len: 4097,
-                max: 4096
-            }
+        assert_eq!(problem(&[b'a'; 4097]), Problem::TooLong { max: 4096 });
+        assert!(
+            !pat(&[b'a'; 4097]).unwrap_err().to_string().contains("4097"),
+            "no message tells a value's length"
         );
     }
 
@@ -282,11 +327,66 @@ mod tests {
         for (bad, want) in [
             (&b"a\rb"[..], Problem::ControlCharacter),
             (&[0xc3, 0x28][..], Problem::NotUtf8),
-            (&[b'u'; 257][..], Problem::TooLong { len: 257, max: 256 }),
+            (&[b'u'; 257][..], Problem::TooLong { max: 256 }),
         ] {
             assert!(
                 matches!(read(bad), Err(SourceError::Invalid { problem, .. }) if problem == want)
             );
+        }
+    }
+
+    fn source(type_: Option<&str>, label: Option<&str>) -> Secret {
+        let mut secret = Secret {
+            type_: type_.map(str::to_owned),
+            data: Some(data(&[
+                ("token", b"tok-123"),
+                ("password", b"hunter2-long"),
+            ])),
+            ..Default::default()
+        };
+        if let Some(value) = label {
+            secret.metadata.labels = Some([(LABEL_SOURCE.to_owned(), value.to_owned())].into());
+        }
+        secret
+    }
+
+    #[test]
+    fn only_a_labelled_opaque_secret_is_read() {
+        let read =
+            |s: &Secret| Credential::from_secret(CredentialType::PersonalAccessToken, &keys(), s);
+        assert!(read(&source(Some("Opaque"), Some("true"))).is_ok());
+        assert!(
+            read(&source(None, Some("true"))).is_ok(),
+            "unset type is Opaque"
+        );
+        let refused = [
+            source(Some("Opaque"), None),
+            source(Some("Opaque"), Some("false")),
+            source(Some("Opaque"), Some("yes")),
+            source(Some("kubernetes.io/service-account-token"), Some("true")),
+            source(Some("kubernetes.io/dockerconfigjson"), Some("true")),
+            source(Some("kubernetes.io/tls"), None),
+        ];
+        let messages: Vec<String> = refused
+            .iter()
+            .map(|s| match read(s) {
+                Err(e @ SourceError::NotAllowed { .. }) => e.to_string(),
+                other => panic!("expected NotAllowed, got {other:?}"),
+            })
+            .collect();
+        // One message for every refusal: it tells nothing of the Secret's type, keys or values.
+        assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
+        let message = &messages[0];
+        assert!(message.contains("mxcred.io/source"), "{message}");
+        for hidden in [
+            "password",
+            "token\"",
+            "hunter2",
+            "tok-123",
+            "12",
+            "service-account",
+        ] {
+            assert!(!message.contains(hidden), "{message} reveals {hidden}");
         }
     }
 

@@ -366,9 +366,11 @@ pub enum TargetAction {
     Conflict,
     /// It already holds the desired content, as written at this time.
     Keep { written_at: Option<Time> },
-    /// Apply the desired Secret, on condition that the target is still at `resource_version`
-    /// (`None`: that it does not exist).
-    Apply { resource_version: Option<String> },
+    /// Create the desired Secret: there is none under its name. A create, not an apply, so
+    /// that a Secret someone else creates meanwhile makes it fail instead of being taken over.
+    Create,
+    /// Apply the desired Secret, on condition that the target is still at `resource_version`.
+    Apply { resource_version: String },
 }
 
 /// Decides what to do with the target, given the Secret found under its name (`None`: none).
@@ -383,15 +385,23 @@ pub fn target_action(
         Some(existing) if render::is_current(existing, desired) => TargetAction::Keep {
             written_at: render::applied_at(existing),
         },
-        existing => TargetAction::Apply {
-            resource_version: existing.and_then(|e| e.metadata.resource_version.clone()),
+        Some(existing) => TargetAction::Apply {
+            resource_version: existing
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default(),
         },
+        None => TargetAction::Create,
     }
 }
 
 /// The condition for a source whose values cannot be used.
 pub fn source_refused(problem: &SourceError) -> Ready {
     match problem {
+        SourceError::NotAllowed { .. } => {
+            Ready::refused(ReadyReason::SourceNotAllowed, problem.to_string())
+        }
         SourceError::KeyMissing { .. } => {
             Ready::refused(ReadyReason::SourceKeyMissing, problem.to_string())
         }

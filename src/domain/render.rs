@@ -72,17 +72,39 @@ pub fn is_controlled_by(existing: &Secret, uid: &str) -> bool {
 }
 
 /// Whether `existing` was published for the credential `name` with `uid`: controlled by it, or,
-/// when someone removed the owner reference, without any controller and labelled for it. Such
-/// labels prove nothing against whoever set them, but they could write the Secret anyway.
+/// when it has no controller (someone removed the owner reference, or the resource was deleted
+/// with `--cascade=orphan`), written by this operator (its field manager's entry in
+/// `managedFields`) and labelled for a credential of this name. Labels alone never make a
+/// Secret ours: anyone who may patch a Secret can set them, and adopting it would hand it to the
+/// garbage collector along with the resource.
 pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
     match controller(existing) {
         Some(r) => r.uid == uid,
         None => {
-            let labels = existing.metadata.labels.as_ref();
-            let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-            label(LABEL_MANAGED_BY) == Some(MANAGER) && label(LABEL_CREDENTIAL) == Some(name)
+            let labelled = existing
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_CREDENTIAL))
+                .is_some_and(|v| v == name);
+            labelled && our_entries(existing).next().is_some()
         }
     }
+}
+
+/// Whether the API server recorded a write of ours to `secret` other than by server-side apply
+/// (the creation, which is a POST so that it cannot take over a Secret made a moment before).
+/// Fields such a write set are owned by that entry, and a later apply would never remove them:
+/// the entry is turned into an apply entry first.
+pub fn needs_claim(secret: &Secret) -> Option<usize> {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .position(|e| {
+            e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() != Some("Apply")
+        })
 }
 
 fn controller(secret: &Secret) -> Option<&OwnerReference> {
@@ -150,15 +172,19 @@ pub fn digest(desired: &Secret) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-/// When this operator last applied changes to `secret`, from `metadata.managedFields`.
+/// When this operator last wrote changes to `secret`, from `metadata.managedFields`.
 pub fn applied_at(secret: &Secret) -> Option<Time> {
-    our_entries(secret).find_map(|e| e.time.clone())
+    our_entries(secret).filter_map(|e| e.time.clone()).max()
 }
 
+/// The entries of our field manager, whatever their operation (a creation is an update).
 fn our_entries(secret: &Secret) -> impl Iterator<Item = &ManagedFieldsEntry> {
-    secret.metadata.managed_fields.iter().flatten().filter(|e| {
-        e.manager.as_deref() == Some(MANAGER) && e.operation.as_deref() == Some("Apply")
-    })
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| e.manager.as_deref() == Some(MANAGER))
 }
 
 /// Keys this operator owns by server-side apply, read from `metadata.managedFields`.
@@ -409,23 +435,41 @@ mod tests {
     }
 
     #[test]
-    fn an_orphaned_target_with_our_labels_is_ours() {
+    fn ours_by_owner_or_by_our_write_never_by_labels() {
         let desired = render(&resolved(CredentialType::PersonalAccessToken), &pat());
         assert!(is_ours(&desired, "uid-1", "deploy-bot"));
-        let mut orphan = desired.clone();
-        orphan.metadata.owner_references = None;
-        assert!(is_ours(&orphan, "uid-1", "deploy-bot"));
-        assert!(
-            !is_ours(&orphan, "uid-1", "other-bot"),
-            "labelled for another credential"
-        );
-        let mut foreign = orphan.clone();
-        foreign.metadata.labels = None;
-        assert!(!is_ours(&foreign, "uid-1", "deploy-bot"));
         assert!(
             !is_ours(&desired, "uid-2", "deploy-bot"),
             "controlled by another resource"
         );
+        // Labels alone (anyone who may patch a Secret can forge them) never make it ours.
+        let mut forged = desired.clone();
+        forged.metadata.owner_references = None;
+        assert!(!is_ours(&forged, "uid-1", "deploy-bot"));
+        // Written by us, and its owner reference removed (or orphaned): ours again, but only
+        // for a credential of the name it is labelled for.
+        let mut orphan = applied(&desired);
+        orphan.metadata.owner_references = None;
+        assert!(is_ours(&orphan, "uid-1", "deploy-bot"));
+        assert!(is_ours(&orphan, "uid-new", "deploy-bot"));
+        assert!(!is_ours(&orphan, "uid-1", "other-bot"));
+        let mut unlabelled = orphan.clone();
+        unlabelled.metadata.labels = None;
+        assert!(!is_ours(&unlabelled, "uid-1", "deploy-bot"));
+        // Created (an update entry) counts as written by us.
+        let mut created = orphan.clone();
+        created.metadata.managed_fields.as_mut().unwrap()[0].operation = Some("Update".into());
+        assert!(is_ours(&created, "uid-1", "deploy-bot"));
+        assert_eq!(needs_claim(&created), Some(0));
+        assert_eq!(needs_claim(&orphan), None);
+        assert_eq!(
+            applied_at(&created),
+            Some(Time(jiff::Timestamp::UNIX_EPOCH))
+        );
+        // Someone else's manager entry proves nothing.
+        let mut other = orphan.clone();
+        other.metadata.managed_fields.as_mut().unwrap()[0].manager = Some("kubectl".into());
+        assert!(!is_ours(&other, "uid-1", "deploy-bot"));
     }
 
     #[test]

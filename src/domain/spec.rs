@@ -115,6 +115,50 @@ pub fn resolve(
     })
 }
 
+/// Domains whose label and annotation keys a spec may not put on a target Secret (the domain and
+/// its subdomains): Kubernetes' own (`kubernetes.io`, `k8s.io`, such as
+/// `kubernetes.io/service-account.name`), this operator's, and the replication keys of
+/// Reflector, kubed and kubernetes-replicator, which would copy the token into other namespaces.
+pub const DENIED_METADATA_DOMAINS: [&str; 6] = [
+    "kubernetes.io",
+    "k8s.io",
+    "mxcred.io",
+    "reflector.v1.k8s.emberstack.com",
+    "kubed.appscode.com",
+    "replicator.v1.mittwald.de",
+];
+
+/// Refuses `spec.target` labels and annotations under a denied domain, or starting with one of
+/// the administrator's `extra` prefixes. The message names the first such key.
+pub fn check_target_metadata(resolved: &Resolved, extra: &[String]) -> Result<(), InvalidSpec> {
+    let denied = |key: &str| {
+        let domain = key.split_once('/').map(|(d, _)| d);
+        let builtin = domain.is_some_and(|d| {
+            DENIED_METADATA_DOMAINS
+                .iter()
+                .any(|denied| d == *denied || d.ends_with(&format!(".{denied}")))
+        });
+        builtin
+            || extra
+                .iter()
+                .any(|p| !p.is_empty() && key.starts_with(p.as_str()))
+    };
+    for (field, map) in [
+        ("labels", &resolved.target_labels),
+        ("annotations", &resolved.target_annotations),
+    ] {
+        if let Some(key) = map.keys().find(|k| denied(k)) {
+            return Err(InvalidSpec(format!(
+                "spec.target.{field} key {key:?} is not allowed: keys under kubernetes.io/, \
+                 k8s.io/ (and their subdomains), mxcred.io/ and the replication keys of \
+                 Reflector, kubed and kubernetes-replicator are refused, and so are the \
+                 prefixes the operator's administrator denied"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn resolve_verification(
     credential_type: CredentialType,
     spec: &MendixCredentialSpec,
@@ -311,5 +355,59 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(254)] {
             assert!(!is_dns_subdomain(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn reserved_and_replicating_metadata_keys_are_refused_by_name() {
+        let with = |labels: &[&str], annotations: &[&str]| {
+            let mut r = resolve("a", &spec(), HOUR).unwrap();
+            r.target_labels = labels.iter().map(|k| (k.to_string(), "x".into())).collect();
+            r.target_annotations = annotations
+                .iter()
+                .map(|k| (k.to_string(), "x".into()))
+                .collect();
+            r
+        };
+        let refused =
+            |r: &Resolved, extra: &[String]| check_target_metadata(r, extra).unwrap_err().0;
+        for key in [
+            "kubernetes.io/service-account.name",
+            "app.kubernetes.io/part-of",
+            "node-role.kubernetes.io/x",
+            "k8s.io/x",
+            "cluster-autoscaler.k8s.io/x",
+            "mxcred.io/credential",
+            "sub.mxcred.io/x",
+            "reflector.v1.k8s.emberstack.com/reflection-allowed",
+            "reflector.v1.k8s.emberstack.com/reflection-auto-namespaces",
+            "kubed.appscode.com/sync",
+            "replicator.v1.mittwald.de/replicate-to",
+        ] {
+            let message = refused(&with(&[], &[key]), &[]);
+            assert!(message.contains(&format!("{key:?}")), "{message}");
+            assert!(message.starts_with("spec.target.annotations"), "{message}");
+            let message = refused(&with(&[key], &[]), &[]);
+            assert!(message.starts_with("spec.target.labels"), "{message}");
+        }
+        for key in [
+            "team",
+            "example.com/owner",
+            "notkubernetes.io/x",
+            "kubernetes.io.example.com/x",
+            "argocd.argoproj.io/sync-wave",
+        ] {
+            assert_eq!(
+                check_target_metadata(&with(&[key], &[key]), &[]),
+                Ok(()),
+                "{key}"
+            );
+        }
+        // The administrator's prefixes.
+        let extra = vec!["example.com/".to_owned(), "argocd.argoproj.io/".to_owned()];
+        assert!(refused(&with(&["example.com/owner"], &[]), &extra).contains("example.com/owner"));
+        assert!(
+            refused(&with(&[], &["argocd.argoproj.io/sync-wave"]), &extra).contains("sync-wave")
+        );
+        assert_eq!(check_target_metadata(&with(&["team"], &[]), &extra), Ok(()));
     }
 }

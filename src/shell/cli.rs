@@ -107,6 +107,15 @@ pub struct RunArgs {
     /// Namespace of the Lease; default $POD_NAMESPACE, else the kubeconfig's namespace.
     #[arg(long, env = "MXCRED_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// Refuse spec.target label and annotation keys starting with this prefix (repeatable),
+    /// e.g. `example.com/`, beyond the built-in kubernetes.io/, k8s.io/, mxcred.io/ and the
+    /// replication keys of Reflector, kubed and kubernetes-replicator.
+    #[arg(
+        long = "denied-metadata-prefix",
+        env = "MXCRED_DENIED_METADATA_PREFIX",
+        value_delimiter = ','
+    )]
+    pub denied_metadata_prefixes: Vec<String>,
     #[command(flatten)]
     pub platform: RunPlatformArgs,
     /// For tests only: verify at this interval, whatever the resources ask. Their own minimum
@@ -119,15 +128,17 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct PlatformArgs {
     /// Replace the URL of a named probe, keeping its classification: NAME=URL (repeatable). For
-    /// egress proxies, mirrors and simulators; its host counts as allowed.
+    /// egress proxies, mirrors and simulators; exactly this URL counts as allowed.
     #[arg(long = "probe-url", env = "MXCRED_PROBE_URL", value_delimiter = ',', value_parser = parse_probe_url)]
     pub probe_urls: Vec<(NamedProbe, Url)>,
-    /// Host credentials may be sent to (repeatable). Default: the Mendix Cloud hosts of the
-    /// named probes. A Private Mendix Platform host must be added here.
+    /// Origin credentials may be sent to (repeatable): `host` (https on port 443), `host:port`
+    /// (https) or `scheme://host[:port]`. Default: the Mendix Cloud hosts of the named probes.
+    /// A Private Mendix Platform host must be added here.
     #[arg(
         long = "allowed-host",
         env = "MXCRED_ALLOWED_HOST",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_allowed_origin
     )]
     pub allowed_hosts: Vec<String>,
     /// Permit http:// probe URLs (local testing only).
@@ -205,8 +216,13 @@ impl RunArgs {
             default_interval: self.default_interval,
             concurrency: self.concurrency,
             test_interval: self.test_interval,
+            denied_metadata_prefixes: self.denied_metadata_prefixes.clone(),
         }
     }
+}
+
+fn parse_allowed_origin(text: &str) -> Result<String, String> {
+    crate::shell::platform::Origin::parse(text).map(|_| text.to_owned())
 }
 
 fn parse_default_interval(text: &str) -> Result<Duration, String> {

@@ -3,7 +3,8 @@
 //! endpoints read. The reconcile itself is [`crate::shell::reconcile`].
 
 use crate::domain::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER, condition,
+    ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER,
+    condition,
 };
 use crate::domain::conditions;
 use crate::domain::spec;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Replaces every resource's interval (tests only).
     pub test_interval: Option<Duration>,
+    /// Label and annotation key prefixes refused in `spec.target`, beyond the built-in ones.
+    pub denied_metadata_prefixes: Vec<String>,
 }
 
 /// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,
@@ -268,12 +271,13 @@ where
 }
 
 /// The controller for one scope (a namespace, or all). Secrets are watched metadata-only, never
-/// their data, and cached slimmed to name and version, so memory grows with the number of
-/// credentials and hardly with the Secrets of the cluster: target Secrets by label, mapped to
-/// their publisher; every other Secret mapped to the credentials that read it as source or want
-/// it as target. Initial lists come in pages of 500 (not in one answer from the API server's
-/// watch cache, which at 5000 resources raised the peak after a restart by 9 MiB and did not
-/// shorten start-up).
+/// their data, and cached slimmed to name and version: target Secrets by our label, mapped to
+/// their publisher, and sources by their opt-in label, mapped to the credentials that read
+/// them. No other Secret is watched or listed, so however many and however large the other
+/// Secrets of the cluster are, they cost nothing. (A foreign Secret blocking a target is
+/// therefore not watched: that conflict is retried on a timer.) Initial lists come in pages of
+/// 500 (not in one answer from the API server's watch cache, which at 5000 resources raised the
+/// peak after a restart by 9 MiB and did not shorten start-up).
 fn controller(
     client: &Client,
     namespace: Option<&str>,
@@ -281,7 +285,7 @@ fn controller(
     listed: Arc<AtomicBool>,
 ) -> Controller<Guarded> {
     let ours = format!("{LABEL_MANAGED_BY}={MANAGER}");
-    let others = format!("{LABEL_MANAGED_BY}!={MANAGER}");
+    let sources = format!("{LABEL_SOURCE}=true");
     // Only spec (generation) and annotation (verify-requested-at) changes start a reconcile:
     // the operator's own status writes would otherwise each cause another one.
     let (reader, writer) = reflector::store();
@@ -348,8 +352,8 @@ fn controller(
         .watches_stream(watch_secrets(&ours, "target Secrets"), |target| {
             publisher(&target)
         })
-        .watches_stream(watch_secrets(&others, "other Secrets"), move |secret| {
-            referencing(&store, &secret)
+        .watches_stream(watch_secrets(&sources, "source Secrets"), move |secret| {
+            reading(&store, &secret)
         })
 }
 
@@ -368,20 +372,17 @@ fn publisher(secret: &SecretMeta) -> Option<ObjectRef<Guarded>> {
     Some(ObjectRef::new(&name).within(ns))
 }
 
-/// The credentials that read `secret` as their source, or want to write it as their target (a
-/// target blocked by a foreign Secret is retried when that Secret changes or goes away).
-fn referencing(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Guarded>> {
+/// The credentials that read `secret` as their source.
+fn reading(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Guarded>> {
     let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
         return vec![];
     };
-    // Runs for every Secret event: filter under the store's lock, without allocating per
+    // Runs for every source event: filter under the store's lock, without allocating per
     // resource, and clone only the matches.
     store
         .state_filter(|guard| match &guard.0 {
-            Ok(cr) if cr.metadata.namespace.as_ref() == Some(ns) => {
-                let target = cr.spec.target.as_ref().and_then(|t| t.name.as_deref());
-                cr.spec.source_ref.name == *name
-                    || target.or(cr.metadata.name.as_deref()) == Some(name)
+            Ok(cr) => {
+                cr.metadata.namespace.as_ref() == Some(ns) && cr.spec.source_ref.name == *name
             }
             _ => false,
         })
@@ -390,15 +391,17 @@ fn referencing(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Gua
         .collect()
 }
 
-/// What the cache keeps of a resource: not its managed fields (but those that set the
-/// verify-requested-at annotation) nor kubectl's last-applied copy, which together outweigh the
-/// spec many times over.
+/// What the cache keeps of a resource: of its metadata, besides identity, only the
+/// verify-requested-at annotation and the managed fields that set it. Labels, other annotations
+/// (kubectl's last-applied copy among them) and other managed fields are not used, and a tenant
+/// could make them large.
 fn slim(guard: &mut Guarded) {
     let meta = guard.meta_mut();
     if let Some(fields) = meta.managed_fields.as_mut() {
         fields.retain(|e| subscribe::sets_annotation(e, ANNOTATION_VERIFY_REQUESTED_AT));
     }
+    meta.labels = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        annotations.retain(|k, _| k == ANNOTATION_VERIFY_REQUESTED_AT);
     }
 }

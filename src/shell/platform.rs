@@ -22,9 +22,11 @@ use tracing::debug;
 
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
-    /// Replacement URLs of named probes (`--probe-url NAME=URL`); their hosts count as allowed.
+    /// Replacement URLs of named probes (`--probe-url NAME=URL`); each exact URL counts as
+    /// allowed, not its host.
     pub probe_urls: BTreeMap<NamedProbe, Url>,
-    /// Hosts credentials may be sent to, besides those of `probe_urls`.
+    /// Origins credentials may be sent to, besides the URLs of `probe_urls`: each `host`,
+    /// `host:port` or `scheme://host[:port]` ([`Origin::parse`]).
     pub allowed_hosts: BTreeSet<String>,
     pub allow_http: bool,
     /// PEM file of extra CAs to trust for platform TLS.
@@ -46,8 +48,52 @@ impl PlatformConfig {
     }
 }
 
+/// What the allow-list compares: scheme, host and port. Another port of an allowed host is
+/// another service (an internal admin port, a proxy's other listener), so it is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of a URL (its port, or its scheme's default).
+    pub fn of(url: &Url) -> Option<Origin> {
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    /// An allow-list entry: `host` (https on 443), `host:port` (https) or `scheme://host[:port]`
+    /// (http or https; the scheme's default port).
+    pub fn parse(entry: &str) -> Result<Origin, String> {
+        let text = if entry.contains("://") {
+            entry.to_owned()
+        } else {
+            format!("https://{entry}")
+        };
+        let bad = || format!("{entry:?} is not host, host:port or scheme://host[:port]");
+        let url = Url::parse(&text).map_err(|_| bad())?;
+        let bare = matches!(url.scheme(), "https" | "http")
+            && url.path() == "/"
+            && url.query().is_none()
+            && url.fragment().is_none()
+            && url.username().is_empty()
+            && url.password().is_none();
+        if !bare {
+            return Err(bad());
+        }
+        Origin::of(&url).ok_or_else(bad)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    #[error("--allowed-host: {0}")]
+    AllowedHost(String),
     #[error("cannot read the extra CA file {path}: {source}")]
     CaFile {
         path: String,
@@ -62,7 +108,9 @@ pub enum SetupError {
 pub struct Platform {
     http: reqwest::Client,
     config: PlatformConfig,
-    allowed: BTreeSet<String>,
+    allowed: BTreeSet<Origin>,
+    /// The `--probe-url` URLs: allowed exactly, not their origins.
+    exact: BTreeSet<Url>,
     limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
     metrics: Arc<Metrics>,
 }
@@ -89,17 +137,18 @@ impl Platform {
             }
         }
         let http = builder.build().map_err(SetupError::Client)?;
-        let mut allowed = config.allowed_hosts.clone();
-        allowed.extend(
-            config
-                .probe_urls
-                .values()
-                .filter_map(|u| u.host_str().map(str::to_owned)),
-        );
+        let allowed = config
+            .allowed_hosts
+            .iter()
+            .map(|entry| Origin::parse(entry))
+            .collect::<Result<_, _>>()
+            .map_err(SetupError::AllowedHost)?;
+        let exact = config.probe_urls.values().cloned().collect();
         Ok(Platform {
             http,
             config,
             allowed,
+            exact,
             limiters: Mutex::default(),
             metrics,
         })
@@ -138,7 +187,7 @@ impl Platform {
                 retry_after: None,
             };
         }
-        if !self.allowed.contains(&host) {
+        if !self.is_allowed(&url) {
             return Outcome::endpoint_not_allowed(&host);
         }
         self.limiter(&host).until_ready().await;
@@ -181,6 +230,12 @@ impl Platform {
             body: &body,
         };
         classify::classify(target.named(), &host, &answer, SystemTime::now())
+    }
+
+    /// Whether credentials may be sent to `url`: its origin is allowed, or it is exactly a
+    /// `--probe-url` URL.
+    fn is_allowed(&self, url: &Url) -> bool {
+        Origin::of(url).is_some_and(|o| self.allowed.contains(&o)) || self.exact.contains(url)
     }
 
     fn limiter(&self, host: &str) -> Arc<DefaultDirectRateLimiter> {
@@ -296,7 +351,56 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.url_for(&target), sim);
-        assert!(p.allowed.contains("127.0.0.1"));
+        assert!(p.is_allowed(&sim));
+        for other in [
+            "http://127.0.0.1:9/anything?q=1",
+            "http://127.0.0.1:9/api/v4/apps?limit=2",
+            "http://127.0.0.1:10/api/v4/apps?limit=1",
+        ] {
+            assert!(
+                !p.is_allowed(&Url::parse(other).unwrap()),
+                "a --probe-url allows exactly that URL, not {other}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_allow_list_is_of_origins() {
+        let mut c = config();
+        c.allowed_hosts = [
+            "pmp.example.com",
+            "mirror.example.com:8443",
+            "http://127.0.0.1:8080",
+            "https://Other.Example.com",
+        ]
+        .map(String::from)
+        .into();
+        let p = Platform::new(c, Arc::default()).unwrap();
+        let allowed = |u: &str| p.is_allowed(&Url::parse(u).unwrap());
+        assert!(allowed(
+            "https://pmp.example.com/projectservice/v1/projects"
+        ));
+        assert!(allowed("https://pmp.example.com:443/x"));
+        assert!(!allowed("https://pmp.example.com:8443/x"), "another port");
+        assert!(!allowed("http://pmp.example.com/x"), "another scheme");
+        assert!(allowed("https://mirror.example.com:8443/api?q=1"));
+        assert!(!allowed("https://mirror.example.com/api"));
+        assert!(allowed("http://127.0.0.1:8080/anything?q=1"));
+        assert!(!allowed("http://127.0.0.1:8081/anything?q=1"));
+        assert!(!allowed("http://127.0.0.1/"));
+        assert!(allowed("https://other.example.com/"));
+        for bad in [
+            "https://x.example.com/path",
+            "ftp://x.example.com",
+            "user@x.example.com",
+            "x.example.com:port",
+            "",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+        let mut c = config();
+        c.allowed_hosts = ["https://x.example.com/path".to_owned()].into();
+        assert!(Platform::new(c, Arc::default()).is_err());
     }
 
     #[test]

@@ -90,18 +90,21 @@ fn describe(error: &kube::Error) -> String {
     }
 }
 
+/// How often a target blocked by someone else's Secret is tried again.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
+
 pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = match &guard.0 {
         Ok(cr) => reconcile_valid(cr, &ctx).await,
         Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx)
             .await
-            .map(|action| (action, ReadyReason::InvalidSpec)),
+            .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
     };
     let uid = guard.meta().uid.as_deref().unwrap_or_default();
     match &result {
         Ok((_, ready)) => {
-            ctx.metrics.reconciled(ready.as_str(), started.elapsed());
+            ctx.metrics.reconciled(ready, started.elapsed());
             ctx.tracker.api_succeeded(uid);
         }
         Err(e) => {
@@ -137,7 +140,14 @@ pub(crate) struct Id {
 async fn reconcile_valid(
     cr: &MendixCredential,
     ctx: &Context,
-) -> Result<(Action, ReadyReason), Error> {
+) -> Result<(Action, &'static str), Error> {
+    // A resource being deleted is never written for. With `--cascade=orphan` the garbage
+    // collector removes the owner reference from the target so that it stays; a "repair" of it
+    // would hand the Secret back to be collected with its owner.
+    if cr.metadata.deletion_timestamp.is_some() {
+        debug!(credential = %format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()), "being deleted: nothing to do");
+        return Ok((Action::await_change(), "Deleting"));
+    }
     let id = Id {
         namespace: cr.namespace().ok_or(Error::MissingMetadata("namespace"))?,
         name: cr.name_any(),
@@ -154,7 +164,11 @@ async fn reconcile_valid(
     );
     let previous = remembered.or_else(|| cr.status.clone()).unwrap_or_default();
 
-    let resolved = spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval);
+    let resolved =
+        spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval).and_then(|resolved| {
+            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)
+                .map(|()| resolved)
+        });
     let (sync, credential) = match &resolved {
         Ok(resolved) => target::sync(cr, &id, resolved, &previous, ctx).await?,
         Err(InvalidSpec(message)) => (
@@ -211,9 +225,11 @@ async fn reconcile_valid(
     let action = match (hold, ready) {
         (Some(hold), _) => Action::requeue(hold),
         (None, ReadyReason::Synced) => Action::requeue(Duration::from_secs(3600)),
+        // The foreign Secret in the way is not watched (only ours and sources are).
+        (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
         (None, _) => Action::await_change(),
     };
-    Ok((action, ready))
+    Ok((action, ready.as_str()))
 }
 
 async fn write_status(

@@ -2,6 +2,7 @@
 //! the target, and writes it only when what is there differs. The decisions are pure
 //! ([`crate::domain::plan::target_action`]); this is their IO.
 
+use crate::domain::api::MANAGER;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
 use crate::domain::credential::{Credential, SourceError};
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
@@ -12,7 +13,7 @@ use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use kube::{Api, Resource, ResourceExt};
 use tracing::info;
@@ -89,8 +90,7 @@ async fn read_source(
     else {
         return Ok(None);
     };
-    let data = source.data.unwrap_or_default();
-    let credential = Credential::from_source(credential_type, keys, &data);
+    let credential = Credential::from_secret(credential_type, keys, &source);
     if let Some(version) = source.metadata.resource_version {
         cache.remember(ns, credential_type, keys, version, credential.clone());
     }
@@ -121,27 +121,52 @@ async fn write_target(
                 let version = existing.and_then(|e| e.metadata.resource_version);
                 (version.unwrap_or_default(), written_at, false)
             }
+            TargetAction::Create => {
+                let params = PostParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PostParams::default()
+                };
+                // A Secret created by someone else since the read makes this fail (409), and
+                // the retry reports the conflict: it is never taken over.
+                let created = match secrets.create(&params, &desired).await {
+                    Ok(created) => created,
+                    Err(kube::Error::Api(e)) if e.is_invalid() => {
+                        return Ok(Err(refused(&e)));
+                    }
+                    Err(e) => return Err(Error::ApplyTarget(e)),
+                };
+                let version = created.resource_version().unwrap_or_default();
+                let at = render::applied_at(&created).or_else(|| Some(now()));
+                (version, at, true)
+            }
             TargetAction::Apply { resource_version } => {
+                // Once in a target's life, after its creation: what the creation set becomes
+                // the apply's to change and remove.
+                let resource_version = match existing {
+                    Some(secret) => claim(secrets, secret)
+                        .await?
+                        .metadata
+                        .resource_version
+                        .unwrap_or(resource_version),
+                    None => resource_version,
+                };
                 // The resourceVersion makes the apply conditional: if the Secret changed (or
                 // was replaced by a foreign one) since it was read, the apply fails and is
                 // retried.
-                desired.metadata.resource_version = resource_version.clone();
+                desired.metadata.resource_version = Some(resource_version.clone());
                 let written = match secrets
                     .patch(&target, &apply_params(), &Patch::Apply(&desired))
                     .await
                 {
                     Ok(written) => written,
                     Err(kube::Error::Api(e)) if e.is_invalid() => {
-                        return Ok(Err(Ready::refused(
-                            ReadyReason::InvalidSpec,
-                            refused_target(&e),
-                        )));
+                        return Ok(Err(refused(&e)));
                     }
                     Err(e) => return Err(Error::ApplyTarget(e)),
                 };
                 let version = written.resource_version().unwrap_or_default();
                 // An apply that changed nothing keeps the version: nothing was written.
-                let wrote = resource_version.as_ref() != Some(&version);
+                let wrote = resource_version != version;
                 // The server's own time of the write, as any later reader of the target sees
                 // it: another instance then agrees on it.
                 let at = render::applied_at(&written).or_else(|| wrote.then(now));
@@ -158,6 +183,33 @@ async fn write_target(
         },
     );
     Ok(Ok((written_at, wrote)))
+}
+
+fn refused(e: &Status) -> Ready {
+    Ready::refused(ReadyReason::InvalidSpec, refused_target(e))
+}
+
+/// Turns the entry of our creation (an update) in `managedFields` into an apply entry, so that
+/// later applies own, and can remove, what the creation set. Conditional on the version read.
+async fn claim(secrets: &Api<Secret>, secret: Secret) -> Result<Secret, Error> {
+    let Some(index) = render::needs_claim(&secret) else {
+        return Ok(secret);
+    };
+    let name = secret.name_any();
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": secret.resource_version()},
+        {"op": "test", "path": format!("/metadata/managedFields/{index}/manager"), "value": MANAGER},
+        {"op": "replace", "path": format!("/metadata/managedFields/{index}/operation"), "value": "Apply"},
+    ]))
+    .expect("a JSON patch");
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    secrets
+        .patch(&name, &params, &Patch::Json::<()>(patch))
+        .await
+        .map_err(Error::ApplyTarget)
 }
 
 /// The API server refused the target Secret: only labels and annotations from the spec can make

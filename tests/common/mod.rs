@@ -210,7 +210,11 @@ impl TestEnv {
             .iter()
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "labels": {"mxcred.io/source": "true"}},
+            "stringData": data,
+        });
         self.secrets()
             .patch(
                 name,
@@ -226,8 +230,10 @@ impl TestEnv {
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
+                labels: Some([("mxcred.io/source".to_owned(), "true".to_owned())].into()),
                 ..Default::default()
             },
+            type_: Some("Opaque".into()),
             data: Some(
                 data.iter()
                     .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))

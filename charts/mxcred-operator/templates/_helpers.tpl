@@ -53,8 +53,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 What the operator does in a namespace it serves, and nothing more: the same rules make the
 ClusterRole (all namespaces) or the Role of each watched namespace.
-Secrets: the operator writes target Secrets with server-side apply, which is a patch; it never
-sends an update (PUT), so `update` is not granted.
+Secrets: the operator creates a missing target with a POST and changes it with server-side apply,
+which is a patch; it never sends an update (PUT), so `update` is not granted. Events: a recorder is
+made per Event, so an Event is only ever created, never patched into a series.
 */}}
 {{- define "mxcred-operator.rules" -}}
 - apiGroups: ["mxcred.io"]
@@ -68,7 +69,7 @@ sends an update (PUT), so `update` is not granted.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Where the extra CA bundle is mounted. */}}

@@ -339,12 +339,27 @@ fn the_target_decision() {
     foreign.metadata.resource_version = Some("5".into());
     assert_eq!(
         target_action(None, &desired, "uid-1", "c"),
-        TargetAction::Apply {
-            resource_version: None
-        }
+        TargetAction::Create
     );
     assert_eq!(
         target_action(Some(&foreign), &desired, "uid-1", "c"),
+        TargetAction::Conflict
+    );
+    // Labelled as ours by someone who may patch Secrets: still not ours.
+    let mut forged = desired.clone();
+    forged.metadata.owner_references = None;
+    forged.metadata.labels = Some(
+        [
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "mxcred-operator".to_owned(),
+            ),
+            ("mxcred.io/credential".to_owned(), "c".to_owned()),
+        ]
+        .into(),
+    );
+    assert_eq!(
+        target_action(Some(&forged), &desired, "uid-1", "c"),
         TargetAction::Conflict
     );
     let mut ours = desired.clone();
@@ -357,7 +372,7 @@ fn the_target_decision() {
     assert_eq!(
         target_action(Some(&ours), &desired, "uid-1", "c"),
         TargetAction::Apply {
-            resource_version: Some("7".into())
+            resource_version: "7".into()
         }
     );
 }
