@@ -543,3 +543,64 @@ async fn unrelated_secrets_however_large_leave_the_operator_flat() {
         "{restarted} KiB after a restart against {before} KiB"
     );
 }
+
+#[tokio::test]
+async fn an_api_server_message_is_never_logged() {
+    // The API server's 403 names the user it refused: a ServiceAccount named like a canary, whose
+    // Role lacks `get` on Secrets, makes the message carry it.
+    const CANARY: &str = "canary-403-7d1f";
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("redaction").await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    accounts
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": CANARY}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let role: Role = serde_json::from_value(json!({"metadata": {"name": CANARY}, "rules": [
+        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ]}))
+    .unwrap();
+    Api::<Role>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": CANARY},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CANARY},
+        "subjects": [{"kind": "ServiceAccount", "name": CANARY, "namespace": env.ns}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let kubeconfig =
+        common::service_account_kubeconfig(&env.client, &env.cp.dir, &env.ns, CANARY).await;
+    let mut args = common::loopback_platform(&sim.base_url());
+    args.retain(|a| !a.contains(CANARY));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = common::Operator::start(env.cp, &kubeconfig, &env.ns, &args, &[]);
+    env.put_source("raw", &[("token", "tok-redaction")]).await;
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the refused read to be logged",
+        || async {
+            op.logs()
+                .contains("reading the source Secret failed: HTTP 403 Forbidden")
+        },
+    )
+    .await;
+    assert!(
+        !op.logs().contains(CANARY),
+        "the API server's message reached the log:\n{}",
+        op.logs()
+    );
+}

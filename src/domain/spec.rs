@@ -2,7 +2,7 @@
 //!
 //! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
 
-use crate::domain::api::{CredentialType, MendixCredentialSpec, Platform};
+use crate::domain::api::{CredentialType, LABEL_MANAGED_BY, MendixCredentialSpec, Platform};
 use crate::domain::probe::ProbeTarget;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -128,16 +128,23 @@ pub const DENIED_METADATA_DOMAINS: [&str; 6] = [
     "replicator.v1.mittwald.de",
 ];
 
+/// The domain of Kubernetes' recommended labels (`app.kubernetes.io/name`, `part-of`, ...).
+const RECOMMENDED_LABELS: &str = "app.kubernetes.io";
+
 /// Refuses `spec.target` labels and annotations under a denied domain, or starting with one of
 /// the administrator's `extra` prefixes. The message names the first such key.
 pub fn check_target_metadata(resolved: &Resolved, extra: &[String]) -> Result<(), InvalidSpec> {
     let denied = |key: &str| {
         let domain = key.split_once('/').map(|(d, _)| d);
-        let builtin = domain.is_some_and(|d| {
-            DENIED_METADATA_DOMAINS
-                .iter()
-                .any(|denied| d == *denied || d.ends_with(&format!(".{denied}")))
-        });
+        // Kubernetes' recommended labels are for users to set (the operator's own managed-by
+        // excepted).
+        let recommended = domain == Some(RECOMMENDED_LABELS) && key != LABEL_MANAGED_BY;
+        let builtin = !recommended
+            && domain.is_some_and(|d| {
+                DENIED_METADATA_DOMAINS
+                    .iter()
+                    .any(|denied| d == *denied || d.ends_with(&format!(".{denied}")))
+            });
         builtin
             || extra
                 .iter()
@@ -150,7 +157,8 @@ pub fn check_target_metadata(resolved: &Resolved, extra: &[String]) -> Result<()
         if let Some(key) = map.keys().find(|k| denied(k)) {
             return Err(InvalidSpec(format!(
                 "spec.target.{field} key {key:?} is not allowed: keys under kubernetes.io/, \
-                 k8s.io/ (and their subdomains), mxcred.io/ and the replication keys of \
+                 k8s.io/ (and their subdomains, but for the recommended app.kubernetes.io/ \
+                 labels), mxcred.io/ and the replication keys of \
                  Reflector, kubed and kubernetes-replicator are refused, and so are the \
                  prefixes the operator's administrator denied"
             )));
@@ -372,7 +380,7 @@ mod tests {
             |r: &Resolved, extra: &[String]| check_target_metadata(r, extra).unwrap_err().0;
         for key in [
             "kubernetes.io/service-account.name",
-            "app.kubernetes.io/part-of",
+            "app.kubernetes.io/managed-by",
             "node-role.kubernetes.io/x",
             "k8s.io/x",
             "cluster-autoscaler.k8s.io/x",
@@ -391,6 +399,7 @@ mod tests {
         }
         for key in [
             "team",
+            "app.kubernetes.io/part-of",
             "example.com/owner",
             "notkubernetes.io/x",
             "kubernetes.io.example.com/x",

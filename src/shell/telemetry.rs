@@ -12,8 +12,15 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default level (info).
+///
+/// kube's client logs a refused request's whole answer at debug level, and an API server's
+/// message may quote the object sent or others (an admission webhook, a policy engine): its
+/// logs stop at info, whatever `RUST_LOG` says. The operator logs each failure itself, by step,
+/// code and reason.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("kube_client=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
