@@ -71,6 +71,11 @@ async fn personal_access_token_becomes_a_header_ready_secret() {
     assert_eq!(status.secret_name.as_deref(), Some("deploy-bot-mendix"));
     assert_eq!(status.token_fingerprint, Some(fingerprint_of(&secret)));
     assert_eq!(status.observed_generation, cr.metadata.generation);
+    assert_eq!(
+        status.credential_type,
+        Some(mxcred_operator::domain::api::CredentialType::PersonalAccessToken),
+        "the defaulted type is shown (the Type column)"
+    );
     assert!(status.last_synced_time.is_some());
     let ready = status
         .conditions
@@ -122,7 +127,11 @@ async fn api_key_becomes_a_header_ready_secret() {
         value(&secret, "headers").unwrap(),
         "Mendix-Username: ci@example.com\nMendix-ApiKey: 0123-abcd\n"
     );
-    env.wait_reason("legacy", "Ready", "Synced").await;
+    let cr = env.wait_reason("legacy", "Ready", "Synced").await;
+    assert_eq!(
+        cr.status.unwrap().credential_type,
+        Some(mxcred_operator::domain::api::CredentialType::ApiKey)
+    );
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at"
     namespaced,
     status = "MendixCredentialStatus",
     doc = "A Mendix platform credential (personal access token or API key), read from a Secret in the same namespace and published as a Secret that CI runners use as HTTP headers or environment variables. The operator verifies it against the Mendix platform at an interval.",
-    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".status.credentialType"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
@@ -178,6 +178,10 @@ pub struct MendixCredentialStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The credential type in effect: spec.type, or its default (PersonalAccessToken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
+    pub credential_type: Option<CredentialType>,
     /// Name of the target Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,

@@ -7,7 +7,7 @@
 //! from memory: a status write that fails is retried from the same previous status, so the
 //! retry announces what the failed attempt would have.
 
-use crate::domain::api::{MendixCredentialStatus, condition};
+use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::domain::classify::{Outcome, Reason, TokenValid};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::credential::SourceError;
@@ -130,6 +130,8 @@ pub struct Answer {
 #[derive(Clone, Debug)]
 pub struct Observed<'a> {
     pub generation: Option<i64>,
+    /// The credential type in effect, when the spec could be resolved.
+    pub credential_type: Option<CredentialType>,
     pub previous: &'a MendixCredentialStatus,
     pub sync: Sync,
     pub verification: Verification,
@@ -166,6 +168,7 @@ pub const FIRST_ANSWER_HOLD: std::time::Duration = std::time::Duration::from_sec
 pub fn reconcile(observed: Observed) -> Plan {
     let Observed {
         generation,
+        credential_type,
         previous,
         sync,
         verification,
@@ -173,6 +176,9 @@ pub fn reconcile(observed: Observed) -> Plan {
     } = observed;
     let mut status = previous.clone();
     status.observed_generation = generation;
+    if credential_type.is_some() {
+        status.credential_type = credential_type;
+    }
     let ready = match &sync {
         Sync::Published {
             target,

@@ -190,6 +190,7 @@ async fn reconcile_valid(
     let wrote_target = matches!(sync, Sync::Published { wrote: true, .. });
     let plan = plan::reconcile(Observed {
         generation: cr.metadata.generation,
+        credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
         previous: &previous,
         sync,
         verification,

@@ -2,6 +2,7 @@
 //! state, and what a failed or a successful status write leaves for the next reconcile.
 
 use super::*;
+use crate::domain::api::CredentialType;
 use crate::domain::classify::Reason;
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ fn answered(reason: Reason, when: i64) -> Verification {
 fn run(previous: &MendixCredentialStatus, sync: Sync, verification: Verification) -> Plan {
     reconcile(Observed {
         generation: Some(1),
+        credential_type: Some(CredentialType::PersonalAccessToken),
         previous,
         sync,
         verification,
