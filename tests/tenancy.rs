@@ -4,8 +4,7 @@
 mod common;
 
 use common::{TestEnv, assert_no_canary, value, wait_until};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 use mendix_simulator::{Simulator, State};
@@ -20,14 +19,6 @@ async fn tenant(env: &TestEnv, readable: &[&str]) -> Client {
 
 /// As [`tenant`], with more rules.
 async fn tenant_with(env: &TestEnv, readable: &[&str], more: Vec<serde_json::Value>) -> Client {
-    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
-    accounts
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "tenant"}})).unwrap(),
-        )
-        .await
-        .unwrap();
     let mut rules = vec![json!({
         "apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
@@ -39,24 +30,7 @@ async fn tenant_with(env: &TestEnv, readable: &[&str], more: Vec<serde_json::Val
         }));
     }
     rules.extend(more);
-    let role: Role =
-        serde_json::from_value(json!({"metadata": {"name": "tenant"}, "rules": rules})).unwrap();
-    Api::<Role>::namespaced(env.client.clone(), &env.ns)
-        .create(&Default::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "tenant"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": env.ns}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
-        .create(&Default::default(), &binding)
-        .await
-        .unwrap();
-    let kubeconfig =
-        common::service_account_kubeconfig(&env.client, &env.cp.dir, &env.ns, "tenant").await;
+    let kubeconfig = env.namespaced_identity("tenant", json!(rules)).await;
     let client = common::client_from(&kubeconfig).await;
     let credentials: Api<mxcred_operator::domain::api::MendixCredential> =
         Api::namespaced(client.clone(), &env.ns);
@@ -551,37 +525,17 @@ async fn an_api_server_message_is_never_logged() {
     const CANARY: &str = "canary-403-7d1f";
     let sim = Simulator::start().await;
     let env = TestEnv::new("redaction").await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
-    accounts
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": CANARY}})).unwrap(),
+    let kubeconfig = env
+        .namespaced_identity(
+            CANARY,
+            json!([
+                {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials/status"], "verbs": ["patch"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+            ]),
         )
-        .await
-        .unwrap();
-    let role: Role = serde_json::from_value(json!({"metadata": {"name": CANARY}, "rules": [
-        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials/status"], "verbs": ["patch"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
-    ]}))
-    .unwrap();
-    Api::<Role>::namespaced(env.client.clone(), &env.ns)
-        .create(&Default::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": CANARY},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CANARY},
-        "subjects": [{"kind": "ServiceAccount", "name": CANARY, "namespace": env.ns}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
-        .create(&Default::default(), &binding)
-        .await
-        .unwrap();
-    let kubeconfig =
-        common::service_account_kubeconfig(&env.client, &env.cp.dir, &env.ns, CANARY).await;
+        .await;
     let mut args = common::loopback_platform(&sim.base_url());
     args.retain(|a| !a.contains(CANARY));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{Operator, TestEnv, loopback_platform, wait_until};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mendix_simulator::{Simulator, State};
@@ -30,51 +29,21 @@ async fn annotate(env: &TestEnv, name: &str, value: &str) {
 }
 
 /// The operator's rights in the test's namespace alone, as a Role that a test can narrow.
-fn rules(status: bool) -> Vec<PolicyRule> {
-    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
-        verbs: verbs.iter().map(|v| v.to_string()).collect(),
-        ..PolicyRule::default()
-    };
+fn rules(status: bool) -> serde_json::Value {
     let mut rules = vec![
-        rule(
-            "mxcred.io",
-            &["mendixcredentials"],
-            &["get", "list", "watch"],
-        ),
-        rule(
-            "",
-            &["secrets"],
-            &["get", "list", "watch", "create", "patch", "delete"],
-        ),
-        rule("events.k8s.io", &["events"], &["create"]),
+        json!({"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": [""], "resources": ["secrets"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"]}),
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}),
     ];
     if status {
-        rules.push(rule("mxcred.io", &["mendixcredentials/status"], &["patch"]));
+        rules.push(json!({"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials/status"], "verbs": ["patch"]}));
     }
-    rules
+    json!(rules)
 }
 
 async fn grant(env: &TestEnv, status: bool) {
-    let role = Role {
-        metadata: kube::api::ObjectMeta {
-            name: Some("operator".into()),
-            ..Default::default()
-        },
-        rules: Some(rules(status)),
-    };
-    let mut value = serde_json::to_value(&role).unwrap();
-    value["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
-    value["kind"] = json!("Role");
-    Api::<Role>::namespaced(env.client.clone(), &env.ns)
-        .patch(
-            "operator",
-            &PatchParams::apply("mxcred-tests").force(),
-            &Patch::Apply(value),
-        )
-        .await
-        .unwrap();
+    env.set_rules("operator", rules(status)).await;
 }
 
 /// Whether the API server's authorizer lets the test's operator write statuses now.
@@ -106,28 +75,7 @@ async fn may_write_status(env: &TestEnv) -> bool {
 
 /// The operator under a ServiceAccount of the test's namespace, whose Role [`grant`] sets.
 async fn start_narrow_operator(env: &TestEnv, sim: &Simulator, extra: &[&str]) -> Operator {
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(env.client.clone(), &env.ns);
-    accounts
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "operator"}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    grant(env, true).await;
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "operator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator"},
-        "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": env.ns}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
-        .create(&Default::default(), &binding)
-        .await
-        .unwrap();
-    let kubeconfig =
-        common::service_account_kubeconfig(&env.client, &env.cp.dir, &env.ns, "operator").await;
+    let kubeconfig = env.namespaced_identity("operator", rules(true)).await;
     let mut args = loopback_platform(&sim.base_url());
     args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -1,6 +1,7 @@
 //! When to ask the platform again. Pure: the schedule lives in the resource's status, so a
 //! restarted operator continues it instead of re-verifying everything at once.
 
+use crate::domain::classify::Reason;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +24,20 @@ pub enum Attempt {
         failures: u32,
         retry_after: Option<Duration>,
     },
+}
+
+impl Attempt {
+    /// The schedule's view of a reason: a transient one counts as the first failure.
+    pub fn of(reason: Reason) -> Attempt {
+        match reason {
+            Reason::Verified => Attempt::Accepted,
+            Reason::TokenRejected | Reason::UserDeactivated => Attempt::Rejected,
+            _ => Attempt::Transient {
+                failures: 1,
+                retry_after: None,
+            },
+        }
+    }
 }
 
 /// The time of the next check after `attempt` at `now`.

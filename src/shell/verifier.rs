@@ -180,7 +180,7 @@ impl Verifier {
             (Some(_), _) => {}
             (None, Some(known)) => {
                 if check.last.is_none() && check.restored_next.is_none() {
-                    check.last = known.verdict.map(|(reason, at)| (at, attempt_of(reason)));
+                    check.last = known.verdict.map(|(reason, at)| (at, Attempt::of(reason)));
                     check.restored_next = known.next;
                 }
             }
@@ -493,25 +493,13 @@ impl Check {
 
     fn record(&mut self, outcome: &Outcome, asked: SystemTime, answered: SystemTime) {
         self.answer = Some((outcome.clone(), answered, asked));
-        match attempt_of(outcome.reason) {
+        match Attempt::of(outcome.reason) {
             Attempt::Transient { .. } => self.failures = self.failures.saturating_add(1),
             attempt => {
                 self.failures = 0;
                 self.last = Some((answered, attempt));
             }
         }
-    }
-}
-
-/// The schedule's view of a reason.
-fn attempt_of(reason: Reason) -> Attempt {
-    match reason {
-        Reason::Verified => Attempt::Accepted,
-        Reason::TokenRejected | Reason::UserDeactivated => Attempt::Rejected,
-        _ => Attempt::Transient {
-            failures: 1,
-            retry_after: None,
-        },
     }
 }
 

@@ -200,6 +200,46 @@ impl TestEnv {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// A ServiceAccount of this namespace, bound to a Role of the same name holding `rules` (a
+    /// JSON list of PolicyRules); returns a kubeconfig with its token. Applying the Role again
+    /// (`set_rules`) changes what it may do.
+    pub async fn namespaced_identity(&self, name: &str, rules: serde_json::Value) -> PathBuf {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
+        accounts
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        self.set_rules(name, rules).await;
+        let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.ns}],
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        service_account_kubeconfig(&self.client, &self.cp.dir, &self.ns, name).await
+    }
+
+    /// Sets the rules of the Role `name` of this namespace.
+    pub async fn set_rules(&self, name: &str, rules: serde_json::Value) {
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name}, "rules": rules});
+        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                name,
+                &PatchParams::apply("mxcred-tests").force(),
+                &Patch::Apply(role),
+            )
+            .await
+            .unwrap();
+    }
+
     pub fn credentials(&self) -> Api<MendixCredential> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
