@@ -63,23 +63,19 @@ pub fn next_check(
     now + delay
 }
 
-/// A delay fixed per resource (from its uid), up to a tenth of the interval and at most five
-/// minutes, so that resources created together do not stay in lockstep.
-pub fn jitter(uid: &str, interval: Duration) -> Duration {
+/// A delay fixed per `seed` (the verification loop uses a digest of the credential and probe),
+/// up to a tenth of the interval and at most five minutes, so that credentials first checked
+/// together do not stay in lockstep.
+pub fn jitter(seed: &str, interval: Duration) -> Duration {
     let span = (interval / 10).min(Duration::from_secs(300)).as_millis() as u64;
     if span == 0 {
         return Duration::ZERO;
     }
     // FNV-1a: stable across runs and versions, unlike std's hasher.
-    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     });
     Duration::from_millis(hash % span)
-}
-
-/// Whether a check is due: never checked, or the scheduled time has come.
-pub fn is_due(now: SystemTime, next: Option<SystemTime>) -> bool {
-    next.is_none_or(|next| next <= now)
 }
 
 /// Picks up to `room` due checks, round-robin over namespaces starting after `cursor`, the
@@ -199,13 +195,6 @@ mod tests {
         assert_ne!(a, jitter("uid-b", HOUR));
         assert!(a < Duration::from_secs(300));
         assert!(jitter("uid-a", Duration::from_secs(60)) < Duration::from_secs(6));
-    }
-
-    #[test]
-    fn due_when_never_checked_or_time_has_come() {
-        assert!(is_due(T0, None));
-        assert!(is_due(T0 + HOUR, Some(T0 + HOUR)));
-        assert!(!is_due(T0, Some(T0 + HOUR)));
     }
 
     fn due_in(n: u32, count: usize) -> Vec<(SystemTime, u32)> {
