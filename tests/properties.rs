@@ -333,6 +333,7 @@ fn resolved(
         target_labels: labels,
         target_annotations: annotations,
         verification: None,
+        rotation: Default::default(),
     }
 }
 
@@ -861,6 +862,7 @@ fn mendix_credential_spec() -> impl Strategy<Value = MendixCredentialSpec> {
                 source_ref,
                 target,
                 verification,
+                rotation: None,
             },
         )
 }

@@ -66,6 +66,31 @@ pub struct MendixCredentialSpec {
     /// How and how often the credential is checked against the Mendix platform.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+
+    /// What happens when the source Secret holds a new credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+}
+
+/// How a new credential in the source Secret replaces the published one.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// VerifyFirst: while the published credential is known good (TokenValid True), a new one
+    /// is checked against the probe first and published only if the platform accepts it; a
+    /// rejected one is held back (Ready False, RotationRejected) and the target keeps the
+    /// working credential. Immediate: a new credential is published at once. Defaults to
+    /// VerifyFirst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
+    pub policy: Option<RotationPolicy>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RotationPolicy {
+    #[default]
+    VerifyFirst,
+    Immediate,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -188,6 +213,10 @@ pub struct MendixCredentialStatus {
     /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
+    /// Fingerprint of a new credential in the source Secret that is not published yet: it
+    /// waits for the platform's verdict (RotationPending) or was rejected (RotationRejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_fingerprint: Option<String>,
     /// When the target Secret's data was last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced_time: Option<Time>,
@@ -252,4 +281,6 @@ pub mod ready {
     pub const INVALID_SOURCE: &str = "InvalidSource";
     pub const TARGET_CONFLICT: &str = "TargetConflict";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const ROTATION_REJECTED: &str = "RotationRejected";
+    pub const ROTATION_PENDING: &str = "RotationPending";
 }

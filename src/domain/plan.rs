@@ -12,6 +12,7 @@ use crate::domain::classify::{Outcome, Reason, TokenValid};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::credential::SourceError;
 use crate::domain::render;
+use crate::domain::rotation::Held;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -25,10 +26,12 @@ pub enum ReadyReason {
     InvalidSource,
     TargetConflict,
     InvalidSpec,
+    RotationRejected,
+    RotationPending,
 }
 
 impl ReadyReason {
-    pub const ALL: [ReadyReason; 7] = [
+    pub const ALL: [ReadyReason; 9] = [
         ReadyReason::Synced,
         ReadyReason::SourceNotFound,
         ReadyReason::SourceNotAllowed,
@@ -36,6 +39,8 @@ impl ReadyReason {
         ReadyReason::InvalidSource,
         ReadyReason::TargetConflict,
         ReadyReason::InvalidSpec,
+        ReadyReason::RotationRejected,
+        ReadyReason::RotationPending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,12 +52,15 @@ impl ReadyReason {
             ReadyReason::InvalidSource => "InvalidSource",
             ReadyReason::TargetConflict => "TargetConflict",
             ReadyReason::InvalidSpec => "InvalidSpec",
+            ReadyReason::RotationRejected => "RotationRejected",
+            ReadyReason::RotationPending => "RotationPending",
         }
     }
 
     fn status(self) -> &'static str {
         match self {
             ReadyReason::Synced => "True",
+            ReadyReason::RotationPending => "Unknown",
             _ => "False",
         }
     }
@@ -62,7 +70,9 @@ impl ReadyReason {
     fn warns(self) -> bool {
         matches!(
             self,
-            ReadyReason::TargetConflict | ReadyReason::InvalidSource
+            ReadyReason::TargetConflict
+                | ReadyReason::InvalidSource
+                | ReadyReason::RotationRejected
         )
     }
 }
@@ -94,9 +104,29 @@ pub enum Sync {
         written_at: Option<Time>,
         /// Whether this reconcile wrote it.
         wrote: bool,
+        /// Whether the platform accepted it before it replaced a working credential (rotation
+        /// policy VerifyFirst).
+        checked_first: bool,
+    },
+    /// A new credential in the source waits for the platform's verdict (rotation policy
+    /// VerifyFirst); the target keeps the published one.
+    Held {
+        target: String,
+        /// The fingerprint of the credential the target holds.
+        published: String,
+        /// The fingerprint of the new credential.
+        pending: String,
+        held: Held,
     },
     /// Nothing was written; the target (if any) was left as it was.
     Refused(Ready),
+}
+
+impl Sync {
+    /// Whether the target holds a credential of this resource that the verification concerns.
+    fn publishes(&self) -> bool {
+        matches!(self, Sync::Published { .. } | Sync::Held { .. })
+    }
 }
 
 /// What the verification loop knows of the published credential.
@@ -160,6 +190,9 @@ pub struct Plan {
     pub hold: Option<std::time::Duration>,
 }
 
+/// The Event that announces a new published credential replacing another.
+pub const ROTATED: &str = "Rotated";
+
 /// How long a status waits for the first answer about a new credential before it says
 /// `Pending`.
 pub const FIRST_ANSWER_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
@@ -185,6 +218,7 @@ pub fn reconcile(observed: Observed) -> Plan {
             fingerprint,
             written_at,
             wrote,
+            checked_first: _,
         } => {
             let rotated = previous.token_fingerprint.as_ref() != Some(fingerprint);
             if rotated {
@@ -197,12 +231,25 @@ pub fn reconcile(observed: Observed) -> Plan {
             }
             status.token_fingerprint = Some(fingerprint.clone());
             status.secret_name = Some(target.clone());
+            status.pending_fingerprint = None;
             Ready {
                 reason: ReadyReason::Synced,
                 message: format!("Secret {target:?} holds the current credential"),
             }
         }
-        Sync::Refused(ready) => ready.clone(),
+        Sync::Held {
+            target,
+            published,
+            pending,
+            held,
+        } => {
+            status.pending_fingerprint = Some(pending.clone());
+            held_ready(target, published, pending, held)
+        }
+        Sync::Refused(ready) => {
+            status.pending_fingerprint = None;
+            ready.clone()
+        }
     };
     conditions::set(
         &mut status.conditions,
@@ -216,7 +263,13 @@ pub fn reconcile(observed: Observed) -> Plan {
         now.clone(),
     );
     let mut request_served = false;
-    let mut hold = None;
+    let mut hold = match &sync {
+        Sync::Held {
+            held: Held::Queued { since },
+            ..
+        } => remaining_hold(since, &now),
+        _ => None,
+    };
     match verification {
         Verification::Disabled => {
             record(
@@ -227,16 +280,13 @@ pub fn reconcile(observed: Observed) -> Plan {
             );
             status.next_verification_time = None;
         }
-        Verification::Answered(answer) if matches!(sync, Sync::Published { .. }) => {
+        Verification::Answered(answer) if sync.publishes() => {
             record(&mut status, &answer.outcome, generation, answer.answered_at);
             status.next_verification_time = answer.next;
             request_served = answer.serves_request;
         }
-        Verification::Queued { since } if matches!(sync, Sync::Published { .. }) => {
-            let waited = now.0.duration_since(since.0).unsigned_abs();
-            hold = FIRST_ANSWER_HOLD
-                .checked_sub(waited)
-                .filter(|h| !h.is_zero());
+        Verification::Queued { since } if sync.publishes() => {
+            hold = hold.or(remaining_hold(&since, &now));
             if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
                 record(&mut status, &Outcome::pending(), generation, now);
             }
@@ -257,11 +307,62 @@ pub fn reconcile(observed: Observed) -> Plan {
         };
     }
     Plan {
-        events: announcements(previous, &status, &ready),
+        events: announcements(
+            previous,
+            &status,
+            &ready,
+            matches!(
+                sync,
+                Sync::Published {
+                    checked_first: true,
+                    ..
+                }
+            ),
+        ),
         status: (status != *previous).then_some(status),
         ready: ready.reason,
         request_served,
         hold,
+    }
+}
+
+/// What is left of [`FIRST_ANSWER_HOLD`] for a check queued `since`.
+fn remaining_hold(since: &Time, now: &Time) -> Option<std::time::Duration> {
+    let waited = now.0.duration_since(since.0).unsigned_abs();
+    FIRST_ANSWER_HOLD
+        .checked_sub(waited)
+        .filter(|h| !h.is_zero())
+}
+
+/// The `Ready` condition of a rotation held back.
+fn held_ready(target: &str, published: &str, pending: &str, held: &Held) -> Ready {
+    let keeps = format!("Secret {target:?} keeps the working credential {published}");
+    match held {
+        Held::Rejected(outcome) => Ready::refused(
+            ReadyReason::RotationRejected,
+            format!(
+                "the new credential {pending} in the source Secret was not published: {} ({}); \
+                 {keeps}",
+                outcome.message,
+                outcome.reason.as_str(),
+            ),
+        ),
+        Held::Unanswered(outcome) => Ready::refused(
+            ReadyReason::RotationPending,
+            format!(
+                "the new credential {pending} is published once the platform accepts it; no \
+                 verdict yet: {} ({}); {keeps}",
+                outcome.message,
+                outcome.reason.as_str(),
+            ),
+        ),
+        Held::Queued { .. } => Ready::refused(
+            ReadyReason::RotationPending,
+            format!(
+                "the new credential {pending} is being checked against the platform before it \
+                 is published; {keeps}"
+            ),
+        ),
     }
 }
 
@@ -281,6 +382,7 @@ fn announcements(
     previous: &MendixCredentialStatus,
     status: &MendixCredentialStatus,
     ready: &Ready,
+    checked_first: bool,
 ) -> Vec<Announcement> {
     let mut events = vec![];
     let reason_of = |s: &MendixCredentialStatus, type_| {
@@ -297,8 +399,26 @@ fn announcements(
             note: format!("wrote Secret {target}"),
         });
     }
-    let ready_changed =
-        reason_of(previous, condition::READY).as_deref() != Some(ready.reason.as_str());
+    if let (Some(old), Some(new)) = (&previous.token_fingerprint, &status.token_fingerprint)
+        && old != new
+    {
+        let target = status.secret_name.clone().unwrap_or_default();
+        let checked = if checked_first {
+            " after the platform accepted it"
+        } else {
+            ""
+        };
+        events.push(Announcement {
+            warning: false,
+            reason: ROTATED,
+            note: format!("published {new} in Secret {target}{checked}, replacing {old}"),
+        });
+    }
+    // A new rejected credential is announced too, though the reason stays the same.
+    let ready_changed = reason_of(previous, condition::READY).as_deref()
+        != Some(ready.reason.as_str())
+        || (ready.reason == ReadyReason::RotationRejected
+            && previous.pending_fingerprint != status.pending_fingerprint);
     if ready.reason.warns() && ready_changed {
         events.push(Announcement {
             warning: true,

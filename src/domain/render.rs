@@ -1,9 +1,11 @@
 //! The target Secret: what CI runners read. Pure: built from the resolved spec and credential,
 //! compared with what the cluster holds.
 
-use crate::domain::api::{ANNOTATION_FINGERPRINT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER};
+use crate::domain::api::{
+    ANNOTATION_FINGERPRINT, CredentialType, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER,
+};
 use crate::domain::credential::Credential;
-use crate::domain::spec::Resolved;
+use crate::domain::spec::{Resolved, SourceKeys};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -43,15 +45,20 @@ pub fn target_secret(
     }
 }
 
+/// The keys of the target Secret that hold the credential as environment variables.
+const TOKEN: &str = "MENDIX_TOKEN";
+const USERNAME: &str = "MENDIX_USERNAME";
+const API_KEY: &str = "MENDIX_API_KEY";
+
 fn secret_data(credential: &Credential) -> BTreeMap<String, ByteString> {
     let mut data: Vec<(&str, String)> = match credential {
         Credential::PersonalAccessToken(token) => {
             let token = token.expose_secret();
-            vec![("MENDIX_TOKEN", token.to_owned())]
+            vec![(TOKEN, token.to_owned())]
         }
         Credential::ApiKey { username, api_key } => vec![
-            ("MENDIX_USERNAME", username.expose_secret().to_owned()),
-            ("MENDIX_API_KEY", api_key.expose_secret().to_owned()),
+            (USERNAME, username.expose_secret().to_owned()),
+            (API_KEY, api_key.expose_secret().to_owned()),
         ],
     };
     let mut headers = String::new();
@@ -90,6 +97,29 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
             labelled && our_entries(existing).next().is_some()
         }
     }
+}
+
+/// The credential a target Secret holds, if it is the one with `fingerprint`: what a rotation
+/// held back protects, and what goes on being verified meanwhile.
+pub fn published_credential(
+    target: &Secret,
+    credential_type: CredentialType,
+    fingerprint: &str,
+) -> Option<Credential> {
+    let annotated = target
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_FINGERPRINT))
+        .is_some_and(|f| f == fingerprint);
+    let keys = SourceKeys {
+        secret: target.metadata.name.clone().unwrap_or_default(),
+        token_key: TOKEN.into(),
+        username_key: USERNAME.into(),
+        api_key_key: API_KEY.into(),
+    };
+    let credential = Credential::from_source(credential_type, &keys, target.data.as_ref()?).ok()?;
+    (annotated && credential.fingerprint() == fingerprint).then_some(credential)
 }
 
 /// Whether the API server recorded a write of ours to `secret` other than by server-side apply
@@ -223,8 +253,6 @@ impl ManagedKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::api::CredentialType;
-    use crate::domain::spec::SourceKeys;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
 
     fn owner() -> OwnerReference {
@@ -246,6 +274,7 @@ mod tests {
             target_labels: [("team".to_string(), "ci".to_string())].into(),
             target_annotations: [("note".to_string(), "x".to_string())].into(),
             verification: None,
+            rotation: Default::default(),
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
 
-use crate::domain::api::{CredentialType, LABEL_MANAGED_BY, MendixCredentialSpec, Platform};
+use crate::domain::api::{
+    CredentialType, LABEL_MANAGED_BY, MendixCredentialSpec, Platform, RotationPolicy,
+};
 use crate::domain::probe::ProbeTarget;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +25,7 @@ pub struct Resolved {
     pub target_labels: BTreeMap<String, String>,
     pub target_annotations: BTreeMap<String, String>,
     pub verification: Option<VerificationPlan>,
+    pub rotation: RotationPolicy,
 }
 
 /// The source Secret and the keys to read from it.
@@ -112,6 +115,11 @@ pub fn resolve(
         target_labels: target.labels.unwrap_or_default(),
         target_annotations: target.annotations.unwrap_or_default(),
         verification,
+        rotation: spec
+            .rotation
+            .as_ref()
+            .and_then(|r| r.policy)
+            .unwrap_or_default(),
     })
 }
 

@@ -9,7 +9,7 @@ use crate::domain::api::{
 use crate::domain::conditions;
 use crate::domain::spec;
 use crate::shell::Guarded;
-use crate::shell::metrics::Metrics;
+use crate::shell::metrics::{HELD_REASONS, Metrics};
 use crate::shell::reconcile::{self, Context, error_policy};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
 use crate::shell::subscribe;
@@ -85,7 +85,17 @@ impl Shared {
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        let mut held: HashMap<&'static str, i64> = HashMap::new();
         for guard in self.resources() {
+            if let Ok(cr) = &guard.0
+                && let Some(ready) = cr
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, condition::READY))
+                && let Some(reason) = HELD_REASONS.into_iter().find(|r| *r == ready.reason)
+            {
+                *held.entry(reason).or_default() += 1;
+            }
             let status = match &guard.0 {
                 Ok(cr) => cr
                     .status
@@ -100,7 +110,7 @@ impl Shared {
             };
             *counts.entry(status).or_default() += 1;
         }
-        self.metrics.encode(counts)
+        self.metrics.encode(counts, held)
     }
 
     /// What this instance is doing, for `/readyz`: `None` while it is not ready (starting,

@@ -48,6 +48,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
 }
@@ -62,6 +67,8 @@ pub struct Metrics {
     platform_duration: Family<HostLabel, Histogram>,
     credentials: Family<TokenValidLabel, Gauge>,
     last_verification: Family<KindLabel, Gauge>,
+    rotations: Family<ResultLabel, Counter>,
+    rotations_held: Family<ReasonLabel, Gauge>,
     /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
     encoding: Mutex<()>,
 }
@@ -76,6 +83,11 @@ const STEPS: [&str; 7] = [
     "write_status",
     "publish_event",
 ];
+
+/// The results of a new credential, as the rotation metric labels them.
+const ROTATION_RESULTS: [&str; 2] = ["published", "rejected"];
+/// The Ready reasons of a rotation held back.
+pub const HELD_REASONS: [&str; 2] = ["RotationRejected", "RotationPending"];
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -154,6 +166,27 @@ impl Default for Metrics {
             "MendixCredentials by TokenValid status (true, false, unknown)",
             credentials.clone(),
         );
+        let rotations = Family::<ResultLabel, Counter>::default();
+        for result in ROTATION_RESULTS {
+            rotations
+                .get_or_create(&ResultLabel {
+                    result: result.into(),
+                })
+                .inc_by(0);
+        }
+        registry.register(
+            "rotations",
+            "New credentials from a source Secret by result: published (replacing another), or \
+             rejected by the platform before publication (rotation policy VerifyFirst)",
+            rotations.clone(),
+        );
+        let rotations_held = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "rotations_held",
+            "MendixCredentials whose new credential is held back, by Ready reason \
+             (RotationRejected, RotationPending)",
+            rotations_held.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -171,6 +204,8 @@ impl Default for Metrics {
             platform_duration,
             credentials,
             last_verification,
+            rotations,
+            rotations_held,
             encoding: Mutex::default(),
         }
     }
@@ -184,6 +219,16 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// A new credential was published in place of another (`published`), or rejected before
+    /// publication (`rejected`).
+    pub fn rotated(&self, result: &str) {
+        self.rotations
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// A step of a reconcile failed (an Event that could not be published included).
@@ -231,9 +276,24 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition; `token_valid` gives the current count of credentials per
-    /// TokenValid status ("True", "False", "Unknown"), read from the controller's cache.
-    pub fn encode(&self, token_valid: impl IntoIterator<Item = (&'static str, i64)>) -> String {
+    /// TokenValid status ("True", "False", "Unknown"), and `held` per Ready reason of a
+    /// rotation held back, read from the controller's cache.
+    pub fn encode(
+        &self,
+        token_valid: impl IntoIterator<Item = (&'static str, i64)>,
+        held: impl IntoIterator<Item = (&'static str, i64)>,
+    ) -> String {
         let _guard = self.encoding.lock().expect("lock poisoned");
+        for reason in HELD_REASONS {
+            self.rotations_held
+                .get_or_create(&ReasonLabel { reason })
+                .set(0);
+        }
+        for (reason, count) in held {
+            self.rotations_held
+                .get_or_create(&ReasonLabel { reason })
+                .set(count);
+        }
         for status in ["true", "false", "unknown"] {
             self.credentials
                 .get_or_create(&TokenValidLabel {
@@ -270,19 +330,19 @@ mod tests {
     #[test]
     fn the_last_attempt_of_each_kind_is_timed() {
         let m = Metrics::default();
-        let text = m.encode([]);
+        let text = m.encode([], []);
         assert_eq!(
             (last(&text, "definitive"), last(&text, "transient")),
             (0, 0)
         );
         m.verified("PlatformUnavailable");
-        let text = m.encode([]);
+        let text = m.encode([], []);
         assert_eq!(last(&text, "definitive"), 0);
         assert!(last(&text, "transient") > 1_700_000_000);
         for outcome in ["Verified", "TokenRejected", "UserDeactivated"] {
             let m = Metrics::default();
             m.verified(outcome);
-            let text = m.encode([]);
+            let text = m.encode([], []);
             assert!(last(&text, "definitive") > 1_700_000_000, "{outcome}");
             assert_eq!(last(&text, "transient"), 0, "{outcome}");
         }
@@ -300,7 +360,7 @@ mod tests {
             Duration::from_millis(80),
         );
         m.platform_request("cloud.home.mendix.com", None, Duration::from_secs(5));
-        let text = m.encode([("True", 2), ("Unknown", 1)]);
+        let text = m.encode([("True", 2), ("Unknown", 1)], []);
         for line in [
             r#"mxcred_reconciles_total{result="Synced"} 1"#,
             r#"mxcred_verifications_total{outcome="Verified"} 1"#,

@@ -169,20 +169,22 @@ async fn reconcile_valid(
             spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)
                 .map(|()| resolved)
         });
+    let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
+    let forced = request.as_ref().map(|(_, at)| *at);
     let (sync, credential) = match &resolved {
-        Ok(resolved) => target::sync(cr, &id, resolved, &previous, ctx).await?,
+        Ok(resolved) => target::sync(cr, &id, resolved, &previous, forced, ctx).await?,
         Err(InvalidSpec(message)) => (
             Sync::Refused(Ready::refused(ReadyReason::InvalidSpec, message.clone())),
             None,
         ),
     };
-    let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
+    let holding = matches!(sync, Sync::Held { .. });
     let verification = subscribe::subscribe(
         cr,
         &id,
         resolved.as_ref().ok(),
-        credential.as_ref(),
-        request.as_ref().map(|(_, at)| *at),
+        (credential.as_ref(), holding),
+        forced,
         &previous,
         ctx,
     );
@@ -209,6 +211,11 @@ async fn reconcile_valid(
         write_status(cr, &id, status, ctx).await?;
     }
     for event in events {
+        match event.reason {
+            plan::ROTATED => ctx.metrics.rotated("published"),
+            r if r == ReadyReason::RotationRejected.as_str() => ctx.metrics.rotated("rejected"),
+            _ => {}
+        }
         publish(ctx, cr, event).await;
     }
     if let Some((value, _)) = request.filter(|_| request_served) {

@@ -9,16 +9,36 @@ use crate::domain::classify::{Reason, TokenValid};
 use crate::domain::conditions;
 use crate::domain::credential::Credential;
 use crate::domain::plan;
-use crate::domain::spec::Resolved;
+use crate::domain::rotation;
+use crate::domain::spec::{Resolved, VerificationPlan};
 use crate::shell::reconcile::{Context, Id, api_time};
-use crate::shell::verifier::{Known, Subscription, View};
+use crate::shell::verifier::{Known, Slot, Subscription, View};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::ResourceExt;
 use std::time::SystemTime;
 
-/// Tells the verification loop which credential and probe this resource uses; returns what the
-/// plan needs of its answer.
+/// Tells the verification loop which credential and probe this resource uses (the published
+/// one, and whether a new one still waits for its check); returns what the plan needs of its
+/// answer.
 pub(crate) fn subscribe(
+    cr: &MendixCredential,
+    id: &Id,
+    resolved: Option<&Resolved>,
+    (credential, holding): (Option<&Credential>, bool),
+    forced: Option<SystemTime>,
+    previous: &MendixCredentialStatus,
+    ctx: &Context,
+) -> plan::Verification {
+    let verification = subscribe_published(cr, id, resolved, credential, forced, previous, ctx);
+    // After the published subscription: a credential just published keeps the answer its
+    // check as a pending one got.
+    if !holding {
+        ctx.verifier.unsubscribe_slot(&id.uid, Slot::Pending);
+    }
+    verification
+}
+
+fn subscribe_published(
     cr: &MendixCredential,
     id: &Id,
     resolved: Option<&Resolved>,
@@ -37,6 +57,7 @@ pub(crate) fn subscribe(
     };
     let latest = ctx.verifier.subscribe(Subscription {
         uid: &id.uid,
+        slot: Slot::Published,
         namespace: &id.namespace,
         name: &id.name,
         credential,
@@ -59,6 +80,38 @@ pub(crate) fn subscribe(
             )),
             serves_request: latest.serves_request,
         }),
+    }
+}
+
+/// Asks the verification loop about a new credential before it is published; shares the
+/// loop's budget, schedule and dedupe with every other check.
+pub(crate) fn check_pending(
+    id: &Id,
+    verification: &VerificationPlan,
+    credential: &Credential,
+    forced: Option<SystemTime>,
+    ctx: &Context,
+) -> rotation::Check {
+    let view = ctx.verifier.subscribe(Subscription {
+        uid: &id.uid,
+        slot: Slot::Pending,
+        namespace: &id.namespace,
+        name: &id.name,
+        credential,
+        probe: &verification.probe,
+        interval: ctx.settings.test_interval.unwrap_or(verification.interval),
+        forced,
+        known: None,
+    });
+    match view {
+        View::Answered(latest) => rotation::Check::Answered(latest.outcome),
+        View::Queued { since } => rotation::Check::Queued {
+            since: api_time(timestamp(since)),
+        },
+        // Not reached: with nothing known, a new check is due at once.
+        View::Scheduled => rotation::Check::Queued {
+            since: api_time(jiff::Timestamp::now()),
+        },
     }
 }
 

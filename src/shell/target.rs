@@ -7,15 +7,18 @@ use crate::domain::api::{MendixCredential, MendixCredentialStatus};
 use crate::domain::credential::{Credential, SourceError};
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
 use crate::domain::render;
+use crate::domain::rotation::{self, Decision};
 use crate::domain::spec::Resolved;
 use crate::shell::reconcile::{Context, Error, Id, apply_params, now};
 use crate::shell::secrets::SecretCache;
+use crate::shell::subscribe;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use kube::{Api, Resource, ResourceExt};
+use std::time::SystemTime;
 use tracing::info;
 
 /// Reads the source, renders the target and writes it when it differs from what is there.
@@ -25,6 +28,7 @@ pub(crate) async fn sync(
     id: &Id,
     resolved: &Resolved,
     previous: &MendixCredentialStatus,
+    forced: Option<SystemTime>,
     ctx: &Context,
 ) -> Result<(Sync, Option<Credential>), Error> {
     let refused = |ready| Ok((Sync::Refused(ready), None));
@@ -42,6 +46,12 @@ pub(crate) async fn sync(
         Some(Err(problem)) => return refused(plan::source_refused(&problem)),
         Some(Ok(credential)) => credential,
     };
+    let checked_first =
+        match hold_back(id, &secrets, resolved, previous, &credential, forced, ctx).await? {
+            Gate::Held(held) => return Ok(held),
+            Gate::Accepted => true,
+            Gate::Open => false,
+        };
 
     let owner = cr
         .controller_owner_ref(&())
@@ -67,8 +77,68 @@ pub(crate) async fn sync(
         fingerprint: credential.fingerprint(),
         written_at,
         wrote,
+        checked_first,
     };
     Ok((sync, Some(credential)))
+}
+
+/// Whether a credential may be published.
+enum Gate {
+    /// Nothing to protect.
+    Open,
+    /// The platform accepted it before it replaces a working credential.
+    Accepted,
+    /// Held back: what was established, and the credential that stays published.
+    Held((Sync, Option<Credential>)),
+}
+
+/// With rotation policy VerifyFirst, holds a new credential back until the platform accepts it,
+/// while the target holds a credential of ours known to work.
+async fn hold_back(
+    id: &Id,
+    secrets: &Api<Secret>,
+    resolved: &Resolved,
+    previous: &MendixCredentialStatus,
+    credential: &Credential,
+    forced: Option<SystemTime>,
+    ctx: &Context,
+) -> Result<Gate, Error> {
+    let pending = credential.fingerprint();
+    let Some((verification, published)) = resolved.verification.as_ref().zip(rotation::to_protect(
+        resolved.rotation,
+        resolved.verification.is_some(),
+        previous,
+        &pending,
+    )) else {
+        return Ok(Gate::Open);
+    };
+    // Only a target of ours that holds the published credential is protected: one deleted or
+    // changed by hand meanwhile has nothing left to lose.
+    let target = &resolved.target_name;
+    let working = secrets
+        .get_opt(target)
+        .await
+        .map_err(Error::ReadTarget)?
+        .filter(|existing| render::is_ours(existing, &id.uid, &id.name))
+        .and_then(|existing| {
+            render::published_credential(&existing, resolved.credential_type, published)
+        });
+    let Some(working) = working else {
+        return Ok(Gate::Open);
+    };
+    let check = subscribe::check_pending(id, verification, credential, forced, ctx);
+    Ok(match rotation::decide(check) {
+        Decision::Publish => Gate::Accepted,
+        Decision::Hold(held) => Gate::Held((
+            Sync::Held {
+                target: target.clone(),
+                published: published.to_owned(),
+                pending,
+                held,
+            },
+            Some(working),
+        )),
+    })
 }
 
 /// The credential in the source Secret: from the cache when the watch reports the version it

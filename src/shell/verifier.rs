@@ -58,8 +58,8 @@ struct Job {
 #[derive(Default)]
 struct State {
     checks: HashMap<Key, Check>,
-    /// The credential each resource (by uid) subscribed to.
-    subscribed: HashMap<String, Key>,
+    /// The credential each resource (by uid) subscribed to, in each slot.
+    subscribed: HashMap<(String, Slot), Key>,
     /// Checks under way per namespace.
     running: HashMap<String, usize>,
     /// The namespace served last, for round-robin.
@@ -69,7 +69,7 @@ struct State {
 struct Check {
     credential: Credential,
     probe: ProbeTarget,
-    subscribers: BTreeMap<String, Subscriber>,
+    subscribers: BTreeMap<(String, Slot), Subscriber>,
     /// The last answer of the platform given to this instance, and when it was asked.
     answer: Option<(Outcome, SystemTime, SystemTime)>,
     /// The last definitive answer or restored verdict, and when: the base of the schedule.
@@ -95,9 +95,19 @@ struct Subscriber {
     interval: Duration,
 }
 
+/// Which of a resource's credentials a subscription is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    /// The credential the target holds.
+    Published,
+    /// A new credential checked before it is published (rotation policy VerifyFirst).
+    Pending,
+}
+
 /// What a reconcile tells the loop about its resource.
 pub struct Subscription<'a> {
     pub uid: &'a str,
+    pub slot: Slot,
     pub namespace: &'a str,
     pub name: &'a str,
     pub credential: &'a Credential,
@@ -159,17 +169,18 @@ impl Verifier {
         let key = self.key(s.probe, s.credential);
         let now = SystemTime::now();
         let mut state = self.state.lock().expect("lock poisoned");
-        if let Some(old) = state.subscribed.insert(s.uid.to_owned(), key)
+        let subscriber = (s.uid.to_owned(), s.slot);
+        if let Some(old) = state.subscribed.insert(subscriber.clone(), key)
             && old != key
         {
-            state.leave(&old, s.uid);
+            state.leave(&old, &subscriber);
         }
         let check = state
             .checks
             .entry(key)
             .or_insert_with(|| Check::new(s.credential.clone(), s.probe.clone()));
         check.subscribers.insert(
-            s.uid.to_owned(),
+            subscriber,
             Subscriber {
                 namespace: s.namespace.to_owned(),
                 name: s.name.to_owned(),
@@ -220,24 +231,32 @@ impl Verifier {
 
     /// The resource no longer uses any credential (its source is gone or refused).
     pub fn unsubscribe(&self, uid: &str) {
+        for slot in [Slot::Published, Slot::Pending] {
+            self.unsubscribe_slot(uid, slot);
+        }
+    }
+
+    /// The resource no longer uses a credential in `slot`.
+    pub fn unsubscribe_slot(&self, uid: &str, slot: Slot) {
         let mut state = self.state.lock().expect("lock poisoned");
-        if let Some(key) = state.subscribed.remove(uid) {
-            state.leave(&key, uid);
+        let subscriber = (uid.to_owned(), slot);
+        if let Some(key) = state.subscribed.remove(&subscriber) {
+            state.leave(&key, &subscriber);
         }
     }
 
     /// Forgets resources that no longer exist.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
         let mut state = self.state.lock().expect("lock poisoned");
-        let gone: Vec<String> = state
+        let gone: Vec<(String, Slot)> = state
             .subscribed
             .keys()
-            .filter(|uid| !live.contains(*uid))
+            .filter(|(uid, _)| !live.contains(uid))
             .cloned()
             .collect();
-        for uid in gone {
-            if let Some(key) = state.subscribed.remove(&uid) {
-                state.leave(&key, &uid);
+        for subscriber in gone {
+            if let Some(key) = state.subscribed.remove(&subscriber) {
+                state.leave(&key, &subscriber);
             }
         }
     }
@@ -396,9 +415,9 @@ impl Verifier {
 }
 
 impl State {
-    fn leave(&mut self, key: &Key, uid: &str) {
+    fn leave(&mut self, key: &Key, subscriber: &(String, Slot)) {
         if let Some(check) = self.checks.get_mut(key) {
-            check.subscribers.remove(uid);
+            check.subscribers.remove(subscriber);
             if check.subscribers.is_empty() && !check.running {
                 self.checks.remove(key);
             }
@@ -521,7 +540,9 @@ mod tests {
                 name: (*uid).into(),
                 interval: *interval,
             };
-            check.subscribers.insert((*uid).to_owned(), s);
+            check
+                .subscribers
+                .insert(((*uid).to_owned(), Slot::Published), s);
         }
         check
     }
@@ -560,7 +581,7 @@ mod tests {
         let key = [7; 32];
         let jitter = schedule::jitter(&hex::encode(key), HOUR);
         assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
-        c.subscribers.remove("a");
+        c.subscribers.remove(&("a".to_owned(), Slot::Published));
         let jitter = schedule::jitter(&hex::encode(key), 2 * HOUR);
         assert_eq!(c.scheduled(&key), T0 + 2 * HOUR + jitter);
     }

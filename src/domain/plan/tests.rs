@@ -16,16 +16,31 @@ fn published(fingerprint: &str, written_at: i64, wrote: bool) -> Sync {
         fingerprint: fingerprint.into(),
         written_at: Some(at(written_at)),
         wrote,
+        checked_first: false,
+    }
+}
+
+fn outcome(reason: Reason) -> Outcome {
+    Outcome {
+        reason,
+        message: format!("{} message", reason.as_str()),
+        retry_after: None,
+    }
+}
+
+/// "fp-b" held back while the target keeps "fp-a".
+fn held(held: Held) -> Sync {
+    Sync::Held {
+        target: "t".into(),
+        published: "fp-a".into(),
+        pending: "fp-b".into(),
+        held,
     }
 }
 
 fn answered(reason: Reason, when: i64) -> Verification {
     Verification::Answered(Answer {
-        outcome: Outcome {
-            reason,
-            message: format!("{} message", reason.as_str()),
-            retry_after: None,
-        },
+        outcome: outcome(reason),
         answered_at: at(when),
         next: Some(at(when + 3600)),
         serves_request: false,
@@ -72,15 +87,19 @@ fn every_ready_reason_is_reached_from_synced_and_from_nothing() {
     for reason in ReadyReason::ALL {
         let sync = match reason {
             ReadyReason::Synced => published("fp-a", 10, false),
+            ReadyReason::RotationRejected => held(Held::Rejected(outcome(Reason::TokenRejected))),
+            ReadyReason::RotationPending => {
+                held(Held::Unanswered(outcome(Reason::PlatformUnavailable)))
+            }
             other => Sync::Refused(Ready::refused(other, format!("{} message", other.as_str()))),
         };
         for previous in [MendixCredentialStatus::default(), settled()] {
             let plan = run(&previous, sync.clone(), Verification::Waiting);
             let status = after(&previous, &plan);
-            let expected = if reason == ReadyReason::Synced {
-                "True"
-            } else {
-                "False"
+            let expected = match reason {
+                ReadyReason::Synced => "True",
+                ReadyReason::RotationPending => "Unknown",
+                _ => "False",
             };
             assert_eq!(
                 condition_of(&status, "Ready"),
@@ -95,7 +114,9 @@ fn every_ready_reason_is_reached_from_synced_and_from_nothing() {
                 entered
                     && matches!(
                         reason,
-                        ReadyReason::TargetConflict | ReadyReason::InvalidSource
+                        ReadyReason::TargetConflict
+                            | ReadyReason::InvalidSource
+                            | ReadyReason::RotationRejected
                     ),
                 "{reason:?} from {previous:?}"
             );
@@ -250,7 +271,7 @@ fn a_target_write_is_announced_until_the_status_records_it() {
         published("fp-b", 70, false),
         Verification::Waiting,
     );
-    assert_eq!(reasons(&retry), [("Synced", false)]);
+    assert_eq!(reasons(&retry), [("Synced", false), ("Rotated", false)]);
     let status = retry.status.unwrap();
     assert_eq!(status.last_synced_time, Some(at(70)));
     assert_eq!(status.token_fingerprint.as_deref(), Some("fp-b"));
@@ -377,4 +398,95 @@ fn the_target_decision() {
             resource_version: "7".into()
         }
     );
+}
+
+#[test]
+fn a_rejected_rotation_keeps_the_working_credential_and_warns_once_per_credential() {
+    let previous = settled();
+    let plan = run(
+        &previous,
+        held(Held::Rejected(outcome(Reason::UserDeactivated))),
+        answered(Reason::Verified, 90),
+    );
+    assert_eq!(reasons(&plan), [("RotationRejected", true)]);
+    let status = plan.status.unwrap();
+    assert_eq!(
+        condition_of(&status, "Ready"),
+        ("False".into(), "RotationRejected".into())
+    );
+    let ready = conditions::find(&status.conditions, "Ready").unwrap();
+    assert!(
+        ready.message.contains("UserDeactivated") && ready.message.contains("fp-a"),
+        "names the verdict and the credential kept: {}",
+        ready.message
+    );
+    assert_eq!(status.token_fingerprint.as_deref(), Some("fp-a"));
+    assert_eq!(status.pending_fingerprint.as_deref(), Some("fp-b"));
+    assert_eq!(
+        condition_of(&status, "TokenValid"),
+        ("True".into(), "Verified".into()),
+        "the published credential's verdict goes on"
+    );
+    assert_eq!(status.last_verified_time, Some(at(90)));
+    // Another rejected credential is announced too.
+    let next = Sync::Held {
+        target: "t".into(),
+        published: "fp-a".into(),
+        pending: "fp-c".into(),
+        held: Held::Rejected(outcome(Reason::TokenRejected)),
+    };
+    let again = run(&status, next, answered(Reason::Verified, 90));
+    assert_eq!(reasons(&again), [("RotationRejected", true)]);
+}
+
+#[test]
+fn a_rotation_waits_briefly_for_its_check_then_says_pending() {
+    let previous = settled();
+    let queued = |since| held(Held::Queued { since: at(since) });
+    let plan = run(&previous, queued(99), Verification::Waiting);
+    assert_eq!(plan.status, None, "held for the check's answer");
+    assert_eq!(plan.hold, Some(Duration::from_secs(2)));
+    let plan = run(&previous, queued(90), Verification::Waiting);
+    assert_eq!(plan.hold, None);
+    let status = plan.status.unwrap();
+    assert_eq!(
+        condition_of(&status, "Ready"),
+        ("Unknown".into(), "RotationPending".into())
+    );
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+}
+
+#[test]
+fn an_accepted_rotation_is_published_and_announced() {
+    let pending = run(
+        &settled(),
+        held(Held::Unanswered(outcome(Reason::RateLimited))),
+        Verification::Waiting,
+    )
+    .status
+    .unwrap();
+    let accepted = Sync::Published {
+        target: "t".into(),
+        fingerprint: "fp-b".into(),
+        written_at: Some(at(95)),
+        wrote: true,
+        checked_first: true,
+    };
+    let plan = run(&pending, accepted, answered(Reason::Verified, 94));
+    let events = &plan.events;
+    assert_eq!(reasons(&plan), [("Synced", false), ("Rotated", false)]);
+    assert!(
+        events[1].note.contains("after the platform accepted it")
+            && events[1].note.contains("replacing fp-a"),
+        "{}",
+        events[1].note
+    );
+    let status = plan.status.unwrap();
+    assert_eq!(status.pending_fingerprint, None);
+    assert_eq!(status.token_fingerprint.as_deref(), Some("fp-b"));
+    assert_eq!(
+        condition_of(&status, "TokenValid"),
+        ("True".into(), "Verified".into())
+    );
+    assert_eq!(condition_of(&status, "Ready").1, "Synced");
 }
