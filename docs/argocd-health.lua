@@ -39,6 +39,11 @@ if valid ~= nil and valid.status == "False" then
   hs.message = describe(valid)
   return hs
 end
+if ready ~= nil and ready.status == "Unknown" then
+  hs.status = "Progressing"
+  hs.message = describe(ready)
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   if valid ~= nil then

@@ -91,6 +91,21 @@ done
 echo
 echo "\$ kubectl -n ci get events --field-selector type=Warning"
 k -n ci get events.events.k8s.io --field-selector type=Warning
+
+echo
+echo "== rotating rotating-bot to a token deleted in Warden (rotation policy VerifyFirst)"
+fingerprint() { k -n ci get secret rotating-bot -o jsonpath='{.metadata.annotations.mxcred\.io/token-fingerprint}'; }
+before=$(fingerprint)
+k -n ci patch secret rotating-bot-raw --type merge -p '{"stringData":{"token":"deleted-token"}}' >/dev/null
+ready_reason() { k -n ci get mxcred rotating-bot -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'; }
+for _ in $(seq 100); do [ "$(ready_reason)" = RotationRejected ] && break; sleep 0.2; done
+echo "\$ kubectl -n ci get mxcred rotating-bot"
+k -n ci get mxcred rotating-bot
+echo "\$ kubectl -n ci get mxcred rotating-bot -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].message}'"
+k -n ci get mxcred rotating-bot -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}{"\n"}'
+[ "$(ready_reason)" = RotationRejected ] && [ "$(fingerprint)" = "$before" ] ||
+  { echo "the rotation was not held back" >&2; exit 1; }
+echo "target Secret rotating-bot: fingerprint $before before the rotation, $(fingerprint) now (the working token stays)"
 echo
 echo "\$ mxcred-operator verify --token-env MENDIX_TOKEN   (a CI step's check)"
 MENDIX_TOKEN=deleted-token "$operator" verify --token-env MENDIX_TOKEN \

@@ -228,8 +228,29 @@ async fn health_of_every_status_the_operator_writes() {
         env.put_credential(name, spec).await;
     }
 
+    // A rotation held back: rejected, or waiting for a verdict.
+    let rotations = [
+        ("rotated-bad", "argo-deleted", "RotationRejected"),
+        ("rotated-later", "argo-down", "RotationPending"),
+    ];
+    for (name, _, _) in rotations {
+        env.put_source(&format!("src-{name}"), &[("token", "argo-valid")])
+            .await;
+        env.put_credential(name, json!({"sourceRef": {"name": format!("src-{name}")}}))
+            .await;
+    }
+    for (name, new, _) in rotations {
+        env.wait_reason(name, "TokenValid", "Verified").await;
+        env.put_source(&format!("src-{name}"), &[("token", new)])
+            .await;
+    }
+    let awaited = cases
+        .iter()
+        .map(|(name, _, _, type_, reason)| (*name, *type_, *reason))
+        .chain(rotations.map(|(name, _, reason)| (name, "Ready", reason)));
+
     let mut seen = vec![];
-    for (name, _, _, type_, reason) in &cases {
+    for (name, type_, reason) in awaited {
         let cr = env.wait_reason(name, type_, reason).await;
         let obj = serde_json::to_value(&cr).unwrap();
         let (status, message) = health(&obj);
@@ -239,6 +260,8 @@ async fn health_of_every_status_the_operator_writes() {
             ("Degraded", describe(ready))
         } else if valid["status"] == "False" {
             ("Degraded", describe(valid))
+        } else if ready["status"] == "Unknown" {
+            ("Progressing", describe(ready))
         } else {
             assert_eq!(ready["status"], "True", "{name}: {obj}");
             let secret = obj["status"]["secretName"].as_str().unwrap_or_default();

@@ -189,6 +189,8 @@ async fn documented_shell_examples_work() {
         "Verified",
         "TokenRejected",
         "UserDeactivated",
+        "RotationRejected",
+        "the working token stays",
         "export KUBECONFIG=",
     ] {
         assert!(stdout.contains(shown), "the demo shows {shown}:\n{stdout}");
