@@ -219,7 +219,13 @@ async fn rotating_the_source_reverifies_at_once() {
     env.put_source("rot-raw", &[("token", "tok-new")]).await;
     let cr = env.wait_reason("rot", "TokenValid", "Verified").await;
     assert_eq!(sim.requests("tok-new"), 1);
-    // A verdict on the new token after an outage: the old verdict does not survive a rotation.
+    // A verdict on the new token after an outage: the old verdict does not survive a rotation
+    // (published at once with policy Immediate; VerifyFirst holds it back, tests/rotation.rs).
+    env.put_credential(
+        "rot",
+        json!({"sourceRef": {"name": "rot-raw"}, "rotation": {"policy": "Immediate"}}),
+    )
+    .await;
     sim.set("tok-newer", State::ServerError);
     env.put_source("rot-raw", &[("token", "tok-newer")]).await;
     let cr2 = env
