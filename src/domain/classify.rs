@@ -115,6 +115,12 @@ impl Outcome {
         }
     }
 
+    /// An outcome of `reason` with the message "`<reason>` message", for tests.
+    #[cfg(test)]
+    pub fn of(reason: Reason) -> Self {
+        Outcome::new(reason, format!("{} message", reason.as_str()))
+    }
+
     pub fn pending() -> Self {
         Outcome::new(Reason::Pending, "not verified yet".to_owned())
     }

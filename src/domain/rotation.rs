@@ -99,14 +99,6 @@ mod tests {
         status
     }
 
-    fn outcome(reason: Reason) -> Outcome {
-        Outcome {
-            reason,
-            message: String::new(),
-            retry_after: None,
-        }
-    }
-
     #[test]
     fn only_a_published_credential_known_good_is_protected() {
         let good = status("fp-a", TokenValid::True);
@@ -141,13 +133,13 @@ mod tests {
     #[test]
     fn every_outcome_decides() {
         for reason in Reason::OUTCOMES {
-            let decision = decide(Check::Answered(outcome(reason)));
+            let decision = decide(Check::Answered(Outcome::of(reason)));
             let expected = match reason {
                 Reason::Verified => Decision::Publish,
                 Reason::TokenRejected | Reason::UserDeactivated => {
-                    Decision::Hold(Held::Rejected(outcome(reason)))
+                    Decision::Hold(Held::Rejected(Outcome::of(reason)))
                 }
-                _ => Decision::Hold(Held::Unanswered(outcome(reason))),
+                _ => Decision::Hold(Held::Unanswered(Outcome::of(reason))),
             };
             assert_eq!(decision, expected, "{reason:?}");
         }

@@ -55,16 +55,10 @@ fn subscribe_published(
         ctx.verifier.unsubscribe(&id.uid);
         return plan::Verification::Disabled;
     };
+    let known = known_verdict(cr, previous, credential);
     let latest = ctx.verifier.subscribe(Subscription {
-        uid: &id.uid,
-        slot: Slot::Published,
-        namespace: &id.namespace,
-        name: &id.name,
-        credential,
-        probe: &verification.probe,
-        interval: ctx.settings.test_interval.unwrap_or(verification.interval),
-        forced,
-        known: known_verdict(cr, previous, credential),
+        known,
+        ..subscription(id, Slot::Published, verification, credential, forced, ctx)
     });
     match latest {
         View::Scheduled => plan::Verification::Waiting,
@@ -92,17 +86,14 @@ pub(crate) fn check_pending(
     forced: Option<SystemTime>,
     ctx: &Context,
 ) -> rotation::Check {
-    let view = ctx.verifier.subscribe(Subscription {
-        uid: &id.uid,
-        slot: Slot::Pending,
-        namespace: &id.namespace,
-        name: &id.name,
+    let view = ctx.verifier.subscribe(subscription(
+        id,
+        Slot::Pending,
+        verification,
         credential,
-        probe: &verification.probe,
-        interval: ctx.settings.test_interval.unwrap_or(verification.interval),
         forced,
-        known: None,
-    });
+        ctx,
+    ));
     match view {
         View::Answered(latest) => rotation::Check::Answered(latest.outcome),
         View::Queued { since } => rotation::Check::Queued {
@@ -112,6 +103,28 @@ pub(crate) fn check_pending(
         View::Scheduled => rotation::Check::Queued {
             since: api_time(jiff::Timestamp::now()),
         },
+    }
+}
+
+/// A subscription of this resource's `slot` to `credential`, with nothing known of it.
+fn subscription<'a>(
+    id: &'a Id,
+    slot: Slot,
+    verification: &'a VerificationPlan,
+    credential: &'a Credential,
+    forced: Option<SystemTime>,
+    ctx: &Context,
+) -> Subscription<'a> {
+    Subscription {
+        uid: &id.uid,
+        slot,
+        namespace: &id.namespace,
+        name: &id.name,
+        credential,
+        probe: &verification.probe,
+        interval: ctx.settings.test_interval.unwrap_or(verification.interval),
+        forced,
+        known: None,
     }
 }
 

@@ -547,14 +547,6 @@ mod tests {
         check
     }
 
-    fn outcome(reason: Reason) -> Outcome {
-        Outcome {
-            reason,
-            message: String::new(),
-            retry_after: None,
-        }
-    }
-
     #[test]
     fn a_new_credential_is_due_at_once() {
         let c = check(&[("a", HOUR)]);
@@ -577,7 +569,7 @@ mod tests {
     #[test]
     fn the_shortest_interval_of_the_subscribers_sets_the_schedule() {
         let mut c = check(&[("a", HOUR), ("b", 2 * HOUR)]);
-        c.record(&outcome(Reason::Verified), T0, T0);
+        c.record(&Outcome::of(Reason::Verified), T0, T0);
         let key = [7; 32];
         let jitter = schedule::jitter(&hex::encode(key), HOUR);
         assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
@@ -589,11 +581,11 @@ mod tests {
     #[test]
     fn transient_answers_back_off_and_keep_the_verdict_as_base() {
         let mut c = check(&[("a", HOUR)]);
-        c.record(&outcome(Reason::Verified), T0, T0);
+        c.record(&Outcome::of(Reason::Verified), T0, T0);
         let at = T0 + HOUR;
-        c.record(&outcome(Reason::PlatformUnavailable), at, at);
+        c.record(&Outcome::of(Reason::PlatformUnavailable), at, at);
         assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(30));
-        c.record(&outcome(Reason::PlatformUnavailable), at, at);
+        c.record(&Outcome::of(Reason::PlatformUnavailable), at, at);
         assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(60));
         assert_eq!(c.last, Some((T0, Attempt::Accepted)));
     }
@@ -602,7 +594,7 @@ mod tests {
     fn forced_checks_wait_for_the_cooldown() {
         let cooldown = Duration::from_secs(60);
         let mut c = check(&[("a", HOUR)]);
-        c.record(&outcome(Reason::Verified), T0, T0);
+        c.record(&Outcome::of(Reason::Verified), T0, T0);
         c.forced = Some(T0 + Duration::from_secs(5));
         assert_eq!(
             c.due(&[0; 32], cooldown),

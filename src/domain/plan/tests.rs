@@ -20,14 +20,6 @@ fn published(fingerprint: &str, written_at: i64, wrote: bool) -> Sync {
     }
 }
 
-fn outcome(reason: Reason) -> Outcome {
-    Outcome {
-        reason,
-        message: format!("{} message", reason.as_str()),
-        retry_after: None,
-    }
-}
-
 /// "fp-b" held back while the target keeps "fp-a".
 fn held(held: Held) -> Sync {
     Sync::Held {
@@ -40,7 +32,7 @@ fn held(held: Held) -> Sync {
 
 fn answered(reason: Reason, when: i64) -> Verification {
     Verification::Answered(Answer {
-        outcome: outcome(reason),
+        outcome: Outcome::of(reason),
         answered_at: at(when),
         next: Some(at(when + 3600)),
         serves_request: false,
@@ -87,9 +79,11 @@ fn every_ready_reason_is_reached_from_synced_and_from_nothing() {
     for reason in ReadyReason::ALL {
         let sync = match reason {
             ReadyReason::Synced => published("fp-a", 10, false),
-            ReadyReason::RotationRejected => held(Held::Rejected(outcome(Reason::TokenRejected))),
+            ReadyReason::RotationRejected => {
+                held(Held::Rejected(Outcome::of(Reason::TokenRejected)))
+            }
             ReadyReason::RotationPending => {
-                held(Held::Unanswered(outcome(Reason::PlatformUnavailable)))
+                held(Held::Unanswered(Outcome::of(Reason::PlatformUnavailable)))
             }
             other => Sync::Refused(Ready::refused(other, format!("{} message", other.as_str()))),
         };
@@ -405,7 +399,7 @@ fn a_rejected_rotation_keeps_the_working_credential_and_warns_once_per_credentia
     let previous = settled();
     let plan = run(
         &previous,
-        held(Held::Rejected(outcome(Reason::UserDeactivated))),
+        held(Held::Rejected(Outcome::of(Reason::UserDeactivated))),
         answered(Reason::Verified, 90),
     );
     assert_eq!(reasons(&plan), [("RotationRejected", true)]);
@@ -433,7 +427,7 @@ fn a_rejected_rotation_keeps_the_working_credential_and_warns_once_per_credentia
         target: "t".into(),
         published: "fp-a".into(),
         pending: "fp-c".into(),
-        held: Held::Rejected(outcome(Reason::TokenRejected)),
+        held: Held::Rejected(Outcome::of(Reason::TokenRejected)),
     };
     let again = run(&status, next, answered(Reason::Verified, 90));
     assert_eq!(reasons(&again), [("RotationRejected", true)]);
@@ -460,7 +454,7 @@ fn a_rotation_waits_briefly_for_its_check_then_says_pending() {
 fn an_accepted_rotation_is_published_and_announced() {
     let pending = run(
         &settled(),
-        held(Held::Unanswered(outcome(Reason::RateLimited))),
+        held(Held::Unanswered(Outcome::of(Reason::RateLimited))),
         Verification::Waiting,
     )
     .status
