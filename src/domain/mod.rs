@@ -7,5 +7,6 @@ pub mod credential;
 pub mod plan;
 pub mod probe;
 pub mod render;
+pub mod restart;
 pub mod schedule;
 pub mod spec;
