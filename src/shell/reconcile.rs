@@ -3,6 +3,8 @@
 //! 1. resolve the spec (pure),
 //! 2. read the source Secret (client, or the cache),
 //! 3. find and write the target Secret (client, or the cache; the decision is pure),
+//!    then bring the workloads of `spec.target.rolloutRestart` to the credential it holds
+//!    (client; the decisions are pure: [`crate::domain::restart`]; never fails the reconcile),
 //! 4. subscribe the credential to the verification loop (memory; never waits for the platform),
 //! 5. plan the status and the Events (pure: [`crate::domain::plan`]),
 //! 6. write the status, then publish the Events, then remember what was done (client),
@@ -12,6 +14,7 @@
 use crate::domain::api::{MANAGER, MendixCredential, MendixCredentialStatus, condition};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
+use crate::domain::restart as restarts;
 use crate::domain::spec::{self, InvalidSpec};
 use crate::shell::Guarded;
 use crate::shell::controller::Settings;
@@ -19,7 +22,7 @@ use crate::shell::metrics::Metrics;
 use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
 use crate::shell::verifier::Verifier;
-use crate::shell::{subscribe, target};
+use crate::shell::{restart, subscribe, target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -176,6 +179,14 @@ async fn reconcile_valid(
             None,
         ),
     };
+    let restarted = match &sync {
+        Sync::Published { fingerprint, .. } => {
+            let workloads = restarts::workloads(&cr.spec);
+            Some(restart::ensure(&id, &workloads, fingerprint, &previous, ctx).await)
+        }
+        Sync::Refused(_) => None,
+    };
+    let restart_failing = restarted.as_deref().is_some_and(restarts::failing);
     let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
     let verification = subscribe::subscribe(
         cr,
@@ -196,6 +207,7 @@ async fn reconcile_valid(
         verification,
         now: now(),
     });
+    let plan = restarts::amend(plan, &previous, restarted);
 
     let Plan {
         status,
@@ -225,6 +237,8 @@ async fn reconcile_valid(
     // triggers a reconcile for each answer.
     let action = match (hold, ready) {
         (Some(hold), _) => Action::requeue(hold),
+        // Workloads are not watched: one that is missing or refused is tried again.
+        (None, ReadyReason::Synced) if restart_failing => Action::requeue(restarts::RETRY),
         (None, ReadyReason::Synced) => Action::requeue(Duration::from_secs(3600)),
         // The foreign Secret in the way is not watched (only ours and sources are).
         (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
