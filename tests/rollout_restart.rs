@@ -216,7 +216,12 @@ async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_no
         generation(&deployments(&env).get("runner").await.unwrap()),
         g2
     );
-    assert_eq!(patches(&op), 2, "one patch per credential: {}", op.logs());
+    assert_eq!(
+        patches(&op),
+        2,
+        "one patch per credential; see {:?}",
+        op.log
+    );
     // The operator's own field manager on the workload, owning nothing but its annotation.
     let d = deployments(&env).get("runner").await.unwrap();
     let managers: Vec<_> = d
@@ -244,7 +249,7 @@ async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_no
         generation(&deployments(&env).get("runner").await.unwrap()),
         g2
     );
-    assert_eq!(patches(&op), 0, "{}", op.logs());
+    assert_eq!(patches(&op), 0, "see {:?}", op.log);
     let restarted_events = env
         .events()
         .await
@@ -388,7 +393,7 @@ async fn two_credentials_restarting_one_deployment_do_not_fight() {
         annotation(&d, "restart.mxcred.io/b").as_deref(),
         Some(fb.as_str())
     );
-    assert_eq!(patches(&op), 2, "{}", op.logs());
+    assert_eq!(patches(&op), 2, "see {:?}", op.log);
 
     // One of them rotates: one more restart, and the other's annotation stays.
     env.put_source("a-raw", &[("token", "two-token-a2")]).await;
