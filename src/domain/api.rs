@@ -115,8 +115,9 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
     pub annotations: Option<BTreeMap<String, String>>,
-    /// Workloads of this namespace (at most 16) restarted when the published credential
-    /// changes, so that those reading it from environment variables pick it up. The operator
+    /// Workloads of this namespace (at most 16), each given by kind (Deployment, StatefulSet or
+    /// DaemonSet) and name, restarted when the published credential changes, so that those
+    /// reading it from environment variables pick it up. The operator
     /// sets the annotation restart.mxcred.io/<this resource's name> of each one's pod template
     /// to the credential's fingerprint (by server-side apply), which rolls it out once per
     /// change and never again for the same credential (an operator restart changes nothing).
