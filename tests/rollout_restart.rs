@@ -10,7 +10,7 @@
 mod common;
 
 use common::{Operator, TestEnv, value, wait_for};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -263,8 +263,8 @@ async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_no
 #[tokio::test]
 async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced() {
     let env = TestEnv::new("restart-problems").await;
-    // Deployments only: the StatefulSet is out of the operator's reach.
-    grant_operator(&env, &["deployments"]).await;
+    // Deployments and DaemonSets only: the StatefulSet is out of the operator's reach.
+    grant_operator(&env, &["deployments", "daemonsets"]).await;
     let sim = valid_tokens(&["problem-token"]).await;
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
     create_deployment(&env, "runner", "bot").await;
@@ -279,6 +279,17 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
         .await
         .unwrap();
 
+    let daemonset: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": template("agent", "bot")},
+    }))
+    .unwrap();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(env.client.clone(), &env.ns);
+    daemonsets
+        .create(&PostParams::default(), &daemonset)
+        .await
+        .unwrap();
+
     env.put_source("bot-raw", &[("token", "problem-token")])
         .await;
     env.put_credential(
@@ -287,7 +298,8 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
                "target": {"rolloutRestart": [
                    {"kind": "Deployment", "name": "missing"},
                    {"kind": "StatefulSet", "name": "db"},
-                   {"kind": "Deployment", "name": "runner"}]}}),
+                   {"kind": "Deployment", "name": "runner"},
+                   {"kind": "DaemonSet", "name": "agent"}]}}),
     )
     .await;
     let fingerprint = published(&env, "bot", "problem-token").await;
@@ -297,10 +309,10 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
     let entries = wait_for(Duration::from_secs(30), || async {
         let cr: MendixCredential = env.credentials().get("bot").await.ok()?;
         let entries = cr.status?.rollout_restart;
-        (entries.len() == 3).then_some(entries)
+        (entries.len() == 4).then_some(entries)
     })
     .await
-    .unwrap_or_else(|| panic!("no status for three workloads: {:?}", cr.status));
+    .unwrap_or_else(|| panic!("no status for four workloads: {:?}", cr.status));
     let by_name = |name: &str| entries.iter().find(|e| e.name == name).unwrap().clone();
     let missing = by_name("missing");
     assert_eq!(missing.reason, Some(RolloutRestartProblem::NotFound));
@@ -313,10 +325,19 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
         !message.contains("cannot"),
         "not the server's message: {message}"
     );
-    let runner = by_name("runner");
+    for restarted in ["runner", "agent"] {
+        let entry = by_name(restarted);
+        assert_eq!(
+            (entry.reason, entry.fingerprint.as_deref()),
+            (None, Some(fingerprint.as_str())),
+            "{restarted}"
+        );
+    }
+    let agent = daemonsets.get("agent").await.unwrap();
+    let annotations = agent.spec.template.metadata.unwrap().annotations;
     assert_eq!(
-        (runner.reason, runner.fingerprint.as_deref()),
-        (None, Some(fingerprint.as_str()))
+        annotations.unwrap().get("restart.mxcred.io/bot"),
+        Some(&fingerprint)
     );
     assert_eq!(
         common::condition(&env.credentials().get("bot").await.unwrap(), "Ready").status,
