@@ -179,14 +179,6 @@ async fn reconcile_valid(
             None,
         ),
     };
-    let restarted = match &sync {
-        Sync::Published { fingerprint, .. } => {
-            let workloads = restarts::workloads(&cr.spec);
-            Some(restart::ensure(&id, &workloads, fingerprint, &previous, ctx).await)
-        }
-        Sync::Refused(_) => None,
-    };
-    let restart_failing = restarted.as_deref().is_some_and(restarts::failing);
     let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
     let verification = subscribe::subscribe(
         cr,
@@ -199,6 +191,14 @@ async fn reconcile_valid(
     );
 
     let wrote_target = matches!(sync, Sync::Published { wrote: true, .. });
+    // Only once the target holds the credential: a restarted pod must read the new one.
+    let restarted = if let Sync::Published { fingerprint, .. } = &sync {
+        let workloads = restarts::workloads(&cr.spec);
+        Some(restart::ensure(&id, &workloads, fingerprint, &previous, ctx).await)
+    } else {
+        None
+    };
+    let restart_failing = restarted.as_deref().is_some_and(restarts::failing);
     let plan = plan::reconcile(Observed {
         generation: cr.metadata.generation,
         credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
