@@ -264,7 +264,7 @@ async fn health_of_every_status_the_operator_writes() {
                     )
                 })
                 .collect();
-            if *name == "restart" {
+            if obj["metadata"]["name"] == "restart" {
                 assert_eq!(restarts, "; rolloutRestart: Deployment runner Forbidden");
             }
             (
