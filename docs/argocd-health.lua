@@ -14,6 +14,18 @@ local function describe(c)
   end
   return text
 end
+-- Workloads of spec.target.rolloutRestart the operator could not restart: named in the message
+-- of a Healthy resource. Not Degraded: its Secret holds the current credential, and a Deployment
+-- applied in a later sync wave is missing only until that wave.
+local function restarts(entries)
+  local text = ""
+  for _, w in ipairs(entries or {}) do
+    if w.reason ~= nil then
+      text = text .. "; rolloutRestart: " .. (w.kind or "") .. " " .. (w.name or "") .. " " .. w.reason
+    end
+  end
+  return text
+end
 
 if obj.status == nil or obj.status.conditions == nil then
   hs.status = "Progressing"
@@ -51,6 +63,7 @@ if ready ~= nil and ready.status == "True" then
   else
     hs.message = "Secret " .. (obj.status.secretName or "") .. " synced"
   end
+  hs.message = hs.message .. restarts(obj.status.rolloutRestart)
   return hs
 end
 hs.status = "Progressing"

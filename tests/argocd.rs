@@ -133,7 +133,7 @@ async fn health_of_every_status_the_operator_writes() {
     let _op = env.start_operator_with_platform(&sim.base_url(), &[]);
 
     // name, token in the source ("" for no source), extra spec, the reason awaited (condition).
-    let cases: [(&str, &str, Value, &str, &str); 14] = [
+    let cases: [(&str, &str, Value, &str, &str); 15] = [
         ("valid", "argo-valid", json!({}), "TokenValid", "Verified"),
         (
             "deleted",
@@ -207,6 +207,14 @@ async fn health_of_every_status_the_operator_writes() {
             "Ready",
             "InvalidSpec",
         ),
+        // The operator here may not touch workloads: the restart is Forbidden, and named.
+        (
+            "restart",
+            "argo-valid",
+            json!({"target": {"rolloutRestart": [{"kind": "Deployment", "name": "runner"}]}}),
+            "TokenValid",
+            "Verified",
+        ),
         // Nothing to verify yet: TokenValid Pending.
         ("pending", "", json!({}), "TokenValid", "Pending"),
     ];
@@ -265,10 +273,27 @@ async fn health_of_every_status_the_operator_writes() {
         } else {
             assert_eq!(ready["status"], "True", "{name}: {obj}");
             let secret = obj["status"]["secretName"].as_str().unwrap_or_default();
+            let restarts: String = obj["status"]["rolloutRestart"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|w| w["reason"].is_string())
+                .map(|w| {
+                    format!(
+                        "; rolloutRestart: {} {} {}",
+                        w["kind"].as_str().unwrap(),
+                        w["name"].as_str().unwrap(),
+                        w["reason"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            if obj["metadata"]["name"] == "restart" {
+                assert_eq!(restarts, "; rolloutRestart: Deployment runner Forbidden");
+            }
             (
                 "Healthy",
                 format!(
-                    "Secret {secret} synced; TokenValid {} ({})",
+                    "Secret {secret} synced; TokenValid {} ({}){restarts}",
                     valid["status"].as_str().unwrap(),
                     describe(valid)
                 ),

@@ -178,6 +178,15 @@ fn operator_grants() -> BTreeSet<Grant> {
     .collect()
 }
 
+/// `rolloutRestart.enabled`: workloads read by name and patched (server-side apply of one
+/// annotation); never listed, watched, created or updated.
+fn workload_grants() -> BTreeSet<Grant> {
+    ["deployments", "statefulsets", "daemonsets"]
+        .into_iter()
+        .flat_map(|r| grant("apps", r, &["get", "patch"]))
+        .collect()
+}
+
 /// The Lease of leader election: created once, then read and patched by name.
 fn lease_grants(lease: &str) -> BTreeSet<Grant> {
     let lease_group = "coordination.k8s.io".to_owned();
@@ -339,6 +348,62 @@ fn namespace_scoped_mode_has_one_role_per_namespace_and_no_cluster_role() {
     let ci = render(&["--values", &format!("{CHART}/ci/namespaced-values.yaml")]);
     assert_eq!(ci.count("ClusterRole") + ci.count("ClusterRoleBinding"), 0);
     assert_eq!(ci.count("Role"), 2);
+}
+
+#[test]
+fn workloads_are_granted_only_with_rollout_restart_enabled() {
+    let with_restarts: BTreeSet<Grant> = operator_grants()
+        .union(&workload_grants())
+        .cloned()
+        .collect();
+    let off = render(&[]);
+    let granted = grants(
+        off.one::<ClusterRole>("ClusterRole")
+            .rules
+            .as_deref()
+            .unwrap_or_default(),
+    );
+    assert!(
+        granted.iter().all(|g| g.0 != "apps"),
+        "nothing on workloads by default: {granted:?}"
+    );
+
+    let on = render(&["--set", "rolloutRestart.enabled=true"]);
+    let role: ClusterRole = on.one("ClusterRole");
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        with_restarts
+    );
+    // The binary needs no flag: the value changes the RBAC only.
+    assert_eq!(on.args(), off.args());
+
+    let scoped = render(&[
+        "--set",
+        "rolloutRestart.enabled=true",
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+    ]);
+    assert_eq!(scoped.count("ClusterRole"), 0);
+    for namespace in ["team-a", "team-b"] {
+        let role = scoped
+            .role(namespace, FULLNAME)
+            .unwrap_or_else(|| panic!("no Role {FULLNAME} in {namespace}"));
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            with_restarts,
+            "{namespace}"
+        );
+    }
+    let scoped_off = render(&["--set", "watchNamespaces={team-a}"]);
+    let role = scoped_off.role("team-a", FULLNAME).unwrap();
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        operator_grants()
+    );
+    assert!(
+        refusal(&["--set", "rolloutRestart.enable=true"]).contains("enable"),
+        "a misspelled key is refused"
+    );
 }
 
 #[test]

@@ -118,9 +118,25 @@ async fn kubectl_explain_documents_every_field() {
     assert!(has(&status, "conditions", "<[]Object>"), "{status}");
     assert!(status.contains("lastVerifiedTime"), "{status}");
     let target = explain("mendixcredential.spec.target");
-    for field in ["name", "labels", "annotations"] {
+    for field in ["name", "labels", "annotations", "rolloutRestart"] {
         assert!(target.contains(field), "{field} missing:\n{target}");
     }
+    // A nullable list, published without a type by an API server of OpenAPI v2 only (1.20):
+    // its description names the fields of its items.
+    let restart = explain("mendixcredential.spec.target.rolloutRestart")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        restart.contains("kind (Deployment, StatefulSet or DaemonSet) and name"),
+        "{restart}"
+    );
+    assert!(restart.contains("rolloutRestart.enabled=true"), "{restart}");
+    let restarts = explain("mendixcredential.status.rolloutRestart");
+    for field in ["kind", "name", "fingerprint", "reason", "message"] {
+        assert!(restarts.contains(field), "{field} missing:\n{restarts}");
+    }
+    assert!(restarts.contains("NotFound"), "{restarts}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod common;
 use common::{
     Operator, TestEnv, client_from, control_plane, loopback_platform, service_account_kubeconfig,
 };
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -149,6 +150,10 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("create", "rbac.authorization.k8s.io", "clusterroles", None),
         ("impersonate", "", "users", None),
         ("create", "", "events", ns),
+        // Without rolloutRestart.enabled, nothing on workloads.
+        ("get", "apps", "deployments", ns),
+        ("patch", "apps", "deployments", ns),
+        ("patch", "apps", "statefulsets", ns),
     ] {
         assert!(
             !can(&sa, verb, group, resource, where_).await,
@@ -162,9 +167,15 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
     let watched = TestEnv::new("watched").await;
     let other = TestEnv::new("unwatched").await;
     let set = format!("watchNamespaces={{{}}}", watched.ns);
-    tokio::task::spawn_blocking(move || helm_install("scoped", "mxcred-scoped", &[&set]))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        helm_install(
+            "scoped",
+            "mxcred-scoped",
+            &[&set, "rolloutRestart.enabled=true"],
+        )
+    })
+    .await
+    .unwrap();
     let kubeconfig = service_account_kubeconfig(
         &watched.client,
         &watched.cp.dir,
@@ -190,6 +201,14 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
         "no cluster-wide Secret access"
     );
     assert!(!can(&sa, "watch", "mxcred.io", "mendixcredentials", None).await);
+    // rolloutRestart.enabled: workloads of the watched namespace, read and patched only.
+    for resource in ["deployments", "statefulsets", "daemonsets"] {
+        assert!(can(&sa, "patch", "apps", resource, Some(&watched.ns)).await);
+        assert!(!can(&sa, "patch", "apps", resource, Some(&other.ns)).await);
+    }
+    assert!(!can(&sa, "list", "apps", "deployments", Some(&watched.ns)).await);
+    assert!(!can(&sa, "create", "apps", "deployments", Some(&watched.ns)).await);
+    assert!(!can(&sa, "update", "apps", "deployments", Some(&watched.ns)).await);
 
     let sim = Simulator::start().await;
     sim.set("scoped-token", State::Valid);
@@ -199,11 +218,35 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
     watched
         .put_source("raw", &[("token", "scoped-token")])
         .await;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "runner"},
+        "spec": {"selector": {"matchLabels": {"app": "runner"}}, "template": {
+            "metadata": {"labels": {"app": "runner"}},
+            "spec": {"containers": [{"name": "runner", "image": "runner:1"}]}}},
+    }))
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(watched.client.clone(), &watched.ns);
+    deployments
+        .create(&Default::default(), &deployment)
+        .await
+        .unwrap();
     watched
-        .put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .put_credential(
+            "c",
+            json!({"sourceRef": {"name": "raw"},
+                   "target": {"rolloutRestart": [{"kind": "Deployment", "name": "runner"}]}}),
+        )
         .await;
     watched.wait_reason("c", "Ready", "Synced").await;
     watched.wait_reason("c", "TokenValid", "Verified").await;
+    // The chart's Role is enough to restart it.
+    let annotated = common::wait_for(std::time::Duration::from_secs(30), || async {
+        let d = deployments.get("runner").await.ok()?;
+        let annotations = d.spec.template.metadata?.annotations?;
+        annotations.get("restart.mxcred.io/c").cloned()
+    })
+    .await;
+    assert!(annotated.is_some_and(|f| f.starts_with("sha256:")));
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use mxcred_operator::domain::api::{
     ANNOTATION_FINGERPRINT, CredentialType, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER,
     MendixCredentialSpec, MendixCredentialStatus, Platform, SourceRef, Target, Verification,
+    WorkloadKind, WorkloadRef,
 };
 use mxcred_operator::domain::classify::{
     Answer, MAX_RETRY_AFTER, Outcome, Reason, TokenValid, classify,
@@ -800,6 +801,18 @@ fn credential_type() -> impl Strategy<Value = CredentialType> {
     ])
 }
 
+fn workload_ref() -> impl Strategy<Value = WorkloadRef> {
+    (
+        select(vec![
+            WorkloadKind::Deployment,
+            WorkloadKind::StatefulSet,
+            WorkloadKind::DaemonSet,
+        ]),
+        name_text(),
+    )
+        .prop_map(|(kind, name)| WorkloadRef { kind, name })
+}
+
 fn platform() -> impl Strategy<Value = Platform> {
     select(vec![Platform::MendixCloud, Platform::PrivatePlatform])
 }
@@ -822,11 +835,13 @@ fn mendix_credential_spec() -> impl Strategy<Value = MendixCredentialSpec> {
             proptest::option::of(name_text()),
             proptest::option::of(spec_map()),
             proptest::option::of(spec_map()),
+            proptest::option::of(proptest::collection::vec(workload_ref(), 0..4)),
         )
-            .prop_map(|(name, labels, annotations)| Target {
+            .prop_map(|(name, labels, annotations, rollout_restart)| Target {
                 name,
                 labels,
                 annotations,
+                rollout_restart,
             }),
     );
     let verification = proptest::option::of(

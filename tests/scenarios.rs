@@ -557,3 +557,99 @@ async fn a_failed_status_write_is_retried_with_its_forced_check_and_event() {
     assert_eq!(sim.requests(TOKEN), 2);
     shutdown.cancel();
 }
+
+/// A Deployment `runner` of group apps, its pod template holding `annotations`.
+fn deployment(annotations: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "runner", "namespace": NS, "resourceVersion": "7", "generation": 1},
+        "spec": {"selector": {"matchLabels": {"app": "runner"}}, "template": {
+            "metadata": {"labels": {"app": "runner"}, "annotations": annotations},
+            "spec": {"containers": [{"name": "runner", "image": "runner:1",
+                "env": [{"name": "UNRELATED", "value": "not-for-any-log"}]}]}}},
+    })
+}
+
+fn forbidden() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": "statefulsets.apps \"db\" is forbidden: User \"system:serviceaccount:x:y\" cannot get resource"})
+}
+
+#[tokio::test]
+async fn workloads_are_read_and_patched_only_when_they_hold_another_credential() {
+    let (mut ctx, _) = context(
+        "http://127.0.0.1:9",
+        cache_holding(&[("raw", "1"), ("c", "2")]),
+    );
+    let mut cr = resource(json!({"enabled": false}));
+    cr.spec.target = Some(
+        serde_json::from_value(json!({"rolloutRestart": [
+            {"kind": "Deployment", "name": "runner"}, {"kind": "StatefulSet", "name": "db"}]}))
+        .unwrap(),
+    );
+    let runner = format!("/apis/apps/v1/namespaces/{NS}/deployments/runner");
+    let db = format!("/apis/apps/v1/namespaces/{NS}/statefulsets/db");
+    let (result, first) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            get_source(),
+            expect(Method::GET, &target_path(), 404, Some(not_found())),
+            expect(Method::POST, &secrets_path(), 201, None),
+            expect(
+                Method::GET,
+                &runner,
+                200,
+                Some(deployment(json!({"other": "x"}))),
+            ),
+            expect(Method::PATCH, &runner, 200, None),
+            expect(Method::GET, &db, 403, Some(forbidden())),
+            expect(Method::PATCH, &status_path(), 200, None),
+            expect(Method::POST, &events_path(), 201, None),
+            expect(Method::POST, &events_path(), 201, None),
+            expect(Method::POST, &events_path(), 201, None),
+        ],
+    )
+    .await;
+    result.unwrap();
+    let target: Secret = serde_json::from_value(first[2].clone()).unwrap();
+    let fingerprint = target.metadata.annotations.unwrap()["mxcred.io/token-fingerprint"].clone();
+    // The apply sets the resource's annotation and nothing else.
+    assert_eq!(
+        first[4],
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "runner"},
+            "spec": {"template": {"metadata": {"annotations": {"restart.mxcred.io/c": fingerprint}}}}})
+    );
+    let status = &first[6]["status"];
+    assert_eq!(status["conditions"][0]["reason"], "Synced");
+    assert_eq!(
+        status["rolloutRestart"],
+        json!([
+            {"kind": "Deployment", "name": "runner", "fingerprint": fingerprint},
+            {"kind": "StatefulSet", "name": "db", "reason": "Forbidden", "message":
+                "the operator may not read StatefulSet \"db\" (HTTP 403 Forbidden): the chart must be \
+                 installed with rolloutRestart.enabled=true, which grants get and patch on \
+                 Deployments, StatefulSets and DaemonSets; or an admission policy refused it"},
+        ])
+    );
+    assert_eq!(
+        reasons_of(&first[7..]),
+        ["Synced", "RolloutRestarted", "RolloutRestartFailed"]
+    );
+
+    // With the status it wrote: the workloads are read again (they are not watched), the one
+    // holding the credential is not patched, and nothing else is written.
+    let cr = with_status(cr, status, "11");
+    let mut restarted = deployment(json!({"restart.mxcred.io/c": fingerprint}));
+    restarted["metadata"]["generation"] = json!(2);
+    let (result, _) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            expect(Method::GET, &runner, 200, Some(restarted)),
+            expect(Method::GET, &db, 403, Some(forbidden())),
+        ],
+    )
+    .await;
+    result.unwrap();
+}

@@ -432,6 +432,19 @@ async fn an_oversized_spec_is_refused_by_the_api_server() {
             "a source name no Secret can have",
             json!({"sourceRef": {"name": "../raw"}}),
         ),
+        (
+            "17 workloads to restart",
+            json!({"sourceRef": {"name": "raw"}, "target": {"rolloutRestart":
+                (0..17).map(|i| json!({"kind": "Deployment", "name": format!("d{i}")})).collect::<Vec<_>>()}}),
+        ),
+        (
+            "a workload of a kind the operator does not restart",
+            json!({"sourceRef": {"name": "raw"}, "target": {"rolloutRestart": [{"kind": "Pod", "name": "p"}]}}),
+        ),
+        (
+            "a workload name no workload can have",
+            json!({"sourceRef": {"name": "raw"}, "target": {"rolloutRestart": [{"kind": "Deployment", "name": "../x"}]}}),
+        ),
     ] {
         let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
             "metadata": {"name": "big"}, "spec": spec});
@@ -447,6 +460,20 @@ async fn an_oversized_spec_is_refused_by_the_api_server() {
             other => panic!("{what}: {other}"),
         }
     }
+    // A workload listed twice (rolloutRestart is a list keyed by kind and name): 1.20 refuses
+    // the apply with a 500 naming the duplicate, newer servers with a 422.
+    let twice = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+        "metadata": {"name": "big"}, "spec": {"sourceRef": {"name": "raw"}, "target": {"rolloutRestart": [
+            {"kind": "Deployment", "name": "d"}, {"kind": "Deployment", "name": "d"}]}}});
+    let refused =
+        Api::<mxcred_operator::domain::api::MendixCredential>::namespaced(tenant.clone(), &env.ns)
+            .patch("big", &PatchParams::apply("tenant"), &Patch::Apply(twice))
+            .await
+            .expect_err("a workload listed twice");
+    assert!(
+        refused.to_string().contains("duplicate entries"),
+        "{refused}"
+    );
 }
 
 /// Applies a MendixCredential without verification and waits until it is Ready.

@@ -141,7 +141,43 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Workloads of this namespace (at most 16), each given by kind (Deployment, StatefulSet or
+    /// DaemonSet) and name, restarted when the published credential changes, so that those
+    /// reading it from environment variables pick it up. The operator
+    /// sets the annotation restart.mxcred.io/<this resource's name> of each one's pod template
+    /// to the credential's fingerprint (by server-side apply), which rolls it out once per
+    /// change and never again for the same credential (an operator restart changes nothing).
+    /// A workload newly added to the list is annotated, and so restarted, once. Needs the chart
+    /// value rolloutRestart.enabled=true; problems are reported in status.rolloutRestart and
+    /// never hold up the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ROLLOUT_RESTART), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub rollout_restart: Option<Vec<WorkloadRef>>,
 }
+
+/// A workload in the resource's namespace.
+#[derive(
+    Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub struct WorkloadRef {
+    /// Deployment, StatefulSet or DaemonSet (group apps).
+    pub kind: WorkloadKind,
+    /// Name of the workload in this resource's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_NAME))]
+    pub name: String,
+}
+
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+/// How many workloads `spec.target.rolloutRestart` may list.
+pub const MAX_ROLLOUT_RESTART: u32 = 16;
 
 /// Periodic verification of the credential against the Mendix platform.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -235,6 +271,46 @@ pub struct MendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The workloads of spec.target.rolloutRestart as the operator last found them: the
+    /// credential fingerprint each one's pod template holds, and why it does not hold the
+    /// current one (reason NotFound, Forbidden, Invalid or Failed, and a message). A workload
+    /// without a reason runs the current credential, or is rolling out to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub rollout_restart: Vec<RolloutRestartStatus>,
+}
+
+/// A workload of spec.target.rolloutRestart, as the operator last found it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartStatus {
+    /// Deployment, StatefulSet or DaemonSet, as listed in spec.target.rolloutRestart.
+    pub kind: WorkloadKind,
+    /// Name of the workload in this resource's namespace.
+    pub name: String,
+    /// The fingerprint of the credential the workload's pod template holds under the
+    /// annotation restart.mxcred.io/<this resource's name>: the credential it was last
+    /// restarted for. Absent when it holds none (or does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Why the workload could not be brought to the current credential: NotFound (no such
+    /// workload), Forbidden (the operator may not read or patch it: install the chart with
+    /// rolloutRestart.enabled=true), Invalid (the API server refused the change) or Failed
+    /// (the API server did not answer; tried again). Absent when it holds the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
+    pub reason: Option<RolloutRestartProblem>,
+    /// What happened and what to do, when there is a reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RolloutRestartProblem {
+    NotFound,
+    Forbidden,
+    Invalid,
+    Failed,
 }
 
 /// What the API server accepts as a Secret's name (a DNS subdomain) and as a key of its data.

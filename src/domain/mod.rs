@@ -7,6 +7,7 @@ pub mod credential;
 pub mod plan;
 pub mod probe;
 pub mod render;
+pub mod restart;
 pub mod rotation;
 pub mod schedule;
 pub mod spec;

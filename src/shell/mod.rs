@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod platform;
 pub mod proxy;
 pub mod reconcile;
+mod restart;
 pub mod secrets;
 pub mod server;
 mod subscribe;

@@ -3,6 +3,8 @@
 //! 1. resolve the spec (pure),
 //! 2. read the source Secret (client, or the cache),
 //! 3. find and write the target Secret (client, or the cache; the decision is pure),
+//!    then bring the workloads of `spec.target.rolloutRestart` to the credential it holds
+//!    (client; the decisions are pure: [`crate::domain::restart`]; never fails the reconcile),
 //! 4. subscribe the credential to the verification loop (memory; never waits for the platform),
 //! 5. plan the status and the Events (pure: [`crate::domain::plan`]),
 //! 6. write the status, then publish the Events, then remember what was done (client),
@@ -12,6 +14,7 @@
 use crate::domain::api::{MANAGER, MendixCredential, MendixCredentialStatus, condition};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
+use crate::domain::restart as restarts;
 use crate::domain::spec::{self, InvalidSpec};
 use crate::shell::Guarded;
 use crate::shell::controller::Settings;
@@ -19,7 +22,7 @@ use crate::shell::metrics::Metrics;
 use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
 use crate::shell::verifier::Verifier;
-use crate::shell::{subscribe, target};
+use crate::shell::{restart, subscribe, target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -190,6 +193,14 @@ async fn reconcile_valid(
     );
 
     let wrote_target = matches!(sync, Sync::Published { wrote: true, .. });
+    // Only once the target holds the credential: a restarted pod must read the new one.
+    let restarted = if let Sync::Published { fingerprint, .. } = &sync {
+        let workloads = restarts::workloads(&cr.spec);
+        Some(restart::ensure(&id, &workloads, fingerprint, &previous, ctx).await)
+    } else {
+        None
+    };
+    let restart_failing = restarted.as_deref().is_some_and(restarts::failing);
     let plan = plan::reconcile(Observed {
         generation: cr.metadata.generation,
         credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
@@ -198,6 +209,7 @@ async fn reconcile_valid(
         verification,
         now: now(),
     });
+    let plan = restarts::amend(plan, &previous, restarted);
 
     let Plan {
         status,
@@ -232,6 +244,8 @@ async fn reconcile_valid(
     // triggers a reconcile for each answer.
     let action = match (hold, ready) {
         (Some(hold), _) => Action::requeue(hold),
+        // Workloads are not watched: one that is missing or refused is tried again.
+        (None, ReadyReason::Synced) if restart_failing => Action::requeue(restarts::RETRY),
         (None, ReadyReason::Synced) => Action::requeue(Duration::from_secs(3600)),
         // The foreign Secret in the way is not watched (only ours and sources are).
         (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),

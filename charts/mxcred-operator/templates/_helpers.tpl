@@ -56,6 +56,8 @@ ClusterRole (all namespaces) or the Role of each watched namespace.
 Secrets: the operator creates a missing target with a POST and changes it with server-side apply,
 which is a patch; it never sends an update (PUT), so `update` is not granted. Events: a recorder is
 made per Event, so an Event is only ever created, never patched into a series.
+Workloads (rolloutRestart.enabled): read one by name, and server-side apply one annotation of its
+pod template (a patch); no list, no watch, no create.
 */}}
 {{- define "mxcred-operator.rules" -}}
 - apiGroups: ["mxcred.io"]
@@ -70,6 +72,11 @@ made per Event, so an Event is only ever created, never patched into a series.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.rolloutRestart.enabled }}
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "patch"]
+{{- end }}
 {{- end }}
 
 {{/* Where the extra CA bundle is mounted. */}}

@@ -1,0 +1,106 @@
+//! The restart step: brings every workload of `spec.target.rolloutRestart` to the published
+//! credential. Each workload is read (a GET: workloads are not watched) and patched by
+//! server-side apply only when its pod template does not hold the credential's fingerprint
+//! yet. The decisions are pure ([`crate::domain::restart`]); this is their IO. Nothing here
+//! fails the reconcile: each problem becomes the workload's status entry.
+
+use crate::domain::api::{MendixCredentialStatus, RolloutRestartStatus, WorkloadRef};
+use crate::domain::restart::{self, Outcome, Step};
+use crate::shell::reconcile::{Context, Id};
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use std::collections::BTreeMap;
+use tracing::{info, warn};
+
+/// Brings each workload to `fingerprint`; returns their status entries, in the order listed.
+pub(crate) async fn ensure(
+    id: &Id,
+    workloads: &[WorkloadRef],
+    fingerprint: &str,
+    previous: &MendixCredentialStatus,
+    ctx: &Context,
+) -> Vec<RolloutRestartStatus> {
+    let mut entries = Vec::with_capacity(workloads.len());
+    for workload in workloads {
+        let outcome = bring(id, workload, fingerprint, ctx).await;
+        let entry = restart::entry(
+            workload,
+            &outcome,
+            restart::previous_entry(previous, workload),
+        );
+        entries.push(entry);
+    }
+    entries
+}
+
+async fn bring(id: &Id, workload: &WorkloadRef, fingerprint: &str, ctx: &Context) -> Outcome {
+    let credential = format!("{}/{}", id.namespace, id.name);
+    let (kind, name) = (workload.kind.as_str(), workload.name.as_str());
+    let gvk = GroupVersionKind::gvk("apps", "v1", kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, workload.kind.plural());
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &id.namespace, &resource);
+    let key = restart::annotation_key(&id.name);
+
+    let current = match api.get(name).await {
+        Ok(current) => current,
+        Err(error) => return failed(&credential, workload, Step::Read, &error),
+    };
+    let annotations: Option<BTreeMap<String, String>> =
+        serde_json::from_value(current.data["spec"]["template"]["metadata"]["annotations"].clone())
+            .ok();
+    let held = restart::held(annotations.as_ref(), &key);
+    if !restart::needs_patch(held, fingerprint) {
+        return Outcome::Holds {
+            fingerprint: fingerprint.to_owned(),
+        };
+    }
+    // Forced: the key is this resource's alone, whoever touched it since. No `create` is
+    // granted, so a workload deleted since the read is not created by this apply.
+    let params = PatchParams::apply(&restart::field_manager(&id.name)).force();
+    let body = restart::apply_body(workload, &key, fingerprint);
+    match api.patch(name, &params, &Patch::Apply(&body)).await {
+        Ok(_) => {
+            info!(
+                credential,
+                kind, name, fingerprint, "restarted a workload for the published credential"
+            );
+            Outcome::Holds {
+                fingerprint: fingerprint.to_owned(),
+            }
+        }
+        Err(error) => failed(&credential, workload, Step::Patch, &error),
+    }
+}
+
+/// The outcome of a failed request, logged with its code and reason only (the API server's
+/// message may quote the object).
+fn failed(credential: &str, workload: &WorkloadRef, step: Step, error: &kube::Error) -> Outcome {
+    let (kind, name) = (workload.kind.as_str(), workload.name.as_str());
+    match error {
+        kube::Error::Api(status) => {
+            warn!(credential, kind, name, ?step, code = status.code, reason = %status.reason, "cannot restart a workload");
+            Outcome::Refused {
+                step,
+                code: status.code,
+                reason: status.reason.clone(),
+            }
+        }
+        other => {
+            // Not the error's text: a body that could not be read may be quoted in it.
+            let error = match other {
+                kube::Error::SerdeError(_) => "unreadable answer",
+                _ => "no answer",
+            };
+            warn!(
+                credential,
+                kind,
+                name,
+                ?step,
+                error,
+                "cannot restart a workload"
+            );
+            Outcome::Unanswered { step }
+        }
+    }
+}
