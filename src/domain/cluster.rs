@@ -1,0 +1,701 @@
+//! The cluster-scoped `ClusterMendixCredential`: one source Secret published into every selected
+//! namespace. Its API types and its pure decisions: which namespaces are selected, what to do
+//! with the copy in each, and the status and Events of a reconcile.
+//!
+//! The status shares its credential half (fingerprint, times, `TokenValid`) with
+//! `MendixCredential`, and so does the decision about it: [`plan`] runs [`crate::domain::plan`]
+//! on that half and adds what is per namespace.
+
+use crate::domain::api::{
+    CredentialType, MendixCredentialSpec, MendixCredentialStatus, SECRET_KEY, SECRET_NAME,
+    SourceRef, Target, Verification, bounded_map, condition, enum_without_null,
+};
+use crate::domain::api::{MAX_ANNOTATIONS, MAX_LABELS};
+use crate::domain::conditions::{self, Verdict};
+use crate::domain::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
+use crate::domain::render;
+use crate::domain::spec::InvalidSpec;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use kube::core::{Selector, SelectorExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The label naming, on each copy, the ClusterMendixCredential that published it.
+pub const LABEL_CLUSTER_CREDENTIAL: &str = "mxcred.io/cluster-credential";
+/// How many namespaces `status.failedNamespaces` lists; `failedNamespaceCount` counts them all.
+pub const MAX_FAILED_NAMESPACES: usize = 20;
+/// How many namespaces `spec.target.namespaces` may list.
+pub const MAX_LISTED_NAMESPACES: u64 = 256;
+
+/// A Mendix platform credential published into many namespaces, for cluster administrators.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "mxcred.io",
+    version = "v1alpha1",
+    kind = "ClusterMendixCredential",
+    plural = "clustermendixcredentials",
+    shortname = "cmxcred",
+    shortname = "cmxc",
+    category = "mendix",
+    status = "ClusterMendixCredentialStatus",
+    doc = "A Mendix platform credential (personal access token or API key) for cluster administrators: read from one opted-in Secret and published as the same Secret in every selected namespace (a label selector and/or a list; nothing is selected unless the spec says so). Secrets of the same name that the operator did not publish are never touched; such namespaces are listed in status.failedNamespaces. The credential is verified against the Mendix platform once per interval, however many namespaces.",
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Namespaces","type":"string","description":"synced/selected","jsonPath":".status.namespaces"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMendixCredentialSpec {
+    /// Kind of credential held by the source Secret: PersonalAccessToken (header
+    /// `Authorization: MxToken <token>`) or ApiKey (headers `Mendix-Username` and
+    /// `Mendix-ApiKey`). Defaults to PersonalAccessToken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
+    pub r#type: Option<CredentialType>,
+
+    /// The Secret that holds the plaintext credential, in the namespace named here. It must opt
+    /// in: type Opaque and the label mxcred.io/source: "true".
+    pub source_ref: ClusterSourceRef,
+
+    /// The Secret written into each selected namespace, and which namespaces are selected.
+    pub target: ClusterTarget,
+
+    /// How and how often the credential is checked against the Mendix platform: once per
+    /// interval for all namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// Where the plaintext credential is read from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSourceRef {
+    /// Namespace of the source Secret.
+    #[schemars(length(min = 1, max = 63), pattern(NAMESPACE_NAME))]
+    pub namespace: String,
+    /// Name of the source Secret.
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_NAME))]
+    pub name: String,
+    /// Key holding the personal access token (type PersonalAccessToken). Defaults to "token".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
+    pub token_key: Option<String>,
+    /// Key holding the Mendix login name (type ApiKey). Defaults to "username".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
+    pub username_key: Option<String>,
+    /// Key holding the API key (type ApiKey). Defaults to "apiKey".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_KEY))]
+    pub api_key_key: Option<String>,
+}
+
+/// The Secret written into each selected namespace. The selected namespaces are those matching
+/// namespaceSelector and those listed in namespaces (the union); nothing else.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterTarget {
+    /// Name of the Secret in each selected namespace. Defaults to the name of this resource.
+    /// Must differ from spec.sourceRef.name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), pattern(SECRET_NAME))]
+    pub name: Option<String>,
+    /// Namespaces whose labels match this selector are selected. An empty selector ({})
+    /// selects nothing, unlike elsewhere in Kubernetes: copies of a credential go only where
+    /// the spec says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_selector)]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces selected by name (at most 256), in addition to those the selector matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 63), pattern(NAMESPACE_NAME))
+    )]
+    pub namespaces: Option<Vec<String>>,
+    /// Labels copied onto each Secret (at most 16). Keys under kubernetes.io/, k8s.io/,
+    /// mxcred.io/ and replication keys (Reflector, kubed, kubernetes-replicator) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_map::<MAX_LABELS, 63>)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Annotations copied onto each Secret (at most 16, each value at most 1024 characters).
+    /// The same keys as for labels are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Observed state, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMendixCredentialStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The credential type in effect: spec.type, or its default (PersonalAccessToken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = enum_without_null)]
+    pub credential_type: Option<CredentialType>,
+    /// Name of the Secret in each selected namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    /// When a Secret's data was last written, in any namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synced_time: Option<Time>,
+    /// When the platform last gave a definitive answer about the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+    /// When the next check is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verification_time: Option<Time>,
+    /// Why the last check attempt failed, if it did (short and sanitized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification_error: Option<String>,
+    /// How many existing, active namespaces are selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected: Option<i32>,
+    /// How many selected namespaces hold the current credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced: Option<i32>,
+    /// "synced/selected", for kubectl get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<String>,
+    /// Namespaces that do not hold the credential, and why: the first 20 by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub failed_namespaces: Vec<FailedNamespace>,
+    /// How many namespaces failed in all (failedNamespaces lists at most 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_namespace_count: Option<i32>,
+    /// Ready: every selected namespace holds the current source credential. TokenValid: the
+    /// platform accepted the credential at the last definitive check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A namespace that does not hold the credential.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedNamespace {
+    /// The namespace.
+    pub namespace: String,
+    /// TargetConflict (a Secret of that name exists and was not published by this resource),
+    /// InvalidTarget (the API server refused the Secret), WriteFailed (the write failed; it is
+    /// retried), NamespaceNotFound (listed, does not exist) or NamespaceTerminating (being
+    /// deleted).
+    pub reason: String,
+    /// What happened, without any value of the credential.
+    pub message: String,
+}
+
+/// What the API server accepts as a namespace's name (a DNS label).
+const NAMESPACE_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Bounds a label selector: at most 16 labels and 16 expressions of at most 16 values.
+fn bounded_selector(schema: &mut schemars::Schema) {
+    let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    if let Some(labels) = properties
+        .get_mut("matchLabels")
+        .and_then(|l| l.as_object_mut())
+    {
+        labels.insert("maxProperties".into(), MAX_LABELS.into());
+        if let Some(values) = labels
+            .get_mut("additionalProperties")
+            .and_then(|v| v.as_object_mut())
+        {
+            values.insert("maxLength".into(), 63.into());
+        }
+    }
+    if let Some(expressions) = properties
+        .get_mut("matchExpressions")
+        .and_then(|e| e.as_object_mut())
+    {
+        expressions.insert("maxItems".into(), 16.into());
+        let requirement = expressions
+            .get_mut("items")
+            .and_then(|i| i.get_mut("properties"))
+            .and_then(|p| p.as_object_mut());
+        for (field, bound) in requirement.into_iter().flat_map(|r| r.iter_mut()) {
+            let Some(field_schema) = bound.as_object_mut() else {
+                continue;
+            };
+            match field.as_str() {
+                // A qualified label key: a 253-character prefix, '/', a 63-character name.
+                "key" => {
+                    field_schema.insert("maxLength".into(), 317.into());
+                }
+                "operator" => {
+                    field_schema.insert("maxLength".into(), 16.into());
+                }
+                "values" => {
+                    field_schema.insert("maxItems".into(), 16.into());
+                    if let Some(items) = field_schema
+                        .get_mut("items")
+                        .and_then(|i| i.as_object_mut())
+                    {
+                        items.insert("maxLength".into(), 63.into());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl ClusterMendixCredentialSpec {
+    /// The spec as a `MendixCredential`'s in the source's namespace: the same defaults and
+    /// checks apply ([`crate::domain::spec::resolve`]).
+    pub fn as_namespaced(&self) -> MendixCredentialSpec {
+        let s = &self.source_ref;
+        MendixCredentialSpec {
+            r#type: self.r#type,
+            source_ref: SourceRef {
+                name: s.name.clone(),
+                token_key: s.token_key.clone(),
+                username_key: s.username_key.clone(),
+                api_key_key: s.api_key_key.clone(),
+            },
+            target: Some(Target {
+                name: self.target.name.clone(),
+                labels: self.target.labels.clone(),
+                annotations: self.target.annotations.clone(),
+            }),
+            verification: self.verification.clone(),
+        }
+    }
+}
+
+/// Which namespaces a spec selects.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    selector: Option<Selector>,
+    listed: BTreeSet<String>,
+}
+
+impl Selection {
+    pub fn of(target: &ClusterTarget) -> Result<Selection, InvalidSpec> {
+        // An empty selector selects nothing: a copy of a credential only goes where meant.
+        let selector = match &target.namespace_selector {
+            Some(s)
+                if s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+                    || s.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) =>
+            {
+                Some(
+                    Selector::try_from(s.clone())
+                        .map_err(|e| InvalidSpec(format!("spec.target.namespaceSelector: {e}")))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Selection {
+            selector,
+            listed: target.namespaces.iter().flatten().cloned().collect(),
+        })
+    }
+
+    pub fn selects(&self, namespace: &NamespaceView) -> bool {
+        self.listed.contains(&namespace.name)
+            || self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&namespace.labels))
+    }
+
+    /// The namespaces to hold a copy, and those selected that cannot (listed but missing, or
+    /// being deleted).
+    pub fn apply<'a>(&self, namespaces: impl IntoIterator<Item = &'a NamespaceView>) -> Selected {
+        let mut selected = Selected::default();
+        let mut seen = BTreeSet::new();
+        for ns in namespaces {
+            seen.insert(ns.name.as_str());
+            if !self.selects(ns) {
+                continue;
+            }
+            if ns.terminating {
+                selected.terminating.push(ns.name.clone());
+            } else {
+                selected.active.push(ns.name.clone());
+            }
+        }
+        selected.missing = self
+            .listed
+            .iter()
+            .filter(|n| !seen.contains(n.as_str()))
+            .cloned()
+            .collect();
+        selected.active.sort();
+        selected.terminating.sort();
+        selected
+    }
+}
+
+/// What the operator knows of a namespace: its name, labels and whether it is being deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub terminating: bool,
+}
+
+/// The namespaces a spec selects, by what can be done in them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selected {
+    /// Existing and active: each gets a copy.
+    pub active: Vec<String>,
+    /// Being deleted: no copy (ours, if any, is removed).
+    pub terminating: Vec<String>,
+    /// Listed but not found.
+    pub missing: Vec<String>,
+}
+
+/// Whether `existing` is a copy published by the ClusterMendixCredential `name` with `uid`.
+pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
+    render::is_ours_by(existing, uid, LABEL_CLUSTER_CREDENTIAL, name)
+}
+
+/// The copy for one namespace: the Secret a MendixCredential would publish, labelled for the
+/// cluster resource instead.
+pub fn copy_labels(secret: &mut Secret, name: &str) {
+    let labels = secret.metadata.labels.get_or_insert_default();
+    labels.remove(crate::domain::api::LABEL_CREDENTIAL);
+    labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), name.into());
+}
+
+/// What to do with the copy in one namespace, given what exists under its name.
+pub fn copy_action(
+    existing: Option<&Secret>,
+    desired: &Secret,
+    uid: &str,
+    name: &str,
+) -> plan::TargetAction {
+    match existing {
+        Some(existing) if !is_ours(existing, uid, name) => plan::TargetAction::Conflict,
+        Some(existing) if render::is_current(existing, desired) => plan::TargetAction::Keep {
+            written_at: render::applied_at(existing),
+        },
+        Some(existing) => plan::TargetAction::Apply {
+            resource_version: existing
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default(),
+        },
+        None => plan::TargetAction::Create,
+    }
+}
+
+/// How the copy of one namespace came out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// The namespace holds the current credential.
+    Synced {
+        written_at: Option<Time>,
+        wrote: bool,
+    },
+    /// A Secret of that name that is not ours: left alone.
+    Conflict,
+    /// The API server refused the Secret (fields named, no values).
+    Invalid(String),
+    /// The write failed (code and reason only); retried.
+    Failed(String),
+}
+
+/// The reasons a namespace is listed in `status.failedNamespaces`.
+pub mod failed {
+    pub const TARGET_CONFLICT: &str = "TargetConflict";
+    pub const INVALID_TARGET: &str = "InvalidTarget";
+    pub const WRITE_FAILED: &str = "WriteFailed";
+    pub const NAMESPACE_NOT_FOUND: &str = "NamespaceNotFound";
+    pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+}
+
+/// The reason of `Ready` when some selected namespace does not hold the credential.
+pub const NAMESPACES_FAILED: &str = "NamespacesFailed";
+
+/// Everything a reconcile of a ClusterMendixCredential observed.
+#[derive(Clone, Debug)]
+pub struct ClusterObserved<'a> {
+    pub generation: Option<i64>,
+    pub credential_type: Option<CredentialType>,
+    pub previous: &'a ClusterMendixCredentialStatus,
+    pub target: String,
+    /// The fingerprint of the credential read, or why none could be used.
+    pub source: Result<String, Ready>,
+    /// The copy of each active selected namespace (empty when the source could not be used).
+    pub copies: BTreeMap<String, CopyOutcome>,
+    pub selected: Selected,
+    pub verification: plan::Verification,
+    pub now: Time,
+}
+
+/// What to write, publish and remember.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterPlan {
+    pub status: Option<ClusterMendixCredentialStatus>,
+    pub events: Vec<Announcement>,
+    /// The Ready reason, for logs and metrics.
+    pub ready: &'static str,
+    pub request_served: bool,
+    pub hold: Option<std::time::Duration>,
+    /// Some namespace failed for a reason that may pass (a conflict, a failed write).
+    pub retry: bool,
+}
+
+/// Decides the status and Events of one reconcile. The credential half is decided as for a
+/// `MendixCredential`; `Ready` then says whether every selected namespace holds it.
+pub fn plan(observed: ClusterObserved) -> ClusterPlan {
+    let ClusterObserved {
+        generation,
+        credential_type,
+        previous,
+        target,
+        source,
+        copies,
+        selected,
+        verification,
+        now,
+    } = observed;
+    let core_previous = previous.core();
+    let synced: Vec<(&String, &Option<Time>, bool)> = copies
+        .iter()
+        .filter_map(|(ns, c)| match c {
+            CopyOutcome::Synced { written_at, wrote } => Some((ns, written_at, *wrote)),
+            _ => None,
+        })
+        .collect();
+    let sync = match &source {
+        Ok(fingerprint) => Sync::Published {
+            target: target.clone(),
+            fingerprint: fingerprint.clone(),
+            written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
+            wrote: synced.iter().any(|(_, _, wrote)| *wrote),
+        },
+        Err(ready) => Sync::Refused(ready.clone()),
+    };
+    let core_plan = plan::reconcile(Observed {
+        generation,
+        credential_type,
+        previous: &core_previous,
+        sync,
+        verification,
+        now: now.clone(),
+    });
+    if core_plan.hold.is_some() {
+        return ClusterPlan {
+            status: None,
+            events: vec![],
+            ready: core_plan.ready.as_str(),
+            request_served: core_plan.request_served,
+            hold: core_plan.hold,
+            retry: false,
+        };
+    }
+    let mut core = core_plan.status.unwrap_or(core_previous);
+
+    let failures = failures(&copies, &selected);
+    let selected_count = selected.active.len();
+    let synced_count = synced.len();
+    let (ready_status, ready_reason, message) = match &source {
+        Err(ready) => ("False", ready.reason.as_str(), ready.message.clone()),
+        Ok(_) if synced_count == selected_count => (
+            "True",
+            ReadyReason::Synced.as_str(),
+            format!(
+                "Secret {target:?} holds the current credential in all {selected_count} selected namespaces"
+            ),
+        ),
+        Ok(_) => (
+            "False",
+            NAMESPACES_FAILED,
+            format!(
+                "{} of {selected_count} selected namespaces do not hold the current credential; see status.failedNamespaces",
+                selected_count - synced_count
+            ),
+        ),
+    };
+    // Ready is decided here, from the previous Ready, not from the one the credential half set.
+    core.conditions.retain(|c| c.type_ != condition::READY);
+    if let Some(c) = conditions::find(&previous.conditions, condition::READY) {
+        core.conditions.insert(0, c.clone());
+    }
+    conditions::set(
+        &mut core.conditions,
+        Verdict {
+            type_: condition::READY,
+            status: ready_status,
+            reason: ready_reason,
+            message: message.clone(),
+        },
+        generation,
+        now,
+    );
+    // Ready first, as a MendixCredential's status has it.
+    core.conditions.sort_by_key(|c| c.type_ != condition::READY);
+
+    let mut status = ClusterMendixCredentialStatus::from_core(core);
+    if source.is_ok() {
+        status.selected = Some(count(selected_count));
+        status.synced = Some(count(synced_count));
+        status.namespaces = Some(format!("{synced_count}/{selected_count}"));
+        status.failed_namespace_count = Some(count(failures.len()));
+        status.failed_namespaces = failures
+            .iter()
+            .take(MAX_FAILED_NAMESPACES)
+            .cloned()
+            .collect();
+    }
+
+    let written: Vec<&str> = synced
+        .iter()
+        .filter(|(_, _, wrote)| *wrote)
+        .map(|(ns, _, _)| ns.as_str())
+        .collect();
+    let mut events: Vec<Announcement> = core_plan
+        .events
+        .into_iter()
+        .map(|mut e| {
+            if e.reason == ReadyReason::Synced.as_str() {
+                e.note = format!("wrote Secret {target} in {}", listed(&written));
+            }
+            e
+        })
+        .collect();
+    let conflicted_before: BTreeSet<&str> = previous
+        .failed_namespaces
+        .iter()
+        .filter(|f| f.reason == failed::TARGET_CONFLICT)
+        .map(|f| f.namespace.as_str())
+        .collect();
+    let new_conflicts: Vec<&str> = copies
+        .iter()
+        .filter(|(ns, c)| **c == CopyOutcome::Conflict && !conflicted_before.contains(ns.as_str()))
+        .map(|(ns, _)| ns.as_str())
+        .collect();
+    if !new_conflicts.is_empty() {
+        events.push(Announcement {
+            warning: true,
+            reason: ReadyReason::TargetConflict.as_str(),
+            note: format!(
+                "Secret {target} exists and is not managed by this ClusterMendixCredential in {}; left untouched",
+                listed(&new_conflicts)
+            ),
+        });
+    }
+    let retry = copies
+        .values()
+        .any(|c| matches!(c, CopyOutcome::Conflict | CopyOutcome::Failed(_)));
+    ClusterPlan {
+        status: (status != *previous).then_some(status),
+        events,
+        ready: ready_reason,
+        request_served: core_plan.request_served,
+        hold: None,
+        retry,
+    }
+}
+
+/// The failed namespaces, sorted by name.
+fn failures(copies: &BTreeMap<String, CopyOutcome>, selected: &Selected) -> Vec<FailedNamespace> {
+    let entry = |ns: &str, reason: &str, message: String| FailedNamespace {
+        namespace: ns.to_owned(),
+        reason: reason.to_owned(),
+        message,
+    };
+    let mut out: Vec<FailedNamespace> = copies
+        .iter()
+        .filter_map(|(ns, c)| match c {
+            CopyOutcome::Synced { .. } => None,
+            CopyOutcome::Conflict => Some(entry(
+                ns,
+                failed::TARGET_CONFLICT,
+                "a Secret of this name exists and is not managed by this ClusterMendixCredential; it was left untouched".into(),
+            )),
+            CopyOutcome::Invalid(m) => Some(entry(ns, failed::INVALID_TARGET, m.clone())),
+            CopyOutcome::Failed(m) => Some(entry(ns, failed::WRITE_FAILED, m.clone())),
+        })
+        .collect();
+    out.extend(selected.missing.iter().map(|ns| {
+        entry(
+            ns,
+            failed::NAMESPACE_NOT_FOUND,
+            "listed in spec.target.namespaces but does not exist".into(),
+        )
+    }));
+    out.extend(selected.terminating.iter().map(|ns| {
+        entry(
+            ns,
+            failed::NAMESPACE_TERMINATING,
+            "being deleted: no Secret is written there".into(),
+        )
+    }));
+    out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    out
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A few names for an Event's note, and how many more.
+fn listed(names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let shown = names
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match names.len() {
+        0 => "no namespace".into(),
+        1 => format!("namespace {shown}"),
+        n if n <= SHOWN => format!("namespaces {shown}"),
+        n => format!("{n} namespaces ({shown}, ...)"),
+    }
+}
+
+impl ClusterMendixCredentialStatus {
+    /// The credential half, as a MendixCredential's status.
+    pub fn core(&self) -> MendixCredentialStatus {
+        MendixCredentialStatus {
+            observed_generation: self.observed_generation,
+            credential_type: self.credential_type,
+            secret_name: self.secret_name.clone(),
+            token_fingerprint: self.token_fingerprint.clone(),
+            last_synced_time: self.last_synced_time.clone(),
+            last_verified_time: self.last_verified_time.clone(),
+            next_verification_time: self.next_verification_time.clone(),
+            last_verification_error: self.last_verification_error.clone(),
+            conditions: self.conditions.clone(),
+        }
+    }
+
+    /// A status with the credential half of `core` and no namespace counts.
+    pub fn from_core(core: MendixCredentialStatus) -> Self {
+        ClusterMendixCredentialStatus {
+            observed_generation: core.observed_generation,
+            credential_type: core.credential_type,
+            secret_name: core.secret_name,
+            token_fingerprint: core.token_fingerprint,
+            last_synced_time: core.last_synced_time,
+            last_verified_time: core.last_verified_time,
+            next_verification_time: core.next_verification_time,
+            last_verification_error: core.last_verification_error,
+            conditions: core.conditions,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
