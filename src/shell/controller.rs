@@ -6,9 +6,11 @@ use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER,
     condition,
 };
+use crate::domain::cluster::ClusterMendixCredential;
 use crate::domain::conditions;
 use crate::domain::spec;
 use crate::shell::Guarded;
+use crate::shell::cluster;
 use crate::shell::metrics::Metrics;
 use crate::shell::reconcile::{self, Context, error_policy};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
@@ -47,6 +49,8 @@ pub struct Shared {
     /// The cache of each watch of MendixCredentials, with the flag the watch sets once it has
     /// listed them.
     stores: Mutex<Vec<(Store<Guarded>, Arc<AtomicBool>)>>,
+    /// The cache of ClusterMendixCredentials, in cluster mode.
+    cluster: Arc<Mutex<Option<Store<ClusterMendixCredential>>>>,
     role: Mutex<Role>,
     /// When the current leadership term ends, on the monotonic clock (`None` without leader
     /// election). A process woken from a stall can answer `/readyz` before its leader task has
@@ -71,6 +75,7 @@ impl Shared {
         Shared {
             metrics,
             stores: Mutex::default(),
+            cluster: Arc::default(),
             role: Mutex::default(),
             term_ends: Mutex::default(),
         }
@@ -82,25 +87,27 @@ impl Shared {
         stores.iter().flat_map(|(store, _)| store.state()).collect()
     }
 
+    /// The cache of ClusterMendixCredentials, while their controller runs.
+    fn cluster_store(&self) -> Option<Store<ClusterMendixCredential>> {
+        self.cluster.lock().expect("lock poisoned").clone()
+    }
+
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
         for guard in self.resources() {
             let status = match &guard.0 {
-                Ok(cr) => cr
-                    .status
-                    .as_ref()
-                    .and_then(|s| conditions::find(&s.conditions, condition::TOKEN_VALID))
-                    .map_or("Unknown", |c| match c.status.as_str() {
-                        "True" => "True",
-                        "False" => "False",
-                        _ => "Unknown",
-                    }),
+                Ok(cr) => token_valid(cr.status.as_ref().map(|s| s.conditions.as_slice())),
                 Err(_) => "Unknown",
             };
             *counts.entry(status).or_default() += 1;
         }
-        self.metrics.encode(counts)
+        let mut cluster_counts: HashMap<&'static str, i64> = HashMap::new();
+        for cr in self.cluster_store().map(|s| s.state()).unwrap_or_default() {
+            let status = token_valid(cr.status.as_ref().map(|s| s.conditions.as_slice()));
+            *cluster_counts.entry(status).or_default() += 1;
+        }
+        self.metrics.encode_with_cluster(counts, cluster_counts)
     }
 
     /// What this instance is doing, for `/readyz`: `None` while it is not ready (starting,
@@ -137,6 +144,19 @@ impl Shared {
     pub fn set_role(&self, role: Role) {
         *self.role.lock().expect("lock poisoned") = role;
     }
+}
+
+/// The TokenValid status of a resource's conditions, as the gauges count it.
+fn token_valid(
+    conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+) -> &'static str {
+    conds
+        .and_then(|c| conditions::find(c, condition::TOKEN_VALID))
+        .map_or("Unknown", |c| match c.status.as_str() {
+            "True" => "True",
+            "False" => "False",
+            _ => "Unknown",
+        })
 }
 
 /// Runs the controller until `shutdown` is cancelled.
@@ -185,6 +205,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     tokio::spawn(verifier.run(shutdown.clone()));
+    // ClusterMendixCredentials write into any namespace: only an operator serving all of them
+    // serves the kind.
+    let cluster_controller = async {
+        if settings.namespaces.is_empty() {
+            cluster::run(ctx.clone(), shared.cluster.clone(), shutdown.clone()).await;
+        } else {
+            info!(
+                "ClusterMendixCredentials are not served: the operator serves only the namespaces given with --namespace"
+            );
+        }
+    };
     let controllers = controllers.into_iter().map(|controller| {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -196,7 +227,7 @@ pub async fn run(
                 .await
         }
     });
-    futures::future::join_all(controllers).await;
+    futures::future::join(futures::future::join_all(controllers), cluster_controller).await;
     shared.stores.lock().expect("lock poisoned").clear();
 }
 
@@ -232,17 +263,22 @@ async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: Cancel
             continue;
         }
         let resources = shared.resources();
-        let live: HashSet<String> = resources
+        let mut live: HashSet<String> = resources
             .iter()
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
+        let (cluster_live, cluster_read) = shared
+            .cluster_store()
+            .map(|store| cluster::live(&store, ctx.settings.default_interval))
+            .unwrap_or_default();
+        live.extend(cluster_live);
         debug!(
             live = live.len(),
             "forgetting what is remembered of deleted resources"
         );
         ctx.tracker.retain(&live);
         ctx.verifier.retain(&live);
-        let read: HashSet<secrets::Reading> = resources
+        let mut read: HashSet<secrets::Reading> = resources
             .iter()
             .filter_map(|guard| guard.0.as_ref().ok())
             .filter_map(|cr| {
@@ -256,6 +292,7 @@ async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: Cancel
                 ))
             })
             .collect();
+        read.extend(cluster_read);
         ctx.secrets.forget_unwanted(&read);
     }
 }

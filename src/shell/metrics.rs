@@ -61,6 +61,7 @@ pub struct Metrics {
     platform_requests: Family<RequestLabels, Counter>,
     platform_duration: Family<HostLabel, Histogram>,
     credentials: Family<TokenValidLabel, Gauge>,
+    cluster_credentials: Family<TokenValidLabel, Gauge>,
     last_verification: Family<KindLabel, Gauge>,
     /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
     encoding: Mutex<()>,
@@ -154,6 +155,12 @@ impl Default for Metrics {
             "MendixCredentials by TokenValid status (true, false, unknown)",
             credentials.clone(),
         );
+        let cluster_credentials = Family::<TokenValidLabel, Gauge>::default();
+        registry.register(
+            "cluster_credentials",
+            "ClusterMendixCredentials by TokenValid status (true, false, unknown)",
+            cluster_credentials.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -170,6 +177,7 @@ impl Default for Metrics {
             platform_requests,
             platform_duration,
             credentials,
+            cluster_credentials,
             last_verification,
             encoding: Mutex::default(),
         }
@@ -233,20 +241,40 @@ impl Metrics {
     /// The Prometheus text exposition; `token_valid` gives the current count of credentials per
     /// TokenValid status ("True", "False", "Unknown"), read from the controller's cache.
     pub fn encode(&self, token_valid: impl IntoIterator<Item = (&'static str, i64)>) -> String {
+        self.encode_with_cluster(token_valid, [])
+    }
+
+    /// As [`Self::encode`], with the count of ClusterMendixCredentials per TokenValid status.
+    pub fn encode_with_cluster(
+        &self,
+        token_valid: impl IntoIterator<Item = (&'static str, i64)>,
+        cluster_token_valid: impl IntoIterator<Item = (&'static str, i64)>,
+    ) -> String {
         let _guard = self.encoding.lock().expect("lock poisoned");
-        for status in ["true", "false", "unknown"] {
-            self.credentials
-                .get_or_create(&TokenValidLabel {
-                    token_valid: status.into(),
-                })
-                .set(0);
-        }
-        for (status, count) in token_valid {
-            self.credentials
-                .get_or_create(&TokenValidLabel {
-                    token_valid: status.to_ascii_lowercase(),
-                })
-                .set(count);
+        for (gauge, counts) in [
+            (
+                &self.credentials,
+                token_valid.into_iter().collect::<Vec<_>>(),
+            ),
+            (
+                &self.cluster_credentials,
+                cluster_token_valid.into_iter().collect(),
+            ),
+        ] {
+            for status in ["true", "false", "unknown"] {
+                gauge
+                    .get_or_create(&TokenValidLabel {
+                        token_valid: status.into(),
+                    })
+                    .set(0);
+            }
+            for (status, count) in counts {
+                gauge
+                    .get_or_create(&TokenValidLabel {
+                        token_valid: status.to_ascii_lowercase(),
+                    })
+                    .set(count);
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -311,6 +339,7 @@ mod tests {
             r#"mxcred_credentials{token_valid="true"} 2"#,
             r#"mxcred_credentials{token_valid="false"} 0"#,
             r#"mxcred_credentials{token_valid="unknown"} 1"#,
+            r#"mxcred_cluster_credentials{token_valid="true"} 0"#,
             r#"mxcred_build_info{version=""#,
             "mxcred_reconcile_duration_seconds_count 1",
             r#"mxcred_platform_request_duration_seconds_count{host="cloud.home.mendix.com"} 2"#,

@@ -76,7 +76,7 @@ impl Error {
 /// A Kubernetes error for a log line: its code and reason only. The API server's messages, and
 /// those of admission webhooks and policy engines, may quote the object sent (a target
 /// Secret's data) or other objects; none is repeated.
-fn describe(error: &kube::Error) -> String {
+pub(crate) fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => {
             let hint = match status.code {

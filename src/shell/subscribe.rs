@@ -45,6 +45,11 @@ pub(crate) fn subscribe(
         forced,
         known: known_verdict(cr, previous, credential),
     });
+    verification_of(latest)
+}
+
+/// What the plan needs of the loop's view of a credential.
+pub(crate) fn verification_of(latest: View) -> plan::Verification {
     match latest {
         View::Scheduled => plan::Verification::Waiting,
         View::Queued { since } => plan::Verification::Queued {
@@ -64,7 +69,7 @@ pub(crate) fn subscribe(
 
 /// What the status says of the checks of this credential at this generation, which a
 /// restarted instance continues from instead of asking again.
-fn known_verdict(
+pub(crate) fn known_verdict(
     cr: &MendixCredential,
     previous: &MendixCredentialStatus,
     credential: &Credential,

@@ -8,6 +8,7 @@
 //! rate limit. Forced checks of one credential are merged within a cooldown.
 
 use crate::domain::classify::{Outcome, Reason};
+use crate::domain::cluster::ClusterMendixCredential;
 use crate::domain::credential::Credential;
 use crate::domain::probe::ProbeTarget;
 use crate::domain::schedule::{self, Attempt, fair_pick};
@@ -41,6 +42,15 @@ pub struct Verifier {
     wake: tokio::sync::Notify,
     /// Where to send the resources whose answer changed: the controller of each scope.
     routes: Mutex<Vec<Route>>,
+    /// Where to send the ClusterMendixCredentials whose answer changed (cluster mode only).
+    cluster_route: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ClusterMendixCredential>>>>,
+}
+
+/// The kind of a subscriber, which decides where its answers are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    MendixCredential,
+    ClusterMendixCredential,
 }
 
 /// The resources of a scope (a namespace, or all) and where to send them.
@@ -90,9 +100,12 @@ struct Check {
 
 #[derive(Clone)]
 struct Subscriber {
+    /// The resource's namespace; for a cluster-scoped one, its source's, whose share of the
+    /// checks it counts against.
     namespace: String,
     name: String,
     interval: Duration,
+    kind: Kind,
 }
 
 /// What a reconcile tells the loop about its resource.
@@ -150,12 +163,24 @@ impl Verifier {
             state: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             routes: Mutex::default(),
+            cluster_route: Mutex::default(),
         }
     }
 
     /// Subscribes a resource to the checks of its credential and probe (and from any other it
     /// used before); returns what is known of its answer.
     pub fn subscribe(&self, s: Subscription) -> View {
+        self.subscribe_as(s, Kind::MendixCredential)
+    }
+
+    /// As [`Self::subscribe`], for a ClusterMendixCredential: `s.namespace` is its source's
+    /// namespace, whose share of the checks it counts against. It shares the check of its
+    /// credential and probe with every other subscriber, of either kind.
+    pub fn subscribe_cluster(&self, s: Subscription) -> View {
+        self.subscribe_as(s, Kind::ClusterMendixCredential)
+    }
+
+    fn subscribe_as(&self, s: Subscription, kind: Kind) -> View {
         let key = self.key(s.probe, s.credential);
         let now = SystemTime::now();
         let mut state = self.state.lock().expect("lock poisoned");
@@ -174,6 +199,7 @@ impl Verifier {
                 namespace: s.namespace.to_owned(),
                 name: s.name.to_owned(),
                 interval: s.interval,
+                kind,
             },
         );
         match (&check.answer, s.known) {
@@ -258,6 +284,13 @@ impl Verifier {
                 rx
             })
             .collect()
+    }
+
+    /// A stream of the ClusterMendixCredentials whose answer changed; replaces the previous one.
+    pub fn cluster_route(&self) -> mpsc::UnboundedReceiver<ObjectRef<ClusterMendixCredential>> {
+        let (tx, rx) = mpsc::unbounded();
+        *self.cluster_route.lock().expect("lock poisoned") = Some(tx);
+        rx
     }
 
     /// Runs due checks until `shutdown`.
@@ -371,7 +404,14 @@ impl Verifier {
             "verified"
         );
         let routes = self.routes.lock().expect("lock poisoned");
+        let cluster_route = self.cluster_route.lock().expect("lock poisoned");
         for subscriber in told {
+            if subscriber.kind == Kind::ClusterMendixCredential {
+                if let Some(tx) = cluster_route.as_ref() {
+                    let _ = tx.unbounded_send(ObjectRef::new(&subscriber.name));
+                }
+                continue;
+            }
             let resource = ObjectRef::new(&subscriber.name).within(&subscriber.namespace);
             for (scope, tx) in routes.iter() {
                 if scope.as_ref().is_none_or(|s| *s == subscriber.namespace) {
@@ -520,6 +560,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: (*uid).into(),
                 interval: *interval,
+                kind: Kind::MendixCredential,
             };
             check.subscribers.insert((*uid).to_owned(), s);
         }
