@@ -35,7 +35,6 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -629,23 +628,51 @@ async fn write_status(
     Ok(())
 }
 
-/// Publishes an Event on the resource (a cluster-scoped object's Events are in the namespace
-/// `default`). One that cannot be published is logged and counted.
+/// Publishes an Event on the resource. One that cannot be published is logged and counted.
+///
+/// A cluster-scoped object's Events go to the namespace `default`, as kube's `Recorder` and
+/// client-go put them. API servers before 1.22 (1.20 in the test environment) accept them only
+/// in `kube-system`: there, they go there. Written by hand because the `Recorder` always takes
+/// `default`.
 async fn publish(ctx: &Context, cr: &ClusterMendixCredential, event: plan::Announcement) {
     let reason = event.reason;
-    let event = Event {
-        type_: if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
+    let at = jiff::Timestamp::now();
+    let body = k8s_openapi::api::events::v1::Event {
+        action: Some("Reconcile".into()),
+        reason: Some(reason.into()),
         note: Some(event.note),
-        action: "Reconcile".into(),
-        secondary: None,
+        type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            at,
+        )),
+        regarding: Some(cr.object_ref(&())),
+        reporting_controller: Some(ctx.reporter.controller.clone()),
+        reporting_instance: Some(
+            ctx.reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+        ),
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", cr.name_any(), at.as_nanosecond())),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
     };
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(error) = recorder.publish(&event, &cr.object_ref(&())).await {
+    let mut result = Ok(());
+    for ns in ["default", "kube-system"] {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(ctx.client.clone(), ns);
+        result = events
+            .create(&PostParams::default(), &body)
+            .await
+            .map(|_| ());
+        match &result {
+            Err(kube::Error::Api(e)) if e.is_invalid() => continue,
+            _ => break,
+        }
+    }
+    if let Err(error) = result {
         ctx.metrics.failed("publish_event");
         warn!(error = %describe(&error), reason, "could not publish Event");
     }
