@@ -128,6 +128,17 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("delete", "", "secrets", ns),
         ("create", "events.k8s.io", "events", ns),
         ("create", "coordination.k8s.io", "leases", Some(release_ns)),
+        // ClusterMendixCredentials, in cluster mode.
+        ("watch", "mxcred.io", "clustermendixcredentials", None),
+        (
+            "patch",
+            "mxcred.io",
+            "clustermendixcredentials/status",
+            None,
+        ),
+        ("list", "", "namespaces", None),
+        ("watch", "", "namespaces", None),
+        ("create", "events.k8s.io", "events", Some("default")),
     ] {
         assert!(
             can(&sa, verb, group, resource, where_).await,
@@ -149,6 +160,11 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("create", "rbac.authorization.k8s.io", "clusterroles", None),
         ("impersonate", "", "users", None),
         ("create", "", "events", ns),
+        ("create", "mxcred.io", "clustermendixcredentials", None),
+        ("patch", "mxcred.io", "clustermendixcredentials", None),
+        ("delete", "mxcred.io", "clustermendixcredentials", None),
+        ("patch", "", "namespaces", None),
+        ("delete", "", "namespaces", None),
     ] {
         assert!(
             !can(&sa, verb, group, resource, where_).await,
@@ -190,6 +206,9 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
         "no cluster-wide Secret access"
     );
     assert!(!can(&sa, "watch", "mxcred.io", "mendixcredentials", None).await);
+    // The cluster kind is not served in this mode, and nothing grants it.
+    assert!(!can(&sa, "watch", "mxcred.io", "clustermendixcredentials", None).await);
+    assert!(!can(&sa, "list", "", "namespaces", None).await);
 
     let sim = Simulator::start().await;
     sim.set("scoped-token", State::Valid);
