@@ -26,7 +26,9 @@ use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason, TargetAction};
 use crate::domain::render;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
-use crate::shell::reconcile::{CONFLICT_RETRY, Context, Error, apply_params, describe, now};
+use crate::shell::reconcile::{
+    CONFLICT_RETRY, Context, Error, apply_params, backoff, describe, now,
+};
 use crate::shell::secrets::SecretMeta;
 use crate::shell::verifier::Subscription;
 use crate::shell::{subscribe, target};
@@ -165,7 +167,6 @@ pub async fn run(
 
 /// A metadata watch kept in a cache, with the flag set while that cache is current; and the
 /// stream of the objects it touched.
-#[allow(clippy::type_complexity)] // a pair of a cache and its flag, and a stream
 fn cached<K>(
     stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     what: &'static str,
@@ -236,7 +237,7 @@ fn error_policy(
     cc: Arc<ClusterContext>,
 ) -> Action {
     let attempt = cc.ctx.tracker.api_failed(&cr.uid().unwrap_or_default());
-    let delay = Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8));
+    let delay = backoff(attempt);
     warn!(cluster_credential = cr.name_any(), %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

@@ -403,6 +403,12 @@ impl Verifier {
             resources = told.len(),
             "verified"
         );
+        self.tell(told);
+        self.wake.notify_one();
+    }
+
+    /// Sends each subscriber to the controller of its kind (and scope), to read the answer.
+    fn tell(&self, told: Vec<Subscriber>) {
         let routes = self.routes.lock().expect("lock poisoned");
         let cluster_route = self.cluster_route.lock().expect("lock poisoned");
         for subscriber in told {
@@ -419,7 +425,6 @@ impl Verifier {
                 }
             }
         }
-        self.wake.notify_one();
     }
 
     fn key(&self, probe: &ProbeTarget, credential: &Credential) -> Key {
@@ -573,6 +578,87 @@ mod tests {
             message: String::new(),
             retry_after: None,
         }
+    }
+
+    fn verifier() -> Verifier {
+        let metrics = Arc::new(Metrics::default());
+        let config = crate::shell::platform::PlatformConfig {
+            probe_urls: Default::default(),
+            allowed_hosts: crate::shell::platform::PlatformConfig::default_allowed_hosts(),
+            allow_http: false,
+            extra_ca_file: None,
+            qps: std::num::NonZeroU32::new(5).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        };
+        Verifier::new(
+            Platform::new(config, metrics.clone()).unwrap(),
+            metrics,
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cluster_resource_shares_the_check_and_counts_against_its_sources_namespace() {
+        let v = verifier();
+        let credential = Credential::personal_access_token(b"tok").unwrap();
+        let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
+        let subscription = |uid: &'static str, namespace: &'static str| Subscription {
+            uid,
+            namespace,
+            name: uid,
+            credential: &credential,
+            probe: &probe,
+            interval: HOUR,
+            forced: None,
+            known: None,
+        };
+        v.subscribe(subscription("namespaced", "team-a"));
+        v.subscribe_cluster(subscription("cluster", "sources"));
+        let mut answered = v.cluster_route();
+        {
+            let state = v.state.lock().unwrap();
+            assert_eq!(state.checks.len(), 1, "one check for both kinds");
+            let check = state.checks.values().next().unwrap();
+            let kinds: Vec<_> = check.subscribers.values().map(|s| s.kind).collect();
+            assert_eq!(
+                kinds,
+                [Kind::ClusterMendixCredential, Kind::MendixCredential]
+            );
+            assert_eq!(check.subscribers["cluster"].namespace, "sources");
+            // The fairness share is the first subscriber's (by uid): here the source's namespace.
+            assert_eq!(check.namespace(), "sources");
+        }
+        // Answers go to the controller of each kind: the cluster resource by name alone.
+        let mut namespaced = v.routes(&[None]).pop().unwrap();
+        let told: Vec<Subscriber> = {
+            let state = v.state.lock().unwrap();
+            state
+                .checks
+                .values()
+                .next()
+                .unwrap()
+                .subscribers
+                .values()
+                .cloned()
+                .collect()
+        };
+        v.tell(told);
+        let cluster = answered.try_recv().unwrap();
+        assert_eq!(
+            (cluster.name.as_str(), cluster.namespace),
+            ("cluster", None)
+        );
+        assert!(answered.try_recv().is_err(), "only the cluster resource");
+        let other = namespaced.try_recv().unwrap();
+        assert_eq!(
+            (other.name.as_str(), other.namespace.as_deref()),
+            ("namespaced", Some("team-a"))
+        );
+        assert!(
+            namespaced.try_recv().is_err(),
+            "only the namespaced resource"
+        );
     }
 
     #[test]
