@@ -1,8 +1,10 @@
 //! Selection, the copy's ownership, and the plan of a ClusterMendixCredential.
 
 use super::*;
+use crate::domain::api::condition;
 use crate::domain::classify::{Outcome, Reason};
-use crate::domain::plan::{Answer, Verification as Verif};
+use crate::domain::conditions;
+use crate::domain::plan::{Answer, Ready, ReadyReason, Verification as Verif};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
