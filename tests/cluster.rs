@@ -306,6 +306,22 @@ async fn selects_by_label_and_by_list_and_publishes_the_same_secret() {
         !events.iter().any(|e| e.contains("tok-select")),
         "{events:?}"
     );
+    // A forced check, as for a MendixCredential.
+    w.clusters()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"mxcred.io/verify-requested-at": "now"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), || async {
+        (w.sim.requests("tok-select") == 2).then_some(())
+    })
+    .await
+    .expect("the forced check is sent");
     // The empty selector selects nothing.
     w.put(
         &name,
