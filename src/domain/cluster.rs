@@ -397,7 +397,9 @@ pub fn copy_action(
 }
 
 mod decide;
-pub use decide::{ClusterObserved, ClusterPlan, CopyOutcome, NAMESPACES_FAILED, failed, plan};
+pub use decide::{
+    ClusterObserved, ClusterPlan, CopyOutcome, FailedReason, NAMESPACES_FAILED, plan,
+};
 
 #[cfg(test)]
 mod tests;

@@ -25,13 +25,31 @@ pub enum CopyOutcome {
     Failed(String),
 }
 
-/// The reasons a namespace is listed in `status.failedNamespaces`.
-pub mod failed {
-    pub const TARGET_CONFLICT: &str = "TargetConflict";
-    pub const INVALID_TARGET: &str = "InvalidTarget";
-    pub const WRITE_FAILED: &str = "WriteFailed";
-    pub const NAMESPACE_NOT_FOUND: &str = "NamespaceNotFound";
-    pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
+/// Why a namespace is listed in `status.failedNamespaces`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedReason {
+    /// A Secret of the target name exists and is not ours.
+    TargetConflict,
+    /// The API server refused the Secret.
+    InvalidTarget,
+    /// The write failed; retried.
+    WriteFailed,
+    /// Listed, but does not exist.
+    NamespaceNotFound,
+    /// Being deleted.
+    NamespaceTerminating,
+}
+
+impl FailedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailedReason::TargetConflict => "TargetConflict",
+            FailedReason::InvalidTarget => "InvalidTarget",
+            FailedReason::WriteFailed => "WriteFailed",
+            FailedReason::NamespaceNotFound => "NamespaceNotFound",
+            FailedReason::NamespaceTerminating => "NamespaceTerminating",
+        }
+    }
 }
 
 /// The reason of `Ready` when some selected namespace does not hold the credential.
@@ -188,7 +206,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
     let conflicted_before: BTreeSet<&str> = previous
         .failed_namespaces
         .iter()
-        .filter(|f| f.reason == failed::TARGET_CONFLICT)
+        .filter(|f| f.reason == FailedReason::TargetConflict.as_str())
         .map(|f| f.namespace.as_str())
         .collect();
     let new_conflicts: Vec<&str> = copies
@@ -221,9 +239,9 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
 
 /// The failed namespaces, sorted by name.
 fn failures(copies: &BTreeMap<String, CopyOutcome>, selected: &Selected) -> Vec<FailedNamespace> {
-    let entry = |ns: &str, reason: &str, message: String| FailedNamespace {
+    let entry = |ns: &str, reason: FailedReason, message: String| FailedNamespace {
         namespace: ns.to_owned(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         message,
     };
     let mut out: Vec<FailedNamespace> = copies
@@ -232,24 +250,24 @@ fn failures(copies: &BTreeMap<String, CopyOutcome>, selected: &Selected) -> Vec<
             CopyOutcome::Synced { .. } => None,
             CopyOutcome::Conflict => Some(entry(
                 ns,
-                failed::TARGET_CONFLICT,
+                FailedReason::TargetConflict,
                 "a Secret of this name exists and is not managed by this ClusterMendixCredential; it was left untouched".into(),
             )),
-            CopyOutcome::Invalid(m) => Some(entry(ns, failed::INVALID_TARGET, m.clone())),
-            CopyOutcome::Failed(m) => Some(entry(ns, failed::WRITE_FAILED, m.clone())),
+            CopyOutcome::Invalid(m) => Some(entry(ns, FailedReason::InvalidTarget, m.clone())),
+            CopyOutcome::Failed(m) => Some(entry(ns, FailedReason::WriteFailed, m.clone())),
         })
         .collect();
     out.extend(selected.missing.iter().map(|ns| {
         entry(
             ns,
-            failed::NAMESPACE_NOT_FOUND,
+            FailedReason::NamespaceNotFound,
             "listed in spec.target.namespaces but does not exist".into(),
         )
     }));
     out.extend(selected.terminating.iter().map(|ns| {
         entry(
             ns,
-            failed::NAMESPACE_TERMINATING,
+            FailedReason::NamespaceTerminating,
             "being deleted: no Secret is written there".into(),
         )
     }));

@@ -266,7 +266,10 @@ fn a_conflict_is_reported_once_and_the_others_proceed() {
     assert_eq!(status.namespaces.as_deref(), Some("1/2"));
     assert_eq!(status.failed_namespaces.len(), 1);
     assert_eq!(status.failed_namespaces[0].namespace, "b");
-    assert_eq!(status.failed_namespaces[0].reason, failed::TARGET_CONFLICT);
+    assert_eq!(
+        status.failed_namespaces[0].reason,
+        FailedReason::TargetConflict.as_str()
+    );
     assert!(p.retry);
     assert!(
         p.events
@@ -320,8 +323,8 @@ fn listed_namespaces_that_are_missing_do_not_make_it_unready() {
     assert_eq!(
         reasons,
         [
-            ("gone", failed::NAMESPACE_NOT_FOUND),
-            ("leaving", failed::NAMESPACE_TERMINATING)
+            ("gone", FailedReason::NamespaceNotFound.as_str()),
+            ("leaving", FailedReason::NamespaceTerminating.as_str())
         ]
     );
 }
