@@ -749,3 +749,73 @@ async fn a_namespace_scoped_operator_does_not_serve_the_kind() {
     assert!(env.secrets().get_opt(TARGET).await.unwrap().is_none());
     let _ = api.delete(&name, &DeleteParams::default()).await;
 }
+
+#[tokio::test]
+async fn an_unreadable_resource_gets_a_condition_and_the_others_go_on() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-unreadable", &[]).await;
+    // Drop the enum on spec.type so that the API server stores a value this operator cannot
+    // read. (The tests of this binary send only valid values: the looser schema is harmless.)
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(w.client());
+    let patch = json!([{"op": "remove", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/type/enum"}]);
+    let _ = crds
+        .patch(
+            "clustermendixcredentials.mxcred.io",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(patch).unwrap()),
+        )
+        .await;
+    let ns = w.namespace("a", json!({})).await;
+    w.source("raw", "tok-unreadable").await;
+    let bogus = format!("{}-bogus", w.env.ns);
+    let raw = kube::api::ApiResource::erase::<ClusterMendixCredential>(&());
+    let dynamic: Api<kube::api::DynamicObject> = Api::all_with(w.client(), &raw);
+    let applied = wait_for(Duration::from_secs(10), || async {
+        let obj = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "ClusterMendixCredential",
+            "metadata": {"name": bogus},
+            "spec": {"type": "Bogus", "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+                     "target": {"name": TARGET, "namespaces": [ns]}}});
+        // The schema change takes a moment to be served.
+        dynamic
+            .patch(
+                &bogus,
+                &PatchParams::apply("mxcred-tests"),
+                &Patch::Apply(obj),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    assert!(applied.is_some(), "the looser schema accepts type Bogus");
+    let fine = w.env.ns.clone();
+    w.put(
+        &fine,
+        json!({"sourceRef": {"namespace": w.env.ns, "name": "raw"},
+               "target": {"name": TARGET, "namespaces": [ns]}}),
+    )
+    .await;
+    w.wait_status(&fine, "synced in 1/1", Duration::from_secs(30), |cr| {
+        is_synced(cr, "1/1")
+    })
+    .await;
+    let message = wait_for(Duration::from_secs(30), || async {
+        let obj = dynamic.get(&bogus).await.ok()?;
+        let conditions = obj
+            .data
+            .get("status")?
+            .get("conditions")?
+            .as_array()?
+            .clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["reason"] == "InvalidSpec")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+    })
+    .await
+    .expect("the unreadable resource gets Ready=False InvalidSpec");
+    assert!(message.contains("cannot be read"), "{message}");
+    let _ = dynamic.delete(&bogus, &DeleteParams::default()).await;
+    w.clean_up(&[&fine]).await;
+}

@@ -6,7 +6,6 @@ use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER,
     condition,
 };
-use crate::domain::cluster::ClusterMendixCredential;
 use crate::domain::conditions;
 use crate::domain::spec;
 use crate::shell::Guarded;
@@ -50,7 +49,7 @@ pub struct Shared {
     /// listed them.
     stores: Mutex<Vec<(Store<Guarded>, Arc<AtomicBool>)>>,
     /// The cache of ClusterMendixCredentials, in cluster mode.
-    cluster: Arc<Mutex<Option<Store<ClusterMendixCredential>>>>,
+    cluster: Arc<Mutex<Option<Store<cluster::ClusterGuarded>>>>,
     role: Mutex<Role>,
     /// When the current leadership term ends, on the monotonic clock (`None` without leader
     /// election). A process woken from a stall can answer `/readyz` before its leader task has
@@ -88,7 +87,7 @@ impl Shared {
     }
 
     /// The cache of ClusterMendixCredentials, while their controller runs.
-    fn cluster_store(&self) -> Option<Store<ClusterMendixCredential>> {
+    fn cluster_store(&self) -> Option<Store<cluster::ClusterGuarded>> {
         self.cluster.lock().expect("lock poisoned").clone()
     }
 
@@ -103,8 +102,11 @@ impl Shared {
             *counts.entry(status).or_default() += 1;
         }
         let mut cluster_counts: HashMap<&'static str, i64> = HashMap::new();
-        for cr in self.cluster_store().map(|s| s.state()).unwrap_or_default() {
-            let status = token_valid(cr.status.as_ref().map(|s| s.conditions.as_slice()));
+        for guard in self.cluster_store().map(|s| s.state()).unwrap_or_default() {
+            let status = match &guard.0 {
+                Ok(cr) => token_valid(cr.status.as_ref().map(|s| s.conditions.as_slice())),
+                Err(_) => "Unknown",
+            };
             *cluster_counts.entry(status).or_default() += 1;
         }
         self.metrics.encode_with_cluster(counts, cluster_counts)

@@ -9,7 +9,8 @@
 //! 6. write the status, then publish the Events, then remember what was done.
 
 use super::copies::{remove_copies, write_copies};
-use super::{ClusterContext, Id, NamespaceMeta};
+use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
+use crate::domain::api::condition;
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
@@ -17,6 +18,7 @@ use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
+use crate::domain::conditions::{self, Verdict};
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::spec::{self, InvalidSpec, Resolved};
@@ -37,12 +39,17 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 pub(super) async fn reconcile(
-    cr: Arc<ClusterMendixCredential>,
+    guard: Arc<ClusterGuarded>,
     cc: Arc<ClusterContext>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_one(&cr, &cc).await;
-    let uid = cr.uid().unwrap_or_default();
+    let result = match &guard.0 {
+        Ok(cr) => reconcile_one(cr, &cc).await,
+        Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &cc)
+            .await
+            .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
+    };
+    let uid = guard.meta().uid.clone().unwrap_or_default();
     match &result {
         Ok((_, ready)) => {
             cc.ctx.metrics.reconciled(ready, started.elapsed());
@@ -57,13 +64,18 @@ pub(super) async fn reconcile(
 }
 
 pub(super) fn error_policy(
-    cr: Arc<ClusterMendixCredential>,
+    guard: Arc<ClusterGuarded>,
     error: &Error,
     cc: Arc<ClusterContext>,
 ) -> Action {
-    let attempt = cc.ctx.tracker.api_failed(&cr.uid().unwrap_or_default());
+    let meta = guard.meta();
+    let attempt = cc
+        .ctx
+        .tracker
+        .api_failed(meta.uid.as_deref().unwrap_or_default());
     let delay = backoff(attempt);
-    warn!(cluster_credential = cr.name_any(), %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
+    let name = meta.name.as_deref().unwrap_or_default();
+    warn!(cluster_credential = name, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -243,6 +255,50 @@ fn as_namespaced(
         spec: cr.spec.as_namespaced(),
         status: Some(status.clone()),
     }
+}
+
+/// An object the API server holds but this version cannot read (for example after a
+/// downgrade): say so on the object and wait for it to change. Nothing is written or deleted
+/// in any namespace.
+async fn reconcile_unreadable(
+    guard: &ClusterGuarded,
+    error: &str,
+    cc: &ClusterContext,
+) -> Result<Action, Error> {
+    let meta = guard.meta();
+    let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
+    warn!(cluster_credential = name, error, "cannot read resource");
+    let uid = meta.uid.clone().unwrap_or_default();
+    let version = meta.resource_version.clone();
+    // Its status cannot be read either: remember the write, so that the events that reconcile
+    // every cluster resource (namespaces, copies) do not each cause another one.
+    if cc.ctx.tracker.has_written(&uid, version.as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let mut conds = vec![];
+    conditions::set(
+        &mut conds,
+        Verdict {
+            type_: condition::READY,
+            status: "False",
+            reason: ReadyReason::InvalidSpec.as_str(),
+            message: format!("the resource cannot be read: {error}"),
+        },
+        meta.generation,
+        now(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": "mxcred.io/v1alpha1",
+        "kind": "ClusterMendixCredential",
+        "status": { "conditions": conds, "observedGeneration": meta.generation },
+    });
+    let written = Api::<ClusterGuarded>::all(cc.ctx.client.clone())
+        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
+        .await
+        .map_err(Error::WriteStatus)?;
+    let produced = written.meta().resource_version.clone();
+    cc.ctx.tracker.wrote_status(&uid, version, produced, None);
+    Ok(Action::await_change())
 }
 
 /// The credential of the source, or why it cannot be used.

@@ -22,7 +22,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// A ClusterMendixCredential as the watch delivers it: one this version cannot read still
+/// arrives, so that it gets a condition instead of stopping the watch of all of them.
+pub type ClusterGuarded = kube::core::DeserializeGuard<ClusterMendixCredential>;
 
 /// What the reconciles of ClusterMendixCredentials share.
 pub struct ClusterContext {
@@ -56,7 +60,7 @@ struct Id {
 /// resources through `store`, for the metrics and the forgetting of deleted resources.
 pub async fn run(
     ctx: Arc<Context>,
-    store: Arc<Mutex<Option<Store<ClusterMendixCredential>>>>,
+    store: Arc<Mutex<Option<Store<ClusterGuarded>>>>,
     shutdown: CancellationToken,
 ) {
     let client = ctx.client.clone();
@@ -93,7 +97,7 @@ pub async fn run(
     let resources = reflector(
         writer,
         watcher(
-            Api::<ClusterMendixCredential>::all(client.clone()),
+            Api::<ClusterGuarded>::all(client.clone()),
             watcher::Config::default(),
         ),
     )
@@ -112,7 +116,10 @@ pub async fn run(
     *store.lock().expect("lock poisoned") = Some(all.clone());
     let for_namespaces = all.clone();
     let for_sources = all.clone();
-    let answered = ctx.verifier.cluster_route();
+    let answered = ctx
+        .verifier
+        .cluster_route()
+        .map(|answered| ObjectRef::new(&answered.name));
     tokio::spawn(forget_deleted(cc.clone(), all, shutdown.clone()));
     controller
         // Any namespace change may change a selection; there are few cluster resources.
@@ -169,15 +176,16 @@ where
 }
 
 /// The cluster resources that read `secret` as their source.
-fn reading(
-    store: &Store<ClusterMendixCredential>,
-    secret: &SecretMeta,
-) -> Vec<ObjectRef<ClusterMendixCredential>> {
+fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<ClusterGuarded>> {
     let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
         return vec![];
     };
     store
-        .state_filter(|cr| cr.spec.source_ref.namespace == *ns && cr.spec.source_ref.name == *name)
+        .state_filter(|guard| {
+            guard.0.as_ref().is_ok_and(|cr| {
+                cr.spec.source_ref.namespace == *ns && cr.spec.source_ref.name == *name
+            })
+        })
         .iter()
         .map(|cr| ObjectRef::from_obj(cr.as_ref()))
         .collect()
@@ -213,7 +221,7 @@ impl ClusterContext {
 /// Every ten minutes, forgets what is remembered of resources that no longer exist.
 async fn forget_deleted(
     cc: Arc<ClusterContext>,
-    store: Store<ClusterMendixCredential>,
+    store: Store<ClusterGuarded>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
@@ -223,22 +231,29 @@ async fn forget_deleted(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: HashSet<String> = store.state().iter().filter_map(|cr| cr.uid()).collect();
+        let live: HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|guard| guard.meta().uid.clone())
+            .collect();
         cc.retain(&live);
     }
 }
 
 /// The uids of the cached ClusterMendixCredentials, and the source readings they use.
 pub fn live(
-    store: &Store<ClusterMendixCredential>,
+    store: &Store<ClusterGuarded>,
     default_interval: Duration,
 ) -> (HashSet<String>, HashSet<crate::shell::secrets::Reading>) {
     let mut uids = HashSet::new();
     let mut readings = HashSet::new();
-    for cr in store.state() {
-        if let Some(uid) = cr.uid() {
+    for guard in store.state() {
+        if let Some(uid) = guard.meta().uid.clone() {
             uids.insert(uid);
         }
+        let Ok(cr) = &guard.0 else {
+            continue;
+        };
         if let Ok(resolved) =
             spec::resolve(&cr.name_any(), &cr.spec.as_namespaced(), default_interval)
         {
