@@ -558,6 +558,10 @@ async fn deleting_the_resource_collects_every_copy() {
             .await
             .unwrap_or_else(|_| panic!("the copy in {ns} was not collected"));
     }
+    // A cluster-mode operator stops on SIGTERM as quickly as a namespaced one.
+    let took = w.op.terminate();
+    eprintln!("MEASURED cluster mode: SIGTERM -> exit {took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
     w.clean_up(&[]).await;
 }
 

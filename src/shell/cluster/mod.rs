@@ -13,10 +13,10 @@ use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
 };
 use crate::domain::spec;
-use crate::shell::reconcile::Context;
+use crate::shell::reconcile::{Context, describe};
 use crate::shell::secrets::SecretMeta;
 use copies::KnownCopy;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 type NamespaceMeta = PartialObjectMeta<Namespace>;
 
@@ -94,6 +94,8 @@ pub async fn run(
     });
 
     let (reader, writer) = reflector::store();
+    let listed = Arc::new(AtomicBool::new(false));
+    let listed_flag = listed.clone();
     let resources = reflector(
         writer,
         watcher(
@@ -101,6 +103,15 @@ pub async fn run(
             watcher::Config::default(),
         ),
     )
+    // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
+    .inspect_err(
+        |e| warn!(error = %describe_watch(e), "cannot watch ClusterMendixCredentials; retrying"),
+    )
+    .inspect_ok(move |event| {
+        if let watcher::Event::InitDone = event {
+            listed_flag.store(true, Ordering::Relaxed);
+        }
+    })
     .default_backoff()
     .applied_objects()
     // Only spec and annotation (verify-requested-at) changes start a reconcile: the operator's
@@ -121,7 +132,7 @@ pub async fn run(
         .cluster_route()
         .map(|answered| ObjectRef::new(&answered.name));
     tokio::spawn(forget_deleted(cc.clone(), all, shutdown.clone()));
-    controller
+    let controller = controller
         // Any namespace change may change a selection; there are few cluster resources.
         .watches_stream(namespace_stream, move |_| {
             for_namespaces
@@ -137,11 +148,37 @@ pub async fn run(
         })
         .watches_stream(sources, move |source| reading(&for_sources, &source))
         .reconcile_on(answered)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, cc)
-        .for_each(|_| std::future::ready(()))
-        .await;
+        .for_each(|_| std::future::ready(()));
+    // A controller whose resources were never listed (their CRD is missing) waits for that list
+    // even when told to stop: it is dropped at once. Otherwise its reconciles under way may
+    // finish, for a while.
+    let dropped = async {
+        shutdown.cancelled().await;
+        if listed.load(Ordering::Relaxed) {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = dropped => warn!("the controller of ClusterMendixCredentials did not stop in time: dropped"),
+    }
     *store.lock().expect("lock poisoned") = None;
+}
+
+/// How long reconciles under way may take to finish once the operator stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A watch error for a log line: the HTTP code and reason only, never the API server's message.
+fn describe_watch(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => describe(e),
+        watcher::Error::WatchError(status) => format!("HTTP {} {}", status.code, status.reason),
+        watcher::Error::NoResourceVersion => "no resourceVersion in the watch".into(),
+    }
 }
 
 /// A metadata watch kept in a cache, with the flag set while that cache is current; and the
@@ -161,6 +198,9 @@ where
     let flag = current.clone();
     let stream = reflector(writer, stream)
         .inspect(move |result| {
+            if let Err(e) = result {
+                warn!(error = %describe_watch(e), "cannot watch {what}; retrying");
+            }
             let flowing = matches!(
                 result,
                 Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
