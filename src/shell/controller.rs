@@ -9,7 +9,6 @@ use crate::domain::api::{
 use crate::domain::conditions;
 use crate::domain::spec;
 use crate::shell::Guarded;
-use crate::shell::cluster;
 use crate::shell::metrics::Metrics;
 use crate::shell::reconcile::{self, Context, error_policy};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
@@ -49,7 +48,7 @@ pub struct Shared {
     /// listed them.
     stores: Mutex<Vec<(Store<Guarded>, Arc<AtomicBool>)>>,
     /// The cache of ClusterMendixCredentials, in cluster mode.
-    cluster: Arc<Mutex<Option<Store<cluster::ClusterGuarded>>>>,
+    cluster: Arc<Mutex<Option<Store<crate::shell::cluster::ClusterGuarded>>>>,
     role: Mutex<Role>,
     /// When the current leadership term ends, on the monotonic clock (`None` without leader
     /// election). A process woken from a stall can answer `/readyz` before its leader task has
@@ -86,30 +85,30 @@ impl Shared {
         stores.iter().flat_map(|(store, _)| store.state()).collect()
     }
 
-    /// The cache of ClusterMendixCredentials, while their controller runs.
-    fn cluster_store(&self) -> Option<Store<cluster::ClusterGuarded>> {
-        self.cluster.lock().expect("lock poisoned").clone()
-    }
-
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
+        self.metrics
+            .set_cluster_credentials(crate::shell::cluster::token_valid_counts(
+                self.cluster_store(),
+            ));
+
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
         for guard in self.resources() {
             let status = match &guard.0 {
-                Ok(cr) => token_valid(cr.status.as_ref().map(|s| s.conditions.as_slice())),
+                Ok(cr) => cr
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, condition::TOKEN_VALID))
+                    .map_or("Unknown", |c| match c.status.as_str() {
+                        "True" => "True",
+                        "False" => "False",
+                        _ => "Unknown",
+                    }),
                 Err(_) => "Unknown",
             };
             *counts.entry(status).or_default() += 1;
         }
-        let mut cluster_counts: HashMap<&'static str, i64> = HashMap::new();
-        for guard in self.cluster_store().map(|s| s.state()).unwrap_or_default() {
-            let status = match &guard.0 {
-                Ok(cr) => token_valid(cr.status.as_ref().map(|s| s.conditions.as_slice())),
-                Err(_) => "Unknown",
-            };
-            *cluster_counts.entry(status).or_default() += 1;
-        }
-        self.metrics.encode_with_cluster(counts, cluster_counts)
+        self.metrics.encode(counts)
     }
 
     /// What this instance is doing, for `/readyz`: `None` while it is not ready (starting,
@@ -132,6 +131,11 @@ impl Shared {
         }
     }
 
+    /// The cache of ClusterMendixCredentials, while their controller runs.
+    fn cluster_store(&self) -> Option<Store<crate::shell::cluster::ClusterGuarded>> {
+        self.cluster.lock().expect("lock poisoned").clone()
+    }
+
     pub fn set_term_end(&self, end: Option<Instant>) {
         *self.term_ends.lock().expect("lock poisoned") = end;
     }
@@ -146,19 +150,6 @@ impl Shared {
     pub fn set_role(&self, role: Role) {
         *self.role.lock().expect("lock poisoned") = role;
     }
-}
-
-/// The TokenValid status of a resource's conditions, as the gauges count it.
-fn token_valid(
-    conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
-) -> &'static str {
-    conds
-        .and_then(|c| conditions::find(c, condition::TOKEN_VALID))
-        .map_or("Unknown", |c| match c.status.as_str() {
-            "True" => "True",
-            "False" => "False",
-            _ => "Unknown",
-        })
 }
 
 /// Runs the controller until `shutdown` is cancelled.
@@ -211,7 +202,7 @@ pub async fn run(
     // serves the kind.
     let cluster_controller = async {
         if settings.namespaces.is_empty() {
-            cluster::run(ctx.clone(), shared.cluster.clone(), shutdown.clone()).await;
+            crate::shell::cluster::run(ctx.clone(), shared.cluster.clone(), shutdown.clone()).await;
         } else {
             info!(
                 "ClusterMendixCredentials are not served: the operator serves only the namespaces given with --namespace"
@@ -271,7 +262,7 @@ async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: Cancel
             .collect();
         let (cluster_live, cluster_read) = shared
             .cluster_store()
-            .map(|store| cluster::live(&store, ctx.settings.default_interval))
+            .map(|store| crate::shell::cluster::live(&store, ctx.settings.default_interval))
             .unwrap_or_default();
         live.extend(cluster_live);
         debug!(

@@ -61,10 +61,11 @@ pub struct Metrics {
     platform_requests: Family<RequestLabels, Counter>,
     platform_duration: Family<HostLabel, Histogram>,
     credentials: Family<TokenValidLabel, Gauge>,
-    cluster_credentials: Family<TokenValidLabel, Gauge>,
     last_verification: Family<KindLabel, Gauge>,
     /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
     encoding: Mutex<()>,
+    /// ClusterMendixCredentials by TokenValid status.
+    cluster_credentials: Family<TokenValidLabel, Gauge>,
 }
 
 /// The steps of a reconcile that can fail, as the error metric labels them.
@@ -155,12 +156,6 @@ impl Default for Metrics {
             "MendixCredentials by TokenValid status (true, false, unknown)",
             credentials.clone(),
         );
-        let cluster_credentials = Family::<TokenValidLabel, Gauge>::default();
-        registry.register(
-            "cluster_credentials",
-            "ClusterMendixCredentials by TokenValid status (true, false, unknown)",
-            cluster_credentials.clone(),
-        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -168,6 +163,12 @@ impl Default for Metrics {
             })
             .set(1);
         registry.register("build_info", "The operator's version", build_info);
+        let cluster_credentials = Family::<TokenValidLabel, Gauge>::default();
+        registry.register(
+            "cluster_credentials",
+            "ClusterMendixCredentials by TokenValid status (true, false, unknown)",
+            cluster_credentials.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -177,9 +178,9 @@ impl Default for Metrics {
             platform_requests,
             platform_duration,
             credentials,
-            cluster_credentials,
             last_verification,
             encoding: Mutex::default(),
+            cluster_credentials,
         }
     }
 }
@@ -241,45 +242,48 @@ impl Metrics {
     /// The Prometheus text exposition; `token_valid` gives the current count of credentials per
     /// TokenValid status ("True", "False", "Unknown"), read from the controller's cache.
     pub fn encode(&self, token_valid: impl IntoIterator<Item = (&'static str, i64)>) -> String {
-        self.encode_with_cluster(token_valid, [])
-    }
-
-    /// As [`Self::encode`], with the count of ClusterMendixCredentials per TokenValid status.
-    pub fn encode_with_cluster(
-        &self,
-        token_valid: impl IntoIterator<Item = (&'static str, i64)>,
-        cluster_token_valid: impl IntoIterator<Item = (&'static str, i64)>,
-    ) -> String {
         let _guard = self.encoding.lock().expect("lock poisoned");
-        for (gauge, counts) in [
-            (
-                &self.credentials,
-                token_valid.into_iter().collect::<Vec<_>>(),
-            ),
-            (
-                &self.cluster_credentials,
-                cluster_token_valid.into_iter().collect(),
-            ),
-        ] {
-            for status in ["true", "false", "unknown"] {
-                gauge
-                    .get_or_create(&TokenValidLabel {
-                        token_valid: status.into(),
-                    })
-                    .set(0);
-            }
-            for (status, count) in counts {
-                gauge
-                    .get_or_create(&TokenValidLabel {
-                        token_valid: status.to_ascii_lowercase(),
-                    })
-                    .set(count);
-            }
+        for status in ["true", "false", "unknown"] {
+            self.credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.into(),
+                })
+                .set(0);
+        }
+        for (status, count) in token_valid {
+            self.credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.to_ascii_lowercase(),
+                })
+                .set(count);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");
         out
+    }
+
+    /// Sets the count of ClusterMendixCredentials per TokenValid status ("True", "False",
+    /// "Unknown"), read from the controller's cache, before an [`Self::encode`].
+    pub fn set_cluster_credentials(
+        &self,
+        token_valid: impl IntoIterator<Item = (&'static str, i64)>,
+    ) {
+        let _guard = self.encoding.lock().expect("lock poisoned");
+        for status in ["true", "false", "unknown"] {
+            self.cluster_credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.into(),
+                })
+                .set(0);
+        }
+        for (status, count) in token_valid {
+            self.cluster_credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.to_ascii_lowercase(),
+                })
+                .set(count);
+        }
     }
 }
 
@@ -317,6 +321,21 @@ mod tests {
     }
 
     #[test]
+    fn cluster_credentials_are_counted_apart() {
+        let m = Metrics::default();
+        m.set_cluster_credentials([("False", 2)]);
+        let text = m.encode([("True", 1)]);
+        for line in [
+            r#"mxcred_credentials{token_valid="true"} 1"#,
+            r#"mxcred_credentials{token_valid="false"} 0"#,
+            r#"mxcred_cluster_credentials{token_valid="false"} 2"#,
+            r#"mxcred_cluster_credentials{token_valid="true"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
     fn exposes_every_family_with_its_prefix() {
         let m = Metrics::default();
         m.reconciled("Synced", Duration::from_millis(3));
@@ -339,7 +358,6 @@ mod tests {
             r#"mxcred_credentials{token_valid="true"} 2"#,
             r#"mxcred_credentials{token_valid="false"} 0"#,
             r#"mxcred_credentials{token_valid="unknown"} 1"#,
-            r#"mxcred_cluster_credentials{token_valid="true"} 0"#,
             r#"mxcred_build_info{version=""#,
             "mxcred_reconcile_duration_seconds_count 1",
             r#"mxcred_platform_request_duration_seconds_count{host="cloud.home.mendix.com"} 2"#,

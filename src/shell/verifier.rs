@@ -580,6 +580,73 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_new_credential_is_due_at_once() {
+        let c = check(&[("a", HOUR)]);
+        assert!(c.first_due());
+        assert_eq!(c.due(&[0; 32], HOUR), T0);
+    }
+
+    #[test]
+    fn a_restored_schedule_holds_until_a_subscriber_without_a_verdict_comes() {
+        let mut c = check(&[("a", HOUR)]);
+        c.last = Some((T0 + HOUR, Attempt::Accepted));
+        c.restored_next = Some(T0 + 2 * HOUR);
+        assert!(!c.first_due());
+        assert_eq!(c.due(&[0; 32], HOUR), T0 + 2 * HOUR);
+        c.wanted = Some(T0 + HOUR);
+        assert!(c.first_due());
+        assert_eq!(c.due(&[0; 32], HOUR), T0);
+    }
+
+    #[test]
+    fn the_shortest_interval_of_the_subscribers_sets_the_schedule() {
+        let mut c = check(&[("a", HOUR), ("b", 2 * HOUR)]);
+        c.record(&outcome(Reason::Verified), T0, T0);
+        let key = [7; 32];
+        let jitter = schedule::jitter(&hex::encode(key), HOUR);
+        assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
+        c.subscribers.remove("a");
+        let jitter = schedule::jitter(&hex::encode(key), 2 * HOUR);
+        assert_eq!(c.scheduled(&key), T0 + 2 * HOUR + jitter);
+    }
+
+    #[test]
+    fn transient_answers_back_off_and_keep_the_verdict_as_base() {
+        let mut c = check(&[("a", HOUR)]);
+        c.record(&outcome(Reason::Verified), T0, T0);
+        let at = T0 + HOUR;
+        c.record(&outcome(Reason::PlatformUnavailable), at, at);
+        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(30));
+        c.record(&outcome(Reason::PlatformUnavailable), at, at);
+        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(60));
+        assert_eq!(c.last, Some((T0, Attempt::Accepted)));
+    }
+
+    #[test]
+    fn forced_checks_wait_for_the_cooldown() {
+        let cooldown = Duration::from_secs(60);
+        let mut c = check(&[("a", HOUR)]);
+        c.record(&outcome(Reason::Verified), T0, T0);
+        c.forced = Some(T0 + Duration::from_secs(5));
+        assert_eq!(
+            c.due(&[0; 32], cooldown),
+            T0 + Duration::from_secs(5),
+            "the first at once"
+        );
+        c.last_forced = Some(T0 + Duration::from_secs(5));
+        c.forced = Some(T0 + Duration::from_secs(10));
+        assert_eq!(
+            c.due(&[0; 32], cooldown),
+            T0 + Duration::from_secs(65),
+            "the next at the end of the cooldown"
+        );
+        c.forced = Some(T0 + Duration::from_secs(100));
+        assert_eq!(c.due(&[0; 32], cooldown), T0 + Duration::from_secs(100));
+        // The status shows the schedule, not the forced check.
+        assert!(c.scheduled(&[0; 32]) > T0 + HOUR);
+    }
+
     fn verifier() -> Verifier {
         let metrics = Arc::new(Metrics::default());
         let config = crate::shell::platform::PlatformConfig {
@@ -659,72 +726,5 @@ mod tests {
             namespaced.try_recv().is_err(),
             "only the namespaced resource"
         );
-    }
-
-    #[test]
-    fn a_new_credential_is_due_at_once() {
-        let c = check(&[("a", HOUR)]);
-        assert!(c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0);
-    }
-
-    #[test]
-    fn a_restored_schedule_holds_until_a_subscriber_without_a_verdict_comes() {
-        let mut c = check(&[("a", HOUR)]);
-        c.last = Some((T0 + HOUR, Attempt::Accepted));
-        c.restored_next = Some(T0 + 2 * HOUR);
-        assert!(!c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0 + 2 * HOUR);
-        c.wanted = Some(T0 + HOUR);
-        assert!(c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0);
-    }
-
-    #[test]
-    fn the_shortest_interval_of_the_subscribers_sets_the_schedule() {
-        let mut c = check(&[("a", HOUR), ("b", 2 * HOUR)]);
-        c.record(&outcome(Reason::Verified), T0, T0);
-        let key = [7; 32];
-        let jitter = schedule::jitter(&hex::encode(key), HOUR);
-        assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
-        c.subscribers.remove("a");
-        let jitter = schedule::jitter(&hex::encode(key), 2 * HOUR);
-        assert_eq!(c.scheduled(&key), T0 + 2 * HOUR + jitter);
-    }
-
-    #[test]
-    fn transient_answers_back_off_and_keep_the_verdict_as_base() {
-        let mut c = check(&[("a", HOUR)]);
-        c.record(&outcome(Reason::Verified), T0, T0);
-        let at = T0 + HOUR;
-        c.record(&outcome(Reason::PlatformUnavailable), at, at);
-        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(30));
-        c.record(&outcome(Reason::PlatformUnavailable), at, at);
-        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(60));
-        assert_eq!(c.last, Some((T0, Attempt::Accepted)));
-    }
-
-    #[test]
-    fn forced_checks_wait_for_the_cooldown() {
-        let cooldown = Duration::from_secs(60);
-        let mut c = check(&[("a", HOUR)]);
-        c.record(&outcome(Reason::Verified), T0, T0);
-        c.forced = Some(T0 + Duration::from_secs(5));
-        assert_eq!(
-            c.due(&[0; 32], cooldown),
-            T0 + Duration::from_secs(5),
-            "the first at once"
-        );
-        c.last_forced = Some(T0 + Duration::from_secs(5));
-        c.forced = Some(T0 + Duration::from_secs(10));
-        assert_eq!(
-            c.due(&[0; 32], cooldown),
-            T0 + Duration::from_secs(65),
-            "the next at the end of the cooldown"
-        );
-        c.forced = Some(T0 + Duration::from_secs(100));
-        assert_eq!(c.due(&[0; 32], cooldown), T0 + Duration::from_secs(100));
-        // The status shows the schedule, not the forced check.
-        assert!(c.scheduled(&[0; 32]) > T0 + HOUR);
     }
 }

@@ -306,3 +306,25 @@ pub fn live(
     }
     (uids, readings)
 }
+
+/// The cached ClusterMendixCredentials by TokenValid status ("True", "False", "Unknown"), for
+/// the `mxcred_cluster_credentials` gauge.
+pub fn token_valid_counts(store: Option<Store<ClusterGuarded>>) -> HashMap<&'static str, i64> {
+    let mut counts: HashMap<&'static str, i64> = HashMap::new();
+    for guard in store.map(|s| s.state()).unwrap_or_default() {
+        let valid = guard.0.as_ref().ok().and_then(|cr| {
+            let status = cr.status.as_ref()?;
+            crate::domain::conditions::find(
+                &status.conditions,
+                crate::domain::api::condition::TOKEN_VALID,
+            )
+        });
+        let status = match valid.map(|c| c.status.as_str()) {
+            Some("True") => "True",
+            Some("False") => "False",
+            _ => "Unknown",
+        };
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}
