@@ -159,6 +159,23 @@ fn grant(group: &str, resource: &str, verbs: &[&str]) -> Vec<Grant> {
         .collect()
 }
 
+/// What the operator does beyond namespaces, in cluster mode only: ClusterMendixCredentials, and
+/// the namespaces they select (watched, never changed).
+fn cluster_grants() -> BTreeSet<Grant> {
+    [
+        grant(
+            "mxcred.io",
+            "clustermendixcredentials",
+            &["get", "list", "watch"],
+        ),
+        grant("mxcred.io", "clustermendixcredentials/status", &["patch"]),
+        grant("", "namespaces", &["list", "watch"]),
+    ]
+    .concat()
+    .into_iter()
+    .collect()
+}
+
 /// What the operator does in a namespace it serves; Secrets are written with server-side apply
 /// (patch), never updated.
 fn operator_grants() -> BTreeSet<Grant> {
@@ -171,23 +188,6 @@ fn operator_grants() -> BTreeSet<Grant> {
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
         grant("events.k8s.io", "events", &["create"]),
-    ]
-    .concat()
-    .into_iter()
-    .collect()
-}
-
-/// What the operator does beyond namespaces, in cluster mode only: ClusterMendixCredentials, and
-/// the namespaces they select (watched, never changed).
-fn cluster_grants() -> BTreeSet<Grant> {
-    [
-        grant(
-            "mxcred.io",
-            "clustermendixcredentials",
-            &["get", "list", "watch"],
-        ),
-        grant("mxcred.io", "clustermendixcredentials/status", &["patch"]),
-        grant("", "namespaces", &["list", "watch"]),
     ]
     .concat()
     .into_iter()

@@ -146,6 +146,11 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         );
     }
     for (verb, group, resource, where_) in [
+        ("create", "mxcred.io", "clustermendixcredentials", None),
+        ("patch", "mxcred.io", "clustermendixcredentials", None),
+        ("delete", "mxcred.io", "clustermendixcredentials", None),
+        ("patch", "", "namespaces", None),
+        ("delete", "", "namespaces", None),
         ("update", "", "secrets", ns),
         ("create", "mxcred.io", "mendixcredentials", ns),
         ("update", "mxcred.io", "mendixcredentials", ns),
@@ -160,11 +165,6 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("create", "rbac.authorization.k8s.io", "clusterroles", None),
         ("impersonate", "", "users", None),
         ("create", "", "events", ns),
-        ("create", "mxcred.io", "clustermendixcredentials", None),
-        ("patch", "mxcred.io", "clustermendixcredentials", None),
-        ("delete", "mxcred.io", "clustermendixcredentials", None),
-        ("patch", "", "namespaces", None),
-        ("delete", "", "namespaces", None),
     ] {
         assert!(
             !can(&sa, verb, group, resource, where_).await,
@@ -201,14 +201,14 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
         .await
     );
     assert!(!can(&sa, "list", "", "secrets", Some(&other.ns)).await);
+    // The cluster kind is not served in this mode, and nothing grants it.
+    assert!(!can(&sa, "watch", "mxcred.io", "clustermendixcredentials", None).await);
+    assert!(!can(&sa, "list", "", "namespaces", None).await);
     assert!(
         !can(&sa, "get", "", "secrets", None).await,
         "no cluster-wide Secret access"
     );
     assert!(!can(&sa, "watch", "mxcred.io", "mendixcredentials", None).await);
-    // The cluster kind is not served in this mode, and nothing grants it.
-    assert!(!can(&sa, "watch", "mxcred.io", "clustermendixcredentials", None).await);
-    assert!(!can(&sa, "list", "", "namespaces", None).await);
 
     let sim = Simulator::start().await;
     sim.set("scoped-token", State::Valid);
