@@ -257,6 +257,10 @@ fn bounded_selector(schema: &mut schemars::Schema) {
 impl ClusterMendixCredentialSpec {
     /// The spec as a `MendixCredential`'s in the source's namespace: the same defaults and
     /// checks apply ([`crate::domain::spec::resolve`]).
+    /// Fields of the namespaced spec that this kind does not have keep their defaults.
+    // The `..Default::default()` covers the fields the namespaced spec grows (rotation, ...)
+    // before this kind learns them; until then it updates nothing.
+    #[allow(clippy::needless_update)]
     pub fn as_namespaced(&self) -> MendixCredentialSpec {
         let s = &self.source_ref;
         MendixCredentialSpec {
@@ -271,8 +275,10 @@ impl ClusterMendixCredentialSpec {
                 name: self.target.name.clone(),
                 labels: self.target.labels.clone(),
                 annotations: self.target.annotations.clone(),
+                ..Default::default()
             }),
             verification: self.verification.clone(),
+            ..Default::default()
         }
     }
 }
