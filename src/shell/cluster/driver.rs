@@ -358,8 +358,8 @@ async fn write_status(
 /// Publishes an Event on the resource. One that cannot be published is logged and counted.
 ///
 /// A cluster-scoped object's Events go to the namespace `default`, as kube's `Recorder` and
-/// client-go put them. API servers before 1.22 (1.20 in the test environment) accept them only
-/// in `kube-system`: there, they go there. Written by hand because the `Recorder` always takes
+/// client-go put them. Older API servers (1.20 in the test environment) accept them only in
+/// `kube-system`: there, they go there. Written by hand because the `Recorder` always takes
 /// `default`.
 async fn publish(ctx: &Context, cr: &ClusterMendixCredential, event: plan::Announcement) {
     let reason = event.reason;
