@@ -2,6 +2,7 @@
 
 CARGO ?= cargo
 CRD := crds/mendixcredentials.mxcred.io.yaml
+CLUSTER_CRD := crds/clustermendixcredentials.mxcred.io.yaml
 CHART := charts/mxcred-operator
 
 .PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules soak-leader
@@ -41,12 +42,16 @@ actionlint:
 
 ## crds: regenerate the committed CRD and the chart's copy
 crds:
-	$(CARGO) run --quiet -- crd > $(CRD)
+	$(CARGO) run --quiet -- crd --file $(notdir $(CRD)) > $(CRD)
+	$(CARGO) run --quiet -- crd --file $(notdir $(CLUSTER_CRD)) > $(CLUSTER_CRD)
 	cp $(CRD) $(CHART)/$(CRD)
+	cp $(CLUSTER_CRD) $(CHART)/$(CLUSTER_CRD)
 
 ## chart: helm lint and helm template of charts/mxcred-operator, with default values and each ci/*.yaml
 chart:
-	@cmp -s $(CRD) $(CHART)/$(CRD) || { echo "chart: $(CHART)/$(CRD) differs from $(CRD): copy it" >&2; exit 1; }
+	@for crd in $(CRD) $(CLUSTER_CRD); do \
+	  cmp -s $$crd $(CHART)/$$crd || { echo "chart: $(CHART)/$$crd differs from $$crd: copy it" >&2; exit 1; }; \
+	done
 	@tools=$$(hack/helm.sh) && set -e && \
 	for values in "" $(CHART)/ci/*.yaml; do \
 	  echo "chart: $${values:-default values}"; \

@@ -58,10 +58,15 @@ if ready ~= nil and ready.status == "Unknown" then
 end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
+  local synced = "Secret " .. (obj.status.secretName or "") .. " synced"
+  -- A ClusterMendixCredential: in how many of the selected namespaces.
+  if obj.status.namespaces ~= nil then
+    synced = synced .. " in " .. obj.status.namespaces .. " namespaces"
+  end
   if valid ~= nil then
-    hs.message = "Secret " .. (obj.status.secretName or "") .. " synced; TokenValid " .. valid.status .. " (" .. describe(valid) .. ")"
+    hs.message = synced .. "; TokenValid " .. valid.status .. " (" .. describe(valid) .. ")"
   else
-    hs.message = "Secret " .. (obj.status.secretName or "") .. " synced"
+    hs.message = synced
   end
   hs.message = hs.message .. restarts(obj.status.rolloutRestart)
   return hs

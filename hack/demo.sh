@@ -38,7 +38,8 @@ echo "== installing the CRD and the operator's RBAC"
 # --validate=false: kubectl checks a CRD against the server's own schema of CRDs, and one without
 # CEL (before 1.25, like this 1.20) does not know x-kubernetes-validations; the server drops them.
 k apply --validate=false -f crds/ >/dev/null
-k wait --for condition=established crd/mendixcredentials.mxcred.io --timeout=30s >/dev/null
+k wait --for condition=established crd/mendixcredentials.mxcred.io \
+  crd/clustermendixcredentials.mxcred.io --timeout=30s >/dev/null
 # The RBAC of hack/rbac.yaml under names of its own (namespace and ServiceAccount mxcred-demo),
 # so that `helm install mxcred-operator charts/mxcred-operator -n mxcred-system` still works here.
 sed -e 's/mxcred-system/mxcred-demo/g' -e 's/mxcred-operator/mxcred-demo/g' hack/rbac.yaml | k apply -f - >/dev/null
@@ -106,6 +107,30 @@ k -n ci get mxcred rotating-bot -o jsonpath='{.status.conditions[?(@.type=="Read
 [ "$(ready_reason)" = RotationRejected ] && [ "$(fingerprint)" = "$before" ] ||
   { echo "the rotation was not held back" >&2; exit 1; }
 echo "target Secret rotating-bot: fingerprint $before before the rotation, $(fingerprint) now (the working token stays)"
+echo
+echo "== one token into three namespaces: examples/cluster-credential.yaml (release holds a foreign"
+echo "   Secret of the same name, which is left alone and reported)"
+k create namespace team-a >/dev/null
+k create namespace team-b >/dev/null
+k label namespace team-a team-b mendix.io/ci=true >/dev/null
+k create namespace release >/dev/null
+k -n release create secret generic mendix-deploy --from-literal=MENDIX_TOKEN=not-ours >/dev/null
+k apply -f examples/cluster-credential.yaml
+for _ in $(seq 100); do
+  [ "$(k get cmxc deploy-bot -o jsonpath='{.status.namespaces}')" = "2/3" ] &&
+    [ -n "$(k get cmxc deploy-bot -o jsonpath='{.status.lastVerifiedTime}')" ] && break
+  sleep 0.2
+done
+echo
+echo "\$ kubectl get cmxc"
+k get cmxc
+echo
+echo "\$ kubectl get cmxc deploy-bot -o jsonpath='{.status.failedNamespaces}'"
+k get cmxc deploy-bot -o jsonpath='{.status.failedNamespaces}'
+echo
+echo
+echo "\$ kubectl get secret -A -l mxcred.io/cluster-credential=deploy-bot"
+k get secret -A -l mxcred.io/cluster-credential=deploy-bot
 echo
 echo "\$ mxcred-operator verify --token-env MENDIX_TOKEN   (a CI step's check)"
 MENDIX_TOKEN=deleted-token "$operator" verify --token-env MENDIX_TOKEN \

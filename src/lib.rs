@@ -15,10 +15,32 @@ pub mod shell;
 
 use kube::CustomResourceExt;
 
-/// The CRD as YAML: what `mxcred-operator crd` prints and `crds/` holds.
+/// The MendixCredential CRD as YAML: what `crds/mendixcredentials.mxcred.io.yaml` holds.
 pub fn crd_yaml() -> String {
-    let mut crd = serde_json::to_value(domain::api::MendixCredential::crd())
-        .expect("a CRD always serialises");
+    yaml_of(domain::api::MendixCredential::crd())
+}
+
+/// The ClusterMendixCredential CRD as YAML: what
+/// `crds/clustermendixcredentials.mxcred.io.yaml` holds.
+pub fn cluster_crd_yaml() -> String {
+    yaml_of(domain::cluster::ClusterMendixCredential::crd())
+}
+
+/// Every CRD: its file name under `crds/` and its YAML. `mxcred-operator crd` prints them all.
+pub fn crds() -> [(&'static str, String); 2] {
+    [
+        ("mendixcredentials.mxcred.io.yaml", crd_yaml()),
+        (
+            "clustermendixcredentials.mxcred.io.yaml",
+            cluster_crd_yaml(),
+        ),
+    ]
+}
+
+fn yaml_of(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
+    let mut crd = serde_json::to_value(crd).expect("a CRD always serialises");
     for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
         without_nullable(&mut version["schema"]["openAPIV3Schema"]);
     }

@@ -1,6 +1,6 @@
 use clap::Parser;
 use clap::error::ErrorKind;
-use mxcred_operator::crd_yaml;
+use mxcred_operator::crds;
 use mxcred_operator::shell::cli::{Cli, Command, RunArgs};
 use mxcred_operator::shell::controller::{Role, Shared};
 use mxcred_operator::shell::leader::{self, LeaseConfig};
@@ -16,7 +16,20 @@ use tracing::info;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     match parse().command {
-        Command::Crd => print!("{}", crd_yaml()),
+        Command::Crd(args) => {
+            let all = crds();
+            let chosen: Vec<&String> = all
+                .iter()
+                .filter(|(file, _)| args.file.as_deref().is_none_or(|f| f == *file))
+                .map(|(_, yaml)| yaml)
+                .collect();
+            if chosen.is_empty() {
+                eprintln!("error: no CRD is stored under that file name");
+                return Ok(ExitCode::from(2));
+            }
+            let documents: Vec<&str> = chosen.iter().map(|y| y.as_str()).collect();
+            print!("{}", documents.join("---\n"));
+        }
         Command::Run(args) => run(args).await?,
         Command::Verify(args) => {
             let (line, code) = verify_cmd::run(&args).await;

@@ -17,19 +17,23 @@ fn script() -> String {
 #[test]
 fn the_docs_quote_the_script_verbatim() {
     let docs = std::fs::read_to_string(format!("{ROOT}/docs/argocd.md")).unwrap();
-    let key = "resource.customizations.health.mxcred.io_MendixCredential: |\n";
-    let start = docs.find(key).expect("the docs give the argocd-cm key") + key.len();
+    let fence = "```yaml\napiVersion: v1\nkind: ConfigMap\n";
+    let start = docs.find(fence).expect("the docs give argocd-cm") + "```yaml\n".len();
     let block = &docs[start..start + docs[start..].find("```").unwrap()];
-    let quoted: String = block
-        .lines()
-        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l.trim())))
-        .collect();
-    assert_eq!(
-        quoted,
-        script(),
-        "docs/argocd.md and docs/argocd-health.lua differ: copy the script into the docs"
-    );
+    let config_map: serde_yaml::Value = serde_yaml::from_str(block).unwrap();
+    for kind in ["MendixCredential", "ClusterMendixCredential"] {
+        let key = format!("resource.customizations.health.mxcred.io_{kind}");
+        assert_eq!(
+            config_map["data"][key.as_str()].as_str(),
+            Some(script().as_str()),
+            "docs/argocd.md and docs/argocd-health.lua differ for {kind}: copy the script into the docs"
+        );
+    }
 }
+
+/// The tests of this binary take turns: one runs the operator in cluster mode, which would also
+/// serve the other's namespace.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A JSON value as a Lua 5.1 table constructor (null as nil, arrays 1-based).
 fn lua(value: &Value) -> String {
@@ -113,6 +117,7 @@ fn describe(c: &Value) -> String {
 
 #[tokio::test]
 async fn health_of_every_status_the_operator_writes() {
+    let _turn = TURN.lock().await;
     let env = TestEnv::new("argocd").await;
     let sim = Simulator::start().await;
     for (token, state) in [
@@ -337,4 +342,99 @@ async fn health_of_every_status_the_operator_writes() {
         (status.as_str(), message.as_str()),
         ("Progressing", "Waiting for the operator")
     );
+}
+
+#[tokio::test]
+async fn health_of_cluster_credentials() {
+    let _turn = TURN.lock().await;
+    let env = TestEnv::new("argocd-cluster").await;
+    let sim = Simulator::start().await;
+    sim.set("argo-cluster-valid", State::Valid);
+    sim.set("argo-cluster-deleted", State::Deleted);
+    let args = common::loopback_platform(&sim.base_url());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _op = common::Operator::start(env.cp, &env.cp.operator_kubeconfig, "", &args, &[]);
+    env.put_source("valid", &[("token", "argo-cluster-valid")])
+        .await;
+    env.put_source("deleted", &[("token", "argo-cluster-deleted")])
+        .await;
+    // The test's own namespace holds a foreign Secret named "taken".
+    env.put_source("taken", &[("x", "y")]).await;
+    let api: kube::Api<mxcred_operator::domain::cluster::ClusterMendixCredential> =
+        kube::Api::all(env.client.clone());
+    // name, source, target name, the Ready reason and the TokenValid reason awaited.
+    let cases = [
+        ("synced", "valid", "argo-copy", "Synced", "Verified"),
+        (
+            "rejected",
+            "deleted",
+            "argo-copy-2",
+            "Synced",
+            "TokenRejected",
+        ),
+        ("conflict", "valid", "taken", "NamespacesFailed", "Verified"),
+        (
+            "nosource",
+            "absent",
+            "argo-copy-3",
+            "SourceNotFound",
+            "Pending",
+        ),
+    ];
+    let mut seen = vec![];
+    for (name, source, target, ready_reason, valid_reason) in cases {
+        let name = format!("{}-{name}", env.ns);
+        let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "ClusterMendixCredential",
+            "metadata": {"name": name},
+            "spec": {"sourceRef": {"namespace": env.ns, "name": source},
+                     "target": {"name": target, "namespaces": [env.ns]}}});
+        api.patch(
+            &name,
+            &kube::api::PatchParams::apply("mxcred-tests"),
+            &kube::api::Patch::Apply(cr),
+        )
+        .await
+        .unwrap();
+        let reason = |obj: &Value, type_: &str| {
+            obj["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == type_))
+                .and_then(|c| c["reason"].as_str().map(str::to_owned))
+        };
+        let obj = wait_for(Duration::from_secs(30), || async {
+            let obj = serde_json::to_value(api.get(&name).await.ok()?).unwrap();
+            (reason(&obj, "Ready").as_deref() == Some(ready_reason)
+                && reason(&obj, "TokenValid").as_deref() == Some(valid_reason))
+            .then_some(obj)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name}: never {ready_reason}/{valid_reason}"));
+        let (status, message) = health(&obj);
+        let ready = condition(&obj, "Ready");
+        let valid = condition(&obj, "TokenValid");
+        let expected = if ready["status"] == "False" {
+            ("Degraded".to_owned(), describe(ready))
+        } else if valid["status"] == "False" {
+            ("Degraded".to_owned(), describe(valid))
+        } else {
+            (
+                "Healthy".to_owned(),
+                format!(
+                    "Secret {target} synced in 1/1 namespaces; TokenValid {} ({})",
+                    valid["status"].as_str().unwrap(),
+                    describe(valid)
+                ),
+            )
+        };
+        assert_eq!((status.clone(), message.clone()), expected, "{name}");
+        assert!(
+            !message.contains("argo-cluster"),
+            "{name}: a token in the message"
+        );
+        seen.push(format!(
+            "{ready_reason}/{valid_reason} -> {status}: {message}"
+        ));
+        let _ = api.delete(&name, &Default::default()).await;
+    }
+    eprintln!("argocd (cluster): {}", seen.join("\n  "));
 }

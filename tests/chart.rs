@@ -24,7 +24,6 @@ const RELEASE: &str = "mxcred-operator";
 const NAMESPACE: &str = "mxcred-system";
 /// With the release named after the chart, every object is called this.
 const FULLNAME: &str = "mxcred-operator";
-const CRD: &str = "crds/mendixcredentials.mxcred.io.yaml";
 
 fn helm_template(args: &[&str]) -> std::process::Output {
     Command::new(common::helm_tools().join("helm"))
@@ -160,6 +159,23 @@ fn grant(group: &str, resource: &str, verbs: &[&str]) -> Vec<Grant> {
         .collect()
 }
 
+/// What the operator does beyond namespaces, in cluster mode only: ClusterMendixCredentials, and
+/// the namespaces they select (watched, never changed).
+fn cluster_grants() -> BTreeSet<Grant> {
+    [
+        grant(
+            "mxcred.io",
+            "clustermendixcredentials",
+            &["get", "list", "watch"],
+        ),
+        grant("mxcred.io", "clustermendixcredentials/status", &["patch"]),
+        grant("", "namespaces", &["list", "watch"]),
+    ]
+    .concat()
+    .into_iter()
+    .collect()
+}
+
 /// What the operator does in a namespace it serves; Secrets are written with server-side apply
 /// (patch), never updated.
 fn operator_grants() -> BTreeSet<Grant> {
@@ -239,13 +255,16 @@ fn assert_operator_accepts(args: &[String]) {
 }
 
 #[test]
-fn chart_crd_is_the_committed_crd() {
-    let committed = std::fs::read(format!("{ROOT}/{CRD}")).expect("the committed CRD");
-    let in_chart = std::fs::read(format!("{CHART}/{CRD}")).expect("the chart's CRD");
-    assert!(
-        committed == in_chart,
-        "charts/mxcred-operator/{CRD} differs from {CRD}: cp {CRD} charts/mxcred-operator/crds/"
-    );
+fn chart_crds_are_the_committed_crds() {
+    for (file, _) in mxcred_operator::crds() {
+        let crd = format!("crds/{file}");
+        let committed = std::fs::read(format!("{ROOT}/{crd}")).expect("the committed CRD");
+        let in_chart = std::fs::read(format!("{CHART}/{crd}")).expect("the chart's CRD");
+        assert!(
+            committed == in_chart,
+            "charts/mxcred-operator/{crd} differs from {crd}: run `make crds`"
+        );
+    }
 }
 
 #[test]
@@ -279,7 +298,11 @@ fn cluster_role_grants_exactly_what_the_operator_uses() {
         !granted.iter().any(is_lease),
         "leases are not granted cluster-wide"
     );
-    assert_eq!(granted, operator_grants());
+    let cluster_mode: BTreeSet<Grant> = operator_grants()
+        .into_iter()
+        .chain(cluster_grants())
+        .collect();
+    assert_eq!(granted, cluster_mode);
     assert!(role.aggregation_rule.is_none());
 
     let binding: ClusterRoleBinding = rendered.one("ClusterRoleBinding");
@@ -682,6 +705,25 @@ fn operator_flags_and_monitoring_from_values() {
         }
         for binding in rendered.all::<ClusterRoleBinding>("ClusterRoleBinding") {
             assert_ne!(binding.role_ref.name, name);
+        }
+    }
+    // No role aggregated to namespace users (admin, edit, view) gives ClusterMendixCredentials:
+    // they write into every namespace.
+    for role in rendered.all::<ClusterRole>("ClusterRole") {
+        let aggregated = role
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"));
+        let granted = grants(role.rules.as_deref().unwrap_or_default());
+        if aggregated {
+            assert!(
+                !granted
+                    .iter()
+                    .any(|g| g.1.starts_with("clustermendixcredentials")),
+                "{role:?}"
+            );
         }
     }
 }

@@ -11,16 +11,33 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
-fn committed_crd_is_current() {
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/mendixcredentials.mxcred.io.yaml"
-    ))
-    .unwrap();
-    assert!(
-        committed == mxcred_operator::crd_yaml(),
-        "crds/mendixcredentials.mxcred.io.yaml is stale: run `make crds` and copy it to charts/mxcred-operator/crds/"
-    );
+fn committed_crds_are_current() {
+    for (file, yaml) in mxcred_operator::crds() {
+        let committed =
+            std::fs::read_to_string(format!("{}/crds/{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap_or_else(|e| panic!("crds/{file}: {e}: run `make crds`"));
+        assert!(
+            committed == yaml,
+            "crds/{file} is stale: run `make crds` (which copies it to charts/mxcred-operator/crds/)"
+        );
+    }
+}
+
+#[test]
+fn the_crd_command_prints_every_crd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxcred-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let crd = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+            crd["spec"]["names"]["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["MendixCredential", "ClusterMendixCredential"]);
 }
 
 #[test]
@@ -48,6 +65,17 @@ fn objects_and_enums_are_not_nullable() {
         &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
         &mut nullable,
     );
+    let cluster: serde_json::Value =
+        serde_yaml::from_str(&mxcred_operator::cluster_crd_yaml()).unwrap();
+    let mut cluster_nullable = vec![];
+    check(
+        "",
+        &cluster["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+        &mut cluster_nullable,
+    );
+    for path in [".spec.target.namespaceSelector", ".status"] {
+        assert!(!cluster_nullable.iter().any(|p| p == path), "{path}");
+    }
     for path in [
         ".spec.target",
         ".spec.verification",
@@ -117,6 +145,32 @@ async fn kubectl_explain_documents_every_field() {
     let status = explain("mendixcredential.status");
     assert!(has(&status, "conditions", "<[]Object>"), "{status}");
     assert!(status.contains("lastVerifiedTime"), "{status}");
+    let cluster = explain("clustermendixcredential.spec.target");
+    // Optional plain values are nullable, which a 1.20 server publishes without a type.
+    assert!(has(&cluster, "namespaceSelector", "<Object>"), "{cluster}");
+    for field in ["name", "namespaces", "labels", "annotations"] {
+        assert!(cluster.contains(field), "{field} missing:\n{cluster}");
+    }
+    let words = cluster.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("An empty selector ({}) selects nothing"),
+        "{cluster}"
+    );
+    let source = explain("clustermendixcredential.spec.sourceRef");
+    assert!(has(&source, "namespace", "<string>"), "{source}");
+    let status = explain("clustermendixcredential.status");
+    for (field, kind) in [
+        ("failedNamespaces", "<[]Object>"),
+        ("conditions", "<[]Object>"),
+    ] {
+        assert!(
+            has(&status, field, kind),
+            "{field} {kind} missing:\n{status}"
+        );
+    }
+    for field in ["selected", "synced", "namespaces", "failedNamespaceCount"] {
+        assert!(status.contains(field), "{field} missing:\n{status}");
+    }
     let target = explain("mendixcredential.spec.target");
     for field in ["name", "labels", "annotations", "rolloutRestart"] {
         assert!(target.contains(field), "{field} missing:\n{target}");

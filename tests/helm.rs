@@ -129,6 +129,17 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("delete", "", "secrets", ns),
         ("create", "events.k8s.io", "events", ns),
         ("create", "coordination.k8s.io", "leases", Some(release_ns)),
+        // ClusterMendixCredentials, in cluster mode.
+        ("watch", "mxcred.io", "clustermendixcredentials", None),
+        (
+            "patch",
+            "mxcred.io",
+            "clustermendixcredentials/status",
+            None,
+        ),
+        ("list", "", "namespaces", None),
+        ("watch", "", "namespaces", None),
+        ("create", "events.k8s.io", "events", Some("default")),
     ] {
         assert!(
             can(&sa, verb, group, resource, where_).await,
@@ -136,6 +147,11 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         );
     }
     for (verb, group, resource, where_) in [
+        ("create", "mxcred.io", "clustermendixcredentials", None),
+        ("patch", "mxcred.io", "clustermendixcredentials", None),
+        ("delete", "mxcred.io", "clustermendixcredentials", None),
+        ("patch", "", "namespaces", None),
+        ("delete", "", "namespaces", None),
         ("update", "", "secrets", ns),
         ("create", "mxcred.io", "mendixcredentials", ns),
         ("update", "mxcred.io", "mendixcredentials", ns),
@@ -196,6 +212,9 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
         .await
     );
     assert!(!can(&sa, "list", "", "secrets", Some(&other.ns)).await);
+    // The cluster kind is not served in this mode, and nothing grants it.
+    assert!(!can(&sa, "watch", "mxcred.io", "clustermendixcredentials", None).await);
+    assert!(!can(&sa, "list", "", "namespaces", None).await);
     assert!(
         !can(&sa, "get", "", "secrets", None).await,
         "no cluster-wide Secret access"

@@ -235,6 +235,7 @@ async fn alerts_fire_on_a_real_prometheus_and_every_dashboard_query_has_data() {
     assert_eq!(
         names,
         [
+            "ClusterMendixCredentialInvalid",
             "MendixCredentialInvalid",
             "MendixCredentialOperatorDown",
             "MendixCredentialRotationRejected",

@@ -314,8 +314,9 @@ pub enum RolloutRestartProblem {
 }
 
 /// What the API server accepts as a Secret's name (a DNS subdomain) and as a key of its data.
-const SECRET_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+pub(crate) const SECRET_NAME: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub(crate) const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// How many labels, and annotations, `spec.target` may carry. With the other bounds of the
 /// schema, a resource's spec stays under about 20 KiB, so what the operator caches of each
@@ -326,7 +327,7 @@ pub const MAX_ANNOTATIONS: u64 = 16;
 /// A map of at most `N` entries whose values are at most `LEN` characters. (Key patterns cannot
 /// be stated in a structural schema without CEL, which 1.20 lacks: the API server refuses bad
 /// keys when the target Secret is written, and the operator reports that as InvalidSpec.)
-fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::Schema) {
+pub(crate) fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::Schema) {
     schema.insert("maxProperties".into(), N.into());
     if let Some(values) = schema.get_mut("additionalProperties")
         && let Some(values) = values.as_object_mut()
@@ -337,7 +338,7 @@ fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::Schema) {
 
 /// An optional enum is generated with `null` among its values, which the API server's OpenAPI
 /// validation rejects; the field being optional is enough.
-fn enum_without_null(schema: &mut schemars::Schema) {
+pub(crate) fn enum_without_null(schema: &mut schemars::Schema) {
     if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
         values.retain(|v| !v.is_null());
     }

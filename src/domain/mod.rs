@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod classify;
+pub mod cluster;
 pub mod conditions;
 pub mod credential;
 pub mod plan;

@@ -85,6 +85,11 @@ pub fn is_controlled_by(existing: &Secret, uid: &str) -> bool {
 /// Secret ours: anyone who may patch a Secret can set them, and adopting it would hand it to the
 /// garbage collector along with the resource.
 pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
+    is_ours_by(existing, uid, LABEL_CREDENTIAL, name)
+}
+
+/// As [`is_ours`], for a publisher whose Secrets carry `label: name`.
+pub fn is_ours_by(existing: &Secret, uid: &str, label: &str, name: &str) -> bool {
     match controller(existing) {
         Some(r) => r.uid == uid,
         None => {
@@ -92,7 +97,7 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
                 .metadata
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(LABEL_CREDENTIAL))
+                .and_then(|l| l.get(label))
                 .is_some_and(|v| v == name);
             labelled && our_entries(existing).next().is_some()
         }

@@ -27,13 +27,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(RunArgs),
-    /// Print the CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions as YAML (MendixCredential, ClusterMendixCredential).
+    Crd(CrdArgs),
     /// Check a token or API key once, for CI steps: prints `<status> <reason>: <message>` and
     /// exits 0 when valid, 1 when rejected or deactivated, 2 when unknown. Unusable input (a
     /// variable not set, a value with a space or line break, a bad probe) prints `Unknown
     /// InvalidInput: ...` and exits 2, before anything is sent.
     Verify(VerifyArgs),
+}
+
+/// What `crd` prints.
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Only the CRD stored under this file name in crds/ (e.g.
+    /// clustermendixcredentials.mxcred.io.yaml).
+    #[arg(long)]
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Args)]

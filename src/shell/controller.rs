@@ -47,6 +47,8 @@ pub struct Shared {
     /// The cache of each watch of MendixCredentials, with the flag the watch sets once it has
     /// listed them.
     stores: Mutex<Vec<(Store<Guarded>, Arc<AtomicBool>)>>,
+    /// The cache of ClusterMendixCredentials, in cluster mode.
+    cluster: Arc<Mutex<Option<Store<crate::shell::cluster::ClusterGuarded>>>>,
     role: Mutex<Role>,
     /// When the current leadership term ends, on the monotonic clock (`None` without leader
     /// election). A process woken from a stall can answer `/readyz` before its leader task has
@@ -71,6 +73,7 @@ impl Shared {
         Shared {
             metrics,
             stores: Mutex::default(),
+            cluster: Arc::default(),
             role: Mutex::default(),
             term_ends: Mutex::default(),
         }
@@ -84,6 +87,11 @@ impl Shared {
 
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
+        self.metrics
+            .set_cluster_credentials(crate::shell::cluster::token_valid_counts(
+                self.cluster_store(),
+            ));
+
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
         let mut held: HashMap<&'static str, i64> = HashMap::new();
         for guard in self.resources() {
@@ -131,6 +139,11 @@ impl Shared {
                 listed.then_some("serving")
             }
         }
+    }
+
+    /// The cache of ClusterMendixCredentials, while their controller runs.
+    fn cluster_store(&self) -> Option<Store<crate::shell::cluster::ClusterGuarded>> {
+        self.cluster.lock().expect("lock poisoned").clone()
     }
 
     pub fn set_term_end(&self, end: Option<Instant>) {
@@ -195,6 +208,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     tokio::spawn(verifier.run(shutdown.clone()));
+    // ClusterMendixCredentials write into any namespace: only an operator serving all of them
+    // serves the kind.
+    let cluster_controller = async {
+        if settings.namespaces.is_empty() {
+            crate::shell::cluster::run(ctx.clone(), shared.cluster.clone(), shutdown.clone()).await;
+        } else {
+            info!(
+                "ClusterMendixCredentials are not served: the operator serves only the namespaces given with --namespace"
+            );
+        }
+    };
     let controllers = controllers.into_iter().map(|controller| {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -206,7 +230,7 @@ pub async fn run(
                 .await
         }
     });
-    futures::future::join_all(controllers).await;
+    futures::future::join(futures::future::join_all(controllers), cluster_controller).await;
     shared.stores.lock().expect("lock poisoned").clear();
 }
 
@@ -242,17 +266,22 @@ async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: Cancel
             continue;
         }
         let resources = shared.resources();
-        let live: HashSet<String> = resources
+        let mut live: HashSet<String> = resources
             .iter()
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
+        let (cluster_live, cluster_read) = shared
+            .cluster_store()
+            .map(|store| crate::shell::cluster::live(&store, ctx.settings.default_interval))
+            .unwrap_or_default();
+        live.extend(cluster_live);
         debug!(
             live = live.len(),
             "forgetting what is remembered of deleted resources"
         );
         ctx.tracker.retain(&live);
         ctx.verifier.retain(&live);
-        let read: HashSet<secrets::Reading> = resources
+        let mut read: HashSet<secrets::Reading> = resources
             .iter()
             .filter_map(|guard| guard.0.as_ref().ok())
             .filter_map(|cr| {
@@ -266,6 +295,7 @@ async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: Cancel
                 ))
             })
             .collect();
+        read.extend(cluster_read);
         ctx.secrets.forget_unwanted(&read);
     }
 }

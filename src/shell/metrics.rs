@@ -71,6 +71,8 @@ pub struct Metrics {
     rotations_held: Family<ReasonLabel, Gauge>,
     /// Serialises encoding with the refresh of the `mxcred_credentials` gauge.
     encoding: Mutex<()>,
+    /// ClusterMendixCredentials by TokenValid status.
+    cluster_credentials: Family<TokenValidLabel, Gauge>,
 }
 
 /// The steps of a reconcile that can fail, as the error metric labels them.
@@ -194,6 +196,12 @@ impl Default for Metrics {
             })
             .set(1);
         registry.register("build_info", "The operator's version", build_info);
+        let cluster_credentials = Family::<TokenValidLabel, Gauge>::default();
+        registry.register(
+            "cluster_credentials",
+            "ClusterMendixCredentials by TokenValid status (true, false, unknown)",
+            cluster_credentials.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -207,6 +215,7 @@ impl Default for Metrics {
             rotations,
             rotations_held,
             encoding: Mutex::default(),
+            cluster_credentials,
         }
     }
 }
@@ -313,6 +322,29 @@ impl Metrics {
             .expect("writing to a String does not fail");
         out
     }
+
+    /// Sets the count of ClusterMendixCredentials per TokenValid status ("True", "False",
+    /// "Unknown"), read from the controller's cache, before an [`Self::encode`].
+    pub fn set_cluster_credentials(
+        &self,
+        token_valid: impl IntoIterator<Item = (&'static str, i64)>,
+    ) {
+        let _guard = self.encoding.lock().expect("lock poisoned");
+        for status in ["true", "false", "unknown"] {
+            self.cluster_credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.into(),
+                })
+                .set(0);
+        }
+        for (status, count) in token_valid {
+            self.cluster_credentials
+                .get_or_create(&TokenValidLabel {
+                    token_valid: status.to_ascii_lowercase(),
+                })
+                .set(count);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +377,20 @@ mod tests {
             let text = m.encode([], []);
             assert!(last(&text, "definitive") > 1_700_000_000, "{outcome}");
             assert_eq!(last(&text, "transient"), 0, "{outcome}");
+        }
+    }
+
+    #[test]
+    fn cluster_credentials_are_counted_apart() {
+        let m = Metrics::default();
+        m.set_cluster_credentials([("False", 2)]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        for line in [
+            r#"mxcred_cluster_credentials{token_valid="false"} 2"#,
+            r#"mxcred_cluster_credentials{token_valid="true"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
         }
     }
 

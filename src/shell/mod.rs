@@ -1,6 +1,7 @@
 //! The IO around the [`crate::domain`]: Kubernetes, the platform, time, the process.
 
 pub mod cli;
+pub mod cluster;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

@@ -79,7 +79,7 @@ impl Error {
 /// A Kubernetes error for a log line: its code and reason only. The API server's messages, and
 /// those of admission webhooks and policy engines, may quote the object sent (a target
 /// Secret's data) or other objects; none is repeated.
-fn describe(error: &kube::Error) -> String {
+pub(crate) fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => {
             let hint = match status.code {
@@ -129,7 +129,7 @@ pub fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Exponential backoff for transient API failures: 1 s doubling up to 256 s.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
 

@@ -60,6 +60,11 @@ fn subscribe_published(
         known,
         ..subscription(id, Slot::Published, verification, credential, forced, ctx)
     });
+    verification_of(latest)
+}
+
+/// What the plan needs of the loop's view of a credential.
+pub(crate) fn verification_of(latest: View) -> plan::Verification {
     match latest {
         View::Scheduled => plan::Verification::Waiting,
         View::Queued { since } => plan::Verification::Queued {
@@ -130,7 +135,7 @@ fn subscription<'a>(
 
 /// What the status says of the checks of this credential at this generation, which a
 /// restarted instance continues from instead of asking again.
-fn known_verdict(
+pub(crate) fn known_verdict(
     cr: &MendixCredential,
     previous: &MendixCredentialStatus,
     credential: &Credential,

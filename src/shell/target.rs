@@ -261,7 +261,7 @@ fn refused(e: &Status) -> Ready {
 
 /// Turns the entry of our creation (an update) in `managedFields` into an apply entry, so that
 /// later applies own, and can remove, what the creation set. Conditional on the version read.
-async fn claim(secrets: &Api<Secret>, secret: Secret) -> Result<Secret, Error> {
+pub(crate) async fn claim(secrets: &Api<Secret>, secret: Secret) -> Result<Secret, Error> {
     let Some(index) = render::needs_claim(&secret) else {
         return Ok(secret);
     };
@@ -284,7 +284,7 @@ async fn claim(secrets: &Api<Secret>, secret: Secret) -> Result<Secret, Error> {
 
 /// The API server refused the target Secret: only labels and annotations from the spec can make
 /// it invalid. Names the fields, not the values.
-fn refused_target(e: &Status) -> String {
+pub(crate) fn refused_target(e: &Status) -> String {
     let fields: Vec<&str> = e
         .details
         .iter()

@@ -8,6 +8,7 @@
 //! rate limit. Forced checks of one credential are merged within a cooldown.
 
 use crate::domain::classify::{Outcome, Reason};
+use crate::domain::cluster::ClusterMendixCredential;
 use crate::domain::credential::Credential;
 use crate::domain::probe::ProbeTarget;
 use crate::domain::schedule::{self, Attempt, fair_pick};
@@ -41,6 +42,15 @@ pub struct Verifier {
     wake: tokio::sync::Notify,
     /// Where to send the resources whose answer changed: the controller of each scope.
     routes: Mutex<Vec<Route>>,
+    /// Where to send the ClusterMendixCredentials whose answer changed (cluster mode only).
+    cluster_route: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ClusterMendixCredential>>>>,
+}
+
+/// The kind of a subscriber, which decides where its answers are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    MendixCredential,
+    ClusterMendixCredential,
 }
 
 /// The resources of a scope (a namespace, or all) and where to send them.
@@ -90,9 +100,12 @@ struct Check {
 
 #[derive(Clone)]
 struct Subscriber {
+    /// The resource's namespace; for a cluster-scoped one, its source's, whose share of the
+    /// checks it counts against.
     namespace: String,
     name: String,
     interval: Duration,
+    kind: Kind,
 }
 
 /// Which of a resource's credentials a subscription is for.
@@ -160,12 +173,24 @@ impl Verifier {
             state: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             routes: Mutex::default(),
+            cluster_route: Mutex::default(),
         }
     }
 
     /// Subscribes a resource to the checks of its credential and probe (and from any other it
     /// used before); returns what is known of its answer.
     pub fn subscribe(&self, s: Subscription) -> View {
+        self.subscribe_as(s, Kind::MendixCredential)
+    }
+
+    /// As [`Self::subscribe`], for a ClusterMendixCredential: `s.namespace` is its source's
+    /// namespace, whose share of the checks it counts against. It shares the check of its
+    /// credential and probe with every other subscriber, of either kind.
+    pub fn subscribe_cluster(&self, s: Subscription) -> View {
+        self.subscribe_as(s, Kind::ClusterMendixCredential)
+    }
+
+    fn subscribe_as(&self, s: Subscription, kind: Kind) -> View {
         let key = self.key(s.probe, s.credential);
         let now = SystemTime::now();
         let mut state = self.state.lock().expect("lock poisoned");
@@ -185,6 +210,7 @@ impl Verifier {
                 namespace: s.namespace.to_owned(),
                 name: s.name.to_owned(),
                 interval: s.interval,
+                kind,
             },
         );
         match (&check.answer, s.known) {
@@ -277,6 +303,13 @@ impl Verifier {
                 rx
             })
             .collect()
+    }
+
+    /// A stream of the ClusterMendixCredentials whose answer changed; replaces the previous one.
+    pub fn cluster_route(&self) -> mpsc::UnboundedReceiver<ObjectRef<ClusterMendixCredential>> {
+        let (tx, rx) = mpsc::unbounded();
+        *self.cluster_route.lock().expect("lock poisoned") = Some(tx);
+        rx
     }
 
     /// Runs due checks until `shutdown`.
@@ -389,8 +422,21 @@ impl Verifier {
             resources = told.len(),
             "verified"
         );
+        self.tell(told);
+        self.wake.notify_one();
+    }
+
+    /// Sends each subscriber to the controller of its kind (and scope), to read the answer.
+    fn tell(&self, told: Vec<Subscriber>) {
         let routes = self.routes.lock().expect("lock poisoned");
+        let cluster_route = self.cluster_route.lock().expect("lock poisoned");
         for subscriber in told {
+            if subscriber.kind == Kind::ClusterMendixCredential {
+                if let Some(tx) = cluster_route.as_ref() {
+                    let _ = tx.unbounded_send(ObjectRef::new(&subscriber.name));
+                }
+                continue;
+            }
             let resource = ObjectRef::new(&subscriber.name).within(&subscriber.namespace);
             for (scope, tx) in routes.iter() {
                 if scope.as_ref().is_none_or(|s| *s == subscriber.namespace) {
@@ -398,7 +444,6 @@ impl Verifier {
                 }
             }
         }
-        self.wake.notify_one();
     }
 
     fn key(&self, probe: &ProbeTarget, credential: &Credential) -> Key {
@@ -539,6 +584,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: (*uid).into(),
                 interval: *interval,
+                kind: Kind::MendixCredential,
             };
             check
                 .subscribers
@@ -612,5 +658,86 @@ mod tests {
         assert_eq!(c.due(&[0; 32], cooldown), T0 + Duration::from_secs(100));
         // The status shows the schedule, not the forced check.
         assert!(c.scheduled(&[0; 32]) > T0 + HOUR);
+    }
+
+    fn verifier() -> Verifier {
+        let metrics = Arc::new(Metrics::default());
+        let config = crate::shell::platform::PlatformConfig {
+            probe_urls: Default::default(),
+            allowed_hosts: crate::shell::platform::PlatformConfig::default_allowed_hosts(),
+            allow_http: false,
+            extra_ca_file: None,
+            qps: std::num::NonZeroU32::new(5).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        };
+        Verifier::new(
+            Platform::new(config, metrics.clone()).unwrap(),
+            metrics,
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cluster_resource_shares_the_check_and_counts_against_its_sources_namespace() {
+        let v = verifier();
+        let credential = Credential::personal_access_token(b"tok").unwrap();
+        let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
+        let subscription = |uid: &'static str, namespace: &'static str| Subscription {
+            uid,
+            namespace,
+            name: uid,
+            credential: &credential,
+            probe: &probe,
+            interval: HOUR,
+            forced: None,
+            known: None,
+        };
+        v.subscribe(subscription("namespaced", "team-a"));
+        v.subscribe_cluster(subscription("cluster", "sources"));
+        let mut answered = v.cluster_route();
+        {
+            let state = v.state.lock().unwrap();
+            assert_eq!(state.checks.len(), 1, "one check for both kinds");
+            let check = state.checks.values().next().unwrap();
+            let kinds: Vec<_> = check.subscribers.values().map(|s| s.kind).collect();
+            assert_eq!(
+                kinds,
+                [Kind::ClusterMendixCredential, Kind::MendixCredential]
+            );
+            assert_eq!(check.subscribers["cluster"].namespace, "sources");
+            // The fairness share is the first subscriber's (by uid): here the source's namespace.
+            assert_eq!(check.namespace(), "sources");
+        }
+        // Answers go to the controller of each kind: the cluster resource by name alone.
+        let mut namespaced = v.routes(&[None]).pop().unwrap();
+        let told: Vec<Subscriber> = {
+            let state = v.state.lock().unwrap();
+            state
+                .checks
+                .values()
+                .next()
+                .unwrap()
+                .subscribers
+                .values()
+                .cloned()
+                .collect()
+        };
+        v.tell(told);
+        let cluster = answered.try_recv().unwrap();
+        assert_eq!(
+            (cluster.name.as_str(), cluster.namespace),
+            ("cluster", None)
+        );
+        assert!(answered.try_recv().is_err(), "only the cluster resource");
+        let other = namespaced.try_recv().unwrap();
+        assert_eq!(
+            (other.name.as_str(), other.namespace.as_deref()),
+            ("namespaced", Some("team-a"))
+        );
+        assert!(
+            namespaced.try_recv().is_err(),
+            "only the namespaced resource"
+        );
     }
 }

@@ -110,19 +110,23 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
 async fn install(client: &Client) {
     // Created, not server-side applied: an API server without CEL (before 1.25) refuses the
     // CRD's `x-kubernetes-validations` in an apply, but drops them from a create.
-    let crd: CustomResourceDefinition = serde_yaml::from_str(
-        &std::fs::read_to_string(format!("{ROOT}/crds/mendixcredentials.mxcred.io.yaml")).unwrap(),
-    )
-    .unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &crd)
-        .await
-        .unwrap_or_else(|e| panic!("create the CRD of crds/: {e}"));
+    for (file, _) in mxcred_operator::crds() {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(format!("{ROOT}/crds/{file}")).unwrap())
+                .unwrap();
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &crd)
+            .await
+            .unwrap_or_else(|e| panic!("create the CRD crds/{file}: {e}"));
+    }
     let rbac = std::fs::read_to_string(format!("{ROOT}/hack/rbac.yaml")).unwrap();
     apply_yaml(client, &rbac).await;
     let api: Api<MendixCredential> = Api::all(client.clone());
-    wait_until(Duration::from_secs(30), "the CRD to be served", || async {
+    let cluster: Api<mxcred_operator::domain::cluster::ClusterMendixCredential> =
+        Api::all(client.clone());
+    wait_until(Duration::from_secs(30), "the CRDs to be served", || async {
         api.list(&Default::default()).await.is_ok()
+            && cluster.list(&Default::default()).await.is_ok()
     })
     .await;
 }

@@ -79,6 +79,22 @@ pod template (a patch); no list, no watch, no create.
 {{- end }}
 {{- end }}
 
+{{/*
+What the operator does beyond namespaces, in cluster mode only (the ClusterRole): serve
+ClusterMendixCredentials, and watch namespaces (metadata only) to know which they select.
+*/}}
+{{- define "mxcred-operator.clusterRules" -}}
+- apiGroups: ["mxcred.io"]
+  resources: ["clustermendixcredentials"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["mxcred.io"]
+  resources: ["clustermendixcredentials/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+
 {{/* Where the extra CA bundle is mounted. */}}
 {{- define "mxcred-operator.extraCADir" -}}
 /etc/mxcred-operator/extra-ca

@@ -1,0 +1,335 @@
+//! The decisions of a reconcile of a ClusterMendixCredential: its status and Events, from
+//! what each namespace's copy came to. The credential half is decided by
+//! [`crate::domain::plan`], as for a `MendixCredential`.
+
+use super::{ClusterMendixCredentialStatus, FailedNamespace, MAX_FAILED_NAMESPACES, Selected};
+use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
+use crate::domain::conditions::{self, Verdict};
+use crate::domain::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How the copy of one namespace came out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// The namespace holds the current credential.
+    Synced {
+        written_at: Option<Time>,
+        wrote: bool,
+    },
+    /// A Secret of that name that is not ours: left alone.
+    Conflict,
+    /// The API server refused the Secret (fields named, no values).
+    Invalid(String),
+    /// The write failed (code and reason only); retried.
+    Failed(String),
+}
+
+/// Why a namespace is listed in `status.failedNamespaces`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedReason {
+    /// A Secret of the target name exists and is not ours.
+    TargetConflict,
+    /// The API server refused the Secret.
+    InvalidTarget,
+    /// The write failed; retried.
+    WriteFailed,
+    /// Listed, but does not exist.
+    NamespaceNotFound,
+    /// Being deleted.
+    NamespaceTerminating,
+}
+
+impl FailedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailedReason::TargetConflict => "TargetConflict",
+            FailedReason::InvalidTarget => "InvalidTarget",
+            FailedReason::WriteFailed => "WriteFailed",
+            FailedReason::NamespaceNotFound => "NamespaceNotFound",
+            FailedReason::NamespaceTerminating => "NamespaceTerminating",
+        }
+    }
+}
+
+/// The reason of `Ready` when some selected namespace does not hold the credential.
+pub const NAMESPACES_FAILED: &str = "NamespacesFailed";
+
+/// Everything a reconcile of a ClusterMendixCredential observed.
+#[derive(Clone, Debug)]
+pub struct ClusterObserved<'a> {
+    pub generation: Option<i64>,
+    pub credential_type: Option<CredentialType>,
+    pub previous: &'a ClusterMendixCredentialStatus,
+    pub target: String,
+    /// The fingerprint of the credential read, or why none could be used.
+    pub source: Result<String, Ready>,
+    /// The copy of each active selected namespace (empty when the source could not be used).
+    pub copies: BTreeMap<String, CopyOutcome>,
+    pub selected: Selected,
+    pub verification: plan::Verification,
+    pub now: Time,
+}
+
+/// What to write, publish and remember.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterPlan {
+    pub status: Option<ClusterMendixCredentialStatus>,
+    pub events: Vec<Announcement>,
+    /// The Ready reason, for logs and metrics.
+    pub ready: &'static str,
+    pub request_served: bool,
+    pub hold: Option<std::time::Duration>,
+    /// Some namespace failed for a reason that may pass (a conflict, a failed write).
+    pub retry: bool,
+}
+
+/// Decides the status and Events of one reconcile. The credential half is decided as for a
+/// `MendixCredential`; `Ready` then says whether every selected namespace holds it.
+pub fn plan(observed: ClusterObserved) -> ClusterPlan {
+    let ClusterObserved {
+        generation,
+        credential_type,
+        previous,
+        target,
+        source,
+        copies,
+        selected,
+        verification,
+        now,
+    } = observed;
+    let core_previous = previous.core();
+    let synced: Vec<(&String, &Option<Time>, bool)> = copies
+        .iter()
+        .filter_map(|(ns, c)| match c {
+            CopyOutcome::Synced { written_at, wrote } => Some((ns, written_at, *wrote)),
+            _ => None,
+        })
+        .collect();
+    let sync = match &source {
+        Ok(fingerprint) => Sync::Published {
+            target: target.clone(),
+            fingerprint: fingerprint.clone(),
+            written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
+            wrote: synced.iter().any(|(_, _, wrote)| *wrote),
+        },
+        Err(ready) => Sync::Refused(ready.clone()),
+    };
+    let core_plan = plan::reconcile(Observed {
+        generation,
+        credential_type,
+        previous: &core_previous,
+        sync,
+        verification,
+        now: now.clone(),
+    });
+    if core_plan.hold.is_some() {
+        return ClusterPlan {
+            status: None,
+            events: vec![],
+            ready: core_plan.ready.as_str(),
+            request_served: core_plan.request_served,
+            hold: core_plan.hold,
+            retry: false,
+        };
+    }
+    let mut core = core_plan.status.unwrap_or(core_previous);
+
+    let failures = failures(&copies, &selected);
+    let selected_count = selected.active.len();
+    let synced_count = synced.len();
+    let (ready_status, ready_reason, message) = match &source {
+        Err(ready) => ("False", ready.reason.as_str(), ready.message.clone()),
+        Ok(_) if synced_count == selected_count => (
+            "True",
+            ReadyReason::Synced.as_str(),
+            format!(
+                "Secret {target:?} holds the current credential in all {selected_count} selected namespaces"
+            ),
+        ),
+        Ok(_) => (
+            "False",
+            NAMESPACES_FAILED,
+            format!(
+                "{} of {selected_count} selected namespaces do not hold the current credential; see status.failedNamespaces",
+                selected_count - synced_count
+            ),
+        ),
+    };
+    // Ready is decided here, from the previous Ready, not from the one the credential half set.
+    core.conditions.retain(|c| c.type_ != condition::READY);
+    if let Some(c) = conditions::find(&previous.conditions, condition::READY) {
+        core.conditions.insert(0, c.clone());
+    }
+    conditions::set(
+        &mut core.conditions,
+        Verdict {
+            type_: condition::READY,
+            status: ready_status,
+            reason: ready_reason,
+            message: message.clone(),
+        },
+        generation,
+        now,
+    );
+    // Ready first, as a MendixCredential's status has it.
+    core.conditions.sort_by_key(|c| c.type_ != condition::READY);
+
+    let mut status = ClusterMendixCredentialStatus::from_core(core);
+    if source.is_ok() {
+        status.selected = Some(count(selected_count));
+        status.synced = Some(count(synced_count));
+        status.namespaces = Some(format!("{synced_count}/{selected_count}"));
+        status.failed_namespace_count = Some(count(failures.len()));
+        status.failed_namespaces = failures
+            .iter()
+            .take(MAX_FAILED_NAMESPACES)
+            .cloned()
+            .collect();
+    }
+
+    let written: Vec<&str> = synced
+        .iter()
+        .filter(|(_, _, wrote)| *wrote)
+        .map(|(ns, _, _)| ns.as_str())
+        .collect();
+    let mut events: Vec<Announcement> = core_plan
+        .events
+        .into_iter()
+        .map(|mut e| {
+            if e.reason == ReadyReason::Synced.as_str() {
+                e.note = format!("wrote Secret {target} in {}", listed(&written));
+            }
+            e
+        })
+        .collect();
+    let conflicted_before: BTreeSet<&str> = previous
+        .failed_namespaces
+        .iter()
+        .filter(|f| f.reason == FailedReason::TargetConflict.as_str())
+        .map(|f| f.namespace.as_str())
+        .collect();
+    let new_conflicts: Vec<&str> = copies
+        .iter()
+        .filter(|(ns, c)| **c == CopyOutcome::Conflict && !conflicted_before.contains(ns.as_str()))
+        .map(|(ns, _)| ns.as_str())
+        .collect();
+    if !new_conflicts.is_empty() {
+        events.push(Announcement {
+            warning: true,
+            reason: ReadyReason::TargetConflict.as_str(),
+            note: format!(
+                "Secret {target} exists and is not managed by this ClusterMendixCredential in {}; left untouched",
+                listed(&new_conflicts)
+            ),
+        });
+    }
+    let retry = copies
+        .values()
+        .any(|c| matches!(c, CopyOutcome::Conflict | CopyOutcome::Failed(_)));
+    ClusterPlan {
+        status: (status != *previous).then_some(status),
+        events,
+        ready: ready_reason,
+        request_served: core_plan.request_served,
+        hold: None,
+        retry,
+    }
+}
+
+/// The failed namespaces, sorted by name.
+fn failures(copies: &BTreeMap<String, CopyOutcome>, selected: &Selected) -> Vec<FailedNamespace> {
+    let entry = |ns: &str, reason: FailedReason, message: String| FailedNamespace {
+        namespace: ns.to_owned(),
+        reason: reason.as_str().to_owned(),
+        message,
+    };
+    let mut out: Vec<FailedNamespace> = copies
+        .iter()
+        .filter_map(|(ns, c)| match c {
+            CopyOutcome::Synced { .. } => None,
+            CopyOutcome::Conflict => Some(entry(
+                ns,
+                FailedReason::TargetConflict,
+                "a Secret of this name exists and is not managed by this ClusterMendixCredential; it was left untouched".into(),
+            )),
+            CopyOutcome::Invalid(m) => Some(entry(ns, FailedReason::InvalidTarget, m.clone())),
+            CopyOutcome::Failed(m) => Some(entry(ns, FailedReason::WriteFailed, m.clone())),
+        })
+        .collect();
+    out.extend(selected.missing.iter().map(|ns| {
+        entry(
+            ns,
+            FailedReason::NamespaceNotFound,
+            "listed in spec.target.namespaces but does not exist".into(),
+        )
+    }));
+    out.extend(selected.terminating.iter().map(|ns| {
+        entry(
+            ns,
+            FailedReason::NamespaceTerminating,
+            "being deleted: no Secret is written there".into(),
+        )
+    }));
+    out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    out
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A few names for an Event's note, and how many more.
+fn listed(names: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let shown = names
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match names.len() {
+        0 => "no namespace".into(),
+        1 => format!("namespace {shown}"),
+        n if n <= SHOWN => format!("namespaces {shown}"),
+        n => format!("{n} namespaces ({shown}, ...)"),
+    }
+}
+
+impl ClusterMendixCredentialStatus {
+    /// The credential half, as a MendixCredential's status.
+    /// Fields of the namespaced status that this kind does not have stay empty.
+    // The `..Default::default()` covers the fields the namespaced status grows (rotation, ...)
+    // before this kind learns them; until then it updates nothing.
+    #[allow(clippy::needless_update)]
+    pub fn core(&self) -> MendixCredentialStatus {
+        MendixCredentialStatus {
+            observed_generation: self.observed_generation,
+            credential_type: self.credential_type,
+            secret_name: self.secret_name.clone(),
+            token_fingerprint: self.token_fingerprint.clone(),
+            last_synced_time: self.last_synced_time.clone(),
+            last_verified_time: self.last_verified_time.clone(),
+            next_verification_time: self.next_verification_time.clone(),
+            last_verification_error: self.last_verification_error.clone(),
+            conditions: self.conditions.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A status with the credential half of `core` and no namespace counts.
+    pub fn from_core(core: MendixCredentialStatus) -> Self {
+        ClusterMendixCredentialStatus {
+            observed_generation: core.observed_generation,
+            credential_type: core.credential_type,
+            secret_name: core.secret_name,
+            token_fingerprint: core.token_fingerprint,
+            last_synced_time: core.last_synced_time,
+            last_verified_time: core.last_verified_time,
+            next_verification_time: core.next_verification_time,
+            last_verification_error: core.last_verification_error,
+            conditions: core.conditions,
+            ..Default::default()
+        }
+    }
+}

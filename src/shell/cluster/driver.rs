@@ -1,0 +1,430 @@
+//! The reconcile driver of ClusterMendixCredentials. It reads as its steps:
+//!
+//! 1. resolve the spec and the selection (pure),
+//! 2. read the source Secret (the cache, or the client),
+//! 3. write the copy of each selected namespace that does not hold it, a few at a time (the
+//!    decision is pure), and delete our copies where no longer selected ([`super::copies`]),
+//! 4. subscribe the credential to the verification loop (shared with MendixCredentials),
+//! 5. plan the status and the Events (pure: [`crate::domain::cluster::plan`]),
+//! 6. write the status, then publish the Events, then remember what was done.
+
+use super::copies::{remove_copies, write_copies};
+use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
+use crate::domain::api::condition;
+use crate::domain::api::{
+    ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
+};
+use crate::domain::cluster::{
+    self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
+    NamespaceView, Selected, Selection,
+};
+use crate::domain::conditions::{self, Verdict};
+use crate::domain::credential::Credential;
+use crate::domain::plan::{self, Ready, ReadyReason};
+use crate::domain::spec::{self, InvalidSpec, Resolved};
+use crate::shell::reconcile::{
+    CONFLICT_RETRY, Context, Error, apply_params, backoff, describe, now,
+};
+use crate::shell::subscribe;
+use crate::shell::verifier::Subscription;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+pub(super) async fn reconcile(
+    guard: Arc<ClusterGuarded>,
+    cc: Arc<ClusterContext>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match &guard.0 {
+        Ok(cr) => reconcile_one(cr, &cc).await,
+        Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &cc)
+            .await
+            .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
+    };
+    let uid = guard.meta().uid.clone().unwrap_or_default();
+    match &result {
+        Ok((_, ready)) => {
+            cc.ctx.metrics.reconciled(ready, started.elapsed());
+            cc.ctx.tracker.api_succeeded(&uid);
+        }
+        Err(e) => {
+            cc.ctx.metrics.reconciled("error", started.elapsed());
+            cc.ctx.metrics.failed(e.step());
+        }
+    }
+    result.map(|(action, _)| action)
+}
+
+pub(super) fn error_policy(
+    guard: Arc<ClusterGuarded>,
+    error: &Error,
+    cc: Arc<ClusterContext>,
+) -> Action {
+    let meta = guard.meta();
+    let attempt = cc
+        .ctx
+        .tracker
+        .api_failed(meta.uid.as_deref().unwrap_or_default());
+    let delay = backoff(attempt);
+    let name = meta.name.as_deref().unwrap_or_default();
+    warn!(cluster_credential = name, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_one(
+    cr: &ClusterMendixCredential,
+    cc: &ClusterContext,
+) -> Result<(Action, &'static str), Error> {
+    let ctx = &cc.ctx;
+    // Being deleted: the garbage collector removes the copies (they are owned by it).
+    if cr.metadata.deletion_timestamp.is_some() {
+        return Ok((Action::await_change(), "Deleting"));
+    }
+    // Until both caches are current, what is selected and what we hold is not known: a copy
+    // must never be deleted for a namespace the cache has not listed yet.
+    if !cc.current.iter().all(|c| c.load(Ordering::Relaxed)) {
+        debug!(cluster_credential = cr.name_any(), "waiting for the caches");
+        return Ok((Action::requeue(Duration::from_millis(500)), "Waiting"));
+    }
+    let id = Id {
+        name: cr.name_any(),
+        uid: cr.uid().ok_or(Error::MissingMetadata("uid"))?,
+    };
+    let previous = cc.previous_status(cr);
+    let source_ns = cr.spec.source_ref.namespace.clone();
+
+    // 1. The spec and the selection.
+    let resolved = spec::resolve(
+        &id.name,
+        &cr.spec.as_namespaced(),
+        ctx.settings.default_interval,
+    )
+    .and_then(|r| {
+        spec::check_target_metadata(&r, &ctx.settings.denied_metadata_prefixes).map(|()| r)
+    });
+    let selection = Selection::of(&cr.spec.target);
+    let namespaces: Vec<NamespaceView> = cc.namespaces.state().iter().map(|n| view(n)).collect();
+    let selected = match &selection {
+        Ok(selection) => selection.apply(&namespaces),
+        Err(_) => Selected::default(),
+    };
+
+    // 2. and 3. The source, then the copies.
+    let mut copies = BTreeMap::new();
+    let (source, credential) = match (&resolved, &selection) {
+        (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => (
+            Err(Ready::refused(ReadyReason::InvalidSpec, m.clone())),
+            None,
+        ),
+        (Ok(resolved), Ok(_)) => match read_source(ctx, &source_ns, resolved).await? {
+            Err(ready) => (Err(ready), None),
+            Ok(credential) => {
+                copies = write_copies(cc, cr, &id, resolved, &credential, &selected.active).await?;
+                (Ok(credential.fingerprint()), Some(credential))
+            }
+        },
+    };
+    // Our copies outside the selection go, whatever the source says. With a spec that cannot be
+    // read, nothing is selected: the copies stay until it is fixed.
+    let keep: Option<(&str, BTreeSet<&str>)> = match (&resolved, &selection) {
+        (Ok(r), Ok(_)) => Some((
+            r.target_name.as_str(),
+            selected.active.iter().map(String::as_str).collect(),
+        )),
+        _ => None,
+    };
+    let mut retry = false;
+    if let Some((target_name, keep)) = keep {
+        retry |= !remove_copies(cc, &id, target_name, &keep).await;
+    }
+
+    // 4. The verification loop.
+    let view_cr = as_namespaced(cr, &previous.core());
+    let request = subscribe::verify_request(&view_cr, &id.uid, &previous.core(), ctx);
+    let verification = match (resolved.as_ref().ok(), credential.as_ref()) {
+        (Some(resolved), Some(credential)) => match &resolved.verification {
+            None => {
+                ctx.verifier.unsubscribe(&id.uid);
+                plan::Verification::Disabled
+            }
+            Some(v) => subscribe::verification_of(ctx.verifier.subscribe_cluster(Subscription {
+                uid: &id.uid,
+                namespace: &source_ns,
+                name: &id.name,
+                credential,
+                probe: &v.probe,
+                interval: ctx.settings.test_interval.unwrap_or(v.interval),
+                forced: request.as_ref().map(|(_, at)| *at),
+                known: subscribe::known_verdict(&view_cr, &previous.core(), credential),
+            })),
+        },
+        _ => {
+            ctx.verifier.unsubscribe(&id.uid);
+            plan::Verification::Waiting
+        }
+    };
+
+    // 5. The plan.
+    let wrote = copies
+        .values()
+        .filter(|c| matches!(c, CopyOutcome::Synced { wrote: true, .. }))
+        .count();
+    let plan = cluster::plan(ClusterObserved {
+        generation: cr.metadata.generation,
+        credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
+        previous: &previous,
+        target: resolved
+            .as_ref()
+            .map(|r| r.target_name.clone())
+            .unwrap_or_default(),
+        source,
+        copies,
+        selected,
+        verification,
+        now: now(),
+    });
+
+    // 6. Status, Events, memory.
+    let wrote_status = plan.status.is_some();
+    if let Some(status) = plan.status {
+        write_status(cc, cr, &id, status).await?;
+    }
+    for event in plan.events {
+        publish(ctx, cr, event).await;
+    }
+    if let Some((value, _)) = request.filter(|_| plan.request_served) {
+        ctx.tracker.serve_verify_request(&id.uid, &value);
+    }
+    info!(
+        cluster_credential = id.name,
+        reason = plan.ready,
+        wrote,
+        wrote_status,
+        "reconciled"
+    );
+    retry |= plan.retry;
+    let action = match plan.hold {
+        Some(hold) => Action::requeue(hold),
+        // Foreign Secrets in the way are not watched (only ours and sources are).
+        None if retry => Action::requeue(CONFLICT_RETRY),
+        None if plan.ready == ReadyReason::Synced.as_str() => {
+            Action::requeue(Duration::from_secs(3600))
+        }
+        None => Action::await_change(),
+    };
+    Ok((action, plan.ready))
+}
+
+fn view(ns: &NamespaceMeta) -> NamespaceView {
+    NamespaceView {
+        name: ns.name_any(),
+        labels: ns.labels().clone(),
+        terminating: ns.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// The resource as a MendixCredential in its source's namespace: what the verification
+/// request and the restored verdict are read from.
+fn as_namespaced(
+    cr: &ClusterMendixCredential,
+    status: &MendixCredentialStatus,
+) -> MendixCredential {
+    MendixCredential {
+        metadata: ObjectMeta {
+            name: cr.metadata.name.clone(),
+            namespace: Some(cr.spec.source_ref.namespace.clone()),
+            uid: cr.metadata.uid.clone(),
+            generation: cr.metadata.generation,
+            annotations: cr.metadata.annotations.as_ref().map(|a| {
+                a.iter()
+                    .filter(|(k, _)| *k == ANNOTATION_VERIFY_REQUESTED_AT)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            managed_fields: cr.metadata.managed_fields.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: cr.spec.as_namespaced(),
+        status: Some(status.clone()),
+    }
+}
+
+/// An object the API server holds but this version cannot read (for example after a
+/// downgrade): say so on the object and wait for it to change. Nothing is written or deleted
+/// in any namespace.
+async fn reconcile_unreadable(
+    guard: &ClusterGuarded,
+    error: &str,
+    cc: &ClusterContext,
+) -> Result<Action, Error> {
+    let meta = guard.meta();
+    let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
+    warn!(cluster_credential = name, error, "cannot read resource");
+    let uid = meta.uid.clone().unwrap_or_default();
+    let version = meta.resource_version.clone();
+    // Its status cannot be read either: remember the write, so that the events that reconcile
+    // every cluster resource (namespaces, copies) do not each cause another one.
+    if cc.ctx.tracker.has_written(&uid, version.as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let mut conds = vec![];
+    conditions::set(
+        &mut conds,
+        Verdict {
+            type_: condition::READY,
+            status: "False",
+            reason: ReadyReason::InvalidSpec.as_str(),
+            message: format!("the resource cannot be read: {error}"),
+        },
+        meta.generation,
+        now(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": "mxcred.io/v1alpha1",
+        "kind": "ClusterMendixCredential",
+        "status": { "conditions": conds, "observedGeneration": meta.generation },
+    });
+    let written = Api::<ClusterGuarded>::all(cc.ctx.client.clone())
+        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
+        .await
+        .map_err(Error::WriteStatus)?;
+    let produced = written.meta().resource_version.clone();
+    cc.ctx.tracker.wrote_status(&uid, version, produced, None);
+    Ok(Action::await_change())
+}
+
+/// The credential of the source, or why it cannot be used.
+async fn read_source(
+    ctx: &Context,
+    ns: &str,
+    resolved: &Resolved,
+) -> Result<Result<Credential, Ready>, Error> {
+    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
+    let credential = match ctx.secrets.credential(ns, credential_type, keys) {
+        Some(cached) => cached,
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let Some(source) = secrets
+                .get_opt(&keys.secret)
+                .await
+                .map_err(Error::ReadSource)?
+            else {
+                return Ok(Err(Ready::refused(
+                    ReadyReason::SourceNotFound,
+                    format!("Secret {:?} not found in namespace {ns:?}", keys.secret),
+                )));
+            };
+            let credential = Credential::from_secret(credential_type, keys, &source);
+            if let Some(version) = source.metadata.resource_version {
+                ctx.secrets
+                    .remember(ns, credential_type, keys, version, credential.clone());
+            }
+            credential
+        }
+    };
+    Ok(credential.map_err(|problem| plan::source_refused(&problem)))
+}
+
+async fn write_status(
+    cc: &ClusterContext,
+    cr: &ClusterMendixCredential,
+    id: &Id,
+    status: ClusterMendixCredentialStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "mxcred.io/v1alpha1",
+        "kind": "ClusterMendixCredential",
+        "status": status,
+    });
+    Api::<ClusterMendixCredential>::all(cc.ctx.client.clone())
+        .patch_status(&id.name, &apply_params(), &Patch::Apply(patch))
+        .await
+        .map_err(Error::WriteStatus)?;
+    cc.written
+        .lock()
+        .expect("lock poisoned")
+        .insert(id.uid.clone(), (cr.resource_version(), status));
+    Ok(())
+}
+
+/// Publishes an Event on the resource. One that cannot be published is logged and counted.
+///
+/// A cluster-scoped object's Events go to the namespace `default`, as kube's `Recorder` and
+/// client-go put them. Older API servers (1.20 in the test environment) accept them only in
+/// `kube-system`: there, they go there. Written by hand because the `Recorder` always takes
+/// `default`.
+async fn publish(ctx: &Context, cr: &ClusterMendixCredential, event: plan::Announcement) {
+    let reason = event.reason;
+    let at = jiff::Timestamp::now();
+    let body = k8s_openapi::api::events::v1::Event {
+        action: Some("Reconcile".into()),
+        reason: Some(reason.into()),
+        note: Some(event.note),
+        type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            at,
+        )),
+        regarding: Some(cr.object_ref(&())),
+        reporting_controller: Some(ctx.reporter.controller.clone()),
+        reporting_instance: Some(
+            ctx.reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| ctx.reporter.controller.clone()),
+        ),
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", cr.name_any(), at.as_nanosecond())),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    let mut result = Ok(());
+    for ns in ["default", "kube-system"] {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(ctx.client.clone(), ns);
+        result = events
+            .create(&PostParams::default(), &body)
+            .await
+            .map(|_| ());
+        match &result {
+            Err(kube::Error::Api(e)) if e.is_invalid() => continue,
+            _ => break,
+        }
+    }
+    if let Err(error) = result {
+        ctx.metrics.failed("publish_event");
+        warn!(error = %describe(&error), reason, "could not publish Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespaced_view_keeps_only_what_verification_reads() {
+        let mut cr = ClusterMendixCredential::new("c", Default::default());
+        cr.spec.source_ref.namespace = "src".into();
+        cr.metadata.uid = Some("u".into());
+        cr.metadata.generation = Some(3);
+        cr.metadata.annotations = Some(
+            [
+                (ANNOTATION_VERIFY_REQUESTED_AT.to_owned(), "now".to_owned()),
+                ("other".to_owned(), "x".to_owned()),
+            ]
+            .into(),
+        );
+        let view = as_namespaced(&cr, &MendixCredentialStatus::default());
+        assert_eq!(view.metadata.namespace.as_deref(), Some("src"));
+        assert_eq!(view.metadata.generation, Some(3));
+        assert_eq!(view.annotations().len(), 1);
+    }
+}

@@ -1,0 +1,330 @@
+//! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
+//! resources, namespaces (metadata only), the copies it published (metadata only, by their
+//! label) and sources (metadata only, by their opt-in label); the reconcile driver
+//! ([`driver`]); and the copies in each namespace ([`copies`]).
+
+mod copies;
+mod driver;
+
+use driver::{error_policy, reconcile};
+
+use crate::domain::api::LABEL_SOURCE;
+use crate::domain::cluster::{
+    ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
+};
+use crate::domain::spec;
+use crate::shell::reconcile::{Context, describe};
+use crate::shell::secrets::SecretMeta;
+use copies::KnownCopy;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, Resource, ResourceExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// A ClusterMendixCredential as the watch delivers it: one this version cannot read still
+/// arrives, so that it gets a condition instead of stopping the watch of all of them.
+pub type ClusterGuarded = kube::core::DeserializeGuard<ClusterMendixCredential>;
+
+/// What the reconciles of ClusterMendixCredentials share.
+pub struct ClusterContext {
+    ctx: Arc<Context>,
+    namespaces: Store<NamespaceMeta>,
+    copies: Store<SecretMeta>,
+    /// Set while each watch's cache is current (namespaces, copies).
+    current: [Arc<AtomicBool>; 2],
+    /// Per resource (uid) and namespace: the copy this instance wrote or found current.
+    known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
+    /// Per resource (uid): the status last written, and the resource version it was based on,
+    /// until the watch brings a newer version.
+    written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
+}
+
+/// The names of a resource that every step needs.
+struct Id {
+    name: String,
+    uid: String,
+}
+
+/// Runs the controller of ClusterMendixCredentials until `shutdown`; publishes its cache of the
+/// resources through `store`, for the metrics and the forgetting of deleted resources.
+pub async fn run(
+    ctx: Arc<Context>,
+    store: Arc<Mutex<Option<Store<ClusterGuarded>>>>,
+    shutdown: CancellationToken,
+) {
+    let client = ctx.client.clone();
+    let (namespaces, namespace_stream) = cached(
+        watcher(
+            Api::<NamespaceMeta>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        "namespaces",
+    );
+    let (copies, copy_stream) = cached(
+        watcher(
+            Api::<SecretMeta>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_CLUSTER_CREDENTIAL),
+        ),
+        "cluster credential copies",
+    );
+    let sources = watcher(
+        Api::<SecretMeta>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
+    )
+    .default_backoff()
+    .touched_objects();
+    let cc = Arc::new(ClusterContext {
+        ctx: ctx.clone(),
+        namespaces: namespaces.0,
+        copies: copies.0,
+        current: [namespaces.1, copies.1],
+        known: Mutex::default(),
+        written: Mutex::default(),
+    });
+
+    let (reader, writer) = reflector::store();
+    let listed = Arc::new(AtomicBool::new(false));
+    let listed_flag = listed.clone();
+    let resources = reflector(
+        writer,
+        watcher(
+            Api::<ClusterGuarded>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
+    .inspect_err(
+        |e| warn!(error = %describe_watch(e), "cannot watch ClusterMendixCredentials; retrying"),
+    )
+    .inspect_ok(move |event| {
+        if let watcher::Event::InitDone = event {
+            listed_flag.store(true, Ordering::Relaxed);
+        }
+    })
+    .default_backoff()
+    .applied_objects()
+    // Only spec and annotation (verify-requested-at) changes start a reconcile: the operator's
+    // own status writes would otherwise each cause another one.
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    let controller = Controller::for_stream(resources, reader).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+    );
+    let all = controller.store();
+    *store.lock().expect("lock poisoned") = Some(all.clone());
+    let for_namespaces = all.clone();
+    let for_sources = all.clone();
+    let answered = ctx
+        .verifier
+        .cluster_route()
+        .map(|answered| ObjectRef::new(&answered.name));
+    tokio::spawn(forget_deleted(cc.clone(), all, shutdown.clone()));
+    let controller = controller
+        // Any namespace change may change a selection; there are few cluster resources.
+        .watches_stream(namespace_stream, move |_| {
+            for_namespaces
+                .state()
+                .iter()
+                .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(copy_stream, |copy| {
+            copy.labels()
+                .get(LABEL_CLUSTER_CREDENTIAL)
+                .map(|name| ObjectRef::new(name))
+        })
+        .watches_stream(sources, move |source| reading(&for_sources, &source))
+        .reconcile_on(answered)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, cc)
+        .for_each(|_| std::future::ready(()));
+    // A controller whose resources were never listed (their CRD is missing) waits for that list
+    // even when told to stop: it is dropped at once. Otherwise its reconciles under way may
+    // finish, for a while.
+    let dropped = async {
+        shutdown.cancelled().await;
+        if listed.load(Ordering::Relaxed) {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = dropped => warn!("the controller of ClusterMendixCredentials did not stop in time: dropped"),
+    }
+    *store.lock().expect("lock poisoned") = None;
+}
+
+/// How long reconciles under way may take to finish once the operator stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A watch error for a log line: the HTTP code and reason only, never the API server's message.
+fn describe_watch(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => describe(e),
+        watcher::Error::WatchError(status) => format!("HTTP {} {}", status.code, status.reason),
+        watcher::Error::NoResourceVersion => "no resourceVersion in the watch".into(),
+    }
+}
+
+/// A metadata watch kept in a cache, with the flag set while that cache is current; and the
+/// stream of the objects it touched.
+fn cached<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    what: &'static str,
+) -> (
+    (Store<K>, Arc<AtomicBool>),
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let current = Arc::new(AtomicBool::new(false));
+    let flag = current.clone();
+    let stream = reflector(writer, stream)
+        .inspect(move |result| {
+            if let Err(e) = result {
+                warn!(error = %describe_watch(e), "cannot watch {what}; retrying");
+            }
+            let flowing = matches!(
+                result,
+                Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
+            );
+            flag.store(flowing, Ordering::Relaxed);
+            if let Ok(watcher::Event::InitDone) = result {
+                info!("listed {what}");
+            }
+        })
+        .default_backoff()
+        .touched_objects();
+    ((reader, current), stream)
+}
+
+/// The cluster resources that read `secret` as their source.
+fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<ClusterGuarded>> {
+    let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
+        return vec![];
+    };
+    store
+        .state_filter(|guard| {
+            guard.0.as_ref().is_ok_and(|cr| {
+                cr.spec.source_ref.namespace == *ns && cr.spec.source_ref.name == *name
+            })
+        })
+        .iter()
+        .map(|cr| ObjectRef::from_obj(cr.as_ref()))
+        .collect()
+}
+
+impl ClusterContext {
+    /// The status to plan from: the one this instance wrote, while the cache still holds the
+    /// version it was based on; else the cached one.
+    fn previous_status(&self, cr: &ClusterMendixCredential) -> ClusterMendixCredentialStatus {
+        let uid = cr.uid().unwrap_or_default();
+        let mut written = self.written.lock().expect("lock poisoned");
+        match written.get(&uid) {
+            Some((based_on, status)) if *based_on == cr.resource_version() => status.clone(),
+            _ => {
+                written.remove(&uid);
+                cr.status.clone().unwrap_or_default()
+            }
+        }
+    }
+
+    fn retain(&self, live: &HashSet<String>) {
+        self.known
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+        self.written
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+    }
+}
+
+/// Every ten minutes, forgets what is remembered of resources that no longer exist.
+async fn forget_deleted(
+    cc: Arc<ClusterContext>,
+    store: Store<ClusterGuarded>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live: HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|guard| guard.meta().uid.clone())
+            .collect();
+        cc.retain(&live);
+    }
+}
+
+/// The uids of the cached ClusterMendixCredentials, and the source readings they use.
+pub fn live(
+    store: &Store<ClusterGuarded>,
+    default_interval: Duration,
+) -> (HashSet<String>, HashSet<crate::shell::secrets::Reading>) {
+    let mut uids = HashSet::new();
+    let mut readings = HashSet::new();
+    for guard in store.state() {
+        if let Some(uid) = guard.meta().uid.clone() {
+            uids.insert(uid);
+        }
+        let Ok(cr) = &guard.0 else {
+            continue;
+        };
+        if let Ok(resolved) =
+            spec::resolve(&cr.name_any(), &cr.spec.as_namespaced(), default_interval)
+        {
+            readings.insert(crate::shell::secrets::Reading::new(
+                &cr.spec.source_ref.namespace,
+                resolved.credential_type,
+                &resolved.source,
+            ));
+        }
+    }
+    (uids, readings)
+}
+
+/// The cached ClusterMendixCredentials by TokenValid status ("True", "False", "Unknown"), for
+/// the `mxcred_cluster_credentials` gauge.
+pub fn token_valid_counts(store: Option<Store<ClusterGuarded>>) -> HashMap<&'static str, i64> {
+    let mut counts: HashMap<&'static str, i64> = HashMap::new();
+    for guard in store.map(|s| s.state()).unwrap_or_default() {
+        let valid = guard.0.as_ref().ok().and_then(|cr| {
+            let status = cr.status.as_ref()?;
+            crate::domain::conditions::find(
+                &status.conditions,
+                crate::domain::api::condition::TOKEN_VALID,
+            )
+        });
+        let status = match valid.map(|c| c.status.as_str()) {
+            Some("True") => "True",
+            Some("False") => "False",
+            _ => "Unknown",
+        };
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}

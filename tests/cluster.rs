@@ -1,0 +1,825 @@
+//! ClusterMendixCredentials on the real control plane, with the platform simulator: selection by
+//! label and by list, namespaces joining and leaving, a foreign Secret left alone and reported,
+//! source rotation, garbage collection of every copy, and one platform call for 200 namespaces.
+//!
+//! The operator runs in cluster mode (no `--namespace`), so two of them would both serve every
+//! ClusterMendixCredential: the tests of this binary take turns. Each test's namespaces have
+//! unique names and are deleted at its end.
+
+mod common;
+
+use common::{Operator, TestEnv, loopback_platform, value, wait_for};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use mendix_simulator::{Simulator, State};
+use mxcred_operator::domain::cluster::ClusterMendixCredential;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// One cluster-mode operator at a time.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+const TARGET: &str = "mendix-deploy";
+const FINGERPRINT: &str = "mxcred.io/token-fingerprint";
+
+/// A test's world: a namespace for the source, the simulator, and a cluster-mode operator.
+struct World {
+    env: TestEnv,
+    sim: Simulator,
+    op: Operator,
+    namespaces: Vec<String>,
+}
+
+impl World {
+    async fn new(name: &str, extra: &[&str]) -> World {
+        let env = TestEnv::new(name).await;
+        let sim = Simulator::start().await;
+        let mut args = loopback_platform(&sim.base_url());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let op = Operator::start(env.cp, &env.cp.operator_kubeconfig, "", &args, &[]);
+        World {
+            env,
+            sim,
+            op,
+            namespaces: vec![],
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.env.client.clone()
+    }
+
+    fn clusters(&self) -> Api<ClusterMendixCredential> {
+        Api::all(self.client())
+    }
+
+    /// Creates namespace `<source ns>-<suffix>` with `labels`; returns its name.
+    async fn namespace(&mut self, suffix: &str, labels: serde_json::Value) -> String {
+        let name = format!("{}-{suffix}", self.env.ns);
+        create_namespace(&self.client(), &name, labels).await;
+        self.namespaces.push(name.clone());
+        name
+    }
+
+    async fn label(&self, ns: &str, labels: serde_json::Value) {
+        Api::<Namespace>::all(self.client())
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A source Secret in the test's namespace holding `token`.
+    async fn source(&self, name: &str, token: &str) {
+        self.sim.set(token, State::Valid);
+        self.env.put_source(name, &[("token", token)]).await;
+    }
+
+    async fn put(&self, name: &str, spec: serde_json::Value) {
+        let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "ClusterMendixCredential",
+                        "metadata": {"name": name}, "spec": spec});
+        self.clusters()
+            .patch(
+                name,
+                &PatchParams::apply("mxcred-tests").force(),
+                &Patch::Apply(cr),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the resource's status satisfies `check`; returns it.
+    async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&ClusterMendixCredential) -> bool,
+    ) -> ClusterMendixCredential {
+        let api = self.clusters();
+        let last = std::sync::Mutex::new(None);
+        wait_for(timeout, || async {
+            let cr = api.get(name).await.ok()?;
+            *last.lock().unwrap() = Some(cr.status.clone());
+            check(&cr).then_some(cr)
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} never became {what}; last status {:?}\n{}",
+                last.lock().unwrap(),
+                tail(&self.op.logs())
+            )
+        })
+    }
+
+    async fn copy(&self, ns: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.client(), ns)
+            .get_opt(TARGET)
+            .await
+            .unwrap()
+    }
+
+    /// Deletes the resource and the test's namespaces.
+    async fn clean_up(self, resources: &[&str]) {
+        for name in resources {
+            let _ = self.clusters().delete(name, &DeleteParams::default()).await;
+        }
+        for ns in self.namespaces.iter().chain([&self.env.ns]) {
+            let _ = Api::<Namespace>::all(self.client())
+                .delete(ns, &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str, labels: serde_json::Value) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+fn tail(logs: &str) -> String {
+    let lines: Vec<&str> = logs.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn ready(cr: &ClusterMendixCredential) -> Option<(String, String)> {
+    let c = cr
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+fn is_synced(cr: &ClusterMendixCredential, namespaces: &str) -> bool {
+    ready(cr).is_some_and(|(s, r)| s == "True" && r == "Synced")
+        && cr.status.as_ref().and_then(|s| s.namespaces.as_deref()) == Some(namespaces)
+        && cr.status.as_ref().and_then(|s| s.observed_generation) == cr.metadata.generation
+}
+
+fn token_valid(cr: &ClusterMendixCredential) -> Option<String> {
+    cr.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "TokenValid")
+        .map(|c| c.reason.clone())
+}
+
+/// Waits, by a watch, until Secret `TARGET` in `ns` satisfies `check`.
+async fn copy_becomes(
+    client: &Client,
+    ns: &str,
+    check: impl Fn(Option<&Secret>) -> bool,
+) -> Result<(), tokio::time::error::Elapsed> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api, TARGET, move |s: Option<&Secret>| check(s)),
+    )
+    .await
+    .map(|r| {
+        r.unwrap();
+    })
+}
+
+/// Events recorded for a ClusterMendixCredential, as "Type Reason: note": in namespace
+/// `default`, or `kube-system` on API servers that refuse them in `default` (1.20).
+async fn events_of(client: &Client, name: &str) -> Vec<String> {
+    let mut all = vec![];
+    for ns in ["default", "kube-system"] {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+        all.extend(api.list(&Default::default()).await.unwrap().items);
+    }
+    all.into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("ClusterMendixCredential")
+                    && r.name.as_deref() == Some(name)
+            })
+        })
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn selects_by_label_and_by_list_and_publishes_the_same_secret() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-select", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let labelled = w.namespace("a", json!({&key: "true"})).await;
+    let listed = w.namespace("b", json!({})).await;
+    let other = w.namespace("c", json!({&key: "false"})).await;
+    w.source("raw", "tok-select").await;
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}},
+                       "namespaces": [listed], "labels": {"team": "ci"}},
+        }),
+    )
+    .await;
+    let cr = w
+        .wait_status(&name, "synced in 2/2", Duration::from_secs(30), |cr| {
+            is_synced(cr, "2/2") && token_valid(cr).as_deref() == Some("Verified")
+        })
+        .await;
+    let status = cr.status.clone().unwrap();
+    assert_eq!((status.selected, status.synced), (Some(2), Some(2)));
+    assert_eq!(status.secret_name.as_deref(), Some(TARGET));
+    assert!(status.failed_namespaces.is_empty());
+    for ns in [&labelled, &listed] {
+        let copy = w
+            .copy(ns)
+            .await
+            .unwrap_or_else(|| panic!("no copy in {ns}"));
+        assert_eq!(value(&copy, "MENDIX_TOKEN").as_deref(), Some("tok-select"));
+        assert_eq!(
+            value(&copy, "Authorization").as_deref(),
+            Some("MxToken tok-select")
+        );
+        assert_eq!(
+            value(&copy, "headers").as_deref(),
+            Some("Authorization: MxToken tok-select\n")
+        );
+        let labels = copy.labels();
+        assert_eq!(
+            labels.get("mxcred.io/cluster-credential"),
+            Some(&name),
+            "{labels:?}"
+        );
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/managed-by")
+                .map(String::as_str),
+            Some("mxcred-operator")
+        );
+        assert_eq!(labels.get("team").map(String::as_str), Some("ci"));
+        assert!(!labels.contains_key("mxcred.io/credential"));
+        assert_eq!(
+            copy.annotations().get(FINGERPRINT),
+            status.token_fingerprint.as_ref()
+        );
+        let owner = &copy.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("ClusterMendixCredential", cr.uid().unwrap().as_str())
+        );
+    }
+    assert!(w.copy(&other).await.is_none(), "not selected");
+    assert_eq!(w.sim.requests("tok-select"), 1);
+    let events = wait_for(Duration::from_secs(15), || async {
+        let events = events_of(&w.client(), &name).await;
+        (events.iter().any(|e| e.starts_with("Normal Synced"))
+            && events.iter().any(|e| e.starts_with("Normal Verified")))
+        .then_some(events)
+    })
+    .await
+    .expect("Synced and Verified Events in namespace default");
+    assert!(
+        !events.iter().any(|e| e.contains("tok-select")),
+        "{events:?}"
+    );
+    // A forced check, as for a MendixCredential.
+    w.clusters()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"mxcred.io/verify-requested-at": "now"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), || async {
+        (w.sim.requests("tok-select") == 2).then_some(())
+    })
+    .await
+    .expect("the forced check is sent");
+    // The empty selector selects nothing.
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {}},
+        }),
+    )
+    .await;
+    w.wait_status(&name, "synced in 0/0", Duration::from_secs(30), |cr| {
+        is_synced(cr, "0/0")
+    })
+    .await;
+    for ns in [&labelled, &listed] {
+        copy_becomes(&w.client(), ns, |s| s.is_none())
+            .await
+            .unwrap_or_else(|_| panic!("the copy in {ns} stays"));
+    }
+    assert!(!w.op.logs().contains("tok-select"));
+    w.clean_up(&[&name]).await;
+}
+
+#[tokio::test]
+async fn namespaces_join_and_leave_the_selection() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-join", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let first = w.namespace("first", json!({&key: "true"})).await;
+    let later = w.namespace("later", json!({})).await;
+    let listed = w.namespace("listed", json!({})).await;
+    w.source("raw", "tok-join").await;
+    let name = w.env.ns.clone();
+    let spec = |list: Vec<&str>| {
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}},
+                       "namespaces": list},
+        })
+    };
+    w.put(&name, spec(vec![&listed])).await;
+    w.wait_status(&name, "synced in 2/2", Duration::from_secs(30), |cr| {
+        is_synced(cr, "2/2")
+    })
+    .await;
+
+    // Labelled later: its copy comes within seconds.
+    let client = w.client();
+    let later_ns = later.clone();
+    let arrival =
+        tokio::spawn(async move { copy_becomes(&client, &later_ns, |s| s.is_some()).await });
+    let labelled_at = Instant::now();
+    w.label(&later, json!({&key: "true"})).await;
+    arrival.await.unwrap().expect("the copy arrives");
+    let took = labelled_at.elapsed();
+    eprintln!("MEASURED label a namespace -> its Secret: {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    w.wait_status(&name, "synced in 3/3", Duration::from_secs(30), |cr| {
+        is_synced(cr, "3/3")
+    })
+    .await;
+
+    // A copy deleted by hand comes back.
+    Api::<Secret>::namespaced(w.client(), &later)
+        .delete(TARGET, &DeleteParams::default())
+        .await
+        .unwrap();
+    copy_becomes(&w.client(), &later, |s| s.is_some())
+        .await
+        .expect("a deleted copy is restored");
+
+    // Unlabelled: the copy goes. Removed from the list: the copy goes.
+    w.label(&first, json!({&key: null})).await;
+    copy_becomes(&w.client(), &first, |s| s.is_none())
+        .await
+        .expect("the copy of an unlabelled namespace is deleted");
+    w.put(&name, spec(vec![])).await;
+    copy_becomes(&w.client(), &listed, |s| s.is_none())
+        .await
+        .expect("the copy of a namespace removed from the list is deleted");
+    w.wait_status(&name, "synced in 1/1", Duration::from_secs(30), |cr| {
+        is_synced(cr, "1/1")
+    })
+    .await;
+    assert!(w.copy(&later).await.is_some());
+
+    // A namespace being deleted loses the copy and is reported.
+    let doomed = w.namespace("doomed", json!({&key: "true"})).await;
+    copy_becomes(&w.client(), &doomed, |s| s.is_some())
+        .await
+        .expect("the copy arrives");
+    // A finalizer of our own keeps the namespace terminating long enough to be seen.
+    Api::<Secret>::namespaced(w.client(), &doomed)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "held",
+                "finalizers": ["example.com/hold"]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<Namespace>::all(w.client())
+        .delete(&doomed, &DeleteParams::default())
+        .await
+        .unwrap();
+    let cr = w
+        .wait_status(
+            &name,
+            "reporting the terminating namespace",
+            Duration::from_secs(30),
+            |cr| {
+                cr.status.as_ref().is_some_and(|s| {
+                    s.failed_namespaces
+                        .iter()
+                        .any(|f| f.namespace == doomed && f.reason == "NamespaceTerminating")
+                })
+            },
+        )
+        .await;
+    assert!(is_synced(&cr, "1/1"), "{:?}", cr.status);
+    Api::<Secret>::namespaced(w.client(), &doomed)
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    w.clean_up(&[&name]).await;
+}
+
+#[tokio::test]
+async fn a_foreign_secret_is_untouched_and_reported_while_the_others_sync() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-foreign", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let good = w.namespace("good", json!({&key: "true"})).await;
+    let taken = w.namespace("taken", json!({&key: "true"})).await;
+    let foreign = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": TARGET}, "stringData": {"MENDIX_TOKEN": "theirs"}});
+    Api::<Secret>::namespaced(w.client(), &taken)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(foreign).unwrap(),
+        )
+        .await
+        .unwrap();
+    let before = w.copy(&taken).await.unwrap();
+    w.source("raw", "tok-foreign").await;
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
+        }),
+    )
+    .await;
+    let cr = w
+        .wait_status(
+            &name,
+            "1/2 with a conflict",
+            Duration::from_secs(30),
+            |cr| cr.status.as_ref().and_then(|s| s.namespaces.as_deref()) == Some("1/2"),
+        )
+        .await;
+    let status = cr.status.clone().unwrap();
+    assert_eq!(
+        ready(&cr),
+        Some(("False".into(), "NamespacesFailed".into()))
+    );
+    assert_eq!(status.failed_namespaces.len(), 1);
+    assert_eq!(status.failed_namespaces[0].namespace, taken);
+    assert_eq!(status.failed_namespaces[0].reason, "TargetConflict");
+    assert_eq!(status.failed_namespace_count, Some(1));
+    let copy = w.copy(&good).await.expect("the other namespace proceeds");
+    assert_eq!(value(&copy, "MENDIX_TOKEN").as_deref(), Some("tok-foreign"));
+    let after = w.copy(&taken).await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(value(&after, "MENDIX_TOKEN").as_deref(), Some("theirs"));
+    let events = wait_for(Duration::from_secs(15), || async {
+        let events = events_of(&w.client(), &name).await;
+        events
+            .iter()
+            .any(|e| e.starts_with("Warning TargetConflict") && e.contains(&taken))
+            .then_some(events)
+    })
+    .await;
+    assert!(events.is_some(), "a Warning TargetConflict naming {taken}");
+
+    // Once the foreign Secret is gone, the namespace gets its copy.
+    Api::<Secret>::namespaced(w.client(), &taken)
+        .delete(TARGET, &DeleteParams::default())
+        .await
+        .unwrap();
+    w.wait_status(&name, "synced in 2/2", Duration::from_secs(60), |cr| {
+        is_synced(cr, "2/2")
+    })
+    .await;
+    w.clean_up(&[&name]).await;
+}
+
+#[tokio::test]
+async fn deleting_the_resource_collects_every_copy() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-gc", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let mut namespaces = vec![];
+    for i in 0..3 {
+        namespaces.push(w.namespace(&format!("n{i}"), json!({&key: "true"})).await);
+    }
+    w.source("raw", "tok-gc").await;
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
+        }),
+    )
+    .await;
+    w.wait_status(&name, "synced in 3/3", Duration::from_secs(30), |cr| {
+        is_synced(cr, "3/3")
+    })
+    .await;
+    w.clusters()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    for ns in &namespaces {
+        copy_becomes(&w.client(), ns, |s| s.is_none())
+            .await
+            .unwrap_or_else(|_| panic!("the copy in {ns} was not collected"));
+    }
+    // A cluster-mode operator stops on SIGTERM as quickly as a namespaced one.
+    let took = w.op.terminate();
+    eprintln!("MEASURED cluster mode: SIGTERM -> exit {took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    w.clean_up(&[]).await;
+}
+
+#[tokio::test]
+async fn two_hundred_namespaces_cost_one_platform_call_and_rotation_reaches_every_copy() {
+    const N: usize = 200;
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-many", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let mut namespaces = vec![];
+    for i in 0..N {
+        namespaces.push(w.namespace(&format!("{i:03}"), json!({&key: "true"})).await);
+    }
+    w.source("raw", "tok-many").await;
+    // A MendixCredential with the same token and probe shares the check.
+    w.env
+        .put_credential("namespaced", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    let name = w.env.ns.clone();
+    let started = Instant::now();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
+        }),
+    )
+    .await;
+    let all = format!("{N}/{N}");
+    let cr = w
+        .wait_status(
+            &name,
+            &format!("synced in {all}"),
+            Duration::from_secs(120),
+            |cr| is_synced(cr, &all) && token_valid(cr).as_deref() == Some("Verified"),
+        )
+        .await;
+    eprintln!(
+        "MEASURED {N} namespaces: first sync of every copy {:?}",
+        started.elapsed()
+    );
+    w.env
+        .wait_reason("namespaced", "TokenValid", "Verified")
+        .await;
+    assert_eq!(
+        w.sim.requests("tok-many"),
+        1,
+        "one platform call for {N} namespaces and a MendixCredential on the same token"
+    );
+    let first = cr.status.unwrap().token_fingerprint.unwrap();
+
+    // Rotation: every copy gets the new token; the new token costs one call.
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let watched = Api::<Secret>::all(w.client());
+    let selector = format!("mxcred.io/cluster-credential={name}");
+    let old = first.clone();
+    let watch = tokio::spawn(async move {
+        let mut fingerprints: HashMap<String, String> = HashMap::new();
+        let mut tx = Some(tx);
+        let mut stream = watcher(watched, watcher::Config::default().labels(&selector))
+            .applied_objects()
+            .boxed();
+        let mut rotated_at: Option<Instant> = None;
+        while let Some(secret) = stream.try_next().await.unwrap() {
+            let ns = secret.namespace().unwrap_or_default();
+            let fp = secret
+                .annotations()
+                .get(FINGERPRINT)
+                .cloned()
+                .unwrap_or_default();
+            fingerprints.insert(ns, fp);
+            if rotated_at.is_none() {
+                rotated_at = Some(Instant::now());
+            }
+            let (count, new) = (
+                fingerprints.len(),
+                fingerprints.values().filter(|f| **f != old).count(),
+            );
+            if count == N && new == N {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Instant::now());
+                }
+                return;
+            }
+        }
+    });
+    w.sim.set("tok-many-2", State::Valid);
+    let rotated = Instant::now();
+    w.env.put_source("raw", &[("token", "tok-many-2")]).await;
+    let last_copy = tokio::time::timeout(Duration::from_secs(120), done)
+        .await
+        .expect("every copy gets the rotated token")
+        .unwrap();
+    watch.abort();
+    eprintln!(
+        "MEASURED {N} namespaces: source rotation -> last copy {:?}",
+        last_copy.duration_since(rotated)
+    );
+    for ns in [&namespaces[0], &namespaces[N - 1]] {
+        let copy = w.copy(ns).await.unwrap();
+        assert_eq!(value(&copy, "MENDIX_TOKEN").as_deref(), Some("tok-many-2"));
+    }
+    w.wait_status(&name, "verified again", Duration::from_secs(60), |cr| {
+        is_synced(cr, &all)
+            && token_valid(cr).as_deref() == Some("Verified")
+            && cr
+                .status
+                .as_ref()
+                .and_then(|s| s.token_fingerprint.as_deref())
+                != Some(&first)
+    })
+    .await;
+    w.env
+        .wait_reason("namespaced", "TokenValid", "Verified")
+        .await;
+    assert_eq!(
+        w.sim.requests("tok-many-2"),
+        1,
+        "one call for the new token"
+    );
+    assert_eq!(w.sim.requests("tok-many"), 1, "none more for the old one");
+
+    // A resync with nothing changed writes nothing: label one namespace (every resource is
+    // reconciled) and count the copies' versions.
+    let versions = |secrets: Vec<Secret>| {
+        secrets
+            .into_iter()
+            .map(|s| (s.namespace().unwrap(), s.resource_version().unwrap()))
+            .collect::<HashMap<_, _>>()
+    };
+    let list =
+        kube::api::ListParams::default().labels(&format!("mxcred.io/cluster-credential={name}"));
+    let before = versions(
+        Api::<Secret>::all(w.client())
+            .list(&list)
+            .await
+            .unwrap()
+            .items,
+    );
+    w.label(&namespaces[0], json!({"touched": "yes"})).await;
+    let logs_before = w.op.logs().matches("\"reconciled\"").count();
+    wait_for(Duration::from_secs(15), || async {
+        (w.op.logs().matches("\"reconciled\"").count() > logs_before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+    let after = versions(
+        Api::<Secret>::all(w.client())
+            .list(&list)
+            .await
+            .unwrap()
+            .items,
+    );
+    assert_eq!(before, after, "no copy was written on a resync");
+    assert!(!w.op.logs().contains("tok-many"));
+    w.clean_up(&[&name]).await;
+}
+
+#[tokio::test]
+async fn a_namespace_scoped_operator_does_not_serve_the_kind() {
+    let _turn = TURN.lock().await;
+    let env = TestEnv::new("cl-scoped").await;
+    let op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", "tok-scoped")]).await;
+    let name = env.ns.clone();
+    let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "ClusterMendixCredential",
+        "metadata": {"name": name},
+        "spec": {"sourceRef": {"namespace": env.ns, "name": "raw"},
+                 "target": {"name": TARGET, "namespaces": [env.ns]}}});
+    let api: Api<ClusterMendixCredential> = Api::all(env.client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply("mxcred-tests"),
+        &Patch::Apply(cr),
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(20), || async {
+        op.logs()
+            .contains("ClusterMendixCredentials are not served")
+            .then_some(())
+    })
+    .await
+    .expect("the operator says it does not serve the kind");
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_reason("c", "Ready", "Synced").await;
+    assert!(api.get(&name).await.unwrap().status.is_none());
+    assert!(env.secrets().get_opt(TARGET).await.unwrap().is_none());
+    let _ = api.delete(&name, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn an_unreadable_resource_gets_a_condition_and_the_others_go_on() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-unreadable", &[]).await;
+    // Drop the enum on spec.type so that the API server stores a value this operator cannot
+    // read. (The tests of this binary send only valid values: the looser schema is harmless.)
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(w.client());
+    let patch = json!([{"op": "remove", "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/type/enum"}]);
+    let _ = crds
+        .patch(
+            "clustermendixcredentials.mxcred.io",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(patch).unwrap()),
+        )
+        .await;
+    let ns = w.namespace("a", json!({})).await;
+    w.source("raw", "tok-unreadable").await;
+    let bogus = format!("{}-bogus", w.env.ns);
+    let raw = kube::api::ApiResource::erase::<ClusterMendixCredential>(&());
+    let dynamic: Api<kube::api::DynamicObject> = Api::all_with(w.client(), &raw);
+    let applied = wait_for(Duration::from_secs(10), || async {
+        let obj = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "ClusterMendixCredential",
+            "metadata": {"name": bogus},
+            "spec": {"type": "Bogus", "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+                     "target": {"name": TARGET, "namespaces": [ns]}}});
+        // The schema change takes a moment to be served.
+        dynamic
+            .patch(
+                &bogus,
+                &PatchParams::apply("mxcred-tests"),
+                &Patch::Apply(obj),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    assert!(applied.is_some(), "the looser schema accepts type Bogus");
+    let fine = w.env.ns.clone();
+    w.put(
+        &fine,
+        json!({"sourceRef": {"namespace": w.env.ns, "name": "raw"},
+               "target": {"name": TARGET, "namespaces": [ns]}}),
+    )
+    .await;
+    w.wait_status(&fine, "synced in 1/1", Duration::from_secs(30), |cr| {
+        is_synced(cr, "1/1")
+    })
+    .await;
+    let message = wait_for(Duration::from_secs(30), || async {
+        let obj = dynamic.get(&bogus).await.ok()?;
+        let conditions = obj
+            .data
+            .get("status")?
+            .get("conditions")?
+            .as_array()?
+            .clone();
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Ready" && c["reason"] == "InvalidSpec")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+    })
+    .await
+    .expect("the unreadable resource gets Ready=False InvalidSpec");
+    assert!(message.contains("cannot be read"), "{message}");
+    let _ = dynamic.delete(&bogus, &DeleteParams::default()).await;
+    w.clean_up(&[&fine]).await;
+}
