@@ -685,6 +685,7 @@ mod tests {
         let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
         let subscription = |uid: &'static str, namespace: &'static str| Subscription {
             uid,
+            slot: Slot::Published,
             namespace,
             name: uid,
             credential: &credential,
@@ -705,7 +706,10 @@ mod tests {
                 kinds,
                 [Kind::ClusterMendixCredential, Kind::MendixCredential]
             );
-            assert_eq!(check.subscribers["cluster"].namespace, "sources");
+            assert_eq!(
+                check.subscribers[&("cluster".to_owned(), Slot::Published)].namespace,
+                "sources"
+            );
             // The fairness share is the first subscriber's (by uid): here the source's namespace.
             assert_eq!(check.namespace(), "sources");
         }

@@ -112,6 +112,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
             fingerprint: fingerprint.clone(),
             written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
             wrote: synced.iter().any(|(_, _, wrote)| *wrote),
+            checked_first: false,
         },
         Err(ready) => Sync::Refused(ready.clone()),
     };

@@ -26,7 +26,7 @@ use crate::shell::reconcile::{
     CONFLICT_RETRY, Context, Error, apply_params, backoff, describe, now,
 };
 use crate::shell::subscribe;
-use crate::shell::verifier::Subscription;
+use crate::shell::verifier::{Slot, Subscription};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PostParams};
@@ -157,6 +157,7 @@ async fn reconcile_one(
             }
             Some(v) => subscribe::verification_of(ctx.verifier.subscribe_cluster(Subscription {
                 uid: &id.uid,
+                slot: Slot::Published,
                 namespace: &source_ns,
                 name: &id.name,
                 credential,
