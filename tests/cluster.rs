@@ -823,3 +823,101 @@ async fn an_unreadable_resource_gets_a_condition_and_the_others_go_on() {
     let _ = dynamic.delete(&bogus, &DeleteParams::default()).await;
     w.clean_up(&[&fine]).await;
 }
+
+#[tokio::test]
+async fn a_rejected_rotation_keeps_the_working_token_in_every_copy() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-rotate", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let a = w.namespace("a", json!({&key: "true"})).await;
+    let b = w.namespace("b", json!({&key: "true"})).await;
+    w.source("raw", "CANARY-cl-old").await;
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
+        }),
+    )
+    .await;
+    w.wait_status(
+        &name,
+        "synced and verified",
+        Duration::from_secs(30),
+        |cr| is_synced(cr, "2/2") && token_valid(cr).as_deref() == Some("Verified"),
+    )
+    .await;
+
+    // A token deleted in Warden: checked once for all copies, and held back.
+    w.sim.set("CANARY-cl-deleted", State::Deleted);
+    let rotated = Instant::now();
+    w.env
+        .put_source("raw", &[("token", "CANARY-cl-deleted")])
+        .await;
+    let cr = w
+        .wait_status(&name, "RotationRejected", Duration::from_secs(30), |cr| {
+            ready(cr) == Some(("False".into(), "RotationRejected".into()))
+        })
+        .await;
+    eprintln!(
+        "MEASURED cluster: source rotation to a deleted token -> RotationRejected {:?}",
+        rotated.elapsed()
+    );
+    assert_eq!(token_valid(&cr).as_deref(), Some("Verified"));
+    assert!(cr.status.unwrap().pending_fingerprint.is_some());
+    // A namespace selected meanwhile gets the working token too.
+    let c = w.namespace("c", json!({&key: "true"})).await;
+    let client = w.client();
+    copy_becomes(&client, &c, |s| s.is_some()).await.unwrap();
+    for ns in [&a, &b, &c] {
+        let copy = w.copy(ns).await.unwrap();
+        assert_eq!(
+            value(&copy, "MENDIX_TOKEN").as_deref(),
+            Some("CANARY-cl-old"),
+            "{ns}"
+        );
+    }
+    assert_eq!(w.sim.requests("CANARY-cl-deleted"), 1);
+    wait_for(Duration::from_secs(15), || async {
+        let events = events_of(&w.client(), &name).await;
+        events
+            .iter()
+            .any(|e| e.starts_with("Warning RotationRejected"))
+            .then_some(())
+    })
+    .await
+    .expect("a RotationRejected Warning Event");
+
+    // A good token next reaches every copy.
+    w.sim.set("CANARY-cl-new", State::Valid);
+    w.env.put_source("raw", &[("token", "CANARY-cl-new")]).await;
+    w.wait_status(
+        &name,
+        "synced with the new token",
+        Duration::from_secs(30),
+        |cr| is_synced(cr, "3/3") && cr.status.as_ref().unwrap().pending_fingerprint.is_none(),
+    )
+    .await;
+    for ns in [&a, &b, &c] {
+        let copy = w.copy(ns).await.unwrap();
+        assert_eq!(
+            value(&copy, "MENDIX_TOKEN").as_deref(),
+            Some("CANARY-cl-new"),
+            "{ns}"
+        );
+    }
+    assert_eq!(w.sim.requests("CANARY-cl-new"), 1);
+    let events = events_of(&w.client(), &name).await;
+    assert!(
+        events.iter().any(|e| e.starts_with("Normal Rotated")),
+        "{events:?}"
+    );
+    let all = format!(
+        "{events:?}{:?}",
+        w.clusters().get(&name).await.unwrap().status
+    );
+    assert!(!all.contains("CANARY"), "a token in an Event or the status");
+    assert!(!w.op.logs().contains("CANARY"), "a token in the log");
+    w.clean_up(&[&name]).await;
+}

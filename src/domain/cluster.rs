@@ -7,8 +7,8 @@
 //! on that half and adds what is per namespace.
 
 use crate::domain::api::{
-    CredentialType, MendixCredentialSpec, SECRET_KEY, SECRET_NAME, SourceRef, Target, Verification,
-    bounded_map, enum_without_null,
+    CredentialType, MendixCredentialSpec, Rotation, SECRET_KEY, SECRET_NAME, SourceRef, Target,
+    Verification, bounded_map, enum_without_null,
 };
 use crate::domain::api::{MAX_ANNOTATIONS, MAX_LABELS};
 use crate::domain::plan::{self};
@@ -66,6 +66,12 @@ pub struct ClusterMendixCredentialSpec {
     /// interval for all namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+
+    /// What happens when the source Secret holds a new credential: checked once, for all
+    /// namespaces, before it replaces the published one (VerifyFirst, the default), or published
+    /// at once (Immediate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
 }
 
 /// Where the plaintext credential is read from.
@@ -144,6 +150,10 @@ pub struct ClusterMendixCredentialStatus {
     /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
+    /// Fingerprint of a new credential in the source Secret that is not published yet: it
+    /// waits for the platform's verdict (RotationPending) or was rejected (RotationRejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_fingerprint: Option<String>,
     /// When a Secret's data was last written, in any namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced_time: Option<Time>,
@@ -278,7 +288,7 @@ impl ClusterMendixCredentialSpec {
                 ..Default::default()
             }),
             verification: self.verification.clone(),
-            ..Default::default()
+            rotation: self.rotation.clone(),
         }
     }
 }

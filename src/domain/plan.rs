@@ -57,7 +57,8 @@ impl ReadyReason {
         }
     }
 
-    fn status(self) -> &'static str {
+    /// The status of `Ready` with this reason.
+    pub fn status(self) -> &'static str {
         match self {
             ReadyReason::Synced => "True",
             ReadyReason::RotationPending => "Unknown",

@@ -94,16 +94,25 @@ impl Shared {
 
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
         let mut held: HashMap<&'static str, i64> = HashMap::new();
-        for guard in self.resources() {
-            if let Ok(cr) = &guard.0
-                && let Some(ready) = cr
-                    .status
-                    .as_ref()
-                    .and_then(|s| conditions::find(&s.conditions, condition::READY))
-                && let Some(reason) = HELD_REASONS.into_iter().find(|r| *r == ready.reason)
-            {
+        // Rotations held back, of both kinds.
+        let cluster = self.cluster_store().map(|s| s.state()).unwrap_or_default();
+        let cluster = cluster
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
+        let resources = self.resources();
+        let namespaced = resources
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
+        let readies = namespaced
+            .map(|s| &s.conditions)
+            .chain(cluster.map(|s| &s.conditions))
+            .filter_map(|c| conditions::find(c, condition::READY));
+        for ready in readies {
+            if let Some(reason) = HELD_REASONS.into_iter().find(|r| *r == ready.reason) {
                 *held.entry(reason).or_default() += 1;
             }
+        }
+        for guard in resources {
             let status = match &guard.0 {
                 Ok(cr) => cr
                     .status

@@ -223,11 +223,7 @@ async fn reconcile_valid(
         write_status(cr, &id, status, ctx).await?;
     }
     for event in events {
-        match event.reason {
-            plan::ROTATED => ctx.metrics.rotated("published"),
-            r if r == ReadyReason::RotationRejected.as_str() => ctx.metrics.rotated("rejected"),
-            _ => {}
-        }
+        count_rotation(&ctx.metrics, &event);
         publish(ctx, cr, event).await;
     }
     if let Some((value, _)) = request.filter(|_| request_served) {
@@ -283,6 +279,15 @@ async fn write_status(
         written.status,
     );
     Ok(())
+}
+
+/// Counts a published or rejected rotation, once: as its Event, after the status that records it.
+pub(crate) fn count_rotation(metrics: &Metrics, event: &plan::Announcement) {
+    match event.reason {
+        plan::ROTATED => metrics.rotated("published"),
+        r if r == ReadyReason::RotationRejected.as_str() => metrics.rotated("rejected"),
+        _ => {}
+    }
 }
 
 /// Publishes an Event. One that cannot be published is logged and counted, and does not fail

@@ -99,6 +99,11 @@ pub(crate) fn check_pending(
         forced,
         ctx,
     ));
+    pending_check(view)
+}
+
+/// What the verification loop knows of a credential waiting to be published.
+pub(crate) fn pending_check(view: View) -> rotation::Check {
     match view {
         View::Answered(latest) => rotation::Check::Answered(latest.outcome),
         View::Queued { since } => rotation::Check::Queued {

@@ -6,6 +6,7 @@ use super::{ClusterMendixCredentialStatus, FailedNamespace, MAX_FAILED_NAMESPACE
 use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
+use crate::domain::rotation::Held;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,8 +63,13 @@ pub struct ClusterObserved<'a> {
     pub credential_type: Option<CredentialType>,
     pub previous: &'a ClusterMendixCredentialStatus,
     pub target: String,
-    /// The fingerprint of the credential read, or why none could be used.
+    /// The fingerprint of the credential the copies hold, or why none could be used.
     pub source: Result<String, Ready>,
+    /// A new credential in the source held back (rotation policy VerifyFirst): its
+    /// fingerprint, and why; the copies keep the published one.
+    pub held: Option<(String, Held)>,
+    /// Whether the platform accepted the credential before it replaced a working one.
+    pub checked_first: bool,
     /// The copy of each active selected namespace (empty when the source could not be used).
     pub copies: BTreeMap<String, CopyOutcome>,
     pub selected: Selected,
@@ -93,6 +99,8 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         previous,
         target,
         source,
+        held,
+        checked_first,
         copies,
         selected,
         verification,
@@ -106,15 +114,21 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
             _ => None,
         })
         .collect();
-    let sync = match &source {
-        Ok(fingerprint) => Sync::Published {
+    let sync = match (&source, &held) {
+        (Ok(published), Some((pending, held))) => Sync::Held {
+            target: target.clone(),
+            published: published.clone(),
+            pending: pending.clone(),
+            held: held.clone(),
+        },
+        (Ok(fingerprint), None) => Sync::Published {
             target: target.clone(),
             fingerprint: fingerprint.clone(),
             written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
             wrote: synced.iter().any(|(_, _, wrote)| *wrote),
-            checked_first: false,
+            checked_first,
         },
-        Err(ready) => Sync::Refused(ready.clone()),
+        (Err(ready), _) => Sync::Refused(ready.clone()),
     };
     let core_plan = plan::reconcile(Observed {
         generation,
@@ -139,16 +153,21 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
     let failures = failures(&copies, &selected);
     let selected_count = selected.active.len();
     let synced_count = synced.len();
-    let (ready_status, ready_reason, message) = match &source {
-        Err(ready) => ("False", ready.reason.as_str(), ready.message.clone()),
-        Ok(_) if synced_count == selected_count => (
+    let held_ready = conditions::find(&core.conditions, condition::READY)
+        .filter(|_| held.is_some())
+        .map(|c| c.message.clone());
+    let (ready_status, ready_reason, message) = match (&source, held_ready) {
+        (Err(ready), _) => ("False", ready.reason.as_str(), ready.message.clone()),
+        // A rotation held back: the credential half said why.
+        (Ok(_), Some(message)) => (core_plan.ready.status(), core_plan.ready.as_str(), message),
+        (Ok(_), None) if synced_count == selected_count => (
             "True",
             ReadyReason::Synced.as_str(),
             format!(
                 "Secret {target:?} holds the current credential in all {selected_count} selected namespaces"
             ),
         ),
-        Ok(_) => (
+        (Ok(_), None) => (
             "False",
             NAMESPACES_FAILED,
             format!(
@@ -309,6 +328,7 @@ impl ClusterMendixCredentialStatus {
             credential_type: self.credential_type,
             secret_name: self.secret_name.clone(),
             token_fingerprint: self.token_fingerprint.clone(),
+            pending_fingerprint: self.pending_fingerprint.clone(),
             last_synced_time: self.last_synced_time.clone(),
             last_verified_time: self.last_verified_time.clone(),
             next_verification_time: self.next_verification_time.clone(),
@@ -325,6 +345,7 @@ impl ClusterMendixCredentialStatus {
             credential_type: core.credential_type,
             secret_name: core.secret_name,
             token_fingerprint: core.token_fingerprint,
+            pending_fingerprint: core.pending_fingerprint,
             last_synced_time: core.last_synced_time,
             last_verified_time: core.last_verified_time,
             next_verification_time: core.next_verification_time,

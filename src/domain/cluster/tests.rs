@@ -195,6 +195,8 @@ fn observed<'a>(
         previous,
         target: "t".into(),
         source: Ok("fp-a".into()),
+        held: None,
+        checked_first: false,
         copies: copies
             .iter()
             .map(|(n, c)| (n.to_string(), c.clone()))
@@ -386,6 +388,7 @@ fn the_spec_resolves_as_a_namespaced_one() {
             ..Default::default()
         },
         verification: None,
+        rotation: None,
     };
     let resolved = crate::domain::spec::resolve(
         "c",

@@ -21,9 +21,11 @@ use crate::domain::cluster::{
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
+use crate::domain::render;
+use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::reconcile::{
-    CONFLICT_RETRY, Context, Error, apply_params, backoff, describe, now,
+    CONFLICT_RETRY, Context, Error, apply_params, backoff, count_rotation, describe, now,
 };
 use crate::shell::subscribe;
 use crate::shell::verifier::{Slot, Subscription};
@@ -117,8 +119,13 @@ async fn reconcile_one(
         Err(_) => Selected::default(),
     };
 
-    // 2. and 3. The source, then the copies.
+    // 2. and 3. The source, checked first when it replaces a working credential, then the
+    // copies.
+    let view_cr = as_namespaced(cr, &previous.core());
+    let request = subscribe::verify_request(&view_cr, &id.uid, &previous.core(), ctx);
+    let forced = request.as_ref().map(|(_, at)| *at);
     let mut copies = BTreeMap::new();
+    let (mut held, mut checked_first) = (None, false);
     let (source, credential) = match (&resolved, &selection) {
         (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => (
             Err(Ready::refused(ReadyReason::InvalidSpec, m.clone())),
@@ -127,8 +134,21 @@ async fn reconcile_one(
         (Ok(resolved), Ok(_)) => match read_source(ctx, &source_ns, resolved).await? {
             Err(ready) => (Err(ready), None),
             Ok(credential) => {
-                copies = write_copies(cc, cr, &id, resolved, &credential, &selected.active).await?;
-                (Ok(credential.fingerprint()), Some(credential))
+                let gate = CheckedFirst {
+                    cc,
+                    id: &id,
+                    source_ns: &source_ns,
+                    resolved,
+                    forced,
+                };
+                let credential = gate
+                    .pass(&previous.core(), credential, &selected.active)
+                    .await?;
+                let published = credential.publish;
+                held = credential.held;
+                checked_first = credential.checked_first;
+                copies = write_copies(cc, cr, &id, resolved, &published, &selected.active).await?;
+                (Ok(published.fingerprint()), Some(published))
             }
         },
     };
@@ -147,8 +167,6 @@ async fn reconcile_one(
     }
 
     // 4. The verification loop.
-    let view_cr = as_namespaced(cr, &previous.core());
-    let request = subscribe::verify_request(&view_cr, &id.uid, &previous.core(), ctx);
     let verification = match (resolved.as_ref().ok(), credential.as_ref()) {
         (Some(resolved), Some(credential)) => match &resolved.verification {
             None => {
@@ -163,7 +181,7 @@ async fn reconcile_one(
                 credential,
                 probe: &v.probe,
                 interval: ctx.settings.test_interval.unwrap_or(v.interval),
-                forced: request.as_ref().map(|(_, at)| *at),
+                forced,
                 known: subscribe::known_verdict(&view_cr, &previous.core(), credential),
             })),
         },
@@ -172,6 +190,11 @@ async fn reconcile_one(
             plan::Verification::Waiting
         }
     };
+    // After the published subscription: a credential just published keeps the answer its check
+    // as a pending one got.
+    if held.is_none() {
+        ctx.verifier.unsubscribe_slot(&id.uid, Slot::Pending);
+    }
 
     // 5. The plan.
     let wrote = copies
@@ -187,6 +210,8 @@ async fn reconcile_one(
             .map(|r| r.target_name.clone())
             .unwrap_or_default(),
         source,
+        held,
+        checked_first,
         copies,
         selected,
         verification,
@@ -199,6 +224,7 @@ async fn reconcile_one(
         write_status(cc, cr, &id, status).await?;
     }
     for event in plan.events {
+        count_rotation(&ctx.metrics, &event);
         publish(ctx, cr, event).await;
     }
     if let Some((value, _)) = request.filter(|_| plan.request_served) {
@@ -222,6 +248,102 @@ async fn reconcile_one(
         None => Action::await_change(),
     };
     Ok((action, plan.ready))
+}
+
+/// The rotation gate of a ClusterMendixCredential: as for a MendixCredential, a new credential
+/// replaces a working one only once the platform accepts it, checked once for every copy.
+struct CheckedFirst<'a> {
+    cc: &'a ClusterContext,
+    id: &'a Id,
+    source_ns: &'a str,
+    resolved: &'a Resolved,
+    forced: Option<std::time::SystemTime>,
+}
+
+/// What the copies hold after the gate.
+struct Gated {
+    publish: Credential,
+    /// The new credential held back, and why.
+    held: Option<(String, Held)>,
+    checked_first: bool,
+}
+
+impl CheckedFirst<'_> {
+    async fn pass(
+        &self,
+        previous: &MendixCredentialStatus,
+        credential: Credential,
+        active: &[String],
+    ) -> Result<Gated, Error> {
+        let pending = credential.fingerprint();
+        let resolved = self.resolved;
+        let open = |publish| Gated {
+            publish,
+            held: None,
+            checked_first: false,
+        };
+        let protected = resolved.verification.as_ref().zip(rotation::to_protect(
+            resolved.rotation,
+            resolved.verification.is_some(),
+            previous,
+            &pending,
+        ));
+        let Some((verification, published)) = protected else {
+            return Ok(open(credential));
+        };
+        let Some(working) = self.working_copy(published, active).await? else {
+            return Ok(open(credential));
+        };
+        let ctx = &self.cc.ctx;
+        let view = ctx.verifier.subscribe_cluster(Subscription {
+            uid: &self.id.uid,
+            slot: Slot::Pending,
+            namespace: self.source_ns,
+            name: &self.id.name,
+            credential: &credential,
+            probe: &verification.probe,
+            interval: ctx.settings.test_interval.unwrap_or(verification.interval),
+            forced: self.forced,
+            known: None,
+        });
+        Ok(match rotation::decide(subscribe::pending_check(view)) {
+            Decision::Publish => Gated {
+                publish: credential,
+                held: None,
+                checked_first: true,
+            },
+            Decision::Hold(held) => Gated {
+                publish: working,
+                held: Some((pending, held)),
+                checked_first: false,
+            },
+        })
+    }
+
+    /// The published credential, from the first selected namespace whose copy is ours and holds
+    /// it: with none left, there is nothing to protect.
+    async fn working_copy(
+        &self,
+        published: &str,
+        active: &[String],
+    ) -> Result<Option<Credential>, Error> {
+        let name = &self.resolved.target_name;
+        for ns in active {
+            let secrets: Api<Secret> = Api::namespaced(self.cc.ctx.client.clone(), ns);
+            let Some(copy) = secrets.get_opt(name).await.map_err(Error::ReadTarget)? else {
+                continue;
+            };
+            if !cluster::is_ours(&copy, &self.id.uid, &self.id.name) {
+                continue;
+            }
+            if let Some(working) =
+                render::published_credential(&copy, self.resolved.credential_type, published)
+            {
+                return Ok(Some(working));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn view(ns: &NamespaceMeta) -> NamespaceView {
