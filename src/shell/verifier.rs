@@ -11,7 +11,7 @@ use crate::domain::classify::{Outcome, Reason};
 use crate::domain::cluster::ClusterMendixCredential;
 use crate::domain::credential::Credential;
 use crate::domain::probe::ProbeTarget;
-use crate::domain::schedule::{self, Attempt, fair_pick};
+use crate::domain::schedule::{Attempt, fair_pick};
 use crate::shell::Guarded;
 use crate::shell::metrics::Metrics;
 use crate::shell::platform::Platform;
@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+mod check;
+use check::{Check, Subscriber};
 
 /// Checks under way at once, in all.
 const WORKERS: usize = 16;
@@ -74,38 +77,6 @@ struct State {
     running: HashMap<String, usize>,
     /// The namespace served last, for round-robin.
     cursor: Option<String>,
-}
-
-struct Check {
-    credential: Credential,
-    probe: ProbeTarget,
-    subscribers: BTreeMap<(String, Slot), Subscriber>,
-    /// The last answer of the platform given to this instance, and when it was asked.
-    answer: Option<(Outcome, SystemTime, SystemTime)>,
-    /// The last definitive answer or restored verdict, and when: the base of the schedule.
-    last: Option<(SystemTime, Attempt)>,
-    /// Transient failures in a row.
-    failures: u32,
-    /// Earliest moment a forced check was requested that no check has served yet.
-    forced: Option<SystemTime>,
-    /// When the last forced check was sent, for the cooldown.
-    last_forced: Option<SystemTime>,
-    /// When the next check is due as a resource's status recorded it, after a restart.
-    restored_next: Option<SystemTime>,
-    /// Since when a subscriber whose status holds no verdict waits for a first answer: the
-    /// check is then due at once, whatever another subscriber's status restored.
-    wanted: Option<SystemTime>,
-    running: bool,
-}
-
-#[derive(Clone)]
-struct Subscriber {
-    /// The resource's namespace; for a cluster-scoped one, its source's, whose share of the
-    /// checks it counts against.
-    namespace: String,
-    name: String,
-    interval: Duration,
-    kind: Kind,
 }
 
 /// Which of a resource's credentials a subscription is for.
@@ -470,195 +441,9 @@ impl State {
     }
 }
 
-impl Check {
-    fn new(credential: Credential, probe: ProbeTarget) -> Self {
-        Check {
-            credential,
-            probe,
-            subscribers: BTreeMap::new(),
-            answer: None,
-            last: None,
-            failures: 0,
-            forced: None,
-            last_forced: None,
-            restored_next: None,
-            wanted: None,
-            running: false,
-        }
-    }
-
-    /// The namespace whose share this check counts against: its first subscriber's.
-    fn namespace(&self) -> &str {
-        self.subscribers
-            .values()
-            .next()
-            .map_or("", |s| s.namespace.as_str())
-    }
-
-    /// Whether this check has never been asked and must be: a subscriber has no verdict, or
-    /// no status restored a schedule.
-    fn first_due(&self) -> bool {
-        self.answer.is_none()
-            && (self.wanted.is_some() || (self.last.is_none() && self.restored_next.is_none()))
-    }
-
-    /// When this check is due: on its schedule, or sooner for a forced check (at the end of
-    /// the cooldown since the last one).
-    fn due(&self, key: &Key, cooldown: Duration) -> SystemTime {
-        let scheduled = self.scheduled(key);
-        match self.forced {
-            Some(requested) => {
-                let allowed = self
-                    .last_forced
-                    .map_or(requested, |last| (last + cooldown).max(requested));
-                scheduled.min(allowed)
-            }
-            None => scheduled,
-        }
-    }
-
-    /// When the next check is due on the schedule of the shortest interval of its subscribers
-    /// (the time the status shows: a forced check does not move it).
-    fn scheduled(&self, key: &Key) -> SystemTime {
-        let interval = self
-            .subscribers
-            .values()
-            .map(|s| s.interval)
-            .min()
-            .unwrap_or(Duration::from_secs(3600));
-        match (&self.answer, self.last) {
-            // Never asked, and a subscriber waits for an answer: now.
-            (None, _) if self.first_due() => SystemTime::UNIX_EPOCH,
-            (None, _) if self.restored_next.is_some() => {
-                self.restored_next.unwrap_or(SystemTime::UNIX_EPOCH)
-            }
-            (Some((outcome, answered, _)), _)
-                if !crate::domain::plan::is_definitive(outcome.reason) =>
-            {
-                schedule::next_check(
-                    *answered,
-                    interval,
-                    Duration::ZERO,
-                    Attempt::Transient {
-                        failures: self.failures.max(1),
-                        retry_after: outcome.retry_after,
-                    },
-                )
-            }
-            (_, Some((at, attempt))) => schedule::next_check(
-                at,
-                interval,
-                schedule::jitter(&hex::encode(key), interval),
-                attempt,
-            ),
-            (_, None) => SystemTime::UNIX_EPOCH,
-        }
-    }
-
-    fn record(&mut self, outcome: &Outcome, asked: SystemTime, answered: SystemTime) {
-        self.answer = Some((outcome.clone(), answered, asked));
-        match Attempt::of(outcome.reason) {
-            Attempt::Transient { .. } => self.failures = self.failures.saturating_add(1),
-            attempt => {
-                self.failures = 0;
-                self.last = Some((answered, attempt));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const HOUR: Duration = Duration::from_secs(3600);
-    const T0: SystemTime = SystemTime::UNIX_EPOCH;
-
-    fn check(subscribers: &[(&str, Duration)]) -> Check {
-        let mut check = Check::new(
-            Credential::personal_access_token(b"tok").unwrap(),
-            ProbeTarget::Url("https://example.invalid/probe".parse().unwrap()),
-        );
-        for (uid, interval) in subscribers {
-            let s = Subscriber {
-                namespace: "ns".into(),
-                name: (*uid).into(),
-                interval: *interval,
-                kind: Kind::MendixCredential,
-            };
-            check
-                .subscribers
-                .insert(((*uid).to_owned(), Slot::Published), s);
-        }
-        check
-    }
-
-    #[test]
-    fn a_new_credential_is_due_at_once() {
-        let c = check(&[("a", HOUR)]);
-        assert!(c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0);
-    }
-
-    #[test]
-    fn a_restored_schedule_holds_until_a_subscriber_without_a_verdict_comes() {
-        let mut c = check(&[("a", HOUR)]);
-        c.last = Some((T0 + HOUR, Attempt::Accepted));
-        c.restored_next = Some(T0 + 2 * HOUR);
-        assert!(!c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0 + 2 * HOUR);
-        c.wanted = Some(T0 + HOUR);
-        assert!(c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0);
-    }
-
-    #[test]
-    fn the_shortest_interval_of_the_subscribers_sets_the_schedule() {
-        let mut c = check(&[("a", HOUR), ("b", 2 * HOUR)]);
-        c.record(&Outcome::of(Reason::Verified), T0, T0);
-        let key = [7; 32];
-        let jitter = schedule::jitter(&hex::encode(key), HOUR);
-        assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
-        c.subscribers.remove(&("a".to_owned(), Slot::Published));
-        let jitter = schedule::jitter(&hex::encode(key), 2 * HOUR);
-        assert_eq!(c.scheduled(&key), T0 + 2 * HOUR + jitter);
-    }
-
-    #[test]
-    fn transient_answers_back_off_and_keep_the_verdict_as_base() {
-        let mut c = check(&[("a", HOUR)]);
-        c.record(&Outcome::of(Reason::Verified), T0, T0);
-        let at = T0 + HOUR;
-        c.record(&Outcome::of(Reason::PlatformUnavailable), at, at);
-        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(30));
-        c.record(&Outcome::of(Reason::PlatformUnavailable), at, at);
-        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(60));
-        assert_eq!(c.last, Some((T0, Attempt::Accepted)));
-    }
-
-    #[test]
-    fn forced_checks_wait_for_the_cooldown() {
-        let cooldown = Duration::from_secs(60);
-        let mut c = check(&[("a", HOUR)]);
-        c.record(&Outcome::of(Reason::Verified), T0, T0);
-        c.forced = Some(T0 + Duration::from_secs(5));
-        assert_eq!(
-            c.due(&[0; 32], cooldown),
-            T0 + Duration::from_secs(5),
-            "the first at once"
-        );
-        c.last_forced = Some(T0 + Duration::from_secs(5));
-        c.forced = Some(T0 + Duration::from_secs(10));
-        assert_eq!(
-            c.due(&[0; 32], cooldown),
-            T0 + Duration::from_secs(65),
-            "the next at the end of the cooldown"
-        );
-        c.forced = Some(T0 + Duration::from_secs(100));
-        assert_eq!(c.due(&[0; 32], cooldown), T0 + Duration::from_secs(100));
-        // The status shows the schedule, not the forced check.
-        assert!(c.scheduled(&[0; 32]) > T0 + HOUR);
-    }
 
     fn verifier() -> Verifier {
         let metrics = Arc::new(Metrics::default());
@@ -690,7 +475,7 @@ mod tests {
             name: uid,
             credential: &credential,
             probe: &probe,
-            interval: HOUR,
+            interval: Duration::from_secs(3600),
             forced: None,
             known: None,
         };
