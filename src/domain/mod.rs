@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod credential;
 pub mod plan;
 pub mod probe;
+pub mod ready;
 pub mod render;
 pub mod restart;
 pub mod rotation;

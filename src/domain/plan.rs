@@ -11,88 +11,11 @@ use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::domain::classify::{Outcome, Reason, TokenValid};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::credential::SourceError;
+pub use crate::domain::ready::{Ready, ReadyReason};
 use crate::domain::render;
-use crate::domain::rotation::Held;
+use crate::domain::rotation::{self, Held};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-/// The reason of the `Ready` condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReadyReason {
-    Synced,
-    SourceNotFound,
-    SourceNotAllowed,
-    SourceKeyMissing,
-    InvalidSource,
-    TargetConflict,
-    InvalidSpec,
-    RotationRejected,
-    RotationPending,
-}
-
-impl ReadyReason {
-    pub const ALL: [ReadyReason; 9] = [
-        ReadyReason::Synced,
-        ReadyReason::SourceNotFound,
-        ReadyReason::SourceNotAllowed,
-        ReadyReason::SourceKeyMissing,
-        ReadyReason::InvalidSource,
-        ReadyReason::TargetConflict,
-        ReadyReason::InvalidSpec,
-        ReadyReason::RotationRejected,
-        ReadyReason::RotationPending,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReadyReason::Synced => "Synced",
-            ReadyReason::SourceNotFound => "SourceNotFound",
-            ReadyReason::SourceNotAllowed => "SourceNotAllowed",
-            ReadyReason::SourceKeyMissing => "SourceKeyMissing",
-            ReadyReason::InvalidSource => "InvalidSource",
-            ReadyReason::TargetConflict => "TargetConflict",
-            ReadyReason::InvalidSpec => "InvalidSpec",
-            ReadyReason::RotationRejected => "RotationRejected",
-            ReadyReason::RotationPending => "RotationPending",
-        }
-    }
-
-    /// The status of `Ready` with this reason.
-    pub fn status(self) -> &'static str {
-        match self {
-            ReadyReason::Synced => "True",
-            ReadyReason::RotationPending => "Unknown",
-            _ => "False",
-        }
-    }
-
-    /// Whether reaching this reason is announced by a Warning Event: the problems a user must
-    /// act on and that could otherwise go unseen.
-    fn warns(self) -> bool {
-        matches!(
-            self,
-            ReadyReason::TargetConflict
-                | ReadyReason::InvalidSource
-                | ReadyReason::RotationRejected
-        )
-    }
-}
-
-/// The `Ready` condition as the sync step found it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ready {
-    pub reason: ReadyReason,
-    pub message: String,
-}
-
-impl Ready {
-    pub fn refused(reason: ReadyReason, message: impl Into<String>) -> Self {
-        Ready {
-            reason,
-            message: message.into(),
-        }
-    }
-}
 
 /// What the sync step established about the target Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,7 +168,7 @@ pub fn reconcile(observed: Observed) -> Plan {
             held,
         } => {
             status.pending_fingerprint = Some(pending.clone());
-            held_ready(target, published, pending, held)
+            rotation::ready(target, published, pending, held)
         }
         Sync::Refused(ready) => {
             status.pending_fingerprint = None;
@@ -333,38 +256,6 @@ fn remaining_hold(since: &Time, now: &Time) -> Option<std::time::Duration> {
     FIRST_ANSWER_HOLD
         .checked_sub(waited)
         .filter(|h| !h.is_zero())
-}
-
-/// The `Ready` condition of a rotation held back.
-fn held_ready(target: &str, published: &str, pending: &str, held: &Held) -> Ready {
-    let keeps = format!("Secret {target:?} keeps the working credential {published}");
-    match held {
-        Held::Rejected(outcome) => Ready::refused(
-            ReadyReason::RotationRejected,
-            format!(
-                "the new credential {pending} in the source Secret was not published: {} ({}); \
-                 {keeps}",
-                outcome.message,
-                outcome.reason.as_str(),
-            ),
-        ),
-        Held::Unanswered(outcome) => Ready::refused(
-            ReadyReason::RotationPending,
-            format!(
-                "the new credential {pending} is published once the platform accepts it; no \
-                 verdict yet: {} ({}); {keeps}",
-                outcome.message,
-                outcome.reason.as_str(),
-            ),
-        ),
-        Held::Queued { .. } => Ready::refused(
-            ReadyReason::RotationPending,
-            format!(
-                "the new credential {pending} is being checked against the platform before it \
-                 is published; {keeps}"
-            ),
-        ),
-    }
 }
 
 /// A verdict on one credential says nothing about the next.

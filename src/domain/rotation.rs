@@ -9,6 +9,7 @@
 use crate::domain::api::{MendixCredentialStatus, RotationPolicy, condition};
 use crate::domain::classify::{Outcome, TokenValid};
 use crate::domain::conditions;
+use crate::domain::ready::{Ready, ReadyReason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The published credential a new one must not replace unchecked: its fingerprint, when the
@@ -66,6 +67,38 @@ pub fn decide(check: Check) -> Decision {
             TokenValid::False => Decision::Hold(Held::Rejected(outcome)),
             TokenValid::Unknown => Decision::Hold(Held::Unanswered(outcome)),
         },
+    }
+}
+
+/// The `Ready` condition of a rotation held back.
+pub fn ready(target: &str, published: &str, pending: &str, held: &Held) -> Ready {
+    let keeps = format!("Secret {target:?} keeps the working credential {published}");
+    match held {
+        Held::Rejected(outcome) => Ready::refused(
+            ReadyReason::RotationRejected,
+            format!(
+                "the new credential {pending} in the source Secret was not published: {} ({}); \
+                 {keeps}",
+                outcome.message,
+                outcome.reason.as_str(),
+            ),
+        ),
+        Held::Unanswered(outcome) => Ready::refused(
+            ReadyReason::RotationPending,
+            format!(
+                "the new credential {pending} is published once the platform accepts it; no \
+                 verdict yet: {} ({}); {keeps}",
+                outcome.message,
+                outcome.reason.as_str(),
+            ),
+        ),
+        Held::Queued { .. } => Ready::refused(
+            ReadyReason::RotationPending,
+            format!(
+                "the new credential {pending} is being checked against the platform before it \
+                 is published; {keeps}"
+            ),
+        ),
     }
 }
 
