@@ -172,7 +172,7 @@ async fn read_source(
 async fn write_target(
     id: &Id,
     secrets: &Api<Secret>,
-    mut desired: Secret,
+    desired: Secret,
     digest: [u8; 32],
     ctx: &Context,
 ) -> Result<Result<(Option<Time>, bool), Ready>, Error> {
@@ -184,65 +184,12 @@ async fn write_target(
     // Read even when no watch reports it: a Secret another resource (or anyone) created a
     // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
     let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
-    let (version, written_at, wrote) =
-        match plan::target_action(existing.as_ref(), &desired, &id.uid, &id.name) {
-            TargetAction::Conflict => return Ok(Err(plan::target_conflict(&target))),
-            TargetAction::Keep { written_at } => {
-                let version = existing.and_then(|e| e.metadata.resource_version);
-                (version.unwrap_or_default(), written_at, false)
-            }
-            TargetAction::Create => {
-                let params = PostParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..PostParams::default()
-                };
-                // A Secret created by someone else since the read makes this fail (409), and
-                // the retry reports the conflict: it is never taken over.
-                let created = match secrets.create(&params, &desired).await {
-                    Ok(created) => created,
-                    Err(kube::Error::Api(e)) if e.is_invalid() => {
-                        return Ok(Err(refused(&e)));
-                    }
-                    Err(e) => return Err(Error::ApplyTarget(e)),
-                };
-                let version = created.resource_version().unwrap_or_default();
-                let at = render::applied_at(&created).or_else(|| Some(now()));
-                (version, at, true)
-            }
-            TargetAction::Apply { resource_version } => {
-                // Once in a target's life, after its creation: what the creation set becomes
-                // the apply's to change and remove.
-                let resource_version = match existing {
-                    Some(secret) => claim(secrets, secret)
-                        .await?
-                        .metadata
-                        .resource_version
-                        .unwrap_or(resource_version),
-                    None => resource_version,
-                };
-                // The resourceVersion makes the apply conditional: if the Secret changed (or
-                // was replaced by a foreign one) since it was read, the apply fails and is
-                // retried.
-                desired.metadata.resource_version = Some(resource_version.clone());
-                let written = match secrets
-                    .patch(&target, &apply_params(), &Patch::Apply(&desired))
-                    .await
-                {
-                    Ok(written) => written,
-                    Err(kube::Error::Api(e)) if e.is_invalid() => {
-                        return Ok(Err(refused(&e)));
-                    }
-                    Err(e) => return Err(Error::ApplyTarget(e)),
-                };
-                let version = written.resource_version().unwrap_or_default();
-                // An apply that changed nothing keeps the version: nothing was written.
-                let wrote = resource_version != version;
-                // The server's own time of the write, as any later reader of the target sees
-                // it: another instance then agrees on it.
-                let at = render::applied_at(&written).or_else(|| wrote.then(now));
-                (version, at, wrote)
-            }
-        };
+    let action = plan::target_action(existing.as_ref(), &desired, &id.uid, &id.name);
+    let (version, written_at, wrote) = match carry_out(secrets, action, existing, desired).await? {
+        Written::Holds { version, at, wrote } => (version, at, wrote),
+        Written::Conflict => return Ok(Err(plan::target_conflict(&target))),
+        Written::Refused(e) => return Ok(Err(refused(&e))),
+    };
     ctx.tracker.record_published(
         &id.uid,
         Published {
@@ -253,6 +200,90 @@ async fn write_target(
         },
     );
     Ok(Ok((written_at, wrote)))
+}
+
+/// What carrying out a [`TargetAction`] came to.
+pub(crate) enum Written {
+    /// The Secret holds the desired content: its version, when its data was last written, and
+    /// whether this wrote it.
+    Holds {
+        version: String,
+        at: Option<Time>,
+        wrote: bool,
+    },
+    /// Someone else's Secret holds the name: left alone.
+    Conflict,
+    /// The API server refused the Secret as invalid.
+    Refused(Box<Status>),
+}
+
+/// Carries out `action` for `desired`, given the Secret `existing` under its name: keeps it,
+/// creates it, or claims and applies it on condition of the version read.
+pub(crate) async fn carry_out(
+    secrets: &Api<Secret>,
+    action: TargetAction,
+    existing: Option<Secret>,
+    mut desired: Secret,
+) -> Result<Written, Error> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    Ok(match action {
+        TargetAction::Conflict => Written::Conflict,
+        TargetAction::Keep { written_at } => Written::Holds {
+            version: existing
+                .and_then(|e| e.metadata.resource_version)
+                .unwrap_or_default(),
+            at: written_at,
+            wrote: false,
+        },
+        TargetAction::Create => {
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            // A Secret created by someone else since the read makes this fail (409), and the
+            // retry reports the conflict: it is never taken over.
+            let created = match secrets.create(&params, &desired).await {
+                Ok(created) => created,
+                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(Written::Refused(e)),
+                Err(e) => return Err(Error::ApplyTarget(e)),
+            };
+            Written::Holds {
+                version: created.resource_version().unwrap_or_default(),
+                at: render::applied_at(&created).or_else(|| Some(now())),
+                wrote: true,
+            }
+        }
+        TargetAction::Apply { resource_version } => {
+            // Once in a Secret's life, after its creation: what the creation set becomes the
+            // apply's to change and remove.
+            let resource_version = match existing {
+                Some(secret) => claim(secrets, secret)
+                    .await?
+                    .metadata
+                    .resource_version
+                    .unwrap_or(resource_version),
+                None => resource_version,
+            };
+            // The resourceVersion makes the apply conditional: if the Secret changed (or was
+            // replaced by a foreign one) since it was read, the apply fails and is retried.
+            desired.metadata.resource_version = Some(resource_version.clone());
+            let written = match secrets
+                .patch(&name, &apply_params(), &Patch::Apply(&desired))
+                .await
+            {
+                Ok(written) => written,
+                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(Written::Refused(e)),
+                Err(e) => return Err(Error::ApplyTarget(e)),
+            };
+            let version = written.resource_version().unwrap_or_default();
+            // An apply that changed nothing keeps the version: nothing was written.
+            let wrote = resource_version != version;
+            // The server's own time of the write, as any later reader sees it: another
+            // instance then agrees on it.
+            let at = render::applied_at(&written).or_else(|| wrote.then(now));
+            Written::Holds { version, at, wrote }
+        }
+    })
 }
 
 fn refused(e: &Status) -> Ready {

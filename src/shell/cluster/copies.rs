@@ -3,19 +3,17 @@
 //! current is not read again: a resync of many namespaces sends no request.
 
 use super::{ClusterContext, Id};
-use crate::domain::api::MANAGER;
 use crate::domain::cluster::{self, ClusterMendixCredential, CopyOutcome};
 use crate::domain::credential::Credential;
-use crate::domain::plan::TargetAction;
 use crate::domain::render;
 use crate::domain::spec::Resolved;
-use crate::shell::reconcile::{Error, apply_params, describe, now};
+use crate::shell::reconcile::{Error, describe};
 use crate::shell::secrets::SecretMeta;
-use crate::shell::target;
+use crate::shell::target::{self, Written};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PostParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,7 +62,7 @@ pub(super) async fn write_copies(
 
 /// The copy of one namespace: kept when the watch reports it as this instance left it, else
 /// read and written when it differs.
-async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, mut desired: Secret) -> CopyOutcome {
+async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, desired: Secret) -> CopyOutcome {
     let digest = render::digest(&desired);
     let name = desired.metadata.name.clone().unwrap_or_default();
     if let Some(known) = cc.known_copy(&id.uid, ns, &name, &digest) {
@@ -79,58 +77,14 @@ async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, mut desired: Secret)
         Ok(existing) => existing,
         Err(e) => return failed(&e),
     };
+    let action = cluster::copy_action(existing.as_ref(), &desired, &id.uid, &id.name);
     let (version, written_at, wrote) =
-        match cluster::copy_action(existing.as_ref(), &desired, &id.uid, &id.name) {
-            TargetAction::Conflict => return CopyOutcome::Conflict,
-            TargetAction::Keep { written_at } => {
-                let version = existing.and_then(|e| e.metadata.resource_version);
-                (version.unwrap_or_default(), written_at, false)
-            }
-            TargetAction::Create => {
-                let params = PostParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..PostParams::default()
-                };
-                // A Secret created by someone else since the read makes this fail (409): it is
-                // never taken over, and the retry reports the conflict.
-                let created = match secrets.create(&params, &desired).await {
-                    Ok(created) => created,
-                    Err(kube::Error::Api(e)) if e.is_invalid() => {
-                        return CopyOutcome::Invalid(target::refused_target(&e));
-                    }
-                    Err(e) => return failed(&e),
-                };
-                let at = render::applied_at(&created).or_else(|| Some(now()));
-                (created.resource_version().unwrap_or_default(), at, true)
-            }
-            TargetAction::Apply { resource_version } => {
-                let resource_version = match existing {
-                    Some(secret) => match target::claim(&secrets, secret).await {
-                        Ok(claimed) => claimed
-                            .metadata
-                            .resource_version
-                            .unwrap_or(resource_version),
-                        Err(e) => return CopyOutcome::Failed(e.to_string()),
-                    },
-                    None => resource_version,
-                };
-                // Conditional on the version read: a Secret replaced meanwhile is not written.
-                desired.metadata.resource_version = Some(resource_version.clone());
-                let written = match secrets
-                    .patch(&name, &apply_params(), &Patch::Apply(&desired))
-                    .await
-                {
-                    Ok(written) => written,
-                    Err(kube::Error::Api(e)) if e.is_invalid() => {
-                        return CopyOutcome::Invalid(target::refused_target(&e));
-                    }
-                    Err(e) => return failed(&e),
-                };
-                let version = written.resource_version().unwrap_or_default();
-                let wrote = resource_version != version;
-                let at = render::applied_at(&written).or_else(|| wrote.then(now));
-                (version, at, wrote)
-            }
+        match target::carry_out(&secrets, action, existing, desired).await {
+            Ok(Written::Holds { version, at, wrote }) => (version, at, wrote),
+            Ok(Written::Conflict) => return CopyOutcome::Conflict,
+            Ok(Written::Refused(e)) => return CopyOutcome::Invalid(target::refused_target(&e)),
+            Err(Error::ApplyTarget(e)) => return failed(&e),
+            Err(e) => return CopyOutcome::Failed(e.to_string()),
         };
     cc.remember_copy(
         &id.uid,
