@@ -23,7 +23,7 @@ use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
 use crate::shell::verifier::Verifier;
 use crate::shell::{restart, subscribe, target};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -328,12 +328,29 @@ async fn reconcile_unreadable(
         .clone()
         .ok_or(Error::MissingMetadata("namespace"))?;
     warn!(credential = %format!("{ns}/{name}"), error, "cannot read resource");
+    let api = Api::<Guarded>::namespaced(ctx.client.clone(), &ns);
+    mark_unreadable(api, "MendixCredential", meta, &name, error, &ctx.tracker).await?;
+    Ok(Action::await_change())
+}
+
+/// Writes `Ready` False (`InvalidSpec`) on an object this version cannot read, once per version
+/// of it: its status cannot be read either, so the write is remembered, and the events that
+/// reconcile it again (its own write's among them) cause no other.
+pub(crate) async fn mark_unreadable<K>(
+    api: Api<K>,
+    kind: &str,
+    meta: &ObjectMeta,
+    name: &str,
+    error: &str,
+    tracker: &Tracker,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let uid = meta.uid.clone().unwrap_or_default();
     let version = meta.resource_version.clone();
-    // Its status cannot be read either: remember the write, so that the write's own watch event
-    // does not cause another write.
-    if ctx.tracker.has_written(&uid, version.as_deref()) {
-        return Ok(Action::await_change());
+    if tracker.has_written(&uid, version.as_deref()) {
+        return Ok(());
     }
     let mut conds = vec![];
     conditions::set(
@@ -349,16 +366,16 @@ async fn reconcile_unreadable(
     );
     let patch = serde_json::json!({
         "apiVersion": "mxcred.io/v1alpha1",
-        "kind": "MendixCredential",
+        "kind": kind,
         "status": { "conditions": conds, "observedGeneration": meta.generation },
     });
-    let written = Api::<Guarded>::namespaced(ctx.client.clone(), &ns)
-        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
+    let written = api
+        .patch_status(name, &apply_params(), &Patch::Apply(patch))
         .await
         .map_err(Error::WriteStatus)?;
     let produced = written.meta().resource_version.clone();
-    ctx.tracker.wrote_status(&uid, version, produced, None);
-    Ok(Action::await_change())
+    tracker.wrote_status(&uid, version, produced, None);
+    Ok(())
 }
 
 pub(crate) fn apply_params() -> PatchParams {

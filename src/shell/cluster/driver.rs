@@ -10,7 +10,6 @@
 
 use super::copies::{remove_copies, write_copies};
 use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
-use crate::domain::api::condition;
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
@@ -18,14 +17,14 @@ use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
-use crate::domain::conditions::{self, Verdict};
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::render;
 use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::reconcile::{
-    CONFLICT_RETRY, Context, Error, apply_params, backoff, count_rotation, describe, now,
+    CONFLICT_RETRY, Context, Error, apply_params, backoff, count_rotation, describe,
+    mark_unreadable, now,
 };
 use crate::shell::subscribe;
 use crate::shell::verifier::{Slot, Subscription};
@@ -391,36 +390,16 @@ async fn reconcile_unreadable(
     let meta = guard.meta();
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
     warn!(cluster_credential = name, error, "cannot read resource");
-    let uid = meta.uid.clone().unwrap_or_default();
-    let version = meta.resource_version.clone();
-    // Its status cannot be read either: remember the write, so that the events that reconcile
-    // every cluster resource (namespaces, copies) do not each cause another one.
-    if cc.ctx.tracker.has_written(&uid, version.as_deref()) {
-        return Ok(Action::await_change());
-    }
-    let mut conds = vec![];
-    conditions::set(
-        &mut conds,
-        Verdict {
-            type_: condition::READY,
-            status: "False",
-            reason: ReadyReason::InvalidSpec.as_str(),
-            message: format!("the resource cannot be read: {error}"),
-        },
-        meta.generation,
-        now(),
-    );
-    let patch = serde_json::json!({
-        "apiVersion": "mxcred.io/v1alpha1",
-        "kind": "ClusterMendixCredential",
-        "status": { "conditions": conds, "observedGeneration": meta.generation },
-    });
-    let written = Api::<ClusterGuarded>::all(cc.ctx.client.clone())
-        .patch_status(&name, &apply_params(), &Patch::Apply(patch))
-        .await
-        .map_err(Error::WriteStatus)?;
-    let produced = written.meta().resource_version.clone();
-    cc.ctx.tracker.wrote_status(&uid, version, produced, None);
+    let api = Api::<ClusterGuarded>::all(cc.ctx.client.clone());
+    mark_unreadable(
+        api,
+        "ClusterMendixCredential",
+        meta,
+        &name,
+        error,
+        &cc.ctx.tracker,
+    )
+    .await?;
     Ok(Action::await_change())
 }
 
