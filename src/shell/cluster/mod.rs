@@ -1,10 +1,12 @@
 //! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
 //! resources, namespaces (metadata only), the copies it published (metadata only, by their
 //! label) and sources (metadata only, by their opt-in label); the reconcile driver
-//! ([`driver`]); and the copies in each namespace ([`copies`]).
+//! ([`driver`]); the copies in each namespace ([`copies`]); and the workloads restarted in
+//! each ([`restarts`]).
 
 mod copies;
 mod driver;
+mod restarts;
 
 use driver::{error_policy, reconcile};
 
@@ -23,6 +25,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
+use restarts::Brought;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +48,9 @@ pub struct ClusterContext {
     current: [Arc<AtomicBool>; 2],
     /// Per resource (uid) and namespace: the copy this instance wrote or found current.
     known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
+    /// Per resource (uid) and namespace: the credential this instance brought all the
+    /// workloads of `spec.target.rolloutRestart` to.
+    brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
     /// Per resource (uid): the status last written, and the resource version it was based on,
     /// until the watch brings a newer version.
     written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
@@ -90,6 +96,7 @@ pub async fn run(
         copies: copies.0,
         current: [namespaces.1, copies.1],
         known: Mutex::default(),
+        brought: Mutex::default(),
         written: Mutex::default(),
     });
 
@@ -248,6 +255,10 @@ impl ClusterContext {
 
     fn retain(&self, live: &HashSet<String>) {
         self.known
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+        self.brought
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
