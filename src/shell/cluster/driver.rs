@@ -39,6 +39,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -138,7 +139,7 @@ async fn reconcile_one(
             Err(Ready::refused(ReadyReason::InvalidSpec, m.clone())),
             None,
         ),
-        (Ok(resolved), Ok(_)) => match read_source(ctx, &source_ns, resolved).await? {
+        (Ok(resolved), Ok(_)) => match read_source(cc, &source_ns, resolved).await? {
             Err(ready) => (Err(ready), None),
             Ok(credential) => {
                 let gate = CheckedFirst {
@@ -453,12 +454,20 @@ async fn reconcile_unreadable(
 
 /// The credential of the source, or why it cannot be used.
 async fn read_source(
-    ctx: &Context,
+    cc: &ClusterContext,
     ns: &str,
     resolved: &Resolved,
 ) -> Result<Result<Credential, Ready>, Error> {
+    let ctx = &cc.ctx;
     let (credential_type, keys) = (resolved.credential_type, &resolved.source);
-    let credential = match ctx.secrets.credential(ns, credential_type, keys) {
+    // The version this controller's own watch reports: a reconcile it woke for a change must
+    // not read the credential from before it.
+    let seen = cc
+        .sources
+        .get(&ObjectRef::new(&keys.secret).within(ns))
+        .and_then(|s| s.metadata.resource_version.clone());
+    let cached = seen.and_then(|v| ctx.secrets.credential_at(ns, credential_type, keys, &v));
+    let credential = match cached {
         Some(cached) => cached,
         None => {
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);

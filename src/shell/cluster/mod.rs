@@ -44,6 +44,8 @@ pub struct ClusterContext {
     ctx: Arc<Context>,
     namespaces: Store<NamespaceMeta>,
     copies: Store<SecretMeta>,
+    /// The opted-in sources (metadata): the version each reconcile reads its source at.
+    sources: Store<SecretMeta>,
     /// Set while each watch's cache is current (namespaces, copies).
     current: [Arc<AtomicBool>; 2],
     /// Per resource (uid) and namespace: the copy this instance wrote or found current.
@@ -84,16 +86,20 @@ pub async fn run(
         ),
         "cluster credential copies",
     );
-    let sources = watcher(
-        Api::<SecretMeta>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Kept in a cache of its own: a reconcile it wakes reads the source's version there, not in
+    // the operator's other caches, which may not have seen the change yet.
+    let (sources, source_stream) = cached(
+        watcher(
+            Api::<SecretMeta>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
+        ),
+        "sources of cluster credentials",
+    );
     let cc = Arc::new(ClusterContext {
         ctx: ctx.clone(),
         namespaces: namespaces.0,
         copies: copies.0,
+        sources: sources.0,
         current: [namespaces.1, copies.1],
         known: Mutex::default(),
         brought: Mutex::default(),
@@ -153,7 +159,7 @@ pub async fn run(
                 .get(LABEL_CLUSTER_CREDENTIAL)
                 .map(|name| ObjectRef::new(name))
         })
-        .watches_stream(sources, move |source| reading(&for_sources, &source))
+        .watches_stream(source_stream, move |source| reading(&for_sources, &source))
         .reconcile_on(answered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, cc)
