@@ -1166,6 +1166,14 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
         tail(&w.op.logs())
     );
     assert_eq!(w.op.logs().matches("restarted a workload").count(), 0);
+    // c, without the workload, was read once and then remembered: the resync sent nothing.
+    let skipped = |op: &Operator| {
+        op.logs()
+            .lines()
+            .filter(|l| l.contains("no such workload") && l.contains(&format!("\"{c}\"")))
+            .count()
+    };
+    assert_eq!(skipped(&w.op), 1, "{}", tail(&w.op.logs()));
     let cr = w.clusters().get(&name).await.unwrap();
     assert_eq!(ready(&cr), Some(("True".into(), "Synced".into())));
     assert_eq!(
@@ -1173,6 +1181,38 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
         1,
         "one Warning Event, on the transition only"
     );
+    let events = events_of(&client, &name).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Normal RolloutRestarted")),
+        "{events:?}"
+    );
+
+    // A rotation held back (the platform rejects the new token) restarts nothing: the copies
+    // keep the working credential.
+    w.sim.set("CANARY-clr-deleted", State::Deleted);
+    w.env
+        .put_source("raw", &[("token", "CANARY-clr-deleted")])
+        .await;
+    w.wait_status(&name, "RotationRejected", Duration::from_secs(30), |cr| {
+        ready(cr) == Some(("False".into(), "RotationRejected".into()))
+    })
+    .await;
+    let before = reconciles(&w.op, &name);
+    w.label(&b, json!({"touched": "yes"})).await;
+    wait_for(Duration::from_secs(15), || async {
+        (reconciles(&w.op, &name) > before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+    for ns in [&a, &b] {
+        let deployment = runner(&client, ns).await;
+        assert_eq!(generation(&deployment), generations[ns], "{ns}");
+        assert_eq!(runner_annotation(&deployment, &key), Some(second.clone()));
+    }
+    assert_eq!(w.op.logs().matches("restarted a workload").count(), 0);
+    let cr = w.clusters().get(&name).await.unwrap();
     let all = format!("{:?}{:?}", events_of(&client, &name).await, cr.status);
     assert!(!all.contains("CANARY"), "a token in an Event or the status");
     assert!(!w.op.logs().contains("CANARY"), "a token in the log");

@@ -10,7 +10,7 @@ use crate::shell::reconcile::{Context, Id};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use std::collections::BTreeMap;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Brings each workload to `fingerprint`; returns their status entries, in the order listed.
 pub(crate) async fn ensure(
@@ -30,6 +30,7 @@ pub(crate) async fn ensure(
         key: &key,
         manager: &manager,
         credential: &credential,
+        missing_is_normal: false,
     };
     let mut entries = Vec::with_capacity(workloads.len());
     for workload in workloads {
@@ -53,6 +54,9 @@ pub(crate) struct Owner<'a> {
     pub manager: &'a str,
     /// The resource, for the logs.
     pub credential: &'a str,
+    /// Whether a workload that does not exist is as expected (a cluster resource's, in a
+    /// namespace without it): then it is logged at debug level only.
+    pub missing_is_normal: bool,
 }
 
 /// Brings one workload to `fingerprint`; says whether it was patched (and so restarted).
@@ -108,6 +112,17 @@ fn failed(owner: &Owner<'_>, workload: &WorkloadRef, step: Step, error: &kube::E
     let (kind, name) = (workload.kind.as_str(), workload.name.as_str());
     let (credential, namespace) = (owner.credential, owner.namespace);
     match error {
+        kube::Error::Api(status) if status.code == 404 && owner.missing_is_normal => {
+            debug!(
+                credential,
+                namespace, kind, name, "no such workload in this namespace: skipped"
+            );
+            Outcome::Refused {
+                step,
+                code: status.code,
+                reason: status.reason.clone(),
+            }
+        }
         kube::Error::Api(status) => {
             warn!(credential, namespace, kind, name, ?step, code = status.code, reason = %status.reason, "cannot restart a workload");
             Outcome::Refused {

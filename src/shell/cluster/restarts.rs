@@ -58,6 +58,7 @@ pub(super) async fn restart_workloads(
                 key,
                 manager,
                 credential: &id.name,
+                missing_is_normal: true,
             };
             let mut outcomes = Vec::with_capacity(workloads.len());
             for workload in workloads {
