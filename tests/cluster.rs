@@ -12,7 +12,7 @@ use common::{Operator, TestEnv, loopback_platform, value, wait_for};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -1216,5 +1216,176 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
     let all = format!("{:?}{:?}", events_of(&client, &name).await, cr.status);
     assert!(!all.contains("CANARY"), "a token in an Event or the status");
     assert!(!w.op.logs().contains("CANARY"), "a token in the log");
+    w.clean_up(&[&name]).await;
+}
+
+/// Waits, by a watch, until the `n` Deployments labelled `selector` hold `value` under `key`;
+/// returns when.
+async fn all_annotated(
+    client: &Client,
+    selector: &str,
+    key: &str,
+    value: &str,
+    n: usize,
+) -> Instant {
+    let api = Api::<Deployment>::all(client.clone());
+    let mut stream = watcher(api, watcher::Config::default().labels(selector))
+        .applied_objects()
+        .boxed();
+    let mut held: HashMap<String, bool> = HashMap::new();
+    let wait = async {
+        while let Some(d) = stream.try_next().await.unwrap() {
+            let holds = runner_annotation(&d, key).as_deref() == Some(value);
+            held.insert(d.namespace().unwrap_or_default(), holds);
+            if held.len() == n && held.values().all(|h| *h) {
+                return Instant::now();
+            }
+        }
+        panic!("the watch of Deployments ended");
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("not every Deployment held {value}"))
+}
+
+#[tokio::test]
+async fn two_hundred_namespaces_restart_once_per_rotation_and_a_resync_reads_nothing() {
+    const N: usize = 200;
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-many-restart", &[]).await;
+    let client = w.client();
+    let label = format!("ci.example.com/{}", w.env.ns);
+    let mut namespaces = vec![];
+    for i in 0..N {
+        namespaces.push(
+            w.namespace(&format!("{i:03}"), json!({&label: "true"}))
+                .await,
+        );
+    }
+    // The rights of rolloutRestart.enabled=true in each namespace; a runner (no replicas: only
+    // its template matters) in every other one.
+    let role = format!("{}-restarts", w.env.ns);
+    let cluster_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": role},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]}],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &cluster_role)
+        .await
+        .unwrap();
+    let selector = format!("test={}", w.env.ns);
+    futures::stream::iter(namespaces.iter().enumerate())
+        .for_each_concurrent(16, |(i, ns)| {
+            let (client, role, test) = (client.clone(), role.clone(), w.env.ns.clone());
+            async move {
+                let binding: RoleBinding = serde_json::from_value(json!({
+                    "metadata": {"name": "operator-restarts"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"kind": "ServiceAccount", "name": "mxcred-operator", "namespace": "mxcred-system"}],
+                }))
+                .unwrap();
+                Api::<RoleBinding>::namespaced(client.clone(), ns)
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .unwrap();
+                if i % 2 == 0 {
+                    let deployment: Deployment = serde_json::from_value(json!({
+                        "metadata": {"name": "runner", "labels": {"test": test}},
+                        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "runner"}},
+                            "template": {"metadata": {"labels": {"app": "runner"}},
+                                "spec": {"containers": [{"name": "runner", "image": "runner:1"}]}}},
+                    }))
+                    .unwrap();
+                    Api::<Deployment>::namespaced(client, ns)
+                        .create(&PostParams::default(), &deployment)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .await;
+    let runners = N / 2;
+    w.source("raw", "tok-many-restart").await;
+    let name = w.env.ns.clone();
+    let key = format!("cluster.restart.mxcred.io/{name}");
+    let started = Instant::now();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&label: "true"}},
+                       "rolloutRestart": [{"kind": "Deployment", "name": "runner"}]},
+        }),
+    )
+    .await;
+    let all = format!("{N}/{N}");
+    let cr = w
+        .wait_status(&name, "synced", Duration::from_secs(120), |cr| {
+            is_synced(cr, &all)
+                && cr.status.as_ref().unwrap().rollout_restart_failure_count == Some(0)
+        })
+        .await;
+    let first = fingerprint(&cr).unwrap();
+    let done = all_annotated(&client, &selector, &key, &first, runners).await;
+    eprintln!(
+        "MEASURED {N} namespaces, {runners} runners: first sync -> last Deployment annotated {:?}",
+        done.duration_since(started)
+    );
+
+    w.sim.set("tok-many-restart-2", State::Valid);
+    let rotated = Instant::now();
+    w.env
+        .put_source("raw", &[("token", "tok-many-restart-2")])
+        .await;
+    let second = w
+        .wait_status(&name, "rotated", Duration::from_secs(120), |cr| {
+            is_synced(cr, &all) && fingerprint(cr).is_some_and(|f| f != first)
+        })
+        .await;
+    let second = fingerprint(&second).unwrap();
+    let done = all_annotated(&client, &selector, &key, &second, runners).await;
+    eprintln!(
+        "MEASURED {N} namespaces, {runners} runners: source rotation -> last Deployment annotated {:?}",
+        done.duration_since(rotated)
+    );
+    // Created, then one restart per credential.
+    let deployments = Api::<Deployment>::all(client.clone())
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(deployments.len(), runners);
+    for d in &deployments {
+        assert_eq!(generation(d), 3, "{:?}", d.namespace());
+    }
+    assert_eq!(
+        w.op.logs().matches("restarted a workload").count(),
+        2 * runners
+    );
+
+    // A resync (any namespace event reconciles the resource) reads no workload.
+    let read = |op: &Operator| op.logs().matches("no such workload").count();
+    let skipped = read(&w.op);
+    assert_eq!(
+        skipped,
+        2 * (N - runners),
+        "each namespace without it read once per credential"
+    );
+    let before = reconciles(&w.op, &name);
+    w.label(&namespaces[0], json!({"touched": "yes"})).await;
+    wait_for(Duration::from_secs(15), || async {
+        (reconciles(&w.op, &name) > before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+    assert_eq!(read(&w.op), skipped);
+    assert_eq!(
+        w.op.logs().matches("restarted a workload").count(),
+        2 * runners
+    );
+    let _ = Api::<ClusterRole>::all(client)
+        .delete(&role, &DeleteParams::default())
+        .await;
     w.clean_up(&[&name]).await;
 }
