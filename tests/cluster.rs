@@ -1,6 +1,8 @@
 //! ClusterMendixCredentials on the real control plane, with the platform simulator: selection by
 //! label and by list, namespaces joining and leaving, a foreign Secret left alone and reported,
-//! source rotation, garbage collection of every copy, and one platform call for 200 namespaces.
+//! source rotation, garbage collection of every copy, and one platform call for 200 namespaces;
+//! the workloads of `spec.target.rolloutRestart` restarted once per rotation in every namespace
+//! that runs them.
 //!
 //! The operator runs in cluster mode (no `--namespace`), so two of them would both serve every
 //! ClusterMendixCredential: the tests of this binary take turns. Each test's namespaces have
