@@ -83,26 +83,28 @@ pub fn amend(
                 .iter()
                 .map(identity)
                 .collect();
-            let new: Vec<String> = failures
+            let new: Vec<&RolloutRestartFailure> = failures
                 .iter()
                 .take(MAX_RESTART_FAILURES)
                 .filter(|f| !before.contains(&identity(f)))
-                .map(|f| {
-                    format!(
-                        "{} {:?} in namespace {} ({:?}): {}",
-                        f.kind.as_str(),
-                        f.name,
-                        f.namespace,
-                        f.reason,
-                        f.message
-                    )
-                })
                 .collect();
-            if !new.is_empty() {
+            if let Some(first) = new.first() {
+                let shown: Vec<String> = new
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} {:?} in namespace {} ({:?})",
+                            f.kind.as_str(),
+                            f.name,
+                            f.namespace,
+                            f.reason
+                        )
+                    })
+                    .collect();
                 plan.events.push(Announcement {
                     warning: true,
                     reason: restart::RESTART_FAILED,
-                    note: listed(&new, "; "),
+                    note: bounded(format!("{}. {}", listed(&shown, ", "), first.message)),
                 });
             }
             if !restarts.restarted.is_empty() {
@@ -114,11 +116,11 @@ pub fn amend(
                 plan.events.push(Announcement {
                     warning: false,
                     reason: restart::RESTARTED,
-                    note: format!(
+                    note: bounded(format!(
                         "restarted for credential {}: {}",
                         restarts.fingerprint,
                         listed(&shown, ", ")
-                    ),
+                    )),
                 });
             }
             status.rollout_restart_failure_count = restarts
@@ -137,6 +139,20 @@ type Identity<'a> = (&'a str, WorkloadKind, &'a str, RolloutRestartProblem);
 
 fn identity(f: &RolloutRestartFailure) -> Identity<'_> {
     (&f.namespace, f.kind, &f.name, f.reason)
+}
+
+/// An Event's note within the 1024 bytes the API server accepts (names may be long).
+fn bounded(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut cut = MAX - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
 }
 
 /// A few items for an Event's note, and how many more.

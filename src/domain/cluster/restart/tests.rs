@@ -127,10 +127,11 @@ fn failures_are_bounded_sorted_and_counted() {
         Some(restarts(failures, &[])),
     );
     assert_eq!(events(&plan), vec![(restart::RESTART_FAILED, true)]);
+    let note = &plan.events[0].note;
+    assert!(note.contains(", and 15 more. "), "{note}");
     assert!(
-        plan.events[0].note.ends_with("and 15 more"),
-        "{}",
-        plan.events[0].note
+        note.ends_with("or an admission policy refused it"),
+        "{note}"
     );
     let status = plan.status.unwrap();
     assert_eq!(status.rollout_restart_failures.len(), MAX_RESTART_FAILURES);
@@ -176,4 +177,37 @@ fn a_held_plan_is_left_as_it_is() {
         Some(restarts(vec![forbidden("a")], &["b"])),
     );
     assert_eq!(plan, held);
+}
+
+#[test]
+fn notes_fit_an_event_however_long_the_names() {
+    let long = WorkloadRef {
+        kind: WorkloadKind::Deployment,
+        name: "w".repeat(253),
+    };
+    let failures: Vec<_> = (0..20)
+        .map(|i| {
+            failure(
+                &format!("{}{i:02}", "n".repeat(61)),
+                &long,
+                &refused(Step::Read, 403, "Forbidden"),
+            )
+            .unwrap()
+        })
+        .collect();
+    let restarted = (0..20)
+        .map(|i| (format!("{}{i:02}", "n".repeat(61)), long.clone()))
+        .collect();
+    let restarts = Restarts {
+        listed: true,
+        failures,
+        restarted,
+        fingerprint: "sha256:abc".into(),
+    };
+    let plan = amend(unchanged(), &Default::default(), Some(restarts));
+    assert_eq!(plan.events.len(), 2);
+    for event in &plan.events {
+        assert!(event.note.len() <= 1024, "{}", event.note.len());
+        assert!(event.note.ends_with("..."), "{}", event.note);
+    }
 }
