@@ -26,6 +26,19 @@ local function restarts(entries)
   end
   return text
 end
+-- A ClusterMendixCredential's: how many, and the first.
+local function cluster_restarts(failures, count)
+  if count == nil or count == 0 then
+    return ""
+  end
+  local text = "; rolloutRestart: " .. count .. " failed"
+  local first = (failures or {})[1]
+  if first ~= nil then
+    text = text .. " (" .. (first.kind or "") .. " " .. (first.name or "") .. " in " ..
+      (first.namespace or "") .. " " .. (first.reason or "") .. ")"
+  end
+  return text
+end
 
 if obj.status == nil or obj.status.conditions == nil then
   hs.status = "Progressing"
@@ -69,6 +82,8 @@ if ready ~= nil and ready.status == "True" then
     hs.message = synced
   end
   hs.message = hs.message .. restarts(obj.status.rolloutRestart)
+  hs.message = hs.message ..
+    cluster_restarts(obj.status.rolloutRestartFailures, obj.status.rolloutRestartFailureCount)
   return hs
 end
 hs.status = "Progressing"

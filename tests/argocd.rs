@@ -438,3 +438,28 @@ async fn health_of_cluster_credentials() {
     }
     eprintln!("argocd (cluster): {}", seen.join("\n  "));
 }
+
+#[test]
+fn a_cluster_credential_names_its_failed_restarts_and_stays_healthy() {
+    let obj = serde_json::json!({
+        "metadata": {"name": "deploy-bot", "generation": 1},
+        "status": {
+            "observedGeneration": 1,
+            "secretName": "mendix-deploy",
+            "namespaces": "3/3",
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Synced", "message": "m"},
+                {"type": "TokenValid", "status": "True", "reason": "Verified", "message": "v"},
+            ],
+            "rolloutRestartFailures": [{"namespace": "team-a", "kind": "Deployment",
+                "name": "runner", "reason": "Forbidden", "message": "m"}],
+            "rolloutRestartFailureCount": 2,
+        },
+    });
+    let (status, message) = health(&obj);
+    assert_eq!(status, "Healthy");
+    assert!(
+        message.ends_with("; rolloutRestart: 2 failed (Deployment runner in team-a Forbidden)"),
+        "{message}"
+    );
+}

@@ -1,6 +1,8 @@
 //! ClusterMendixCredentials on the real control plane, with the platform simulator: selection by
 //! label and by list, namespaces joining and leaving, a foreign Secret left alone and reported,
-//! source rotation, garbage collection of every copy, and one platform call for 200 namespaces.
+//! source rotation, garbage collection of every copy, and one platform call for 200 namespaces;
+//! the workloads of `spec.target.rolloutRestart` restarted once per rotation in every namespace
+//! that runs them.
 //!
 //! The operator runs in cluster mode (no `--namespace`), so two of them would both serve every
 //! ClusterMendixCredential: the tests of this binary take turns. Each test's namespaces have
@@ -10,12 +12,15 @@ mod common;
 
 use common::{Operator, TestEnv, loopback_platform, value, wait_for};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use mendix_simulator::{Simulator, State};
+use mxcred_operator::domain::api::RolloutRestartProblem;
 use mxcred_operator::domain::cluster::ClusterMendixCredential;
 use serde_json::json;
 use std::collections::HashMap;
@@ -33,6 +38,7 @@ struct World {
     env: TestEnv,
     sim: Simulator,
     op: Operator,
+    args: Vec<String>,
     namespaces: Vec<String>,
 }
 
@@ -42,14 +48,20 @@ impl World {
         let sim = Simulator::start().await;
         let mut args = loopback_platform(&sim.base_url());
         args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let op = Operator::start(env.cp, &env.cp.operator_kubeconfig, "", &args, &[]);
+        let op = start_operator(&env, &args);
         World {
             env,
             sim,
             op,
+            args,
             namespaces: vec![],
         }
+    }
+
+    /// SIGKILLs the operator and starts another one, with the same arguments.
+    fn restart_operator(&mut self) {
+        self.op.kill();
+        self.op = start_operator(&self.env, &self.args);
     }
 
     fn client(&self) -> Client {
@@ -141,6 +153,11 @@ impl World {
                 .await;
         }
     }
+}
+
+fn start_operator(env: &TestEnv, args: &[String]) -> Operator {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::start(env.cp, &env.cp.operator_kubeconfig, "", &args, &[])
 }
 
 async fn create_namespace(client: &Client, name: &str, labels: serde_json::Value) {
@@ -919,5 +936,458 @@ async fn a_rejected_rotation_keeps_the_working_token_in_every_copy() {
     );
     assert!(!all.contains("CANARY"), "a token in an Event or the status");
     assert!(!w.op.logs().contains("CANARY"), "a token in the log");
+    w.clean_up(&[&name]).await;
+}
+
+/// Lets the operator's ServiceAccount get and patch Deployments in `ns`: what the chart grants
+/// with `rolloutRestart.enabled=true`.
+async fn grant_restarts(client: &Client, ns: &str) {
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "operator-restarts"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "operator-restarts"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-restarts"},
+        "subjects": [{"kind": "ServiceAccount", "name": "mxcred-operator", "namespace": "mxcred-system"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+}
+
+/// A Deployment `runner` in `ns` reading the copy through `envFrom`, as a CI runner's would.
+async fn create_runner(client: &Client, ns: &str) -> Deployment {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "runner"},
+        "spec": {"selector": {"matchLabels": {"app": "runner"}}, "template": {
+            "metadata": {"labels": {"app": "runner"}},
+            "spec": {"containers": [{"name": "runner", "image": "runner:1",
+                "envFrom": [{"secretRef": {"name": TARGET}}]}]},
+        }},
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap()
+}
+
+/// Waits, by a watch, until Deployment `runner` in `ns` holds `value` under `key` in its pod
+/// template.
+async fn runner_annotated(client: &Client, ns: &str, key: &str, value: &str) -> Deployment {
+    let (key, value) = (key.to_owned(), value.to_owned());
+    let holds = move |d: Option<&Deployment>| {
+        d.is_some_and(|d| runner_annotation(d, &key).as_deref() == Some(value.as_str()))
+    };
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api, "runner", holds),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("Deployment runner in {ns} never held the annotation"))
+    .unwrap()
+    .unwrap()
+}
+
+fn runner_annotation(d: &Deployment, key: &str) -> Option<String> {
+    d.spec
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+async fn runner(client: &Client, ns: &str) -> Deployment {
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .get("runner")
+        .await
+        .unwrap()
+}
+
+fn generation(d: &Deployment) -> i64 {
+    d.metadata.generation.unwrap()
+}
+
+fn fingerprint(cr: &ClusterMendixCredential) -> Option<String> {
+    cr.status.as_ref()?.token_fingerprint.clone()
+}
+
+/// How many reconciles of `name` the operator has logged.
+fn reconciles(op: &Operator, name: &str) -> usize {
+    let name = format!("\"{name}\"");
+    op.logs()
+        .lines()
+        .filter(|l| l.contains("\"reconciled\"") && l.contains(&name))
+        .count()
+}
+
+#[tokio::test]
+async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-restart", &[]).await;
+    let client = w.client();
+    let label = format!("ci.example.com/{}", w.env.ns);
+    // a and b run the consumer, c does not; d runs it, but the operator may not touch it.
+    let a = w.namespace("a", json!({&label: "true"})).await;
+    let b = w.namespace("b", json!({&label: "true"})).await;
+    let c = w.namespace("c", json!({&label: "true"})).await;
+    let d = w.namespace("d", json!({&label: "true"})).await;
+    for ns in [&a, &b, &c] {
+        grant_restarts(&client, ns).await;
+    }
+    for ns in [&a, &b, &d] {
+        create_runner(&client, ns).await;
+    }
+    w.source("raw", "CANARY-clr-1").await;
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&label: "true"}},
+                       "rolloutRestart": [{"kind": "Deployment", "name": "runner"}]},
+        }),
+    )
+    .await;
+    let key = format!("cluster.restart.mxcred.io/{name}");
+    let has_failure = |cr: &ClusterMendixCredential| {
+        cr.status
+            .as_ref()
+            .is_some_and(|s| s.rollout_restart_failure_count == Some(1))
+    };
+    let cr = w
+        .wait_status(&name, "synced, d failing", Duration::from_secs(30), |cr| {
+            is_synced(cr, "4/4") && has_failure(cr)
+        })
+        .await;
+    let first = fingerprint(&cr).unwrap();
+    let status = cr.status.unwrap();
+    let failure = &status.rollout_restart_failures[..];
+    assert_eq!(failure.len(), 1, "{failure:?}");
+    assert_eq!(
+        (failure[0].namespace.as_str(), failure[0].name.as_str()),
+        (d.as_str(), "runner")
+    );
+    assert_eq!(failure[0].reason, RolloutRestartProblem::Forbidden);
+    assert!(
+        failure[0].message.contains("rolloutRestart.enabled=true"),
+        "{}",
+        failure[0].message
+    );
+    let mut generations = HashMap::new();
+    for ns in [&a, &b] {
+        let deployment = runner_annotated(&client, ns, &key, &first).await;
+        generations.insert(ns.clone(), generation(&deployment));
+    }
+    assert_eq!(runner_annotation(&runner(&client, &d).await, &key), None);
+
+    // Rotation to another valid token: each runner is restarted once, for it.
+    w.sim.set("CANARY-clr-2", State::Valid);
+    let rotated = Instant::now();
+    w.env.put_source("raw", &[("token", "CANARY-clr-2")]).await;
+    let cr = w
+        .wait_status(
+            &name,
+            "synced with the new token",
+            Duration::from_secs(30),
+            |cr| is_synced(cr, "4/4") && fingerprint(cr).is_some_and(|f| f != first),
+        )
+        .await;
+    let second = fingerprint(&cr).unwrap();
+    for ns in [&a, &b] {
+        runner_annotated(&client, ns, &key, &second).await;
+    }
+    eprintln!(
+        "MEASURED cluster rolloutRestart: source rotation -> last Deployment annotated (2 of 4 namespaces run it) {:?}",
+        rotated.elapsed()
+    );
+    for ns in [&a, &b] {
+        let deployment = runner(&client, ns).await;
+        assert_eq!(generation(&deployment), generations[ns] + 1, "{ns}");
+        generations.insert(ns.clone(), generation(&deployment));
+    }
+    // The namespace without the workload is no failure, and Ready stays True.
+    let status = cr.status.unwrap();
+    assert_eq!(status.rollout_restart_failure_count, Some(1));
+    assert_eq!(status.rollout_restart_failures[0].namespace, d);
+    let failed_once = || async {
+        events_of(&client, &name)
+            .await
+            .iter()
+            .filter(|e| e.starts_with("Warning RolloutRestartFailed"))
+            .count()
+    };
+    wait_for(Duration::from_secs(15), || async {
+        (failed_once().await > 0).then_some(())
+    })
+    .await
+    .expect("a RolloutRestartFailed Warning Event");
+
+    // SIGKILL and a new operator: it reads each workload once and restarts nothing.
+    w.restart_operator();
+    let reconciled = wait_for(Duration::from_secs(30), || async {
+        (reconciles(&w.op, &name) > 0).then_some(())
+    })
+    .await;
+    assert!(
+        reconciled.is_some(),
+        "the new operator never reconciled\n{}",
+        tail(&w.op.logs())
+    );
+    // And a resync: a namespace event reconciles every cluster resource.
+    let before = reconciles(&w.op, &name);
+    w.label(&a, json!({"touched": "yes"})).await;
+    wait_for(Duration::from_secs(15), || async {
+        (reconciles(&w.op, &name) > before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+    for ns in [&a, &b] {
+        let deployment = runner(&client, ns).await;
+        assert_eq!(generation(&deployment), generations[ns], "{ns}");
+        assert_eq!(runner_annotation(&deployment, &key), Some(second.clone()));
+    }
+    // It did go through the workloads (d's answer is logged), and patched none.
+    assert!(
+        w.op.logs()
+            .lines()
+            .any(|l| l.contains("cannot restart a workload") && l.contains(&d)),
+        "the new operator never read the workloads\n{}",
+        tail(&w.op.logs())
+    );
+    assert_eq!(w.op.logs().matches("restarted a workload").count(), 0);
+    // c, without the workload, was read once and then remembered: the resync sent nothing.
+    let skipped = |op: &Operator| {
+        op.logs()
+            .lines()
+            .filter(|l| l.contains("no such workload") && l.contains(&format!("\"{c}\"")))
+            .count()
+    };
+    assert_eq!(skipped(&w.op), 1, "{}", tail(&w.op.logs()));
+    let cr = w.clusters().get(&name).await.unwrap();
+    assert_eq!(ready(&cr), Some(("True".into(), "Synced".into())));
+    assert_eq!(
+        failed_once().await,
+        1,
+        "one Warning Event, on the transition only"
+    );
+    let events = events_of(&client, &name).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Normal RolloutRestarted")),
+        "{events:?}"
+    );
+
+    // A rotation held back (the platform rejects the new token) restarts nothing: the copies
+    // keep the working credential.
+    w.sim.set("CANARY-clr-deleted", State::Deleted);
+    w.env
+        .put_source("raw", &[("token", "CANARY-clr-deleted")])
+        .await;
+    w.wait_status(&name, "RotationRejected", Duration::from_secs(30), |cr| {
+        ready(cr) == Some(("False".into(), "RotationRejected".into()))
+    })
+    .await;
+    let before = reconciles(&w.op, &name);
+    w.label(&b, json!({"touched": "yes"})).await;
+    wait_for(Duration::from_secs(15), || async {
+        (reconciles(&w.op, &name) > before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+    for ns in [&a, &b] {
+        let deployment = runner(&client, ns).await;
+        assert_eq!(generation(&deployment), generations[ns], "{ns}");
+        assert_eq!(runner_annotation(&deployment, &key), Some(second.clone()));
+    }
+    assert_eq!(w.op.logs().matches("restarted a workload").count(), 0);
+    let cr = w.clusters().get(&name).await.unwrap();
+    let all = format!("{:?}{:?}", events_of(&client, &name).await, cr.status);
+    assert!(!all.contains("CANARY"), "a token in an Event or the status");
+    assert!(!w.op.logs().contains("CANARY"), "a token in the log");
+    w.clean_up(&[&name]).await;
+}
+
+/// Waits, by a watch, until the `n` Deployments labelled `selector` hold `value` under `key`;
+/// returns when.
+async fn all_annotated(
+    client: &Client,
+    selector: &str,
+    key: &str,
+    value: &str,
+    n: usize,
+) -> Instant {
+    let api = Api::<Deployment>::all(client.clone());
+    let mut stream = watcher(api, watcher::Config::default().labels(selector))
+        .applied_objects()
+        .boxed();
+    let mut held: HashMap<String, bool> = HashMap::new();
+    let wait = async {
+        while let Some(d) = stream.try_next().await.unwrap() {
+            let holds = runner_annotation(&d, key).as_deref() == Some(value);
+            held.insert(d.namespace().unwrap_or_default(), holds);
+            if held.len() == n && held.values().all(|h| *h) {
+                return Instant::now();
+            }
+        }
+        panic!("the watch of Deployments ended");
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("not every Deployment held {value}"))
+}
+
+#[tokio::test]
+async fn two_hundred_namespaces_restart_once_per_rotation_and_a_resync_reads_nothing() {
+    const N: usize = 200;
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-many-restart", &[]).await;
+    let client = w.client();
+    let label = format!("ci.example.com/{}", w.env.ns);
+    let mut namespaces = vec![];
+    for i in 0..N {
+        namespaces.push(
+            w.namespace(&format!("{i:03}"), json!({&label: "true"}))
+                .await,
+        );
+    }
+    // The rights of rolloutRestart.enabled=true in each namespace; a runner (no replicas: only
+    // its template matters) in every other one.
+    let role = format!("{}-restarts", w.env.ns);
+    let cluster_role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": role},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]}],
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &cluster_role)
+        .await
+        .unwrap();
+    let selector = format!("test={}", w.env.ns);
+    futures::stream::iter(namespaces.iter().enumerate())
+        .for_each_concurrent(16, |(i, ns)| {
+            let (client, role, test) = (client.clone(), role.clone(), w.env.ns.clone());
+            async move {
+                let binding: RoleBinding = serde_json::from_value(json!({
+                    "metadata": {"name": "operator-restarts"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"kind": "ServiceAccount", "name": "mxcred-operator", "namespace": "mxcred-system"}],
+                }))
+                .unwrap();
+                Api::<RoleBinding>::namespaced(client.clone(), ns)
+                    .create(&PostParams::default(), &binding)
+                    .await
+                    .unwrap();
+                if i % 2 == 0 {
+                    let deployment: Deployment = serde_json::from_value(json!({
+                        "metadata": {"name": "runner", "labels": {"test": test}},
+                        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "runner"}},
+                            "template": {"metadata": {"labels": {"app": "runner"}},
+                                "spec": {"containers": [{"name": "runner", "image": "runner:1"}]}}},
+                    }))
+                    .unwrap();
+                    Api::<Deployment>::namespaced(client, ns)
+                        .create(&PostParams::default(), &deployment)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .await;
+    let runners = N / 2;
+    w.source("raw", "tok-many-restart").await;
+    let name = w.env.ns.clone();
+    let key = format!("cluster.restart.mxcred.io/{name}");
+    let started = Instant::now();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&label: "true"}},
+                       "rolloutRestart": [{"kind": "Deployment", "name": "runner"}]},
+        }),
+    )
+    .await;
+    let all = format!("{N}/{N}");
+    let cr = w
+        .wait_status(&name, "synced", Duration::from_secs(120), |cr| {
+            is_synced(cr, &all)
+                && cr.status.as_ref().unwrap().rollout_restart_failure_count == Some(0)
+        })
+        .await;
+    let first = fingerprint(&cr).unwrap();
+    let done = all_annotated(&client, &selector, &key, &first, runners).await;
+    eprintln!(
+        "MEASURED {N} namespaces, {runners} runners: first sync -> last Deployment annotated {:?}",
+        done.duration_since(started)
+    );
+
+    w.sim.set("tok-many-restart-2", State::Valid);
+    let rotated = Instant::now();
+    w.env
+        .put_source("raw", &[("token", "tok-many-restart-2")])
+        .await;
+    let second = w
+        .wait_status(&name, "rotated", Duration::from_secs(120), |cr| {
+            is_synced(cr, &all) && fingerprint(cr).is_some_and(|f| f != first)
+        })
+        .await;
+    let second = fingerprint(&second).unwrap();
+    let done = all_annotated(&client, &selector, &key, &second, runners).await;
+    eprintln!(
+        "MEASURED {N} namespaces, {runners} runners: source rotation -> last Deployment annotated {:?}",
+        done.duration_since(rotated)
+    );
+    // Created, then one restart per credential.
+    let deployments = Api::<Deployment>::all(client.clone())
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(deployments.len(), runners);
+    for d in &deployments {
+        assert_eq!(generation(d), 3, "{:?}", d.namespace());
+    }
+    assert_eq!(
+        w.op.logs().matches("restarted a workload").count(),
+        2 * runners
+    );
+
+    // A resync (any namespace event reconciles the resource) reads no workload.
+    let read = |op: &Operator| op.logs().matches("no such workload").count();
+    let skipped = read(&w.op);
+    assert_eq!(
+        skipped,
+        2 * (N - runners),
+        "each namespace without it read once per credential"
+    );
+    let before = reconciles(&w.op, &name);
+    w.label(&namespaces[0], json!({"touched": "yes"})).await;
+    wait_for(Duration::from_secs(15), || async {
+        (reconciles(&w.op, &name) > before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+    assert_eq!(read(&w.op), skipped);
+    assert_eq!(
+        w.op.logs().matches("restarted a workload").count(),
+        2 * runners
+    );
+    let _ = Api::<ClusterRole>::all(client)
+        .delete(&role, &DeleteParams::default())
+        .await;
     w.clean_up(&[&name]).await;
 }

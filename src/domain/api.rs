@@ -305,7 +305,9 @@ pub struct RolloutRestartStatus {
     pub message: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 pub enum RolloutRestartProblem {
     NotFound,
     Forbidden,

@@ -10,7 +10,10 @@ use crate::domain::api::{
     CredentialType, MendixCredentialSpec, Rotation, SECRET_KEY, SECRET_NAME, SourceRef, Target,
     Verification, bounded_map, enum_without_null,
 };
-use crate::domain::api::{MAX_ANNOTATIONS, MAX_LABELS};
+use crate::domain::api::{
+    MAX_ANNOTATIONS, MAX_LABELS, MAX_ROLLOUT_RESTART, RolloutRestartProblem, WorkloadKind,
+    WorkloadRef,
+};
 use crate::domain::plan::{self};
 use crate::domain::render;
 use crate::domain::spec::InvalidSpec;
@@ -26,6 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const LABEL_CLUSTER_CREDENTIAL: &str = "mxcred.io/cluster-credential";
 /// How many namespaces `status.failedNamespaces` lists; `failedNamespaceCount` counts them all.
 pub const MAX_FAILED_NAMESPACES: usize = 20;
+/// How many workloads `status.rolloutRestartFailures` lists.
+pub const MAX_RESTART_FAILURES: usize = 20;
 
 /// A Mendix platform credential published into many namespaces, for cluster administrators.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -131,6 +136,19 @@ pub struct ClusterTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Workloads (at most 16), each given by kind (Deployment, StatefulSet or DaemonSet) and
+    /// name, restarted in every selected namespace once its Secret holds a new credential, so
+    /// that those reading it from environment variables pick it up. The same names apply in
+    /// each namespace; a namespace without such a workload is skipped (not a failure). The
+    /// operator sets the annotation cluster.restart.mxcred.io/<this resource's name> of each
+    /// one's pod template to the credential's fingerprint (by server-side apply, field manager
+    /// mxcred-operator/cluster-restart/<this resource's name>), which rolls it out once per
+    /// change and never again for the same credential (an operator restart changes nothing).
+    /// Needs the chart value rolloutRestart.enabled=true; problems are reported in
+    /// status.rolloutRestartFailures and never hold up the Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ROLLOUT_RESTART), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub rollout_restart: Option<Vec<WorkloadRef>>,
 }
 
 /// Observed state, written by the operator.
@@ -182,6 +200,17 @@ pub struct ClusterMendixCredentialStatus {
     /// How many namespaces failed in all (failedNamespaces lists at most 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_namespace_count: Option<i32>,
+    /// Workloads of spec.target.rolloutRestart that could not be brought to the current
+    /// credential, and why: the first 20 by namespace, kind and name. A namespace without
+    /// such a workload is not listed. They never change Ready, and are tried again every
+    /// minute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub rollout_restart_failures: Vec<RolloutRestartFailure>,
+    /// How many workloads could not be brought to the current credential in all
+    /// (rolloutRestartFailures lists at most 20). Absent without spec.target.rolloutRestart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_restart_failure_count: Option<i32>,
     /// Ready: every selected namespace holds the current source credential. TokenValid: the
     /// platform accepted the credential at the last definitive check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -201,6 +230,25 @@ pub struct FailedNamespace {
     /// deleted).
     pub reason: String,
     /// What happened, without any value of the credential.
+    pub message: String,
+}
+
+/// A workload of spec.target.rolloutRestart in one namespace that could not be brought to the
+/// current credential.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartFailure {
+    /// The namespace.
+    pub namespace: String,
+    /// Deployment, StatefulSet or DaemonSet, as listed in spec.target.rolloutRestart.
+    pub kind: WorkloadKind,
+    /// Name of the workload in that namespace.
+    pub name: String,
+    /// Forbidden (the operator may not read or patch it: install the chart with
+    /// rolloutRestart.enabled=true), Invalid (the API server refused the change) or Failed
+    /// (the API server did not answer; tried again).
+    pub reason: RolloutRestartProblem,
+    /// What happened and what to do.
     pub message: String,
 }
 
@@ -416,6 +464,7 @@ mod decide;
 pub use decide::{
     ClusterObserved, ClusterPlan, CopyOutcome, FailedReason, NAMESPACES_FAILED, plan,
 };
+pub mod restart;
 
 #[cfg(test)]
 mod tests;

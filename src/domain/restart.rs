@@ -18,6 +18,10 @@ use std::collections::BTreeMap;
 
 /// The domain of the pod-template annotations; the name part is the resource's name.
 pub const ANNOTATION_DOMAIN: &str = "restart.mxcred.io";
+/// The domain of a ClusterMendixCredential's annotations: another domain, so that a cluster
+/// resource and a namespaced one of the same name restarting the same workload never share a
+/// key (each would undo the other's value forever).
+pub const CLUSTER_ANNOTATION_DOMAIN: &str = "cluster.restart.mxcred.io";
 
 /// Event reasons.
 pub const RESTARTED: &str = "RolloutRestarted";
@@ -74,15 +78,36 @@ pub fn field_manager(credential: &str) -> String {
     format!("mxcred-operator/restart/{}", name_part(credential))
 }
 
+/// The pod-template annotation of the ClusterMendixCredential `credential`:
+/// `cluster.restart.mxcred.io/<resource name>`.
+pub fn cluster_annotation_key(credential: &str) -> String {
+    format!("{CLUSTER_ANNOTATION_DOMAIN}/{}", name_part(credential))
+}
+
+/// The server-side apply field manager of the ClusterMendixCredential `credential`'s
+/// annotations: distinct from a namespaced resource's of the same name, whose apply would
+/// otherwise remove this one's annotation.
+pub fn cluster_field_manager(credential: &str) -> String {
+    format!("mxcred-operator/cluster-restart/{}", name_part(credential))
+}
+
 /// The workloads a spec asks to restart, each once, in the order listed.
 pub fn workloads(spec: &MendixCredentialSpec) -> Vec<WorkloadRef> {
-    let listed = spec
-        .target
-        .as_ref()
-        .and_then(|t| t.rollout_restart.as_deref())
-        .unwrap_or_default();
+    listed(
+        spec.target
+            .as_ref()
+            .and_then(|t| t.rollout_restart.as_deref()),
+    )
+}
+
+/// The workloads of a `rolloutRestart` list, each once, in the order listed.
+pub fn listed(list: Option<&[WorkloadRef]>) -> Vec<WorkloadRef> {
     let mut seen = std::collections::BTreeSet::new();
-    listed.iter().filter(|w| seen.insert(*w)).cloned().collect()
+    list.unwrap_or_default()
+        .iter()
+        .filter(|w| seen.insert(*w))
+        .cloned()
+        .collect()
 }
 
 /// The value under `key` in a workload's pod template annotations.

@@ -7,10 +7,10 @@
 use crate::domain::api::{MendixCredentialStatus, RolloutRestartStatus, WorkloadRef};
 use crate::domain::restart::{self, Outcome, Step};
 use crate::shell::reconcile::{Context, Id};
-use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Api, Client};
 use std::collections::BTreeMap;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Brings each workload to `fingerprint`; returns their status entries, in the order listed.
 pub(crate) async fn ensure(
@@ -20,9 +20,21 @@ pub(crate) async fn ensure(
     previous: &MendixCredentialStatus,
     ctx: &Context,
 ) -> Vec<RolloutRestartStatus> {
+    let credential = format!("{}/{}", id.namespace, id.name);
+    let (key, manager) = (
+        restart::annotation_key(&id.name),
+        restart::field_manager(&id.name),
+    );
+    let owner = Owner {
+        namespace: &id.namespace,
+        key: &key,
+        manager: &manager,
+        credential: &credential,
+        missing_is_normal: false,
+    };
     let mut entries = Vec::with_capacity(workloads.len());
     for workload in workloads {
-        let outcome = bring(id, workload, fingerprint, ctx).await;
+        let (outcome, _) = bring(&ctx.client, &owner, workload, fingerprint).await;
         let entry = restart::entry(
             workload,
             &outcome,
@@ -33,53 +45,86 @@ pub(crate) async fn ensure(
     entries
 }
 
-async fn bring(id: &Id, workload: &WorkloadRef, fingerprint: &str, ctx: &Context) -> Outcome {
-    let credential = format!("{}/{}", id.namespace, id.name);
+/// Whose annotation the workloads get, and in which namespace.
+pub(crate) struct Owner<'a> {
+    pub namespace: &'a str,
+    /// The pod-template annotation, the resource's alone.
+    pub key: &'a str,
+    /// The server-side apply field manager, the resource's alone.
+    pub manager: &'a str,
+    /// The resource, for the logs.
+    pub credential: &'a str,
+    /// Whether a workload that does not exist is as expected (a cluster resource's, in a
+    /// namespace without it): then it is logged at debug level only.
+    pub missing_is_normal: bool,
+}
+
+/// Brings one workload to `fingerprint`; says whether it was patched (and so restarted).
+pub(crate) async fn bring(
+    client: &Client,
+    owner: &Owner<'_>,
+    workload: &WorkloadRef,
+    fingerprint: &str,
+) -> (Outcome, bool) {
+    let credential = owner.credential;
     let (kind, name) = (workload.kind.as_str(), workload.name.as_str());
     let gvk = GroupVersionKind::gvk("apps", "v1", kind);
     let resource = ApiResource::from_gvk_with_plural(&gvk, workload.kind.plural());
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &id.namespace, &resource);
-    let key = restart::annotation_key(&id.name);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), owner.namespace, &resource);
+    let holds = || Outcome::Holds {
+        fingerprint: fingerprint.to_owned(),
+    };
 
     let current = match api.get(name).await {
         Ok(current) => current,
-        Err(error) => return failed(&credential, workload, Step::Read, &error),
+        Err(error) => return (failed(owner, workload, Step::Read, &error), false),
     };
     let annotations: Option<BTreeMap<String, String>> =
         serde_json::from_value(current.data["spec"]["template"]["metadata"]["annotations"].clone())
             .ok();
-    let held = restart::held(annotations.as_ref(), &key);
+    let held = restart::held(annotations.as_ref(), owner.key);
     if !restart::needs_patch(held, fingerprint) {
-        return Outcome::Holds {
-            fingerprint: fingerprint.to_owned(),
-        };
+        return (holds(), false);
     }
     // Forced: the key is this resource's alone, whoever touched it since. No `create` is
     // granted, so a workload deleted since the read is not created by this apply.
-    let params = PatchParams::apply(&restart::field_manager(&id.name)).force();
-    let body = restart::apply_body(workload, &key, fingerprint);
+    let params = PatchParams::apply(owner.manager).force();
+    let body = restart::apply_body(workload, owner.key, fingerprint);
     match api.patch(name, &params, &Patch::Apply(&body)).await {
         Ok(_) => {
             info!(
                 credential,
-                kind, name, fingerprint, "restarted a workload for the published credential"
+                namespace = owner.namespace,
+                kind,
+                name,
+                fingerprint,
+                "restarted a workload for the published credential"
             );
-            Outcome::Holds {
-                fingerprint: fingerprint.to_owned(),
-            }
+            (holds(), true)
         }
-        Err(error) => failed(&credential, workload, Step::Patch, &error),
+        Err(error) => (failed(owner, workload, Step::Patch, &error), false),
     }
 }
 
 /// The outcome of a failed request, logged with its code and reason only (the API server's
 /// message may quote the object).
-fn failed(credential: &str, workload: &WorkloadRef, step: Step, error: &kube::Error) -> Outcome {
+fn failed(owner: &Owner<'_>, workload: &WorkloadRef, step: Step, error: &kube::Error) -> Outcome {
     let (kind, name) = (workload.kind.as_str(), workload.name.as_str());
+    let (credential, namespace) = (owner.credential, owner.namespace);
     match error {
+        kube::Error::Api(status) if status.code == 404 && owner.missing_is_normal => {
+            debug!(
+                credential,
+                namespace, kind, name, "no such workload in this namespace: skipped"
+            );
+            Outcome::Refused {
+                step,
+                code: status.code,
+                reason: status.reason.clone(),
+            }
+        }
         kube::Error::Api(status) => {
-            warn!(credential, kind, name, ?step, code = status.code, reason = %status.reason, "cannot restart a workload");
+            warn!(credential, namespace, kind, name, ?step, code = status.code, reason = %status.reason, "cannot restart a workload");
             Outcome::Refused {
                 step,
                 code: status.code,
@@ -94,6 +139,7 @@ fn failed(credential: &str, workload: &WorkloadRef, step: Step, error: &kube::Er
             };
             warn!(
                 credential,
+                namespace,
                 kind,
                 name,
                 ?step,

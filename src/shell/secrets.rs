@@ -116,6 +116,21 @@ impl SecretCache {
         (read.version == current).then(|| read.credential.clone())
     }
 
+    /// The credential read earlier from the source at `version`, as a watch of its own reported
+    /// it to the caller: one woken by that watch must not take an older read for current while
+    /// the cache's watches have not seen the change yet.
+    pub fn credential_at(
+        &self,
+        namespace: &str,
+        credential_type: CredentialType,
+        keys: &SourceKeys,
+        version: &str,
+    ) -> Option<Result<Credential, SourceError>> {
+        let reads = self.reads.lock().expect("lock poisoned");
+        let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
+        (read.version == version).then(|| read.credential.clone())
+    }
+
     /// Remembers what the source at `version` yielded.
     pub fn remember(
         &self,

@@ -366,3 +366,24 @@ fn the_rest_of_a_new_status_is_kept_and_an_emptied_list_clears_the_field() {
         "a workload dropped from the list is not announced"
     );
 }
+
+#[test]
+fn a_cluster_resource_has_its_own_key_and_manager() {
+    let long = "c".repeat(200);
+    for name in ["deploy-bot", long.as_str()] {
+        assert_ne!(cluster_annotation_key(name), annotation_key(name));
+        assert_ne!(cluster_field_manager(name), field_manager(name));
+        let key = cluster_annotation_key(name);
+        let (domain, part) = key.split_once('/').unwrap();
+        assert_eq!(domain, CLUSTER_ANNOTATION_DOMAIN);
+        assert!(part.len() <= 63, "{key}");
+    }
+    assert_eq!(
+        cluster_annotation_key("deploy-bot"),
+        "cluster.restart.mxcred.io/deploy-bot"
+    );
+    assert_eq!(
+        cluster_field_manager("deploy-bot"),
+        "mxcred-operator/cluster-restart/deploy-bot"
+    );
+}

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use tracing::{info, warn};
 
 /// Copies written or read at once, per resource.
-const WRITERS: usize = 16;
+pub(super) const WRITERS: usize = 16;
 
 #[derive(Clone)]
 pub(super) struct KnownCopy {

@@ -3,16 +3,21 @@
 //! 1. resolve the spec and the selection (pure),
 //! 2. read the source Secret (the cache, or the client),
 //! 3. write the copy of each selected namespace that does not hold it, a few at a time (the
-//!    decision is pure), and delete our copies where no longer selected ([`super::copies`]),
+//!    decision is pure), and delete our copies where no longer selected ([`super::copies`]);
+//!    then, unless a rotation is held back, bring the workloads of `spec.target.rolloutRestart`
+//!    to the credential in each namespace whose copy holds it ([`super::restarts`]; never
+//!    fails the reconcile),
 //! 4. subscribe the credential to the verification loop (shared with MendixCredentials),
 //! 5. plan the status and the Events (pure: [`crate::domain::cluster::plan`]),
 //! 6. write the status, then publish the Events, then remember what was done.
 
 use super::copies::{remove_copies, write_copies};
+use super::restarts::restart_workloads;
 use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
+use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
@@ -20,6 +25,7 @@ use crate::domain::cluster::{
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::render;
+use crate::domain::restart;
 use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::reconcile::{
@@ -32,6 +38,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -125,12 +132,13 @@ async fn reconcile_one(
     let forced = request.as_ref().map(|(_, at)| *at);
     let mut copies = BTreeMap::new();
     let (mut held, mut checked_first) = (None, false);
+    let mut restarted = None;
     let (source, credential) = match (&resolved, &selection) {
         (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => (
             Err(Ready::refused(ReadyReason::InvalidSpec, m.clone())),
             None,
         ),
-        (Ok(resolved), Ok(_)) => match read_source(ctx, &source_ns, resolved).await? {
+        (Ok(resolved), Ok(_)) => match read_source(cc, &source_ns, resolved).await? {
             Err(ready) => (Err(ready), None),
             Ok(credential) => {
                 let gate = CheckedFirst {
@@ -147,6 +155,20 @@ async fn reconcile_one(
                 held = credential.held;
                 checked_first = credential.checked_first;
                 copies = write_copies(cc, cr, &id, resolved, &published, &selected.active).await?;
+                // Only once a copy holds the credential (a restarted pod must read it), and
+                // not for a credential held back: the copies keep the one the workloads run.
+                if held.is_none() {
+                    let holding: Vec<&str> = copies
+                        .iter()
+                        .filter(|(_, c)| matches!(c, CopyOutcome::Synced { .. }))
+                        .map(|(ns, _)| ns.as_str())
+                        .collect();
+                    let workloads = restart::listed(cr.spec.target.rollout_restart.as_deref());
+                    restarted = Some(
+                        restart_workloads(cc, &id, &workloads, &published.fingerprint(), &holding)
+                            .await,
+                    );
+                }
                 (Ok(published.fingerprint()), Some(published))
             }
         },
@@ -216,6 +238,10 @@ async fn reconcile_one(
         verification,
         now: now(),
     });
+    let restart_failing = restarted
+        .as_ref()
+        .is_some_and(|r: &Restarts| !r.failures.is_empty());
+    let plan = cluster_restart::amend(plan, &previous, restarted);
 
     // 6. Status, Events, memory.
     let wrote_status = plan.status.is_some();
@@ -241,6 +267,8 @@ async fn reconcile_one(
         Some(hold) => Action::requeue(hold),
         // Foreign Secrets in the way are not watched (only ours and sources are).
         None if retry => Action::requeue(CONFLICT_RETRY),
+        // Workloads are not watched: a failed restart is tried again after a while.
+        None if restart_failing => Action::requeue(restart::RETRY),
         None if plan.ready == ReadyReason::Synced.as_str() => {
             Action::requeue(Duration::from_secs(3600))
         }
@@ -405,12 +433,20 @@ async fn reconcile_unreadable(
 
 /// The credential of the source, or why it cannot be used.
 async fn read_source(
-    ctx: &Context,
+    cc: &ClusterContext,
     ns: &str,
     resolved: &Resolved,
 ) -> Result<Result<Credential, Ready>, Error> {
+    let ctx = &cc.ctx;
     let (credential_type, keys) = (resolved.credential_type, &resolved.source);
-    let credential = match ctx.secrets.credential(ns, credential_type, keys) {
+    // The version this controller's own watch reports: a reconcile it woke for a change must
+    // not read the credential from before it.
+    let seen = cc
+        .sources
+        .get(&ObjectRef::new(&keys.secret).within(ns))
+        .and_then(|s| s.metadata.resource_version.clone());
+    let cached = seen.and_then(|v| ctx.secrets.credential_at(ns, credential_type, keys, &v));
+    let credential = match cached {
         Some(cached) => cached,
         None => {
             let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);

@@ -1,10 +1,12 @@
 //! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
 //! resources, namespaces (metadata only), the copies it published (metadata only, by their
 //! label) and sources (metadata only, by their opt-in label); the reconcile driver
-//! ([`driver`]); and the copies in each namespace ([`copies`]).
+//! ([`driver`]); the copies in each namespace ([`copies`]); and the workloads restarted in
+//! each ([`restarts`]).
 
 mod copies;
 mod driver;
+mod restarts;
 
 use driver::{error_policy, reconcile};
 
@@ -23,6 +25,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
+use restarts::Brought;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,10 +44,15 @@ pub struct ClusterContext {
     ctx: Arc<Context>,
     namespaces: Store<NamespaceMeta>,
     copies: Store<SecretMeta>,
+    /// The opted-in sources (metadata): the version each reconcile reads its source at.
+    sources: Store<SecretMeta>,
     /// Set while each watch's cache is current (namespaces, copies).
     current: [Arc<AtomicBool>; 2],
     /// Per resource (uid) and namespace: the copy this instance wrote or found current.
     known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
+    /// Per resource (uid) and namespace: the credential this instance brought all the
+    /// workloads of `spec.target.rolloutRestart` to.
+    brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
     /// Per resource (uid): the status last written, and the resource version it was based on,
     /// until the watch brings a newer version.
     written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
@@ -78,18 +86,23 @@ pub async fn run(
         ),
         "cluster credential copies",
     );
-    let sources = watcher(
-        Api::<SecretMeta>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Kept in a cache of its own: a reconcile it wakes reads the source's version there, not in
+    // the operator's other caches, which may not have seen the change yet.
+    let (sources, source_stream) = cached(
+        watcher(
+            Api::<SecretMeta>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
+        ),
+        "sources of cluster credentials",
+    );
     let cc = Arc::new(ClusterContext {
         ctx: ctx.clone(),
         namespaces: namespaces.0,
         copies: copies.0,
+        sources: sources.0,
         current: [namespaces.1, copies.1],
         known: Mutex::default(),
+        brought: Mutex::default(),
         written: Mutex::default(),
     });
 
@@ -146,7 +159,7 @@ pub async fn run(
                 .get(LABEL_CLUSTER_CREDENTIAL)
                 .map(|name| ObjectRef::new(name))
         })
-        .watches_stream(sources, move |source| reading(&for_sources, &source))
+        .watches_stream(source_stream, move |source| reading(&for_sources, &source))
         .reconcile_on(answered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, cc)
@@ -248,6 +261,10 @@ impl ClusterContext {
 
     fn retain(&self, live: &HashSet<String>) {
         self.known
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+        self.brought
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
