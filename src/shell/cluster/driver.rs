@@ -13,6 +13,7 @@
 
 use super::copies::{remove_copies, write_copies};
 use super::restarts::restart_workloads;
+use super::rotation::CheckedFirst;
 use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
@@ -24,9 +25,7 @@ use crate::domain::cluster::{
 };
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
-use crate::domain::render;
 use crate::domain::restart;
-use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::reconcile::{
     CONFLICT_RETRY, Context, Error, apply_params, backoff, count_rotation, describe,
@@ -275,102 +274,6 @@ async fn reconcile_one(
         None => Action::await_change(),
     };
     Ok((action, plan.ready))
-}
-
-/// The rotation gate of a ClusterMendixCredential: as for a MendixCredential, a new credential
-/// replaces a working one only once the platform accepts it, checked once for every copy.
-struct CheckedFirst<'a> {
-    cc: &'a ClusterContext,
-    id: &'a Id,
-    source_ns: &'a str,
-    resolved: &'a Resolved,
-    forced: Option<std::time::SystemTime>,
-}
-
-/// What the copies hold after the gate.
-struct Gated {
-    publish: Credential,
-    /// The new credential held back, and why.
-    held: Option<(String, Held)>,
-    checked_first: bool,
-}
-
-impl CheckedFirst<'_> {
-    async fn pass(
-        &self,
-        previous: &MendixCredentialStatus,
-        credential: Credential,
-        active: &[String],
-    ) -> Result<Gated, Error> {
-        let pending = credential.fingerprint();
-        let resolved = self.resolved;
-        let open = |publish| Gated {
-            publish,
-            held: None,
-            checked_first: false,
-        };
-        let protected = resolved.verification.as_ref().zip(rotation::to_protect(
-            resolved.rotation,
-            resolved.verification.is_some(),
-            previous,
-            &pending,
-        ));
-        let Some((verification, published)) = protected else {
-            return Ok(open(credential));
-        };
-        let Some(working) = self.working_copy(published, active).await? else {
-            return Ok(open(credential));
-        };
-        let ctx = &self.cc.ctx;
-        let view = ctx.verifier.subscribe_cluster(Subscription {
-            uid: &self.id.uid,
-            slot: Slot::Pending,
-            namespace: self.source_ns,
-            name: &self.id.name,
-            credential: &credential,
-            probe: &verification.probe,
-            interval: ctx.settings.test_interval.unwrap_or(verification.interval),
-            forced: self.forced,
-            known: None,
-        });
-        Ok(match rotation::decide(subscribe::pending_check(view)) {
-            Decision::Publish => Gated {
-                publish: credential,
-                held: None,
-                checked_first: true,
-            },
-            Decision::Hold(held) => Gated {
-                publish: working,
-                held: Some((pending, held)),
-                checked_first: false,
-            },
-        })
-    }
-
-    /// The published credential, from the first selected namespace whose copy is ours and holds
-    /// it: with none left, there is nothing to protect.
-    async fn working_copy(
-        &self,
-        published: &str,
-        active: &[String],
-    ) -> Result<Option<Credential>, Error> {
-        let name = &self.resolved.target_name;
-        for ns in active {
-            let secrets: Api<Secret> = Api::namespaced(self.cc.ctx.client.clone(), ns);
-            let Some(copy) = secrets.get_opt(name).await.map_err(Error::ReadTarget)? else {
-                continue;
-            };
-            if !cluster::is_ours(&copy, &self.id.uid, &self.id.name) {
-                continue;
-            }
-            if let Some(working) =
-                render::published_credential(&copy, self.resolved.credential_type, published)
-            {
-                return Ok(Some(working));
-            }
-        }
-        Ok(None)
-    }
 }
 
 fn view(ns: &NamespaceMeta) -> NamespaceView {

@@ -7,6 +7,7 @@
 mod copies;
 mod driver;
 mod restarts;
+mod rotation;
 
 use driver::{error_policy, reconcile};
 
