@@ -14,7 +14,7 @@ use common::{Operator, TestEnv, loopback_platform, value, wait_for};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -232,14 +232,7 @@ async fn events_of(client: &Client, name: &str) -> Vec<String> {
                     && r.name.as_deref() == Some(name)
             })
         })
-        .map(|e| {
-            format!(
-                "{} {}: {}",
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
+        .map(common::describe_event)
         .collect()
 }
 
@@ -939,30 +932,6 @@ async fn a_rejected_rotation_keeps_the_working_token_in_every_copy() {
     w.clean_up(&[&name]).await;
 }
 
-/// Lets the operator's ServiceAccount get and patch Deployments in `ns`: what the chart grants
-/// with `rolloutRestart.enabled=true`.
-async fn grant_restarts(client: &Client, ns: &str) {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "operator-restarts"},
-        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"]}],
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "operator-restarts"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-restarts"},
-        "subjects": [{"kind": "ServiceAccount", "name": "mxcred-operator", "namespace": "mxcred-system"}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-}
-
 /// A Deployment `runner` in `ns` reading the copy through `envFrom`, as a CI runner's would.
 async fn create_runner(client: &Client, ns: &str) -> Deployment {
     let deployment: Deployment = serde_json::from_value(json!({
@@ -1025,6 +994,18 @@ fn fingerprint(cr: &ClusterMendixCredential) -> Option<String> {
 }
 
 /// How many reconciles of `name` the operator has logged.
+/// A resync: an event of namespace `ns` reconciles every cluster resource; returns once
+/// `name` was reconciled again.
+async fn resync(w: &World, name: &str, ns: &str) {
+    let before = reconciles(&w.op, name);
+    w.label(ns, json!({"touched": "yes"})).await;
+    wait_for(Duration::from_secs(15), || async {
+        (reconciles(&w.op, name) > before).then_some(())
+    })
+    .await
+    .expect("a reconcile after the namespace event");
+}
+
 fn reconciles(op: &Operator, name: &str) -> usize {
     let name = format!("\"{name}\"");
     op.logs()
@@ -1045,7 +1026,7 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
     let c = w.namespace("c", json!({&label: "true"})).await;
     let d = w.namespace("d", json!({&label: "true"})).await;
     for ns in [&a, &b, &c] {
-        grant_restarts(&client, ns).await;
+        common::grant_workload_restarts(&client, ns, &["deployments"]).await;
     }
     for ns in [&a, &b, &d] {
         create_runner(&client, ns).await;
@@ -1147,13 +1128,7 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
         tail(&w.op.logs())
     );
     // And a resync: a namespace event reconciles every cluster resource.
-    let before = reconciles(&w.op, &name);
-    w.label(&a, json!({"touched": "yes"})).await;
-    wait_for(Duration::from_secs(15), || async {
-        (reconciles(&w.op, &name) > before).then_some(())
-    })
-    .await
-    .expect("a reconcile after the namespace event");
+    resync(&w, &name, &a).await;
     for ns in [&a, &b] {
         let deployment = runner(&client, ns).await;
         assert_eq!(generation(&deployment), generations[ns], "{ns}");
@@ -1201,13 +1176,7 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
         ready(cr) == Some(("False".into(), "RotationRejected".into()))
     })
     .await;
-    let before = reconciles(&w.op, &name);
-    w.label(&b, json!({"touched": "yes"})).await;
-    wait_for(Duration::from_secs(15), || async {
-        (reconciles(&w.op, &name) > before).then_some(())
-    })
-    .await
-    .expect("a reconcile after the namespace event");
+    resync(&w, &name, &b).await;
     for ns in [&a, &b] {
         let deployment = runner(&client, ns).await;
         assert_eq!(generation(&deployment), generations[ns], "{ns}");
@@ -1374,13 +1343,7 @@ async fn two_hundred_namespaces_restart_once_per_rotation_and_a_resync_reads_not
         2 * (N - runners),
         "each namespace without it read once per credential"
     );
-    let before = reconciles(&w.op, &name);
-    w.label(&namespaces[0], json!({"touched": "yes"})).await;
-    wait_for(Duration::from_secs(15), || async {
-        (reconciles(&w.op, &name) > before).then_some(())
-    })
-    .await
-    .expect("a reconcile after the namespace event");
+    resync(&w, &name, &namespaces[0]).await;
     assert_eq!(read(&w.op), skipped);
     assert_eq!(
         w.op.logs().matches("restarted a workload").count(),

@@ -12,7 +12,6 @@ mod common;
 use common::{Operator, TestEnv, value, wait_for};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Resource};
@@ -20,30 +19,6 @@ use mendix_simulator::{Simulator, State};
 use mxcred_operator::domain::api::{MendixCredential, RolloutRestartProblem};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-/// Lets the operator's ServiceAccount get and patch `resources` of group apps in this
-/// namespace: what the chart grants with `rolloutRestart.enabled=true`.
-async fn grant_operator(env: &TestEnv, resources: &[&str]) {
-    let role: Role = serde_json::from_value(json!({
-        "metadata": {"name": "operator-restarts"},
-        "rules": [{"apiGroups": ["apps"], "resources": resources, "verbs": ["get", "patch"]}],
-    }))
-    .unwrap();
-    Api::<Role>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": "operator-restarts"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-restarts"},
-        "subjects": [{"kind": "ServiceAccount", "name": "mxcred-operator", "namespace": "mxcred-system"}],
-    }))
-    .unwrap();
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-}
 
 /// A pod template reading `secret` through `envFrom`, as a CI runner's would.
 fn template(app: &str, secret: &str) -> serde_json::Value {
@@ -167,7 +142,7 @@ async fn valid_tokens(tokens: &[&str]) -> Simulator {
 #[tokio::test]
 async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_nothing_again() {
     let env = TestEnv::new("restart").await;
-    grant_operator(&env, &["deployments"]).await;
+    common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
     let sim = valid_tokens(&["restart-token-1", "restart-token-2"]).await;
     let mut op = env.start_operator_with_platform(&sim.base_url(), &[]);
     let created = create_deployment(&env, "runner", "bot").await;
@@ -264,7 +239,7 @@ async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_no
 async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced() {
     let env = TestEnv::new("restart-problems").await;
     // Deployments and DaemonSets only: the StatefulSet is out of the operator's reach.
-    grant_operator(&env, &["deployments", "daemonsets"]).await;
+    common::grant_workload_restarts(&env.client, &env.ns, &["deployments", "daemonsets"]).await;
     let sim = valid_tokens(&["problem-token"]).await;
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
     create_deployment(&env, "runner", "bot").await;
@@ -372,7 +347,7 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
 #[tokio::test]
 async fn two_credentials_restarting_one_deployment_do_not_fight() {
     let env = TestEnv::new("restart-two").await;
-    grant_operator(&env, &["deployments"]).await;
+    common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
     let sim = valid_tokens(&["two-token-a", "two-token-b", "two-token-a2"]).await;
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
     let g0 = generation(&create_deployment(&env, "shared", "a").await);
@@ -434,7 +409,7 @@ async fn two_credentials_restarting_one_deployment_do_not_fight() {
 #[tokio::test]
 async fn a_rejected_rotation_restarts_nothing() {
     let env = TestEnv::new("restart-rejected").await;
-    grant_operator(&env, &["deployments"]).await;
+    common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
     let sim = valid_tokens(&["rejected-token-1"]).await;
     sim.set("rejected-token-2", State::Deleted);
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);

@@ -455,16 +455,44 @@ impl TestEnv {
             .unwrap()
             .items
             .into_iter()
-            .map(|e| {
-                format!(
-                    "{} {}: {}",
-                    e.type_.unwrap_or_default(),
-                    e.reason.unwrap_or_default(),
-                    e.note.unwrap_or_default()
-                )
-            })
+            .map(describe_event)
             .collect()
     }
+}
+
+/// An Event as "Type Reason: note".
+pub fn describe_event(e: k8s_openapi::api::events::v1::Event) -> String {
+    format!(
+        "{} {}: {}",
+        e.type_.unwrap_or_default(),
+        e.reason.unwrap_or_default(),
+        e.note.unwrap_or_default()
+    )
+}
+
+/// Lets the operator's ServiceAccount get and patch `resources` of group apps in `ns`: what
+/// the chart grants with `rolloutRestart.enabled=true`.
+pub async fn grant_workload_restarts(client: &Client, ns: &str, resources: &[&str]) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "operator-restarts"},
+        "rules": [{"apiGroups": ["apps"], "resources": resources, "verbs": ["get", "patch"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "operator-restarts"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator-restarts"},
+        "subjects": [{"kind": "ServiceAccount", "name": "mxcred-operator", "namespace": "mxcred-system"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
 }
 
 /// The condition `type_` of a resource; panics when it has none.
