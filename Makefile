@@ -5,10 +5,10 @@ CRD := crds/mendixcredentials.mxcred.io.yaml
 CLUSTER_CRD := crds/clustermendixcredentials.mxcred.io.yaml
 CHART := charts/mxcred-operator
 
-.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules soak-leader
+.PHONY: test demo controlplane deps lint actionlint crds reference docs bench chart chart-package image rules soak-leader
 
-## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real control plane)
-test: deps controlplane lint actionlint chart
+## test: install what is missing, then fmt check, clippy, actionlint, the book and every test (unit and real control plane)
+test: deps controlplane lint actionlint chart docs
 	$(CARGO) test --workspace --lib --bins --tests
 
 ## demo: a local control plane, the operator, the examples; prints what it publishes
@@ -46,6 +46,19 @@ crds:
 	$(CARGO) run --quiet -- crd --file $(notdir $(CLUSTER_CRD)) > $(CLUSTER_CRD)
 	cp $(CRD) $(CHART)/$(CRD)
 	cp $(CLUSTER_CRD) $(CHART)/$(CLUSTER_CRD)
+
+## reference: regenerate the book's API reference pages (docs/reference/) from the CRDs
+REFERENCE_PAGES := mendixcredential.md clustermendixcredential.md
+reference:
+	@for page in $(REFERENCE_PAGES); do \
+	  $(CARGO) run --quiet -- reference --file $$page > docs/reference/$$page || exit 1; \
+	done
+
+## docs: the book (docs/, mdBook from crates.io, cached by hack/mdbook.sh) built into target/book;
+## fails on a link to a missing page or heading, or a page SUMMARY.md does not list
+docs:
+	@mdbook=$$(hack/mdbook.sh) && "$$mdbook/mdbook" build --dest-dir target/book docs
+	$(CARGO) test --test docs -- book_
 
 ## chart: helm lint and helm template of charts/mxcred-operator, with default values and each ci/*.yaml
 chart:
