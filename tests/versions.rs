@@ -51,7 +51,12 @@ fn the_versions_are_named_once_and_agree_everywhere() {
             "the compatibility table (docs/compatibility.md) does not name {version}"
         );
     }
-    for file in ["README.md", "docs/compatibility.md", "docs/install.md", "docs/upgrade.md"] {
+    for file in [
+        "README.md",
+        "docs/compatibility.md",
+        "docs/install.md",
+        "docs/upgrade.md",
+    ] {
         let text = std::fs::read_to_string(format!("{ROOT}/{file}")).unwrap();
         assert!(!text.contains("1.20"), "{file} still names Kubernetes 1.20");
     }
