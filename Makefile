@@ -52,12 +52,13 @@ rules:
 actionlint:
 	@"$$(hack/actionlint.sh)" -color=never .github/workflows/*.yaml
 
-## crds: regenerate the committed CRD and the chart's copy
+## crds: regenerate the committed CRD, the chart's copy and the book's reference pages
 crds:
 	$(CARGO) run --quiet -- crd --file $(notdir $(CRD)) > $(CRD)
 	$(CARGO) run --quiet -- crd --file $(notdir $(CLUSTER_CRD)) > $(CLUSTER_CRD)
 	cp $(CRD) $(CHART)/files/$(CRD)
 	cp $(CLUSTER_CRD) $(CHART)/files/$(CLUSTER_CRD)
+	@$(MAKE) --no-print-directory reference
 
 ## reference: regenerate the book's API reference pages (docs/reference/) from the CRDs
 REFERENCE_PAGES := mendixcredential.md clustermendixcredential.md
