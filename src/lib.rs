@@ -11,6 +11,7 @@
 //!   loop, the platform's HTTP client, leader election, the HTTP server and the command line.
 
 pub mod domain;
+pub mod reference;
 pub mod shell;
 
 use kube::CustomResourceExt;
