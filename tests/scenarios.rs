@@ -232,10 +232,14 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
             concurrency: 1,
             test_interval: None,
             denied_metadata_prefixes: vec![],
+            restart_min_interval: Duration::from_secs(60),
+            restart_retry: Duration::from_secs(60),
         },
         verifier: verifier.clone(),
         tracker: Arc::default(),
         metrics,
+        retries: Arc::default(),
+        events: Arc::default(),
     };
     (Arc::new(ctx), verifier)
 }
