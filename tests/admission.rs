@@ -21,7 +21,13 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mxcred-operator
 /// mxcred-operator in mxcred-system) and applies its admission policies and bindings.
 async fn install_policies(client: &Client) {
     let out = Command::new(common::helm_tools().join("helm"))
-        .args(["template", "mxcred-operator", CHART, "--namespace", "mxcred-system"])
+        .args([
+            "template",
+            "mxcred-operator",
+            CHART,
+            "--namespace",
+            "mxcred-system",
+        ])
         .args(["--set", "admissionPolicy.enabled=true"])
         .args(["--show-only", "templates/admissionpolicy.yaml"])
         .output()
@@ -59,7 +65,10 @@ async fn the_operator_may_change_a_workloads_restart_annotation_and_nothing_else
     }))
     .unwrap();
     let admin: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    admin.create(&PostParams::default(), &deployment).await.unwrap();
+    admin
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
     let operator = common::client_from(&env.cp.operator_kubeconfig).await;
     let deployments: Api<Deployment> = Api::namespaced(operator, &env.ns);
     let apply = PatchParams::apply("mxcred-operator/restart/bot").force();
@@ -69,14 +78,20 @@ async fn the_operator_may_change_a_workloads_restart_annotation_and_nothing_else
     let image = json!({"spec": {"template": {"spec": {"containers": [
         {"name": "app", "image": "evil:1"}]}}}});
     let message = wait_for(Duration::from_secs(30), || async {
-        match deployments.patch("app", &merge, &Patch::Strategic(&image)).await {
+        match deployments
+            .patch("app", &merge, &Patch::Strategic(&image))
+            .await
+        {
             Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => Some(e.message),
             _ => None,
         }
     })
     .await
     .expect("the operator's identity is refused changing the image");
-    assert!(message.contains("mxcred-operator may change nothing"), "{message}");
+    assert!(
+        message.contains("mxcred-operator may change nothing"),
+        "{message}"
+    );
 
     // Its restart annotation: allowed, by the apply the operator sends, twice.
     for value in ["sha256:aaaaaaaaaaaa", "sha256:bbbbbbbbbbbb"] {
@@ -104,11 +119,13 @@ async fn the_operator_may_change_a_workloads_restart_annotation_and_nothing_else
         json!({"spec": {"template": {"spec": {"serviceAccountName": "admin"}}}}),
     ];
     for attempt in attempts {
-        let result = deployments.patch("app", &merge, &Patch::Merge(&attempt)).await;
+        let result = deployments
+            .patch("app", &merge, &Patch::Merge(&attempt))
+            .await;
         assert!(refused(&result), "{attempt} was allowed: {result:?}");
     }
     let d = admin.get("app").await.unwrap();
-    let template = d.spec.unwrap().template;
+    let template = d.spec.template;
     let image = template.spec.unwrap().containers[0].image.clone();
     assert_eq!(image.as_deref(), Some("app:1"));
     let annotations = template.metadata.unwrap().annotations.unwrap();
@@ -117,7 +134,11 @@ async fn the_operator_may_change_a_workloads_restart_annotation_and_nothing_else
     assert_eq!(annotations.len(), 3, "{annotations:?}");
     // The administrator is not confined.
     admin
-        .patch("app", &merge, &Patch::Strategic(&json!({"spec": {"replicas": 1}})))
+        .patch(
+            "app",
+            &merge,
+            &Patch::Strategic(&json!({"spec": {"replicas": 1}})),
+        )
         .await
         .expect("the administrator may change it");
 }
@@ -154,7 +175,11 @@ async fn a_tenant_may_not_set_a_reserved_namespace_label() {
     let label = |key: &str| json!({"metadata": {"labels": {key: "true"}}});
     wait_for(Duration::from_secs(15), || async {
         namespaces
-            .patch(&env.ns, &PatchParams::default(), &Patch::Merge(label("team.example.com/a")))
+            .patch(
+                &env.ns,
+                &PatchParams::default(),
+                &Patch::Merge(label("team.example.com/a")),
+            )
             .await
             .ok()
     })
@@ -162,7 +187,10 @@ async fn a_tenant_may_not_set_a_reserved_namespace_label() {
     .expect("the tenant may label its namespace");
     let message = wait_for(Duration::from_secs(30), || async {
         let reserved = label("select.mxcred.io/deploy-bot");
-        match namespaces.patch(&env.ns, &PatchParams::default(), &Patch::Merge(reserved)).await {
+        match namespaces
+            .patch(&env.ns, &PatchParams::default(), &Patch::Merge(reserved))
+            .await
+        {
             Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => Some(e.message),
             _ => None,
         }

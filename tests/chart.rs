@@ -442,13 +442,19 @@ fn workloads_can_be_granted_in_listed_namespaces_only() {
     let role: ClusterRole = listed.one("ClusterRole");
     assert_eq!(
         grants(role.rules.as_deref().unwrap_or_default()),
-        operator_grants().union(&cluster_grants()).cloned().collect()
+        operator_grants()
+            .union(&cluster_grants())
+            .cloned()
+            .collect()
     );
     for namespace in ["team-a", "team-b"] {
         let role = listed
             .role(namespace, &restarts)
             .unwrap_or_else(|| panic!("no Role {restarts} in {namespace}"));
-        assert_eq!(grants(role.rules.as_deref().unwrap_or_default()), workload_grants());
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            workload_grants()
+        );
         let binding = listed
             .all::<RoleBinding>("RoleBinding")
             .into_iter()
@@ -480,11 +486,17 @@ fn workloads_can_be_granted_in_listed_namespaces_only() {
     ]);
     for namespace in ["team-a", "team-b"] {
         let role = scoped.role(namespace, FULLNAME).unwrap();
-        assert_eq!(grants(role.rules.as_deref().unwrap_or_default()), operator_grants());
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            operator_grants()
+        );
     }
     assert!(scoped.role("team-a", &restarts).is_none());
     let role = scoped.role("team-b", &restarts).unwrap();
-    assert_eq!(grants(role.rules.as_deref().unwrap_or_default()), workload_grants());
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        workload_grants()
+    );
 
     // Without rolloutRestart.enabled, the list grants nothing.
     let off = render(&["--set", "rolloutRestart.namespaces={team-a}"]);
@@ -1034,21 +1046,35 @@ fn the_admission_policy_confines_the_operators_secret_writes_when_asked() {
     let deny = vec!["Deny".to_owned()];
     for policy in ["secrets", "workloads", "namespace-labels"] {
         let name = format!("{FULLNAME}-{policy}");
-        assert!(bindings.contains(&(name.clone(), deny.clone())), "{name}: {bindings:?}");
+        assert!(
+            bindings.contains(&(name.clone(), deny.clone())),
+            "{name}: {bindings:?}"
+        );
     }
 
     // Workloads: the operator, on the three kinds it restarts, and its restart annotations only.
     let workloads = named(&format!("{FULLNAME}-workloads")).spec.unwrap();
     let rules = workloads.match_constraints.unwrap().resource_rules.unwrap();
-    assert_eq!(rules[0].api_groups.as_deref(), Some(&["apps".to_owned()][..]));
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["apps".to_owned()][..])
+    );
     let kinds: BTreeSet<_> = rules[0].resources.iter().flatten().cloned().collect();
-    assert_eq!(kinds, ["daemonsets", "deployments", "statefulsets"].map(String::from).into());
+    assert_eq!(
+        kinds,
+        ["daemonsets", "deployments", "statefulsets"]
+            .map(String::from)
+            .into()
+    );
     assert_eq!(
         workloads.match_conditions.unwrap()[0].expression,
         format!("request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{FULLNAME}'")
     );
     let all = serde_json::to_string(&workloads.variables).unwrap();
-    assert!(all.contains("'restart.mxcred.io/', 'cluster.restart.mxcred.io/'"), "{all}");
+    assert!(
+        all.contains("'restart.mxcred.io/', 'cluster.restart.mxcred.io/'"),
+        "{all}"
+    );
 
     // Namespace labels: reserved to the labelers, who are not matched.
     let labels = named(&format!("{FULLNAME}-namespace-labels")).spec.unwrap();
@@ -1064,19 +1090,30 @@ fn the_admission_policy_confines_the_operators_secret_writes_when_asked() {
         "--set",
         "admissionPolicy.namespaceLabelers.users={system:serviceaccount:argocd:argocd-application-controller}",
     ]);
-    let text = serde_json::to_string(&custom.all::<serde_json::Value>("ValidatingAdmissionPolicy")).unwrap();
+    let text = serde_json::to_string(&custom.all::<serde_json::Value>("ValidatingAdmissionPolicy"))
+        .unwrap();
     assert!(text.contains("'tenants.example.com/'"), "{text}");
-    assert!(text.contains("system:serviceaccount:argocd:argocd-application-controller"), "{text}");
+    assert!(
+        text.contains("system:serviceaccount:argocd:argocd-application-controller"),
+        "{text}"
+    );
     let unreserved = render(&[
         "--set",
         "admissionPolicy.enabled=true",
         "--set",
         "admissionPolicy.reservedNamespaceLabelPrefix=",
     ]);
-    assert_eq!(unreserved.count("ValidatingAdmissionPolicy"), 2, "no reservation");
+    assert_eq!(
+        unreserved.count("ValidatingAdmissionPolicy"),
+        2,
+        "no reservation"
+    );
     assert!(refusal(&["--set", "admissionPolicy.enable=true"]).contains("enable"));
     assert!(
-        refusal(&["--set", "admissionPolicy.reservedNamespaceLabelPrefix=Not A Prefix"])
-            .contains("reservedNamespaceLabelPrefix")
+        refusal(&[
+            "--set",
+            "admissionPolicy.reservedNamespaceLabelPrefix=Not A Prefix"
+        ])
+        .contains("reservedNamespaceLabelPrefix")
     );
 }

@@ -1059,9 +1059,12 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
             .is_some_and(|s| s.rollout_restart_failure_count == Some(2))
     };
     let cr = w
-        .wait_status(&name, "synced, d and e failing", Duration::from_secs(30), |cr| {
-            is_synced(cr, "5/5") && has_failure(cr)
-        })
+        .wait_status(
+            &name,
+            "synced, d and e failing",
+            Duration::from_secs(30),
+            |cr| is_synced(cr, "5/5") && has_failure(cr),
+        )
         .await;
     let first = fingerprint(&cr).unwrap();
     let status = cr.status.unwrap();
@@ -1433,7 +1436,10 @@ async fn a_tenant_deleting_its_copy_again_and_again_makes_a_bounded_number_of_ev
             .expect("the copy is written again");
     }
     let events = events_of(&client, &name).await;
-    let synced = events.iter().filter(|e| e.starts_with("Normal Synced")).count();
+    let synced = events
+        .iter()
+        .filter(|e| e.starts_with("Normal Synced"))
+        .count();
     let allowed = 10 + (started.elapsed().as_secs() / 30) as usize + 1;
     eprintln!(
         "MEASURED a tenant deleting its copy {DELETES} times in {:?}: {synced} Synced Events of \
@@ -1441,6 +1447,9 @@ async fn a_tenant_deleting_its_copy_again_and_again_makes_a_bounded_number_of_ev
         started.elapsed(),
         events.len()
     );
-    assert!(synced <= allowed, "{synced} Synced Events, at most {allowed}: {events:?}");
+    assert!(
+        synced <= allowed,
+        "{synced} Synced Events, at most {allowed}: {events:?}"
+    );
     w.clean_up(&[&name]).await;
 }

@@ -367,8 +367,15 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
         .into_iter()
         .filter(|e| e.starts_with("Normal RolloutRestarted"))
         .collect();
-    assert_eq!(restarted.len(), 1, "one Event for both restarts: {restarted:?}");
-    assert!(restarted[0].contains("Deployment \"runner\", DaemonSet \"agent\""), "{restarted:?}");
+    assert_eq!(
+        restarted.len(),
+        1,
+        "one Event for both restarts: {restarted:?}"
+    );
+    assert!(
+        restarted[0].contains("Deployment \"runner\", DaemonSet \"agent\""),
+        "{restarted:?}"
+    );
     let logs = op.logs();
     assert!(logs.contains("cannot restart a workload"), "{logs}");
     assert!(

@@ -615,7 +615,8 @@ async fn restarts_of(env: &TestEnv, name: &str, key: &str) -> (i64, Option<Strin
         .unwrap();
     let held = d
         .spec
-        .and_then(|s| s.template.metadata)
+        .template
+        .metadata
         .and_then(|m| m.annotations)
         .and_then(|a| a.get(key).cloned());
     (d.metadata.generation.unwrap(), held)
@@ -627,7 +628,11 @@ async fn tenant_source(client: &Client, ns: &str, name: &str, token: &str) {
         "metadata": {"name": name, "labels": {"mxcred.io/source": "true"}},
         "stringData": {"token": token}});
     Api::<Secret>::namespaced(client.clone(), ns)
-        .patch(name, &PatchParams::apply("tenant").force(), &Patch::Apply(secret))
+        .patch(
+            name,
+            &PatchParams::apply("tenant").force(),
+            &Patch::Apply(secret),
+        )
         .await
         .unwrap();
 }
@@ -636,7 +641,7 @@ async fn tenant_source(client: &Client, ns: &str, name: &str, token: &str) {
 /// change them.
 async fn workload_tenant(env: &TestEnv) -> Client {
     let tenant = tenant_with(
-        &env,
+        env,
         &[],
         vec![
             json!({"apiGroups": [""], "resources": ["secrets"],
@@ -679,7 +684,12 @@ async fn a_workload_is_restarted_only_with_its_consent_and_at_most_once_per_inte
     let key = "restart.mxcred.io/bot";
     admin_deployment(&env, "protected-app", json!({})).await;
     // Consent names the credential; a list naming others does not count for it.
-    admin_deployment(&env, "other-app", json!({"mxcred.io/restart-on": "bots,cluster/bot"})).await;
+    admin_deployment(
+        &env,
+        "other-app",
+        json!({"mxcred.io/restart-on": "bots,cluster/bot"}),
+    )
+    .await;
     let followers = ["follower-0", "follower-1", "follower-2", "follower-3"];
     for name in followers {
         admin_deployment(&env, name, json!({"mxcred.io/restart-on": "other, bot"})).await;
@@ -690,7 +700,11 @@ async fn a_workload_is_restarted_only_with_its_consent_and_at_most_once_per_inte
         json!({"kind": "Deployment", "name": "protected-app"}),
         json!({"kind": "Deployment", "name": "other-app"}),
     ];
-    listed.extend(followers.iter().map(|n| json!({"kind": "Deployment", "name": n})));
+    listed.extend(
+        followers
+            .iter()
+            .map(|n| json!({"kind": "Deployment", "name": n})),
+    );
     apply_as(
         &tenant,
         &env.ns,
@@ -732,12 +746,22 @@ async fn a_workload_is_restarted_only_with_its_consent_and_at_most_once_per_inte
     // One Event for all restarts of a reconcile, one for all its problems.
     let counts = common::wait_for(Duration::from_secs(15), || async {
         let counts = events_by_reason(&env).await;
-        counts.contains_key("Warning RolloutRestartFailed").then_some(counts)
+        counts
+            .contains_key("Warning RolloutRestartFailed")
+            .then_some(counts)
     })
     .await
     .expect("a RolloutRestartFailed Event");
-    assert_eq!(counts.get("Normal RolloutRestarted"), Some(&1), "{counts:?}");
-    assert_eq!(counts.get("Warning RolloutRestartFailed"), Some(&1), "{counts:?}");
+    assert_eq!(
+        counts.get("Normal RolloutRestarted"),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("Warning RolloutRestartFailed"),
+        Some(&1),
+        "{counts:?}"
+    );
 
     // The tenant rewrites its source again and again.
     let started = std::time::Instant::now();
@@ -768,7 +792,10 @@ async fn a_workload_is_restarted_only_with_its_consent_and_at_most_once_per_inte
             "MEASURED {WRITES} source writes in {burst:?}: {name} restarted {restarts} times \
              (bound {bound}, interval {INTERVAL:?})"
         );
-        assert!((1..=bound).contains(&restarts), "{name}: {restarts} restarts, bound {bound}");
+        assert!(
+            (1..=bound).contains(&restarts),
+            "{name}: {restarts} restarts, bound {bound}"
+        );
     }
     for unasked in ["protected-app", "other-app"] {
         let (generation, held) = restarts_of(&env, unasked, key).await;
@@ -779,7 +806,10 @@ async fn a_workload_is_restarted_only_with_its_consent_and_at_most_once_per_inte
     let allowed = 10 + (started.elapsed().as_secs() / 30) as usize + 1;
     println!("MEASURED Events after {WRITES} source writes: {counts:?}");
     for (reason, n) in &counts {
-        assert!(*n <= allowed, "{n} Events {reason}, at most {allowed}: {counts:?}");
+        assert!(
+            *n <= allowed,
+            "{n} Events {reason}, at most {allowed}: {counts:?}"
+        );
     }
     common::assert_no_canary(&env, &[&op], "tok-1").await;
 }
@@ -841,5 +871,8 @@ async fn missing_workloads_are_read_again_after_a_growing_delay_not_at_every_rec
     );
     assert!(reconciled >= 10, "the touches reconciled: {reconciled}");
     // Tries 1, 2, 4, 8 and 16 s apart: at most five in these 20 s, not one per reconcile.
-    assert!((2..=5).contains(&read), "read {read} times in {reconciled} reconciles");
+    assert!(
+        (2..=5).contains(&read),
+        "read {read} times in {reconciled} reconciles"
+    );
 }

@@ -35,7 +35,10 @@ pub const CLUSTER_ANNOTATION_DOMAIN: &str = "cluster.restart.mxcred.io";
 pub const CONSENT_ANNOTATION: &str = "mxcred.io/restart-on";
 
 /// The field managers of the restart annotations start with one of these.
-const RESTART_MANAGERS: [&str; 2] = ["mxcred-operator/restart/", "mxcred-operator/cluster-restart/"];
+const RESTART_MANAGERS: [&str; 2] = [
+    "mxcred-operator/restart/",
+    "mxcred-operator/cluster-restart/",
+];
 
 /// Event reasons.
 pub const RESTARTED: &str = "RolloutRestarted";
@@ -258,7 +261,10 @@ pub enum Outcome {
     NoConsent { entry: String },
     /// It needs a restart but had one less than the minimum interval ago: it still holds
     /// `held`, and is tried again after `wait`.
-    Deferred { held: Option<String>, wait: Duration },
+    Deferred {
+        held: Option<String>,
+        wait: Duration,
+    },
 }
 
 /// The status entry of a workload after `outcome`. A failure keeps the fingerprint the
@@ -422,14 +428,20 @@ fn announcements(
     if let Some(first) = problems.first() {
         let shown: Vec<String> = problems
             .iter()
-            .map(|e| format!("{} ({:?})", describe(e), e.reason.unwrap_or(RolloutRestartProblem::Failed)))
+            .map(|e| {
+                format!(
+                    "{} ({:?})",
+                    describe(e),
+                    e.reason.unwrap_or(RolloutRestartProblem::Failed)
+                )
+            })
             .collect();
         events.push(Announcement {
             warning: true,
             reason: RESTART_FAILED,
             note: bounded(format!(
                 "{}. {}",
-                listed(&shown, ", "),
+                few(&shown, ", "),
                 first.message.clone().unwrap_or_default()
             )),
         });
@@ -442,7 +454,7 @@ fn announcements(
             note: bounded(format!(
                 "restarted for credential {}: {}",
                 first.fingerprint.clone().unwrap_or_default(),
-                listed(&shown, ", ")
+                few(&shown, ", ")
             )),
         });
     }
@@ -464,7 +476,7 @@ pub fn bounded(mut note: String) -> String {
 }
 
 /// A few items for an Event's note, and how many more.
-pub fn listed(items: &[String], separator: &str) -> String {
+pub fn few(items: &[String], separator: &str) -> String {
     const SHOWN: usize = 5;
     let shown = items
         .iter()

@@ -252,9 +252,9 @@ async fn reconcile_valid(
     let action = match (hold, ready) {
         (Some(hold), _) => Action::requeue(hold),
         // Workloads are not watched: one that is missing, refused or deferred is tried again.
-        (None, ReadyReason::Synced) => Action::requeue(
-            restart_again.map_or(RESYNC, |again| again.min(RESYNC)),
-        ),
+        (None, ReadyReason::Synced) => {
+            Action::requeue(restart_again.map_or(RESYNC, |again| again.min(RESYNC)))
+        }
         // The foreign Secret in the way is not watched (only ours and sources are).
         (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
         (None, _) => Action::await_change(),
@@ -306,8 +306,14 @@ pub(crate) fn count_rotation(metrics: &Metrics, event: &plan::Announcement) {
 /// the reconcile: the status already tells the same.
 async fn publish(ctx: &Context, cr: &MendixCredential, event: plan::Announcement) {
     let reason = event.reason;
-    if !ctx.events.allow(cr.uid().as_deref().unwrap_or_default(), reason) {
-        debug!(reason, "too many Events of this reason for this object: not published");
+    if !ctx
+        .events
+        .allow(cr.uid().as_deref().unwrap_or_default(), reason)
+    {
+        debug!(
+            reason,
+            "too many Events of this reason for this object: not published"
+        );
         return;
     }
     let event = Event {

@@ -219,11 +219,22 @@ pub(crate) async fn bring(
         .managed_fields
         .iter()
         .flatten()
-        .filter(|m| m.manager.as_deref().is_some_and(restart::is_restart_manager))
+        .filter(|m| {
+            m.manager
+                .as_deref()
+                .is_some_and(restart::is_restart_manager)
+        })
         .filter_map(|m| m.time.as_ref().map(|t| t.0))
         .max();
     if let Some(wait) = restart::deferral(last, jiff::Timestamp::now(), owner.min_interval) {
-        debug!(credential, namespace = owner.namespace, kind, name, ?wait, "restarted less than the minimum interval ago: deferred");
+        debug!(
+            credential,
+            namespace = owner.namespace,
+            kind,
+            name,
+            ?wait,
+            "restarted less than the minimum interval ago: deferred"
+        );
         let held = held.map(str::to_owned);
         return (Outcome::Deferred { held, wait }, false);
     }

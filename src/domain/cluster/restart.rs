@@ -10,7 +10,7 @@ use super::{
 };
 use crate::domain::api::{RolloutRestartProblem, WorkloadKind, WorkloadRef};
 use crate::domain::plan::Announcement;
-use crate::domain::restart::{self, Outcome, bounded, listed};
+use crate::domain::restart::{self, Outcome, bounded, few};
 use std::collections::BTreeSet;
 
 /// What the restart step of one reconcile came to, in every namespace it went through.
@@ -100,7 +100,7 @@ pub fn amend(
                 plan.events.push(Announcement {
                     warning: true,
                     reason: restart::RESTART_FAILED,
-                    note: bounded(format!("{}. {}", listed(&shown, ", "), first.message)),
+                    note: bounded(format!("{}. {}", few(&shown, ", "), first.message)),
                 });
             }
             if !restarts.restarted.is_empty() {
@@ -115,7 +115,7 @@ pub fn amend(
                     note: bounded(format!(
                         "restarted for credential {}: {}",
                         restarts.fingerprint,
-                        listed(&shown, ", ")
+                        few(&shown, ", ")
                     )),
                 });
             }

@@ -423,8 +423,14 @@ fn consent_is_the_workloads_own_list_of_names() {
     let with = |value: &str| BTreeMap::from([(CONSENT_ANNOTATION.to_owned(), value.to_owned())]);
     assert!(consents(Some(&with("bot")), "bot"));
     assert!(consents(Some(&with("other, bot ,cluster/shared")), "bot"));
-    assert!(consents(Some(&with("bot,cluster/shared")), "cluster/shared"));
-    assert!(!consents(Some(&with("cluster/bot")), "bot"), "a cluster resource is not the namespaced one");
+    assert!(consents(
+        Some(&with("bot,cluster/shared")),
+        "cluster/shared"
+    ));
+    assert!(
+        !consents(Some(&with("cluster/bot")), "bot"),
+        "a cluster resource is not the namespaced one"
+    );
     assert!(!consents(Some(&with("bot")), "cluster/bot"));
     assert!(!consents(Some(&with("bots")), "bot"));
     assert!(!consents(Some(&with("*")), "bot"), "no wildcard");
@@ -438,10 +444,17 @@ fn a_workload_restarted_within_the_interval_waits_for_the_rest_of_it() {
     let t = |s: i64| jiff::Timestamp::from_second(1_000_000 + s).unwrap();
     let minute = Duration::from_secs(60);
     assert_eq!(deferral(None, t(0), minute), None, "never restarted");
-    assert_eq!(deferral(Some(t(0)), t(20), minute), Some(Duration::from_secs(40)));
+    assert_eq!(
+        deferral(Some(t(0)), t(20), minute),
+        Some(Duration::from_secs(40))
+    );
     assert_eq!(deferral(Some(t(0)), t(60), minute), None);
     assert_eq!(deferral(Some(t(0)), t(600), minute), None);
-    assert_eq!(deferral(Some(t(30)), t(0), minute), Some(minute), "a future time counts as now");
+    assert_eq!(
+        deferral(Some(t(30)), t(0), minute),
+        Some(minute),
+        "a future time counts as now"
+    );
     assert!(is_restart_manager("mxcred-operator/restart/bot"));
     assert!(is_restart_manager("mxcred-operator/cluster-restart/bot"));
     assert!(!is_restart_manager("kubectl-rollout"));
@@ -456,7 +469,10 @@ fn a_workload_restarted_within_the_interval_waits_for_the_rest_of_it() {
     assert!(plan.events.is_empty(), "{:?}", plan.events);
     assert_eq!(again, after);
     let pending = pending([&holds("sha256:a"), &deferred], false).unwrap();
-    assert_eq!((pending.failing, pending.deferred), (false, Some(Duration::from_secs(5))));
+    assert_eq!(
+        (pending.failing, pending.deferred),
+        (false, Some(Duration::from_secs(5)))
+    );
 }
 
 #[test]
@@ -471,5 +487,8 @@ fn retries_back_off_and_a_missing_cluster_workload_is_settled() {
     assert_eq!(pending([&holds("a"), &missing], true), None);
     assert!(pending([&missing], false).unwrap().failing);
     let no = Outcome::NoConsent { entry: "x".into() };
-    assert!(pending([&no], true).unwrap().failing, "consent may come later");
+    assert!(
+        pending([&no], true).unwrap().failing,
+        "consent may come later"
+    );
 }

@@ -409,8 +409,14 @@ async fn write_status(
 /// `default`.
 async fn publish(ctx: &Context, cr: &ClusterMendixCredential, event: plan::Announcement) {
     let reason = event.reason;
-    if !ctx.events.allow(cr.uid().as_deref().unwrap_or_default(), reason) {
-        debug!(reason, "too many Events of this reason for this object: not published");
+    if !ctx
+        .events
+        .allow(cr.uid().as_deref().unwrap_or_default(), reason)
+    {
+        debug!(
+            reason,
+            "too many Events of this reason for this object: not published"
+        );
         return;
     }
     let at = jiff::Timestamp::now();

@@ -63,7 +63,10 @@ pub(super) async fn restart_workloads(
     };
     // Owned, for a future that must be Send for any lifetime of the namespaces' names.
     let mut due: Vec<String> = vec![];
-    for ns in namespaces.iter().filter(|ns| !cc.has_brought(&id.uid, ns, brought)) {
+    for ns in namespaces
+        .iter()
+        .filter(|ns| !cc.has_brought(&id.uid, ns, brought))
+    {
         match retries.wait(&id.uid, ns, &due_key) {
             None => due.push((*ns).to_owned()),
             Some(wait) => {
