@@ -11,7 +11,9 @@
 //!
 //! each step only after the write before it succeeded.
 
-use crate::domain::api::{MANAGER, MendixCredential, MendixCredentialStatus, condition};
+use crate::domain::api::{
+    MANAGER, MendixCredential, MendixCredentialStatus, RolloutRestartStatus, condition,
+};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
 use crate::domain::restart as restarts;
@@ -44,7 +46,7 @@ pub struct Context {
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
     /// When the workloads of each resource are tried again.
-    pub retries: Arc<restart::Retries>,
+    pub retries: Arc<restart::Retries<Vec<RolloutRestartStatus>>>,
     /// The bound on the Events of each object.
     pub events: Arc<EventLimiter>,
 }
@@ -208,7 +210,7 @@ async fn reconcile_valid(
             let generation = cr.metadata.generation;
             let ensured =
                 restart::ensure(&id, generation, &workloads, fingerprint, &previous, ctx).await;
-            (ensured.entries, ensured.again_in)
+            (Some(ensured.entries), ensured.again_in)
         }
         _ => (None, None),
     };

@@ -17,10 +17,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// What the restart step of a reconcile did: the status entries, or `None` when the
-/// workloads were not due (their entries stay as they were); and when to come back.
+/// What the restart step of a reconcile did: the status entries (those of the last try when
+/// the workloads were not due again); and when to come back.
 pub(crate) struct Ensured {
-    pub entries: Option<Vec<RolloutRestartStatus>>,
+    pub entries: Vec<RolloutRestartStatus>,
     pub again_in: Option<Duration>,
 }
 
@@ -34,10 +34,10 @@ pub(crate) async fn ensure(
     previous: &MendixCredentialStatus,
     ctx: &Context,
 ) -> Ensured {
-    let due_key = Retries::key(fingerprint, generation);
-    if let Some(wait) = ctx.retries.wait(&id.uid, &id.namespace, &due_key) {
+    let due_key = retry_key(fingerprint, generation);
+    if let Some((wait, entries)) = ctx.retries.wait(&id.uid, &id.namespace, &due_key) {
         return Ensured {
-            entries: None,
+            entries,
             again_in: Some(wait),
         };
     }
@@ -68,55 +68,61 @@ pub(crate) async fn ensure(
         outcomes.push(outcome);
     }
     let pending = restart::pending(&outcomes, false);
+    let first = ctx.settings.restart_retry;
     let again_in = ctx.retries.record(
-        &id.uid,
-        &id.namespace,
+        (&id.uid, &id.namespace),
         due_key,
         pending,
-        ctx.settings.restart_retry,
+        first,
+        entries.clone(),
     );
-    Ensured {
-        entries: Some(entries),
-        again_in,
-    }
+    Ensured { entries, again_in }
 }
 
 /// When the workloads of a resource in a namespace are tried again, per resource (uid) and
 /// namespace, for the credential and spec they were last tried for: a missing or
-/// non-consenting workload is read again after a growing delay, not at every reconcile.
-#[derive(Default)]
-pub struct Retries(Mutex<HashMap<(String, String), Retry>>);
+/// non-consenting workload is read again after a growing delay, not at every reconcile. What
+/// the last try found (`T`: status entries, or failures) is kept with it, for the reconciles
+/// in between to report (the one that tried may not have written its status).
+pub struct Retries<T>(Mutex<HashMap<(String, String), Retry<T>>>);
 
-struct Retry {
+impl<T> Default for Retries<T> {
+    fn default() -> Self {
+        Retries(Mutex::default())
+    }
+}
+
+struct Retry<T> {
     key: String,
     attempt: u32,
     due: Instant,
+    found: T,
 }
 
-impl Retries {
-    /// What a try is for: another credential or another spec is tried at once.
-    pub(crate) fn key(fingerprint: &str, generation: Option<i64>) -> String {
-        format!("{fingerprint}@{}", generation.unwrap_or_default())
-    }
+/// What a try is for: another credential or another spec is tried at once.
+pub(crate) fn retry_key(fingerprint: &str, generation: Option<i64>) -> String {
+    format!("{fingerprint}@{}", generation.unwrap_or_default())
+}
 
-    /// How long until the workloads of `uid` in `ns` are due again for `key`; `None`: now.
-    pub(crate) fn wait(&self, uid: &str, ns: &str, key: &str) -> Option<Duration> {
+impl<T: Clone> Retries<T> {
+    /// How long until the workloads of `uid` in `ns` are due again for `key`, and what their
+    /// last try found; `None`: due now.
+    pub(crate) fn wait(&self, uid: &str, ns: &str, key: &str) -> Option<(Duration, T)> {
         let retries = self.0.lock().expect("lock poisoned");
         let retry = retries.get(&(uid.to_owned(), ns.to_owned()))?;
-        (retry.key == key)
-            .then(|| retry.due.checked_duration_since(Instant::now()))
-            .flatten()
-            .filter(|wait| !wait.is_zero())
+        let wait = retry.due.checked_duration_since(Instant::now());
+        let wait = wait.filter(|wait| retry.key == key && !wait.is_zero())?;
+        Some((wait, retry.found.clone()))
     }
 
-    /// Records what a try for `key` left pending; returns when to try again.
+    /// Records what a try for `key` left pending and found; returns when to try again.
     pub(crate) fn record(
         &self,
-        uid: &str,
-        ns: &str,
+        (uid, ns): (&str, &str),
         key: String,
         pending: Option<restart::Pending>,
         first: Duration,
+        found: T,
     ) -> Option<Duration> {
         let mut retries = self.0.lock().expect("lock poisoned");
         let id = (uid.to_owned(), ns.to_owned());
@@ -141,6 +147,7 @@ impl Retries {
                 key,
                 attempt,
                 due: Instant::now() + wait,
+                found,
             },
         );
         Some(wait)

@@ -170,7 +170,6 @@ async fn reconcile_one(
                         &workloads,
                         &published.fingerprint(),
                         &holding,
-                        &previous.rollout_restart_failures,
                     )
                     .await;
                     (restarted, restart_again) = (Some(restarts), again);

@@ -13,7 +13,7 @@ use crate::domain::api::WorkloadRef;
 use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::restart;
-use crate::shell::restart::{Owner, Retries, bring};
+use crate::shell::restart::{Owner, bring, retry_key};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub(super) struct Brought {
 }
 
 /// Brings `workloads` to `fingerprint` in each of `namespaces` that is due; says when to come
-/// back. `previous` holds the failures kept for a namespace not due yet.
+/// back. A namespace not due yet reports the failures of its last try.
 pub(super) async fn restart_workloads(
     cc: &ClusterContext,
     id: &Id,
@@ -33,7 +33,6 @@ pub(super) async fn restart_workloads(
     workloads: &[WorkloadRef],
     fingerprint: &str,
     namespaces: &[&str],
-    previous: &[RolloutRestartFailure],
 ) -> (Restarts, Option<Duration>) {
     let mut restarts = Restarts {
         listed: !workloads.is_empty(),
@@ -48,13 +47,13 @@ pub(super) async fn restart_workloads(
         restart::cluster_field_manager(&id.name),
         restart::cluster_consent_entry(&id.name),
     );
-    let due_key = Retries::key(fingerprint, generation);
+    let due_key = retry_key(fingerprint, generation);
     let brought = Brought {
         fingerprint: fingerprint.to_owned(),
         workloads: workloads.to_vec(),
     };
     let (key, manager, consent, brought) = (&key, &manager, &consent, &brought);
-    let retries = &cc.ctx.retries;
+    let retries = &cc.retries;
     let mut again_in: Option<Duration> = None;
     let mut sooner = |wait: Option<Duration>| {
         if let Some(wait) = wait {
@@ -69,10 +68,9 @@ pub(super) async fn restart_workloads(
     {
         match retries.wait(&id.uid, ns, &due_key) {
             None => due.push((*ns).to_owned()),
-            Some(wait) => {
+            Some((wait, failures)) => {
                 sooner(Some(wait));
-                let kept = previous.iter().filter(|f| f.namespace == *ns).cloned();
-                restarts.failures.extend(kept);
+                restarts.failures.extend(failures);
             }
         }
     }
@@ -105,17 +103,18 @@ pub(super) async fn restart_workloads(
         if cluster_restart::settled(&settled) {
             cc.remember_brought(&id.uid, &ns, brought.clone());
         }
-        let pending = restart::pending(settled.iter().map(|(_, o)| o), true);
-        let first = cc.ctx.settings.restart_retry;
-        sooner(retries.record(&id.uid, &ns, due_key.clone(), pending, first));
+        let mut failures: Vec<RolloutRestartFailure> = vec![];
         for (workload, outcome, patched) in outcomes {
             if patched {
                 restarts.restarted.push((ns.clone(), workload.clone()));
             }
-            restarts
-                .failures
-                .extend(cluster_restart::failure(&ns, &workload, &outcome));
+            failures.extend(cluster_restart::failure(&ns, &workload, &outcome));
         }
+        let pending = restart::pending(settled.iter().map(|(_, o)| o), true);
+        let first = cc.ctx.settings.restart_retry;
+        let key = due_key.clone();
+        sooner(retries.record((&id.uid, &ns), key, pending, first, failures.clone()));
+        restarts.failures.extend(failures);
     }
     restarts.restarted.sort();
     (restarts, again_in)
