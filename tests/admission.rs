@@ -74,23 +74,42 @@ async fn the_operator_may_change_a_workloads_restart_annotation_and_nothing_else
     let apply = PatchParams::apply("mxcred-operator/restart/bot").force();
     let merge = PatchParams::default();
 
-    // The policy takes effect within a few seconds of its creation.
-    let image = json!({"spec": {"template": {"spec": {"containers": [
-        {"name": "app", "image": "evil:1"}]}}}});
-    let message = wait_for(Duration::from_secs(30), || async {
-        match deployments
-            .patch("app", &merge, &Patch::Strategic(&image))
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => Some(e.message),
-            _ => None,
-        }
+    // The policy takes effect a moment after its creation: until a change of another
+    // Deployment's replicas is refused (each try is a change: a change that was let through
+    // would make the same patch a no-op, which the policy allows).
+    let probe: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "probe"}},
+            "template": {"metadata": {"labels": {"app": "probe"}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]}}},
+    }))
+    .unwrap();
+    admin.create(&PostParams::default(), &probe).await.unwrap();
+    let tries = std::sync::atomic::AtomicI32::new(1);
+    wait_for(Duration::from_secs(30), || async {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replicas = json!({"spec": {"replicas": n}});
+        let result = deployments
+            .patch("probe", &merge, &Patch::Merge(&replicas))
+            .await;
+        refused(&result).then_some(())
     })
     .await
-    .expect("the operator's identity is refused changing the image");
+    .expect("the policy takes effect");
+
+    let image = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "evil:1"}]}}}});
+    let result = deployments
+        .patch("app", &merge, &Patch::Strategic(&image))
+        .await;
+    let Err(kube::Error::Api(e)) = &result else {
+        panic!("the operator's identity changed the image: {result:?}")
+    };
+    assert_eq!(e.code, 403, "{e:?}");
     assert!(
-        message.contains("mxcred-operator may change nothing"),
-        "{message}"
+        e.message.contains("mxcred-operator may change nothing"),
+        "{}",
+        e.message
     );
 
     // Its restart annotation: allowed, by the apply the operator sends, twice.
@@ -185,8 +204,12 @@ async fn a_tenant_may_not_set_a_reserved_namespace_label() {
     })
     .await
     .expect("the tenant may label its namespace");
+    // The policy takes effect a moment after its creation: each try sets another key (one let
+    // through before would make the same patch a no-op, which the policy allows).
+    let tries = std::sync::atomic::AtomicU32::new(0);
     let message = wait_for(Duration::from_secs(30), || async {
-        let reserved = label("select.mxcred.io/deploy-bot");
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reserved = label(&format!("select.mxcred.io/probe-{n}"));
         match namespaces
             .patch(&env.ns, &PatchParams::default(), &Patch::Merge(reserved))
             .await
@@ -198,6 +221,14 @@ async fn a_tenant_may_not_set_a_reserved_namespace_label() {
     .await
     .expect("the tenant is refused a reserved label");
     assert!(message.contains("reserved to administrators"), "{message}");
+    let reserved = label("select.mxcred.io/deploy-bot");
+    let result = namespaces
+        .patch(&env.ns, &PatchParams::default(), &Patch::Merge(reserved))
+        .await;
+    assert!(
+        matches!(&result, Err(kube::Error::Api(e)) if e.code == 403),
+        "the tenant set the selector's label: {result:?}"
+    );
     // The administrator may set it; the tenant may then neither change nor remove it.
     Api::<Namespace>::all(env.client.clone())
         .patch(
