@@ -26,6 +26,7 @@ use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
 use crate::shell::verifier::Verifier;
 use crate::shell::{restart, subscribe, target};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -237,7 +238,7 @@ async fn reconcile_valid(
     }
     for event in events {
         count_rotation(&ctx.metrics, &event);
-        publish(ctx, cr, event).await;
+        publish(ctx, &cr.object_ref(&()), event).await;
     }
     if let Some((value, _)) = request.filter(|_| request_served) {
         ctx.tracker.serve_verify_request(&id.uid, &value);
@@ -304,13 +305,14 @@ pub(crate) fn count_rotation(metrics: &Metrics, event: &plan::Announcement) {
     }
 }
 
-/// Publishes an Event. One that cannot be published is logged and counted, and does not fail
-/// the reconcile: the status already tells the same.
-async fn publish(ctx: &Context, cr: &MendixCredential, event: plan::Announcement) {
+/// Publishes an Event about `regarding` (a cluster-scoped object's go to the namespace
+/// `default`, as client-go puts them). One that cannot be published is logged and counted, and
+/// does not fail the reconcile: the status already tells the same.
+pub(crate) async fn publish(ctx: &Context, regarding: &ObjectReference, event: plan::Announcement) {
     let reason = event.reason;
     if !ctx
         .events
-        .allow(cr.uid().as_deref().unwrap_or_default(), reason)
+        .allow(regarding.uid.as_deref().unwrap_or_default(), reason)
     {
         debug!(
             reason,
@@ -332,7 +334,7 @@ async fn publish(ctx: &Context, cr: &MendixCredential, event: plan::Announcement
     // A recorder per Event, as kube documents: a long-lived one keeps every Event it published
     // for six minutes, and scans them all on each publish.
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(error) = recorder.publish(&event, &cr.object_ref(&())).await {
+    if let Err(error) = recorder.publish(&event, regarding).await {
         ctx.metrics.failed("publish_event");
         warn!(error = %describe(&error), reason, "could not publish Event");
     }
