@@ -309,3 +309,64 @@ fn failed(owner: &Owner<'_>, workload: &WorkloadRef, step: Step, error: &kube::E
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing() -> Option<restart::Pending> {
+        Some(restart::Pending {
+            failing: true,
+            deferred: None,
+        })
+    }
+
+    #[test]
+    fn a_failing_try_waits_longer_each_time_and_a_new_credential_goes_at_once() {
+        let retries: Retries<u8> = Retries::default();
+        let first = Duration::from_secs(60);
+        let key = retry_key("sha256:a", Some(1));
+        let waits: Vec<Duration> = (0..4)
+            .map(|i| {
+                retries
+                    .record(("u", "ns"), key.clone(), failing(), first, i)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(waits, [60, 120, 240, 480].map(Duration::from_secs));
+        let (wait, found) = retries.wait("u", "ns", &key).expect("not due");
+        assert!(wait <= Duration::from_secs(480) && wait > Duration::from_secs(470));
+        assert_eq!(found, 3, "what the last try found");
+        // Another credential, another spec, another namespace: due now.
+        assert!(
+            retries
+                .wait("u", "ns", &retry_key("sha256:b", Some(1)))
+                .is_none()
+        );
+        assert!(
+            retries
+                .wait("u", "ns", &retry_key("sha256:a", Some(2)))
+                .is_none()
+        );
+        assert!(retries.wait("u", "other", &key).is_none());
+        // A deferred workload comes back when its interval is over, sooner than the backoff.
+        let deferred = Some(restart::Pending {
+            failing: true,
+            deferred: Some(Duration::from_secs(5)),
+        });
+        let wait = retries.record(("u", "ns"), key.clone(), deferred, first, 4);
+        assert_eq!(wait, Some(Duration::from_secs(5)));
+        // Settled: forgotten.
+        assert_eq!(
+            retries.record(("u", "ns"), key.clone(), None, first, 5),
+            None
+        );
+        assert!(retries.wait("u", "ns", &key).is_none());
+        retries.record(("u", "ns"), key.clone(), failing(), first, 6);
+        retries.retain(&std::collections::HashSet::new());
+        assert!(
+            retries.wait("u", "ns", &key).is_none(),
+            "a deleted resource"
+        );
+    }
+}
