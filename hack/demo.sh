@@ -30,7 +30,7 @@ cleanup() { hack/controlplane.sh stop "$dir"; }
 [ "${DEMO_KEEP:-}" = 1 ] || trap cleanup EXIT
 
 echo "== starting a local control plane (etcd, kube-apiserver with RBAC, kube-controller-manager)"
-hack/controlplane.sh start "$dir" ${DEMO_WATCH_PID:+--watch-pid "$DEMO_WATCH_PID"}
+hack/controlplane.sh start "$dir" --no-controller-manager ${DEMO_WATCH_PID:+--watch-pid "$DEMO_WATCH_PID"}
 export KUBECONFIG=$dir/admin.kubeconfig
 k() { "$kubectl" "$@"; }
 
@@ -45,6 +45,8 @@ for crd in mendixcredentials.mxcred.io clustermendixcredentials.mxcred.io; do
 done
 k wait --for condition=established crd/mendixcredentials.mxcred.io \
   crd/clustermendixcredentials.mxcred.io --timeout=30s >/dev/null
+# After the CRDs, so that its garbage collector collects what their resources own from the start.
+hack/controlplane.sh controller-manager "$dir"
 # The RBAC of hack/rbac.yaml under names of its own (namespace and ServiceAccount mxcred-demo),
 # so that `helm install mxcred-operator charts/mxcred-operator -n mxcred-system` still works here.
 sed -e 's/mxcred-system/mxcred-demo/g' -e 's/mxcred-operator/mxcred-demo/g' hack/rbac.yaml | k apply -f - >/dev/null
