@@ -14,9 +14,11 @@ use driver::{error_policy, reconcile};
 use crate::domain::api::LABEL_SOURCE;
 use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
+    RolloutRestartFailure,
 };
 use crate::domain::spec;
 use crate::shell::reconcile::{Context, describe};
+use crate::shell::restart::Retries;
 use crate::shell::secrets::SecretMeta;
 use copies::KnownCopy;
 use futures::{StreamExt, TryStreamExt};
@@ -54,6 +56,8 @@ pub struct ClusterContext {
     /// Per resource (uid) and namespace: the credential this instance brought all the
     /// workloads of `spec.target.rolloutRestart` to.
     brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
+    /// When the workloads of each resource and namespace are tried again.
+    retries: Retries<Vec<RolloutRestartFailure>>,
     /// Per resource (uid): the status last written, and the resource version it was based on,
     /// until the watch brings a newer version.
     written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
@@ -104,6 +108,7 @@ pub async fn run(
         current: [namespaces.1, copies.1],
         known: Mutex::default(),
         brought: Mutex::default(),
+        retries: Retries::default(),
         written: Mutex::default(),
     });
 
@@ -269,6 +274,7 @@ impl ClusterContext {
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
+        self.retries.retain(live);
         self.written
             .lock()
             .expect("lock poisoned")
