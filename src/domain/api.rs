@@ -374,6 +374,19 @@ pub(crate) fn target_annotations(schema: &mut schemars::Schema) {
     );
 }
 
+/// Domains whose label and annotation keys a spec may not put on a target Secret (the domain and
+/// its subdomains): Kubernetes' own (`kubernetes.io`, `k8s.io`, such as
+/// `kubernetes.io/service-account.name`), this operator's, and the replication keys of
+/// Reflector, kubed and kubernetes-replicator, which would copy the token into other namespaces.
+pub const DENIED_METADATA_DOMAINS: [&str; 6] = [
+    "kubernetes.io",
+    "k8s.io",
+    "mxcred.io",
+    "reflector.v1.k8s.emberstack.com",
+    "kubed.appscode.com",
+    "replicator.v1.mittwald.de",
+];
+
 /// A qualified name (`[prefix/]name`), as label and annotation keys are; the prefix a DNS
 /// subdomain, the name at most 63 characters. In CEL's string syntax (backslashes doubled).
 const QUALIFIED_NAME: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
@@ -384,7 +397,7 @@ const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
 /// [`crate::domain::spec::check_target_metadata`] makes of the keys, but for the prefixes the
 /// operator's administrator adds, which only the operator knows.
 fn metadata_key_rules(field: &str) -> Vec<serde_json::Value> {
-    let domains = crate::domain::spec::DENIED_METADATA_DOMAINS
+    let domains = DENIED_METADATA_DOMAINS
         .map(|d| d.replace('.', r"\\."))
         .join("|");
     vec![

@@ -3,7 +3,8 @@
 //! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
 
 use crate::domain::api::{
-    CredentialType, LABEL_MANAGED_BY, MendixCredentialSpec, Platform, RotationPolicy,
+    CredentialType, DENIED_METADATA_DOMAINS, LABEL_MANAGED_BY, MendixCredentialSpec, Platform,
+    RotationPolicy,
 };
 use crate::domain::probe::ProbeTarget;
 use std::collections::BTreeMap;
@@ -122,19 +123,6 @@ pub fn resolve(
             .unwrap_or_default(),
     })
 }
-
-/// Domains whose label and annotation keys a spec may not put on a target Secret (the domain and
-/// its subdomains): Kubernetes' own (`kubernetes.io`, `k8s.io`, such as
-/// `kubernetes.io/service-account.name`), this operator's, and the replication keys of
-/// Reflector, kubed and kubernetes-replicator, which would copy the token into other namespaces.
-pub const DENIED_METADATA_DOMAINS: [&str; 6] = [
-    "kubernetes.io",
-    "k8s.io",
-    "mxcred.io",
-    "reflector.v1.k8s.emberstack.com",
-    "kubed.appscode.com",
-    "replicator.v1.mittwald.de",
-];
 
 /// The domain of Kubernetes' recommended labels (`app.kubernetes.io/name`, `part-of`, ...).
 const RECOMMENDED_LABELS: &str = "app.kubernetes.io";
