@@ -168,6 +168,11 @@ pub struct ClusterMendixCredentialStatus {
     /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
+    /// SHA-256 of the published credential ("sha256:" and 64 hex digits), of which
+    /// tokenFingerprint is the start: what the operator compares to decide whether a
+    /// credential is the published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_digest: Option<String>,
     /// Fingerprint of a new credential in the source Secret that is not published yet: it
     /// waits for the platform's verdict (RotationPending) or was rejected (RotationRejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]

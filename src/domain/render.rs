@@ -4,7 +4,7 @@
 use crate::domain::api::{
     ANNOTATION_FINGERPRINT, CredentialType, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER,
 };
-use crate::domain::credential::Credential;
+use crate::domain::credential::{self, Credential};
 use crate::domain::spec::{Resolved, SourceKeys};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -104,19 +104,15 @@ pub fn is_ours_by(existing: &Secret, uid: &str, label: &str, name: &str) -> bool
     }
 }
 
-/// The credential a target Secret holds, if it is the one with `fingerprint`: what a rotation
-/// held back protects, and what goes on being verified meanwhile.
+/// The credential a target Secret holds, if it is the one whose digest the status recorded
+/// (`published`): what a rotation held back protects, and what goes on being verified
+/// meanwhile. The data decides, by its full digest: an annotation anyone who may write the
+/// Secret can set, and a value with the same fingerprint takes seconds to find.
 pub fn published_credential(
     target: &Secret,
     credential_type: CredentialType,
-    fingerprint: &str,
+    published: &str,
 ) -> Option<Credential> {
-    let annotated = target
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_FINGERPRINT))
-        .is_some_and(|f| f == fingerprint);
     let keys = SourceKeys {
         secret: target.metadata.name.clone().unwrap_or_default(),
         token_key: TOKEN.into(),
@@ -124,7 +120,7 @@ pub fn published_credential(
         api_key_key: API_KEY.into(),
     };
     let credential = Credential::from_source(credential_type, &keys, target.data.as_ref()?).ok()?;
-    (annotated && credential.fingerprint() == fingerprint).then_some(credential)
+    credential::is_recorded(published, &credential.digest()).then_some(credential)
 }
 
 /// Whether the API server recorded a write of ours to `secret` other than by server-side apply

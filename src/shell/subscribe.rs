@@ -7,7 +7,7 @@ use crate::domain::api::{
 };
 use crate::domain::classify::{Reason, TokenValid};
 use crate::domain::conditions;
-use crate::domain::credential::Credential;
+use crate::domain::credential::{self, Credential};
 use crate::domain::plan;
 use crate::domain::rotation;
 use crate::domain::spec::{Resolved, VerificationPlan};
@@ -146,7 +146,9 @@ pub(crate) fn known_verdict(
     credential: &Credential,
 ) -> Option<Known> {
     let valid = conditions::find(&previous.conditions, condition::TOKEN_VALID)?;
-    let same = previous.token_fingerprint.as_deref() == Some(credential.fingerprint().as_str())
+    let same = previous
+        .published_digest()
+        .is_some_and(|d| credential::is_recorded(d, &credential.digest()))
         && valid.observed_generation == cr.metadata.generation
         && valid.reason != Reason::Pending.as_str();
     let verdict = Reason::OUTCOMES

@@ -4,7 +4,7 @@
 
 use crate::domain::api::MANAGER;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
-use crate::domain::credential::{Credential, SourceError};
+use crate::domain::credential::{self, Credential, SourceError};
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
 use crate::domain::render;
 use crate::domain::rotation::{self, Decision};
@@ -75,6 +75,7 @@ pub(crate) async fn sync(
     let sync = Sync::Published {
         target: target.clone(),
         fingerprint: credential.fingerprint(),
+        digest: credential.digest(),
         written_at,
         wrote,
         checked_first,
@@ -108,7 +109,7 @@ async fn hold_back(
         resolved.rotation,
         resolved.verification.is_some(),
         previous,
-        &pending,
+        &credential.digest(),
     )) else {
         return Ok(Gate::Open);
     };
@@ -132,7 +133,7 @@ async fn hold_back(
         Decision::Hold(held) => Gate::Held((
             Sync::Held {
                 target: target.clone(),
-                published: published.to_owned(),
+                published: credential::fingerprint_of(published),
                 pending,
                 held,
             },

@@ -168,7 +168,10 @@ async fn reconcile_one(
                             .await,
                     );
                 }
-                (Ok(published.fingerprint()), Some(published))
+                if held.is_none() {
+                    cc.remember_working(&id.uid, &published);
+                }
+                (Ok(published.digest()), Some(published))
             }
         },
     };

@@ -15,6 +15,7 @@ use crate::domain::api::LABEL_SOURCE;
 use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
 };
+use crate::domain::credential::Credential;
 use crate::domain::spec;
 use crate::shell::reconcile::{Context, describe};
 use crate::shell::secrets::SecretMeta;
@@ -54,6 +55,10 @@ pub struct ClusterContext {
     /// Per resource (uid) and namespace: the credential this instance brought all the
     /// workloads of `spec.target.rolloutRestart` to.
     brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
+    /// Per resource (uid): the credential this instance last published to the copies, which a
+    /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
+    /// of a selected namespace may write its copy.
+    working: Mutex<HashMap<String, Credential>>,
     /// Per resource (uid): the status last written, and the resource version it was based on,
     /// until the watch brings a newer version.
     written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
@@ -104,6 +109,7 @@ pub async fn run(
         current: [namespaces.1, copies.1],
         known: Mutex::default(),
         brought: Mutex::default(),
+        working: Mutex::default(),
         written: Mutex::default(),
     });
 
@@ -260,12 +266,31 @@ impl ClusterContext {
         }
     }
 
+    fn working(&self, uid: &str) -> Option<Credential> {
+        self.working
+            .lock()
+            .expect("lock poisoned")
+            .get(uid)
+            .cloned()
+    }
+
+    fn remember_working(&self, uid: &str, credential: &Credential) {
+        self.working
+            .lock()
+            .expect("lock poisoned")
+            .insert(uid.to_owned(), credential.clone());
+    }
+
     fn retain(&self, live: &HashSet<String>) {
         self.known
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
         self.brought
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+        self.working
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
