@@ -1063,6 +1063,60 @@ async fn a_forged_token_with_the_working_fingerprint_in_a_tenant_copy_reaches_no
     w.clean_up(&[&name]).await;
 }
 
+#[tokio::test]
+async fn a_cluster_credential_with_the_longest_valid_name_syncs() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-long", &[]).await;
+    let a = w.namespace("a", json!({})).await;
+    w.source("raw", "tok-cl-long").await;
+    let head = format!("{}-", w.env.ns);
+    let name = format!("{head}{}", "c".repeat(253 - head.len()));
+    assert_eq!(name.len(), 253);
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaces": [a]},
+            "verification": {"enabled": false},
+        }),
+    )
+    .await;
+    w.wait_status(&name, "synced", Duration::from_secs(30), |cr| {
+        is_synced(cr, "1/1")
+    })
+    .await;
+    let copy = w.copy(&a).await.unwrap();
+    let label = &copy.metadata.labels.as_ref().unwrap()["mxcred.io/cluster-credential"];
+    assert!(label.len() <= 63, "{label}");
+    // A copy changed by hand is put back: the copies' watch finds its resource.
+    Api::<Secret>::namespaced(w.client(), &a)
+        .patch(
+            TARGET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"MENDIX_TOKEN": "tok-by-hand"}})),
+        )
+        .await
+        .unwrap();
+    copy_becomes(&w.client(), &a, |s| {
+        s.and_then(|s| value(s, "MENDIX_TOKEN")).as_deref() == Some("tok-cl-long")
+    })
+    .await
+    .expect("the copy is put back");
+    // Events of a resource of that name are published (their names fit).
+    w.env.put_source("raw", &[("token", "tok-cl-long-2")]).await;
+    wait_for(Duration::from_secs(30), || async {
+        let events = events_of(&w.client(), &name).await;
+        events
+            .iter()
+            .any(|e| e.starts_with("Normal Rotated"))
+            .then_some(())
+    })
+    .await
+    .expect("a Rotated Event");
+    assert!(!w.op.logs().contains("could not publish Event"));
+    w.clean_up(&[&name]).await;
+}
+
 /// A Deployment `runner` in `ns` reading the copy through `envFrom`, as a CI runner's would.
 async fn create_runner(client: &Client, ns: &str) -> Deployment {
     let deployment: Deployment = serde_json::from_value(json!({

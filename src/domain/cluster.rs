@@ -439,7 +439,7 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
 pub fn copy_labels(secret: &mut Secret, name: &str) {
     let labels = secret.metadata.labels.get_or_insert_default();
     labels.remove(crate::domain::api::LABEL_CREDENTIAL);
-    labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), name.into());
+    labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), render::label_value(name));
 }
 
 /// What to do with the copy in one namespace, given what exists under its name.

@@ -407,7 +407,9 @@ fn controller(
 }
 
 /// The credential that published a target Secret: its controller owner, or, when someone
-/// removed the owner reference, the one its `mxcred.io/credential` label names.
+/// removed the owner reference, the one its `mxcred.io/credential` label names (a long name's
+/// label is shortened, and names nothing: such a target waits for the next reconcile of its
+/// resource).
 fn publisher(secret: &SecretMeta) -> Option<ObjectRef<Guarded>> {
     let ns = secret.metadata.namespace.as_deref()?;
     let owner = secret

@@ -317,17 +317,35 @@ pub(crate) async fn claim(secrets: &Api<Secret>, secret: Secret) -> Result<Secre
 /// The API server refused the target Secret: only labels and annotations from the spec can make
 /// it invalid. Names the fields, not the values.
 pub(crate) fn refused_target(e: &Status) -> String {
-    let fields: Vec<&str> = e
+    let causes: Vec<&str> = e
         .details
         .iter()
         .flat_map(|d| d.causes.iter())
         .map(|c| c.field.as_str())
         .filter(|f| !f.is_empty())
         .collect();
-    format!(
-        "the API server refused the target Secret (invalid: {}); check spec.target.labels and spec.target.annotations",
+    let mut fields: Vec<&str> = causes.iter().map(|f| spec_field(f)).collect();
+    fields.dedup();
+    let fields = if fields.is_empty() {
+        "spec.target.labels or spec.target.annotations".to_owned()
+    } else {
         fields.join(", ")
+    };
+    format!(
+        "the API server refused the target Secret: check {fields} (invalid: {})",
+        causes.join(", ")
     )
+}
+
+/// The field of the spec that a field of the target Secret comes from.
+fn spec_field(secret_field: &str) -> &str {
+    let field = secret_field.split('[').next().unwrap_or_default();
+    match field {
+        "metadata.labels" => "spec.target.labels",
+        "metadata.annotations" => "spec.target.annotations",
+        "metadata.name" => "spec.target.name",
+        _ => secret_field,
+    }
 }
 
 /// After `spec.target.name` changed, deletes the Secret published under the old name.
@@ -354,4 +372,27 @@ async fn remove_previous_target(
         info!(secret = old, "deleted the previous target Secret");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_field_of_the_spec() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "details": {"causes": [
+                {"field": "metadata.labels", "message": "must be no more than 63 characters"},
+                {"field": "metadata.annotations[x]", "message": "bad"},
+            ]},
+        }))
+        .unwrap();
+        let message = refused_target(&status);
+        assert!(
+            message.contains("check spec.target.labels, spec.target.annotations"),
+            "{message}"
+        );
+        assert!(message.contains("invalid: metadata.labels"), "{message}");
+    }
 }

@@ -425,7 +425,12 @@ async fn publish(ctx: &Context, cr: &ClusterMendixCredential, event: plan::Annou
                 .unwrap_or_else(|| ctx.reporter.controller.clone()),
         ),
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", cr.name_any(), at.as_nanosecond())),
+            // A name of up to 253 characters and the suffix would not fit an Event's name.
+            name: Some(format!(
+                "{}.{:x}",
+                crate::domain::render::label_value(&cr.name_any()),
+                at.as_nanosecond()
+            )),
             ..ObjectMeta::default()
         },
         ..Default::default()

@@ -161,11 +161,7 @@ pub async fn run(
                 .map(|cr| ObjectRef::from_obj(cr.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(copy_stream, |copy| {
-            copy.labels()
-                .get(LABEL_CLUSTER_CREDENTIAL)
-                .map(|name| ObjectRef::new(name))
-        })
+        .watches_stream(copy_stream, |copy| publisher(&copy))
         .watches_stream(source_stream, move |source| reading(&for_sources, &source))
         .reconcile_on(answered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -233,6 +229,21 @@ where
         .default_backoff()
         .touched_objects();
     ((reader, current), stream)
+}
+
+/// The cluster resource that published a copy: its controller owner, or, when someone removed
+/// the owner reference, the one its label names (a long name's label is shortened, and names
+/// nothing: such a copy waits for the next reconcile of its resource).
+fn publisher(copy: &SecretMeta) -> Option<ObjectRef<ClusterGuarded>> {
+    let owner = copy
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "ClusterMendixCredential")
+        .map(|r| r.name.clone());
+    let name = owner.or_else(|| copy.labels().get(LABEL_CLUSTER_CREDENTIAL).cloned())?;
+    Some(ObjectRef::new(&name))
 }
 
 /// The cluster resources that read `secret` as their source.
