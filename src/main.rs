@@ -11,7 +11,7 @@ use mxcred_operator::shell::{controller, proxy, server, telemetry, verify_cmd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -111,4 +111,16 @@ async fn cancel_on_signal(shutdown: CancellationToken, shared: Arc<Shared>) {
     info!("shutting down");
     shared.set_role(Role::Stopping);
     shutdown.cancel();
+    // Stopping waits for reconciles under way, the release of the Lease and the runtime's
+    // blocking tasks, and each of these can wait on an API server or a platform that does not
+    // answer. A thread of its own, outside the runtime, ends the process after the bound
+    // whatever they do: within the 30 s Kubernetes grants a Pod before it kills it.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_BOUND);
+        warn!(bound = ?SHUTDOWN_BOUND, "not stopped within the bound after the signal: exiting");
+        std::process::exit(0);
+    });
 }
+
+/// How long after SIGTERM (or SIGINT) the process may take to exit.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);

@@ -97,3 +97,65 @@ async fn a_resource_with_the_longest_valid_name_syncs() {
     })
     .await;
 }
+
+/// The bound on the time from SIGTERM to exit, and a margin for a loaded machine.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+const MARGIN: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn the_operator_exits_within_the_bound_whatever_the_api_server_and_platform_do() {
+    use mendix_simulator::{Simulator, State};
+    let _turn = TURN.lock().await;
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("stop").await;
+    let tenant = tenant(&env).await;
+    let lease = [
+        "--leader-elect",
+        "--lease-name",
+        "stop",
+        "--lease-namespace",
+        "mxcred-system",
+    ];
+    let mut op = env.start_operator_with_platform(&sim.base_url(), &lease);
+    // The tenant's resources, each checked against a platform that never answers.
+    for i in 0..20 {
+        let token = format!("tok-hang-{i}");
+        sim.set(&token, State::Slow(Duration::from_secs(600)));
+        env.put_source(&format!("raw-{i}"), &[("token", &token)])
+            .await;
+        apply_as(
+            &tenant,
+            &env.ns,
+            &format!("c-{i}"),
+            json!({}),
+            json!({"sourceRef": {"name": format!("raw-{i}")}}),
+        )
+        .await;
+    }
+    wait_until(Duration::from_secs(30), "checks under way", || async {
+        sim.total_requests() > 0
+    })
+    .await;
+    // More work arrives, and the API server stops answering in the middle of it.
+    for i in 0..20 {
+        env.put_source(
+            &format!("raw-{i}"),
+            &[("token", &format!("tok-hang-{i}-b"))],
+        )
+        .await;
+    }
+    let frozen = common::Frozen::freeze(env.cp.apiserver_pid());
+    let took = op.terminate();
+    println!(
+        "exit after SIGTERM, resources in flight, platform hanging, API server frozen: {took:?}"
+    );
+    assert!(took < SHUTDOWN_BOUND + MARGIN, "{took:?}");
+
+    // Started while the API server does not answer: it never lists anything, and still stops.
+    let mut op = env.start_operator_with_platform(&sim.base_url(), &lease);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let took = op.terminate();
+    println!("exit after SIGTERM, API server frozen since the start: {took:?}");
+    assert!(took < SHUTDOWN_BOUND + MARGIN, "{took:?}");
+    drop(frozen);
+}
