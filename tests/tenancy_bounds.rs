@@ -159,3 +159,166 @@ async fn the_operator_exits_within_the_bound_whatever_the_api_server_and_platfor
     assert!(took < SHUTDOWN_BOUND + MARGIN, "{took:?}");
     drop(frozen);
 }
+
+/// The operator's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+const SECRETS: usize = 150;
+const RESOURCES: usize = 100;
+const ANNOTATION: usize = 250_000;
+/// How far above idle the peak may go.
+const BOUND_KIB: u64 = 10 * 1024;
+
+/// As a tenant of `env`'s namespace (it may create Secrets and MendixCredentials there): 150
+/// Secrets labelled as sources (and as copies of a cluster credential) and 100 resources, each
+/// with a 250 KB annotation; the resources' is `mxcred.io/verify-requested-at`.
+async fn load(env: &TestEnv) {
+    use futures::StreamExt;
+    let rules = json!([
+        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]);
+    let kubeconfig = env.namespaced_identity("loader", rules).await;
+    let tenant = common::client_from(&kubeconfig).await;
+    let padding = "a".repeat(ANNOTATION);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(tenant.clone(), &env.ns);
+    wait_until(Duration::from_secs(10), "the loader's Role", || async {
+        Api::<MendixCredential>::namespaced(tenant.clone(), &env.ns)
+            .list(&Default::default())
+            .await
+            .is_ok()
+    })
+    .await;
+    futures::stream::iter(0..SECRETS)
+        .map(|i| {
+            let secret = serde_json::from_value(json!({
+                "metadata": {"name": format!("padded-{i}"),
+                    "labels": {"mxcred.io/source": "true", "mxcred.io/cluster-credential": "x"},
+                    "annotations": {"example.com/padding": padding}},
+                "type": "Opaque", "stringData": {"token": format!("tok-padded-{i}")},
+            }))
+            .unwrap();
+            let secrets = secrets.clone();
+            async move { secrets.create(&Default::default(), &secret).await.unwrap() }
+        })
+        .buffer_unordered(8)
+        .for_each(|_| async {})
+        .await;
+    futures::stream::iter(0..RESOURCES)
+        .map(|i| {
+            let tenant = tenant.clone();
+            let padding = padding.clone();
+            async move {
+                apply_as(
+                    &tenant,
+                    &env.ns,
+                    &format!("res-{i}"),
+                    json!({"annotations": {"mxcred.io/verify-requested-at": padding}}),
+                    json!({"sourceRef": {"name": format!("padded-{i}")},
+                           "verification": {"enabled": false}}),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(8)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Waits until every loaded resource has been refused for its annotation.
+async fn all_refused(env: &TestEnv) {
+    let api = env.credentials();
+    wait_until(
+        Duration::from_secs(120),
+        "every padded resource refused",
+        || async {
+            let Ok(list) = api.list(&Default::default()).await else {
+                return false;
+            };
+            let refused = list
+                .items
+                .iter()
+                .filter(|cr| {
+                    cr.status.as_ref().is_some_and(|s| {
+                        s.conditions.iter().any(|c| {
+                            c.type_ == "Ready"
+                                && c.reason == "InvalidSpec"
+                                && c.message.contains("mxcred.io/verify-requested-at")
+                        })
+                    })
+                })
+                .count();
+            refused == RESOURCES
+        },
+    )
+    .await;
+}
+
+/// Applies MendixCredential `name` reading `raw` and waits until it is Ready.
+async fn ready_credential(env: &TestEnv, name: &str) {
+    env.put_credential(
+        name,
+        json!({"sourceRef": {"name": "raw"}, "verification": {"enabled": false}}),
+    )
+    .await;
+    env.wait_reason(name, "Ready", "Synced").await;
+}
+
+/// Peaks of one mode: idle, running under the load, and after a restart with it.
+async fn measure(env: &TestEnv, namespaced: bool) -> [u64; 3] {
+    let extra: &[&str] = &[];
+    let start = || {
+        if namespaced {
+            env.start_operator(extra)
+        } else {
+            common::Operator::start(env.cp, &env.cp.operator_kubeconfig, "", extra, &[])
+        }
+    };
+    let mut op = start();
+    env.put_source("raw", &[("token", "tok-mem")]).await;
+    ready_credential(env, "before").await;
+    let idle = peak_rss_kib(op.pid());
+    load(env).await;
+    all_refused(env).await;
+    ready_credential(env, "after").await;
+    let running = peak_rss_kib(op.pid());
+    op.kill();
+    let op = start();
+    ready_credential(env, "restarted").await;
+    let restarted = peak_rss_kib(op.pid());
+    [idle, running, restarted]
+}
+
+#[tokio::test]
+async fn what_a_tenant_writes_does_not_move_the_operators_memory() {
+    let _turn = TURN.lock().await;
+    let mut failures = vec![];
+    for (mode, namespaced) in [("cluster", false), ("namespaced", true)] {
+        let env = TestEnv::new(&format!("mem-{mode}")).await;
+        let [idle, running, restarted] = measure(&env, namespaced).await;
+        println!(
+            "{mode} mode: peak RSS (VmHWM) {idle} KiB idle; {running} KiB running with \
+             {SECRETS} labelled Secrets and {RESOURCES} resources of {ANNOTATION}-character \
+             annotations; {restarted} KiB after a restart"
+        );
+        for (what, peak) in [("running", running), ("after a restart", restarted)] {
+            if peak > idle + BOUND_KIB {
+                failures.push(format!(
+                    "{mode} mode {what}: {peak} KiB against {idle} KiB idle"
+                ));
+            }
+        }
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+            .delete(&env.ns, &Default::default())
+            .await;
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

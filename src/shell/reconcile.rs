@@ -11,7 +11,9 @@
 //!
 //! each step only after the write before it succeeded.
 
-use crate::domain::api::{MANAGER, MendixCredential, MendixCredentialStatus, condition};
+use crate::domain::api::{
+    ANNOTATION_VERIFY_REQUESTED_AT, MANAGER, MendixCredential, MendixCredentialStatus, condition,
+};
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
 use crate::domain::restart as restarts;
@@ -169,8 +171,13 @@ async fn reconcile_valid(
 
     let resolved =
         spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval).and_then(|resolved| {
-            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)
-                .map(|()| resolved)
+            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)?;
+            spec::check_verify_request(
+                cr.annotations()
+                    .get(ANNOTATION_VERIFY_REQUESTED_AT)
+                    .map(String::as_str),
+            )?;
+            Ok(resolved)
         });
     let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
     let forced = request.as_ref().map(|(_, at)| *at);

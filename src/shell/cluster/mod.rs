@@ -11,12 +11,13 @@ mod rotation;
 
 use driver::{error_policy, reconcile};
 
-use crate::domain::api::LABEL_SOURCE;
+use crate::domain::api::{LABEL_SOURCE, MANAGER};
 use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
 };
 use crate::domain::credential::Credential;
 use crate::domain::spec;
+use crate::shell::controller::{LIST_PAGE, slim};
 use crate::shell::reconcile::{Context, describe};
 use crate::shell::secrets::SecretMeta;
 use copies::KnownCopy;
@@ -81,15 +82,19 @@ pub async fn run(
     let (namespaces, namespace_stream) = cached(
         watcher(
             Api::<NamespaceMeta>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+            watcher::Config::default().page_size(LIST_PAGE),
+        )
+        .modify(slim_namespace),
         "namespaces",
     );
     let (copies, copy_stream) = cached(
         watcher(
             Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_CLUSTER_CREDENTIAL),
-        ),
+            watcher::Config::default()
+                .labels(LABEL_CLUSTER_CREDENTIAL)
+                .page_size(LIST_PAGE),
+        )
+        .modify(slim_copy),
         "cluster credential copies",
     );
     // Kept in a cache of its own: a reconcile it wakes reads the source's version there, not in
@@ -97,8 +102,11 @@ pub async fn run(
     let (sources, source_stream) = cached(
         watcher(
             Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
-        ),
+            watcher::Config::default()
+                .labels(&format!("{LABEL_SOURCE}=true"))
+                .page_size(LIST_PAGE),
+        )
+        .modify(slim_source),
         "sources of cluster credentials",
     );
     let cc = Arc::new(ClusterContext {
@@ -120,8 +128,9 @@ pub async fn run(
         writer,
         watcher(
             Api::<ClusterGuarded>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+            watcher::Config::default().page_size(LIST_PAGE),
+        )
+        .modify(slim),
     )
     // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
     .inspect_err(
@@ -229,6 +238,45 @@ where
         .default_backoff()
         .touched_objects();
     ((reader, current), stream)
+}
+
+/// What the cache keeps of a namespace: its name, labels (selections read them) and whether it
+/// is being deleted.
+fn slim_namespace(namespace: &mut NamespaceMeta) {
+    let meta = &mut namespace.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
+/// What the cache keeps of a copy: its identity and version, its owner, its
+/// `mxcred.io/cluster-credential` label and, of its managed fields, our entries' manager and
+/// time (what tells a copy of ours whose owner reference was removed). A namespace's users may
+/// write the rest, as large as they like.
+fn slim_copy(copy: &mut SecretMeta) {
+    let meta = &mut copy.metadata;
+    meta.annotations = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == LABEL_CLUSTER_CREDENTIAL);
+    }
+    if let Some(fields) = meta.managed_fields.as_mut() {
+        fields.retain(|e| e.manager.as_deref() == Some(MANAGER));
+        for entry in fields.iter_mut() {
+            entry.fields_v1 = None;
+        }
+    }
+}
+
+/// What the cache keeps of a source: its identity and version.
+fn slim_source(source: &mut SecretMeta) {
+    let meta = &mut source.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
 }
 
 /// The cluster resource that published a copy: its controller owner, or, when someone removed
