@@ -236,6 +236,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
         verifier: verifier.clone(),
         tracker: Arc::default(),
         metrics,
+        status_writes: Default::default(),
     };
     (Arc::new(ctx), verifier)
 }

@@ -190,6 +190,7 @@ pub async fn run(
         verifier: verifier.clone(),
         tracker: Arc::default(),
         metrics: shared.metrics.clone(),
+        status_writes: Default::default(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -469,5 +470,7 @@ pub(crate) fn slim<K: Resource>(resource: &mut K) {
 }
 
 /// Objects per page of an initial list: a page is held whole while it is read, and a tenant
-/// can make each object large (256 KiB of annotations, more of managed fields).
-pub(crate) const LIST_PAGE: u32 = 10;
+/// can make each object large (256 KiB of annotations, more of managed fields). With 150
+/// Secrets and 100 resources of 250 KB annotations, pages of 10 raised the peak after a
+/// restart by 18 MiB in cluster mode, pages of 2 by 7 MiB.
+pub(crate) const LIST_PAGE: u32 = 2;

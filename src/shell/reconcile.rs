@@ -44,6 +44,18 @@ pub struct Context {
     pub verifier: Arc<Verifier>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    pub status_writes: StatusWrites,
+}
+
+/// Status writes under way at once. The API server answers each with the whole resource, whose
+/// annotations and managed fields a tenant can make hundreds of KiB large: with every reconcile
+/// writing at once, the answers alone took the operator more than 10 MiB up.
+pub struct StatusWrites(tokio::sync::Semaphore);
+
+impl Default for StatusWrites {
+    fn default() -> Self {
+        StatusWrites(tokio::sync::Semaphore::new(2))
+    }
 }
 
 /// A reconcile that failed, by the step that failed. Problems a user must fix are not errors:
@@ -268,10 +280,12 @@ async fn write_status(
         "kind": "MendixCredential",
         "status": status,
     });
+    let slot = ctx.status_writes.0.acquire().await;
     let written = Api::<MendixCredential>::namespaced(ctx.client.clone(), &id.namespace)
         .patch_status(&id.name, &apply_params(), &Patch::Apply(patch))
         .await
         .map_err(Error::WriteStatus)?;
+    drop(slot);
     debug!(
         credential = %format!("{}/{}", id.namespace, id.name),
         based_on = cr.resource_version(),
