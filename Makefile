@@ -7,17 +7,29 @@ CHART := charts/mxcred-operator
 
 .PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules soak-leader
 
-## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real control plane)
+# The Kubernetes versions `make test` runs the suite on: the newest and the oldest supported,
+# named in hack/kubernetes-versions.env (`make test KUBERNETES=1.30.14` runs it on one version).
+KUBERNETES ?= newest oldest
+
+## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real
+## control plane), on each of $(KUBERNETES)
 test: deps controlplane lint actionlint chart
-	$(CARGO) test --workspace --lib --bins --tests
+	@for k in $(KUBERNETES); do \
+	  echo "test: the suite on Kubernetes $$k ($$(hack/controlplane-bins.sh $$k))"; \
+	  start=$$(date +%s); \
+	  MXCRED_KUBERNETES=$$k $(CARGO) test --workspace --lib --bins --tests || exit 1; \
+	  echo "test: Kubernetes $$k passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 ## demo: a local control plane, the operator, the examples; prints what it publishes
-demo: deps controlplane
+demo: deps
+	@hack/controlplane-bins.sh newest >/dev/null
 	hack/demo.sh
 
-## controlplane: etcd, kube-apiserver and kube-controller-manager, built once and cached
+## controlplane: etcd, kube-apiserver and kube-controller-manager of each of $(KUBERNETES), built
+## once and cached
 controlplane:
-	@hack/controlplane-bins.sh >/dev/null
+	@for k in $(KUBERNETES); do hack/controlplane-bins.sh $$k >/dev/null || exit 1; done
 
 ## deps: the Debian packages the scripts use
 deps:
@@ -44,13 +56,13 @@ actionlint:
 crds:
 	$(CARGO) run --quiet -- crd --file $(notdir $(CRD)) > $(CRD)
 	$(CARGO) run --quiet -- crd --file $(notdir $(CLUSTER_CRD)) > $(CLUSTER_CRD)
-	cp $(CRD) $(CHART)/$(CRD)
-	cp $(CLUSTER_CRD) $(CHART)/$(CLUSTER_CRD)
+	cp $(CRD) $(CHART)/files/$(CRD)
+	cp $(CLUSTER_CRD) $(CHART)/files/$(CLUSTER_CRD)
 
 ## chart: helm lint and helm template of charts/mxcred-operator, with default values and each ci/*.yaml
 chart:
 	@for crd in $(CRD) $(CLUSTER_CRD); do \
-	  cmp -s $$crd $(CHART)/$$crd || { echo "chart: $(CHART)/$$crd differs from $$crd: copy it" >&2; exit 1; }; \
+	  cmp -s $$crd $(CHART)/files/$$crd || { echo "chart: $(CHART)/files/$$crd differs from $$crd: copy it" >&2; exit 1; }; \
 	done
 	@tools=$$(hack/helm.sh) && set -e && \
 	for values in "" $(CHART)/ci/*.yaml; do \
@@ -60,7 +72,8 @@ chart:
 	done
 
 ## bench: the scale benchmark (N = 100, 1000, 5000) on a local control plane; figures in target/bench/scale.csv
-bench: deps controlplane
+bench: deps
+	@hack/controlplane-bins.sh newest >/dev/null
 	$(CARGO) bench --bench scale
 
 ## chart-package: the chart as target/chart/mxcred-operator-VERSION.tgz, its version and appVersion
@@ -78,5 +91,6 @@ chart-package: chart
 	  "$$tools/helm" package target/chart/src --version $(VERSION) --app-version $(VERSION) -d target/chart
 
 ## soak-leader: the leader election stress test with many rounds (MXCRED_LEADER_ROUNDS, default 100; 2 to 3 s each)
-soak-leader: deps controlplane
+soak-leader: deps
+	@hack/controlplane-bins.sh newest >/dev/null
 	MXCRED_LEADER_ROUNDS=$${MXCRED_LEADER_ROUNDS:-100} $(CARGO) test --test leader instances_started_together -- --nocapture

@@ -2,19 +2,28 @@
 # Provides etcd, kube-apiserver and kube-controller-manager for the tests and the demo, and
 # prints the directory that holds them (the KUBEBUILDER_ASSETS convention).
 #
-# Order: $KUBEBUILDER_ASSETS if it holds the binaries; else a cache outside the repository
-# ($MXCRED_CACHE_DIR, default ~/.cache/mxcred-operator); else built once from Debian's own
-# `kubernetes` source package (docs/testenv.md), which takes 6-10 minutes on 2 cores.
+#   hack/controlplane-bins.sh [newest|oldest|1.X.Y]    (default: $MXCRED_KUBERNETES, else newest)
 #
-# Building needs the source package, so apt needs a deb-src entry for bookworm main. When none
-# is configured, this script adds one (/etc/apt/sources.list.d/mxcred-deb-src.sources) and says
-# so; an existing one is used as it is, never repeated (apt would warn "configured multiple
-# times" on every later run).
+# Order: $KUBEBUILDER_ASSETS if it holds the binaries; else a cache outside the repository
+# ($MXCRED_CACHE_DIR, default ~/.cache/mxcred-operator, under controlplane-<version>/); else
+# built once from the Go module proxy (docs/testenv.md) and cached there: kube-apiserver and
+# kube-controller-manager from `k8s.io/kubernetes` through a wrapper module, etcd from
+# `go.etcd.io/etcd/server/v3`. The versions are named in hack/kubernetes-versions.env.
 set -euo pipefail
 
-K8S_VERSION=1.20.2
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=kubernetes-versions.env
+. "$here/kubernetes-versions.env"
+
+wanted=${1:-${MXCRED_KUBERNETES:-newest}}
+case $wanted in
+  newest) version=$KUBERNETES_NEWEST ;;
+  oldest) version=$KUBERNETES_OLDEST ;;
+  1.*.*) version=$wanted ;;
+  *) echo "controlplane-bins: unknown Kubernetes version $wanted (newest, oldest or 1.X.Y)" >&2; exit 2 ;;
+esac
 cache=${MXCRED_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mxcred-operator}
-bin_dir="$cache/controlplane-$K8S_VERSION"
+bin_dir="$cache/controlplane-$version"
 
 log() { echo "controlplane-bins: $*" >&2; }
 
@@ -33,84 +42,98 @@ fi
 
 if [ "${MXCRED_NO_BUILD:-}" = 1 ]; then
   cat >&2 <<MSG
-controlplane-bins: etcd, kube-apiserver and kube-controller-manager were not found.
+controlplane-bins: etcd, kube-apiserver and kube-controller-manager $version were not found.
 Get them with one of:
-  make controlplane                 (builds them once from Debian's packages into $bin_dir)
+  make controlplane                 (builds them once from the Go module proxy into $bin_dir)
   export KUBEBUILDER_ASSETS=DIR      (a directory from setup-envtest holding etcd and kube-apiserver)
 MSG
   exit 1
 fi
 
-sudo=""
-[ "$(id -u)" = 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-mkdir -p "$bin_dir"
-
-if ! command -v etcd >/dev/null; then
-  log "installing etcd-server"
-  $sudo apt-get update -qq
-  $sudo apt-get install -y -qq etcd-server >/dev/null
-fi
-ln -sf "$(command -v etcd)" "$bin_dir/etcd"
-
-# Whether apt already has a deb-src entry for bookworm main, in the one-line format
-# (sources.list, *.list) or the deb822 format (*.sources).
-has_deb_src() {
-  local f
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    grep -Eq '^[[:space:]]*deb-src([[:space:]]+\[[^]]*\])?[[:space:]]+[^[:space:]]+[[:space:]]+bookworm([[:space:]]+[^[:space:]#]+)*[[:space:]]+main([[:space:]]|$)' "$f" && return 0
-  done
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    awk '
-      function check() { if (types ~ /(^| )deb-src( |$)/ && suites ~ /(^| )bookworm( |$)/ && comps ~ /(^| )main( |$)/ && enabled !~ /^no$/) found = 1 }
-      /^[[:space:]]*#/ { next }
-      /^[[:space:]]*$/ { check(); types = suites = comps = enabled = ""; next }
-      { key = tolower($1); sub(/^[^:]*:[[:space:]]*/, "") }
-      key == "types:" { types = $0 } key == "suites:" { suites = $0 }
-      key == "components:" { comps = $0 } key == "enabled:" { enabled = $0 }
-      END { check(); exit found ? 0 : 1 }
-    ' "$f" && return 0
-  done
-  return 1
-}
-
-log "building kube-apiserver and kube-controller-manager $K8S_VERSION from Debian's source package (once)"
-if ! has_deb_src; then
-  added=/etc/apt/sources.list.d/mxcred-deb-src.sources
-  log "apt has no deb-src entry for bookworm main: adding $added (remove it afterwards if you like)"
-  $sudo tee "$added" >/dev/null <<SRC
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-fi
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq golang-go rsync golang-github-modern-go-reflect2-dev make >/dev/null
-
-work="$cache/build"
-rm -rf "$work"
-mkdir -p "$work"
-cd "$work"
-apt-get source --download-only kubernetes >/dev/null
-tar xzf kubernetes_*.orig.tar.gz
-src=$(find . -maxdepth 1 -mindepth 1 -type d | head -n 1)
-cd "$src"
-# The vendored reflect2 1.0.1 predates Go 1.18: the apiserver built with it crashes (SIGSEGV in
-# reflect.mapiterinit) on the first custom resource it serialises. Debian's packaged copy works.
-rm -rf vendor/github.com/modern-go/reflect2
-cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
-rm -f vendor/github.com/modern-go/reflect2/go.mod
-CGO_ENABLED=0 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/make.log" 2>&1 || {
-  tail -n 40 "$work/make.log" >&2
+command -v go >/dev/null || {
+  log "Go 1.26 or newer is needed to build the control plane (https://go.dev/dl, or set KUBEBUILDER_ASSETS)"
   exit 1
 }
-cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$bin_dir/"
-cd /
+# The machine's Go, never a toolchain download named by a module.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -modcacherw"
+
+minor=${version#1.}
+minor=${minor%%.*}
+work="$cache/build-$version"
 rm -rf "$work"
+mkdir -p "$work/kubernetes" "$work/etcd" "$work/bin"
+trap 'rm -rf "$work"' EXIT
+started=$SECONDS
+
+# k8s.io/kubernetes maps its staging modules (k8s.io/api, k8s.io/apiserver, ...) to ./staging in
+# its own go.mod, which a dependent module does not see: the wrapper requires each at the
+# published v0.<minor>.<patch> that goes with the release.
+log "building kube-apiserver and kube-controller-manager $version from the Go module proxy (once; about 10 minutes on 2 cores)"
+cd "$work/kubernetes"
+cat >go.mod <<MOD
+module mxcred.io/controlplane
+
+go 1.22
+
+require k8s.io/kubernetes v$version
+MOD
+go mod download -json "k8s.io/kubernetes@v$version" >download.json
+kmod=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])' <download.json)
+sed -nE 's/^[[:space:]]+(k8s\.io\/[a-z0-9-]+) v0\.0\.0$/\1/p' "$kmod" | sort -u | while read -r module; do
+  echo "replace $module => $module v0.${version#1.}" >>go.mod
+done
+cat >tools.go <<'GO'
+//go:build tools
+
+// The commands this module builds; the import keeps `go mod tidy` from dropping them.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+go mod tidy >"$work/kubernetes.log" 2>&1 || { tail -n 40 "$work/kubernetes.log" >&2; exit 1; }
+# The version the binaries report (`/version`, `kubectl version`, Helm's .Capabilities), set as
+# Kubernetes's own build sets it; without it they report v0.0.0.
+ldflags="-s -w"
+for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags="$ldflags -X $package.gitVersion=v$version -X $package.gitMajor=1 -X $package.gitMinor=$minor"
+  ldflags="$ldflags -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
+done
+go build -trimpath -ldflags="$ldflags" -o "$work/bin/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    >>"$work/kubernetes.log" 2>&1 || { tail -n 40 "$work/kubernetes.log" >&2; exit 1; }
+log "kube-apiserver and kube-controller-manager $version built in $((SECONDS - started)) s"
+
+etcd_started=$SECONDS
+log "building etcd $ETCD_VERSION from the Go module proxy"
+cd "$work/etcd"
+cat >go.mod <<MOD
+module mxcred.io/etcd
+
+go 1.22
+
+require go.etcd.io/etcd/server/v3 v$ETCD_VERSION
+MOD
+cat >main.go <<'GO'
+// etcd's own command, as its release binary runs it.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+{ go mod tidy && go build -trimpath -ldflags="-s -w" -o "$work/bin/etcd" .; } >"$work/etcd.log" 2>&1 \
+  || { tail -n 40 "$work/etcd.log" >&2; exit 1; }
+log "etcd $ETCD_VERSION built in $((SECONDS - etcd_started)) s"
+
+mkdir -p "$bin_dir"
+mv "$work/bin/etcd" "$work/bin/kube-apiserver" "$work/bin/kube-controller-manager" "$bin_dir/"
 have_all "$bin_dir"
-log "cached in $bin_dir"
+log "cached in $bin_dir (cold build: $((SECONDS - started)) s)"
 echo "$bin_dir"

@@ -35,9 +35,14 @@ export KUBECONFIG=$dir/admin.kubeconfig
 k() { "$kubectl" "$@"; }
 
 echo "== installing the CRD and the operator's RBAC"
-# --validate=false: kubectl checks a CRD against the server's own schema of CRDs, and one without
-# CEL (before 1.25, like this 1.20) does not know x-kubernetes-validations; the server drops them.
-k apply --validate=false -f crds/ >/dev/null
+k apply --server-side -f crds/ >/dev/null
+# Owned by the release the README installs (mxcred-operator in mxcred-system), so that its
+# `helm install` adopts them, as it would have created them.
+for crd in mendixcredentials.mxcred.io clustermendixcredentials.mxcred.io; do
+  k label --overwrite crd "$crd" app.kubernetes.io/managed-by=Helm >/dev/null
+  k annotate --overwrite crd "$crd" meta.helm.sh/release-name=mxcred-operator \
+    meta.helm.sh/release-namespace=mxcred-system >/dev/null
+done
 k wait --for condition=established crd/mendixcredentials.mxcred.io \
   crd/clustermendixcredentials.mxcred.io --timeout=30s >/dev/null
 # The RBAC of hack/rbac.yaml under names of its own (namespace and ServiceAccount mxcred-demo),

@@ -42,32 +42,45 @@ fn yaml_of(
 ) -> String {
     let mut crd = serde_json::to_value(crd).expect("a CRD always serialises");
     for version in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
-        without_nullable(&mut version["schema"]["openAPIV3Schema"]);
+        tidy(&mut version["schema"]["openAPIV3Schema"]);
     }
     serde_yaml::to_string(&crd).expect("a CRD always serialises")
 }
 
-/// Drops `nullable` from the objects and enums of a schema. An API server publishing OpenAPI v2
-/// (1.20, and `kubectl explain` on any server without v3) cannot say "nullable" and publishes such
-/// a field as `{}`: no type, no fields to explain. Optional fields stay optional (not
-/// `required`). Plain values and maps stay nullable: a server-side apply on 1.20 turns an empty
-/// string, and a map whose last key it removes, into null, which a non-nullable field refuses.
-fn without_nullable(schema: &mut serde_json::Value) {
+/// Drops `nullable`, which schemars sets on every optional field, and joins the lines of each
+/// description into paragraphs.
+///
+/// No field needs `nullable`: the API server prunes a null from a field that is not nullable,
+/// which is what an optional field wants, and publishes such a field with its type and fields
+/// for `kubectl explain`. Descriptions come from doc comments, wrapped at 100 columns;
+/// `kubectl explain` wraps them itself, so a line break in the middle of a sentence would show.
+fn tidy(schema: &mut serde_json::Value) {
     let Some(object) = schema.as_object_mut() else {
         return;
     };
-    if object.contains_key("properties") || object.contains_key("enum") {
-        object.remove("nullable");
-    }
+    object.remove("nullable");
     for (key, value) in object.iter_mut() {
         match key.as_str() {
+            "description" => {
+                if let Some(text) = value.as_str() {
+                    *value = paragraphs(text).into();
+                }
+            }
             "properties" => value
                 .as_object_mut()
                 .into_iter()
                 .flat_map(|p| p.values_mut())
-                .for_each(without_nullable),
-            "items" | "additionalProperties" => without_nullable(value),
+                .for_each(tidy),
+            "items" | "additionalProperties" => tidy(value),
             _ => {}
         }
     }
+}
+
+/// Joins the lines of each paragraph (paragraphs are separated by an empty line).
+fn paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }

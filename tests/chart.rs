@@ -259,12 +259,54 @@ fn chart_crds_are_the_committed_crds() {
     for (file, _) in mxcred_operator::crds() {
         let crd = format!("crds/{file}");
         let committed = std::fs::read(format!("{ROOT}/{crd}")).expect("the committed CRD");
-        let in_chart = std::fs::read(format!("{CHART}/{crd}")).expect("the chart's CRD");
+        let in_chart = std::fs::read(format!("{CHART}/files/{crd}")).expect("the chart's CRD");
         assert!(
             committed == in_chart,
-            "charts/mxcred-operator/{crd} differs from {crd}: run `make crds`"
+            "charts/mxcred-operator/files/{crd} differs from {crd}: run `make crds`"
         );
     }
+}
+
+#[test]
+fn the_crds_are_templates_kept_on_uninstall_unless_disabled() {
+    let committed: Vec<serde_yaml::Value> = mxcred_operator::crds()
+        .into_iter()
+        .map(|(_, yaml)| serde_yaml::from_str(&yaml).unwrap())
+        .collect();
+    let crds: Vec<serde_yaml::Value> = render(&[]).all("CustomResourceDefinition");
+    assert_eq!(crds.len(), committed.len());
+    for crd in &crds {
+        let name = &crd["metadata"]["name"];
+        let expected = committed
+            .iter()
+            .find(|c| &c["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name:?} is not a committed CRD"));
+        // The same schema and names as the committed file: only the metadata gains labels and
+        // the keep policy.
+        assert_eq!(crd["spec"], expected["spec"], "{name:?}");
+        let annotations = &crd["metadata"]["annotations"];
+        assert_eq!(annotations["helm.sh/resource-policy"], "keep", "{name:?}");
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+    }
+    let without_keep = render(&["--set", "crds.keep=false"]);
+    for crd in without_keep.all::<serde_yaml::Value>("CustomResourceDefinition") {
+        assert!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].is_null(),
+            "{crd:?}"
+        );
+    }
+    assert_eq!(without_keep.count("CustomResourceDefinition"), 2);
+    assert_eq!(
+        render(&["--set", "crds.enabled=false"]).count("CustomResourceDefinition"),
+        0
+    );
+    assert!(
+        !std::path::Path::new(&format!("{CHART}/crds")).exists(),
+        "Helm installs crds/ once and never upgrades it: the CRDs are templates"
+    );
 }
 
 #[test]

@@ -218,13 +218,10 @@ async fn copy_becomes(
 }
 
 /// Events recorded for a ClusterMendixCredential, as "Type Reason: note": in namespace
-/// `default`, or `kube-system` on API servers that refuse them in `default` (1.20).
+/// `default`, where client-go and kube put the Events of cluster-scoped objects.
 async fn events_of(client: &Client, name: &str) -> Vec<String> {
-    let mut all = vec![];
-    for ns in ["default", "kube-system"] {
-        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
-        all.extend(api.list(&Default::default()).await.unwrap().items);
-    }
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let all = api.list(&Default::default()).await.unwrap().items;
     all.into_iter()
         .filter(|e| {
             e.regarding.as_ref().is_some_and(|r| {

@@ -1,13 +1,14 @@
-//! The committed CRD is what `mxcred-operator crd` prints, `kubectl explain` documents every
-//! field on the real API server, and its validation rules hold on every server version: at apply
-//! time where the server runs CEL, in status (the operator's `InvalidSpec`) where it does not.
+//! The committed CRDs are what `mxcred-operator crd` prints; on the real API server, `kubectl
+//! explain` documents every spec field of both kinds with its type, and every CEL rule refuses
+//! its bad spec at `kubectl apply`, with its message, and accepts the valid neighbour.
 
 mod common;
 
-use common::{TestEnv, condition};
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
-use std::process::Command;
+use common::TestEnv;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -18,7 +19,7 @@ fn committed_crds_are_current() {
                 .unwrap_or_else(|e| panic!("crds/{file}: {e}: run `make crds`"));
         assert!(
             committed == yaml,
-            "crds/{file} is stale: run `make crds` (which copies it to charts/mxcred-operator/crds/)"
+            "crds/{file} is stale: run `make crds` (which copies it to charts/mxcred-operator/files/crds/)"
         );
     }
 }
@@ -40,68 +41,117 @@ fn the_crd_command_prints_every_crd() {
     assert_eq!(kinds, ["MendixCredential", "ClusterMendixCredential"]);
 }
 
-#[test]
-fn objects_and_enums_are_not_nullable() {
-    // An API server publishing OpenAPI v2 turns a nullable field into `{}`: `kubectl explain`
-    // then shows an object without its fields. Plain values and maps stay nullable (see
-    // `without_nullable`).
-    fn check(path: &str, schema: &serde_json::Value, nullable: &mut Vec<String>) {
-        let is_object_or_enum = schema.get("properties").is_some() || schema.get("enum").is_some();
-        assert!(
-            !(is_object_or_enum && schema.get("nullable").is_some()),
-            "{path} is nullable"
+/// The two CRDs as JSON, with the kind each defines.
+fn crds() -> Vec<(String, Value)> {
+    mxcred_operator::crds()
+        .into_iter()
+        .map(|(_, yaml)| {
+            let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+            (
+                crd["spec"]["names"]["kind"].as_str().unwrap().to_owned(),
+                crd,
+            )
+        })
+        .collect()
+}
+
+fn schema(crd: &Value) -> &Value {
+    &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+}
+
+/// Calls `visit` with the path and schema of every node below `schema` (properties, list items
+/// and map values).
+fn walk(path: &str, schema: &Value, visit: &mut dyn FnMut(&str, &Value)) {
+    visit(path, schema);
+    for (name, sub) in schema["properties"].as_object().into_iter().flatten() {
+        walk(&format!("{path}.{name}"), sub, visit);
+    }
+    if schema["items"].is_object() {
+        walk(&format!("{path}[]"), &schema["items"], visit);
+    }
+    if schema["additionalProperties"].is_object() {
+        walk(
+            &format!("{path}{{}}"),
+            &schema["additionalProperties"],
+            visit,
         );
-        if schema.get("nullable").is_some() {
-            nullable.push(path.to_owned());
+    }
+}
+
+#[test]
+fn no_field_is_nullable() {
+    // The API server prunes a null from a field that is not nullable, which is what an optional
+    // field wants; a nullable one would keep it, for the operator to read as a value.
+    for (kind, crd) in crds() {
+        walk(kind.as_str(), schema(&crd), &mut |path, node| {
+            assert!(node.get("nullable").is_none(), "{path} is nullable");
+        });
+    }
+}
+
+#[test]
+fn descriptions_are_paragraphs() {
+    // `kubectl explain` wraps descriptions itself: a line break of the doc comment in the middle
+    // of a sentence would show as a short line.
+    for (kind, crd) in crds() {
+        walk(kind.as_str(), schema(&crd), &mut |path, node| {
+            let text = node["description"].as_str().unwrap_or("");
+            assert!(
+                !text.replace("\n\n", "").contains('\n'),
+                "{path}: a line break inside a paragraph: {text:?}"
+            );
+        });
+    }
+}
+
+/// The type `kubectl explain` shows for a field of this schema.
+fn explained_type(schema: &Value) -> String {
+    match schema["type"].as_str() {
+        Some("array") => format!("[]{}", explained_type(&schema["items"])),
+        Some("object") if schema["additionalProperties"].is_object() => {
+            format!(
+                "map[string]{}",
+                explained_type(&schema["additionalProperties"])
+            )
         }
-        for (name, sub) in schema["properties"].as_object().into_iter().flatten() {
-            check(&format!("{path}.{name}"), sub, nullable);
-        }
+        Some("object") => "Object".into(),
+        Some(other) => other.into(),
+        None => panic!("a field without a type: {schema}"),
     }
-    let crd: serde_json::Value = serde_yaml::from_str(&mxcred_operator::crd_yaml()).unwrap();
-    let mut nullable = vec![];
-    check(
-        "",
-        &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
-        &mut nullable,
-    );
-    let cluster: serde_json::Value =
-        serde_yaml::from_str(&mxcred_operator::cluster_crd_yaml()).unwrap();
-    let mut cluster_nullable = vec![];
-    check(
-        "",
-        &cluster["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
-        &mut cluster_nullable,
-    );
-    for path in [".spec.target.namespaceSelector", ".status"] {
-        assert!(!cluster_nullable.iter().any(|p| p == path), "{path}");
+}
+
+/// Every field below `schema` as (depth, name, type), as `kubectl explain --recursive` lists
+/// them.
+fn fields(depth: usize, schema: &Value, out: &mut BTreeSet<(usize, String, String)>) {
+    let object = if schema["type"] == "array" {
+        &schema["items"]
+    } else {
+        schema
+    };
+    for (name, sub) in object["properties"].as_object().into_iter().flatten() {
+        out.insert((depth, name.clone(), explained_type(sub)));
+        fields(depth + 1, sub, out);
     }
-    for path in [
-        ".spec.target",
-        ".spec.verification",
-        ".spec.type",
-        ".status",
-    ] {
-        assert!(!nullable.iter().any(|p| p == path), "{path}");
-    }
-    assert!(nullable.iter().any(|p| p == ".spec.target.labels"));
-    assert!(nullable.iter().any(|p| p == ".spec.sourceRef.tokenKey"));
+}
+
+fn kubectl(env: &TestEnv) -> Command {
+    let mut cmd = Command::new(common::helm_tools().join("kubectl"));
+    cmd.arg("--kubeconfig")
+        .arg(&env.cp.admin_kubeconfig)
+        .arg("--cache-dir")
+        .arg(env.cp.dir.join("kubectl-cache"));
+    cmd
 }
 
 #[tokio::test]
-async fn kubectl_explain_documents_every_field() {
+async fn kubectl_explain_shows_every_spec_field_with_its_type() {
     let env = TestEnv::new("explain").await;
-    let kubectl = common::helm_tools().join("kubectl");
     let explain = |path: &str| {
         // The API server publishes a new CRD's OpenAPI a moment after serving it.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new(&kubectl)
-                .arg("--kubeconfig")
-                .arg(&env.cp.admin_kubeconfig)
-                .arg("--cache-dir")
-                .arg(env.cp.dir.join("kubectl-cache"))
-                .args(["explain", path])
+            let out = kubectl(&env)
+                .args(["explain", "--recursive", path])
                 .output()
                 .unwrap();
             if out.status.success() {
@@ -115,153 +165,277 @@ async fn kubectl_explain_documents_every_field() {
             std::thread::sleep(Duration::from_millis(500));
         }
     };
-    let has = |text: &str, field: &str, kind: &str| {
-        text.lines().any(|l| {
-            let mut words = l.split_whitespace();
-            words.next() == Some(field) && words.next() == Some(kind)
-        })
+    for (kind, crd) in crds() {
+        let mut expected = BTreeSet::new();
+        fields(0, &schema(&crd)["properties"]["spec"], &mut expected);
+        let text = explain(&format!("{}.spec", kind.to_lowercase()));
+        // "  name\t<type> -required-", indented two spaces per level below FIELDS.
+        let shown: BTreeSet<(usize, String, String)> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("FIELDS:"))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once('\t')?;
+                let depth = (name.len() - name.trim_start().len()) / 2 - 1;
+                let ty = rest.strip_prefix('<')?.split_once('>')?.0;
+                Some((depth, name.trim().to_owned(), ty.to_owned()))
+            })
+            .collect();
+        assert!(expected.len() >= 15, "{kind}: {expected:?}");
+        assert_eq!(shown, expected, "{kind}: kubectl explain shows\n{text}");
+    }
+    // Descriptions read as paragraphs, not as the lines of the doc comments.
+    let out = kubectl(&env)
+        .args(["explain", "mendixcredential.spec.verification.interval"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains(r#"as a duration such as "30m", "1h" or "1d". At least 1m. Defaults"#),
+        "{text}"
+    );
+}
+
+/// A spec of `kind` that every rule accepts, with `patch` merged into it (JSON merge patch).
+fn spec(kind: &str, patch: &Value) -> Value {
+    let mut spec = match kind {
+        "MendixCredential" => json!({"sourceRef": {"name": "raw"}}),
+        _ => json!({"sourceRef": {"name": "raw", "namespace": "sources"},
+                    "target": {"name": "copy", "namespaces": ["ci"]}}),
     };
-    let spec = explain("mendixcredential.spec");
-    for (field, kind) in [
-        ("type", "<string>"),
-        ("sourceRef", "<Object>"),
-        ("target", "<Object>"),
-        ("verification", "<Object>"),
-    ] {
-        assert!(has(&spec, field, kind), "{field} {kind} missing:\n{spec}");
+    merge(&mut spec, patch);
+    spec
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(into), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(into.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (into, patch) => *into = patch.clone(),
     }
-    let verification = explain("mendixcredential.spec.verification");
-    for field in ["enabled", "interval", "platform", "baseUrl", "probe"] {
-        assert!(
-            verification.contains(field),
-            "{field} missing:\n{verification}"
-        );
+}
+
+/// One CEL rule: a spec it refuses with `message` and its valid neighbour, as merge patches.
+struct Case {
+    message: &'static str,
+    bad: Value,
+    good: Value,
+}
+
+fn cases(kind: &str) -> Vec<Case> {
+    let case = |message, bad, good| Case { message, bad, good };
+    let private = json!({"platform": "PrivatePlatform", "baseUrl": "https://pmp.example.com"});
+    let mut cases = vec![
+        case(
+            "baseUrl is required when platform is PrivatePlatform",
+            json!({"verification": {"platform": "PrivatePlatform"}}),
+            json!({"verification": private}),
+        ),
+        case(
+            "baseUrl is only used with platform PrivatePlatform",
+            json!({"verification": {"baseUrl": "https://pmp.example.com"}}),
+            json!({"verification": {"enabled": false, "baseUrl": "https://pmp.example.com"}}),
+        ),
+        case(
+            "probe must be a named probe",
+            json!({"verification": {"probe": "Deploy"}}),
+            json!({"verification": {"probe": "DeployApps"}}),
+        ),
+        case(
+            "interval must be at least 1m",
+            json!({"verification": {"interval": "59s"}}),
+            json!({"verification": {"interval": "1m"}}),
+        ),
+        case(
+            "interval must be at most 366d",
+            json!({"verification": {"interval": "8785h"}}),
+            json!({"verification": {"interval": "8784h"}}),
+        ),
+        case(
+            "labels keys must be qualified names",
+            json!({"target": {"labels": {"team name": "ci"}}}),
+            json!({"target": {"labels": {"example.com/team-name": "ci"}}}),
+        ),
+        case(
+            "labels keys under kubernetes.io/",
+            json!({"target": {"labels": {"app.kubernetes.io/managed-by": "me"}}}),
+            json!({"target": {"labels": {"app.kubernetes.io/part-of": "ci"}}}),
+        ),
+        case(
+            "label values must be at most 63 letters",
+            json!({"target": {"labels": {"team": "-ci"}}}),
+            json!({"target": {"labels": {"team": "c-i"}}}),
+        ),
+        case(
+            "annotations keys must be qualified names",
+            json!({"target": {"annotations": {"example.com/": "x"}}}),
+            json!({"target": {"annotations": {"example.com/x": "x"}}}),
+        ),
+        case(
+            "annotations keys under kubernetes.io/",
+            json!({"target": {"annotations": {"reflector.v1.k8s.emberstack.com/reflection-allowed": "true"}}}),
+            json!({"target": {"annotations": {"v1.k8s.emberstack.example/reflection-allowed": "true"}}}),
+        ),
+        case(
+            "sourceRef.usernameKey and sourceRef.apiKeyKey must name different keys",
+            json!({"type": "ApiKey", "sourceRef": {"usernameKey": "apiKey"}}),
+            json!({"type": "ApiKey", "sourceRef": {"usernameKey": "user"}}),
+        ),
+        case(
+            "check personal access tokens, not API keys",
+            json!({"type": "ApiKey", "verification": {"probe": "Projects"}}),
+            json!({"type": "ApiKey", "verification": {"probe": "DeployV1Apps"}}),
+        ),
+        case(
+            "probe DeployV1Apps checks API keys",
+            json!({"verification": {"probe": "DeployV1Apps"}}),
+            json!({"type": "ApiKey", "verification": {"probe": "DeployV1Apps"}}),
+        ),
+        case(
+            "API keys have no default probe on a Private Mendix Platform",
+            json!({"type": "ApiKey", "verification": private}),
+            json!({"type": "ApiKey", "verification": {"platform": "PrivatePlatform",
+                    "baseUrl": "https://pmp.example.com", "probe": "https://pmp.example.com/api/v1/check"}}),
+        ),
+    ];
+    if kind == "MendixCredential" {
+        cases.push(case(
+            "spec.target.name (default: the resource's name) must differ from spec.sourceRef.name",
+            json!({"target": {"name": "raw"}}),
+            json!({"target": {"name": "published"}}),
+        ));
     }
-    let words = verification
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    assert!(words.contains("At least 1m."), "{verification}");
-    let status = explain("mendixcredential.status");
-    assert!(has(&status, "conditions", "<[]Object>"), "{status}");
-    assert!(status.contains("lastVerifiedTime"), "{status}");
-    let cluster = explain("clustermendixcredential.spec.target");
-    // Optional plain values are nullable, which a 1.20 server publishes without a type.
-    assert!(has(&cluster, "namespaceSelector", "<Object>"), "{cluster}");
-    for field in ["name", "namespaces", "labels", "annotations"] {
-        assert!(cluster.contains(field), "{field} missing:\n{cluster}");
-    }
-    let words = cluster.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert!(
-        words.contains("An empty selector ({}) selects nothing"),
-        "{cluster}"
-    );
-    let source = explain("clustermendixcredential.spec.sourceRef");
-    assert!(has(&source, "namespace", "<string>"), "{source}");
-    let status = explain("clustermendixcredential.status");
-    for (field, kind) in [
-        ("failedNamespaces", "<[]Object>"),
-        ("conditions", "<[]Object>"),
-    ] {
-        assert!(
-            has(&status, field, kind),
-            "{field} {kind} missing:\n{status}"
-        );
-    }
-    for field in ["selected", "synced", "namespaces", "failedNamespaceCount"] {
-        assert!(status.contains(field), "{field} missing:\n{status}");
-    }
-    let target = explain("mendixcredential.spec.target");
-    for field in ["name", "labels", "annotations", "rolloutRestart"] {
-        assert!(target.contains(field), "{field} missing:\n{target}");
-    }
-    // A nullable list, published without a type by an API server of OpenAPI v2 only (1.20):
-    // its description names the fields of its items.
-    let restart = explain("mendixcredential.spec.target.rolloutRestart")
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    assert!(
-        restart.contains("kind (Deployment, StatefulSet or DaemonSet) and name"),
-        "{restart}"
-    );
-    assert!(restart.contains("rolloutRestart.enabled=true"), "{restart}");
-    let restarts = explain("mendixcredential.status.rolloutRestart");
-    for field in ["kind", "name", "fingerprint", "reason", "message"] {
-        assert!(restarts.contains(field), "{field} missing:\n{restarts}");
-    }
-    assert!(restarts.contains("NotFound"), "{restarts}");
+    cases
+}
+
+/// Every rule's message in the CRD of `kind`.
+fn rule_messages(crd: &Value) -> Vec<String> {
+    let mut messages = vec![];
+    walk("", schema(crd), &mut |_, node| {
+        for rule in node["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            messages.push(
+                rule["message"]
+                    .as_str()
+                    .expect("every rule has a message")
+                    .into(),
+            );
+        }
+    });
+    messages
 }
 
 #[tokio::test]
-async fn rules_are_checked_at_apply_time_or_in_status() {
+async fn every_cel_rule_refuses_its_bad_spec_at_kubectl_apply_and_accepts_its_neighbour() {
     let env = TestEnv::new("rules").await;
-    let version = env.client.apiserver_version().await.unwrap();
-    let minor: u32 = version
-        .minor
-        .trim_end_matches('+')
-        .parse()
-        .expect("a numeric minor version");
-    // CEL validation rules: beta and on by default from 1.25, GA in 1.29.
-    let cel = minor >= 25;
-    let crds: kube::Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = kube::Api::all(env.client.clone());
-    let stored =
-        serde_json::to_string(&crds.get("mendixcredentials.mxcred.io").await.unwrap()).unwrap();
-    assert_eq!(
-        stored.contains("x-kubernetes-validations"),
-        cel,
-        "1.{minor}: the CRD applied with its rules, which this version keeps only with CEL"
-    );
-
-    let _op = env.start_operator(&[]);
-    env.put_source("raw", &[("token", "a-token")]).await;
-    for (name, spec, needle) in [
+    let apply = |kind: &str, name: &str, spec: Value| {
+        let mut object = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": kind,
+                                "metadata": {"name": name}, "spec": spec});
+        if kind == "MendixCredential" {
+            object["metadata"]["namespace"] = env.ns.clone().into();
+        }
+        let mut child = kubectl(&env)
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "mxcred-tests",
+                "-f",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = serde_json::to_vec(&object).unwrap();
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
         (
-            "private",
-            json!({"sourceRef": {"name": "raw"}, "verification": {"platform": "PrivatePlatform"}}),
-            "baseUrl is required when platform is PrivatePlatform",
-        ),
-        (
-            "cloud",
-            json!({"sourceRef": {"name": "raw"}, "verification": {"baseUrl": "https://pmp.example.com"}}),
-            "baseUrl is only used with platform PrivatePlatform",
-        ),
-        (
-            "interval",
-            json!({"sourceRef": {"name": "raw"}, "verification": {"interval": "59s"}}),
-            "1m",
-        ),
-        (
-            "named",
-            json!({"sourceRef": {"name": "raw"}, "target": {"name": "raw"}}),
-            "must differ from spec.sourceRef.name",
-        ),
-        // The target's name defaults to the resource's.
-        ("raw", json!({"sourceRef": {"name": "raw"}}), "must differ"),
-    ] {
-        let cr = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
-                        "metadata": {"name": name}, "spec": spec});
-        let applied = env
-            .credentials()
-            .patch(name, &PatchParams::apply("mxcred-tests"), &Patch::Apply(cr))
-            .await;
-        if cel {
-            let error = applied.expect_err(name).to_string();
-            assert!(error.contains(needle), "{name}: {error}");
-        } else {
-            applied.unwrap_or_else(|e| panic!("{name}: 1.{minor} has no CEL, yet: {e}"));
-            let cr = env.wait_reason(name, "Ready", "InvalidSpec").await;
-            let message = condition(&cr, "Ready").message;
-            assert!(message.contains(needle), "{name}: {message}");
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let version = env.client.apiserver_version().await.unwrap().git_version;
+    let mut table = vec![];
+    for (kind, crd) in crds() {
+        let cases = cases(&kind);
+        let messages = rule_messages(&crd);
+        for message in &messages {
+            assert!(
+                cases.iter().any(|c| message.contains(c.message)),
+                "{kind}: no case for the rule {message:?}"
+            );
+        }
+        for (i, case) in cases.iter().enumerate() {
+            assert!(
+                messages.iter().any(|m| m.contains(case.message)),
+                "{kind}: the CRD has no rule {:?}",
+                case.message
+            );
+            let name = format!("rule-{i}");
+            let (accepted, refusal) = apply(&kind, &name, spec(&kind, &case.bad));
+            assert!(
+                !accepted,
+                "{kind} {:?}: the bad spec was accepted",
+                case.message
+            );
+            assert!(
+                refusal.contains(case.message),
+                "{kind} {:?}: refused for another reason: {refusal}",
+                case.message
+            );
+            let said = refusal
+                .lines()
+                .find(|l| l.contains(case.message))
+                .unwrap_or("");
+            table.push(format!("{version} | {kind} | {}", said.trim()));
+            let (accepted, refusal) = apply(&kind, &name, spec(&kind, &case.good));
+            assert!(
+                accepted,
+                "{kind} {:?}: the neighbour was refused: {refusal}",
+                case.message
+            );
         }
     }
-    // Spellings CEL cannot read are left to the operator, in both directions.
+    // The table of the rules with what this server said, for the record.
+    println!("{}", table.join("\n"));
+    let clusters: kube::Api<mxcred_operator::domain::cluster::ClusterMendixCredential> =
+        kube::Api::all(env.client.clone());
+    for (i, _) in cases("ClusterMendixCredential").iter().enumerate() {
+        let _ = clusters
+            .delete(&format!("rule-{i}"), &Default::default())
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn intervals_cel_cannot_read_are_left_to_the_operator() {
+    // CEL's duration() reads Go's syntax only; "1d" is the operator's to accept, "400d" to refuse.
+    let env = TestEnv::new("rules-op").await;
+    let _op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", "a-token")]).await;
     env.put_credential(
         "long",
         json!({"sourceRef": {"name": "raw"}, "verification": {"interval": "1d"}}),
     )
     .await;
     env.wait_reason("long", "Ready", "Synced").await;
+    env.put_credential(
+        "longer",
+        json!({"sourceRef": {"name": "raw"}, "verification": {"interval": "400d"}}),
+    )
+    .await;
+    let cr = env.wait_reason("longer", "Ready", "InvalidSpec").await;
+    let message = common::condition(&cr, "Ready").message;
+    assert!(
+        message.contains("longer than the maximum of 366d"),
+        "{message}"
+    );
 }

@@ -27,9 +27,11 @@ fn helm_install(release: &str, ns: &str, set: &[&str]) {
         "--namespace",
         ns,
         "--create-namespace",
-        // The harness created the CRD; helm 4 would server-side apply it, which an API server
-        // without CEL (1.20 here) refuses for its x-kubernetes-validations.
-        "--skip-crds",
+        // The harness applied the CRDs for every test of this control plane: a release that
+        // owned them could not be installed beside it (tests/upgrade.rs installs them with the
+        // chart).
+        "--set",
+        "crds.enabled=false",
     ])
     .arg("--kubeconfig")
     .arg(&cp.admin_kubeconfig);

@@ -460,8 +460,8 @@ async fn an_oversized_spec_is_refused_by_the_api_server() {
             other => panic!("{what}: {other}"),
         }
     }
-    // A workload listed twice (rolloutRestart is a list keyed by kind and name): 1.20 refuses
-    // the apply with a 500 naming the duplicate, newer servers with a 422.
+    // A workload listed twice (rolloutRestart is a list keyed by kind and name): the server
+    // refuses the apply, naming the duplicate.
     let twice = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
         "metadata": {"name": "big"}, "spec": {"sourceRef": {"name": "raw"}, "target": {"rolloutRestart": [
             {"kind": "Deployment", "name": "d"}, {"kind": "Deployment", "name": "d"}]}}});

@@ -41,13 +41,14 @@ pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at"
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
     printcolumn = r#"{"name":"Last Verified","type":"date","jsonPath":".status.lastVerifiedTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    // Apply-time checks on API servers with CEL validation (1.25 beta, 1.29 GA); older servers
-    // drop the rules and the operator refuses the same specs in status (`domain::spec`).
-    // Here, not on the spec, because only the root sees the name the target defaults to.
+    // Checked at apply time; the operator refuses the same specs in status (`domain::spec`), for
+    // objects written before a rule existed. Here, not on the spec, because only the root sees
+    // the name the target defaults to.
     validation = Rule::new("(has(self.spec.target) && has(self.spec.target.name) ? self.spec.target.name : self.metadata.name) != self.spec.sourceRef.name")
         .message("the target Secret would be the source Secret: spec.target.name (default: the resource's name) must differ from spec.sourceRef.name")
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = credential_rules)]
 pub struct MendixCredentialSpec {
     /// Kind of credential held by the source Secret: PersonalAccessToken (header
     /// `Authorization: MxToken <token>`) or ApiKey (headers `Mendix-Username` and
@@ -134,12 +135,12 @@ pub struct Target {
     /// Labels copied onto the target Secret (at most 16). Keys under kubernetes.io/, k8s.io/,
     /// mxcred.io/ and replication keys (Reflector, kubed, kubernetes-replicator) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = bounded_map::<MAX_LABELS, 63>)]
+    #[schemars(transform = target_labels)]
     pub labels: Option<BTreeMap<String, String>>,
     /// Annotations copied onto the target Secret (at most 16, each value at most 1024
     /// characters). The same keys as for labels are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
+    #[schemars(transform = target_annotations)]
     pub annotations: Option<BTreeMap<String, String>>,
     /// Workloads of this namespace (at most 16), each given by kind (Deployment, StatefulSet or
     /// DaemonSet) and name, restarted when the published credential changes, so that those
@@ -190,6 +191,10 @@ pub const MAX_ROLLOUT_RESTART: u32 = 16;
     {
         "rule": "(has(self.enabled) && !self.enabled) || !has(self.baseUrl) || self.baseUrl == '' || (has(self.platform) && self.platform == 'PrivatePlatform')",
         "message": "baseUrl is only used with platform PrivatePlatform"
+    },
+    {
+        "rule": "(has(self.enabled) && !self.enabled) || !has(self.probe) || self.probe.trim() == '' || (self.probe.contains(':') ? self.probe.trim().matches('^https?://') : self.probe.trim() in ['DeployApps', 'Projects', 'MarketplaceContent', 'DeployV1Apps', 'PrivatePlatformProjects'])",
+        "message": "probe must be a named probe (DeployApps, Projects, MarketplaceContent, DeployV1Apps, PrivatePlatformProjects) or an http(s):// URL"
     }
 ]))]
 pub struct Verification {
@@ -204,6 +209,9 @@ pub struct Verification {
     #[schemars(length(max = 64), extend("x-kubernetes-validations" = [{
         "rule": "!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self) >= duration('1m')",
         "message": "interval must be at least 1m"
+    }, {
+        "rule": "!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self) <= duration('8784h')",
+        "message": "interval must be at most 366d"
     }]))]
     pub interval: Option<String>,
     /// Which platform issued the credential: MendixCloud or PrivatePlatform. Defaults to
@@ -341,9 +349,7 @@ pub(crate) const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 pub const MAX_LABELS: u64 = 16;
 pub const MAX_ANNOTATIONS: u64 = 16;
 
-/// A map of at most `N` entries whose values are at most `LEN` characters. (Key patterns cannot
-/// be stated in a structural schema without CEL, which 1.20 lacks: the API server refuses bad
-/// keys when the target Secret is written, and the operator reports that as InvalidSpec.)
+/// A map of at most `N` entries whose values are at most `LEN` characters.
 pub(crate) fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::Schema) {
     schema.insert("maxProperties".into(), N.into());
     if let Some(values) = schema.get_mut("additionalProperties")
@@ -351,6 +357,82 @@ pub(crate) fn bounded_map<const N: u64, const LEN: u64>(schema: &mut schemars::S
     {
         values.insert("maxLength".into(), LEN.into());
     }
+}
+
+/// `spec.target.labels`: at most [`MAX_LABELS`] labels, each key a qualified name outside the
+/// denied domains and each value a label value, as the API server requires of the target.
+pub(crate) fn target_labels(schema: &mut schemars::Schema) {
+    bounded_map::<MAX_LABELS, 63>(schema);
+    let mut rules = metadata_key_rules("labels");
+    rules.push(serde_json::json!({
+        "rule": format!("self.all(k, self[k].matches('{LABEL_VALUE}'))"),
+        "message": "label values must be at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit",
+    }));
+    schema.insert("x-kubernetes-validations".into(), rules.into());
+}
+
+/// `spec.target.annotations`: at most [`MAX_ANNOTATIONS`] annotations of at most 1024
+/// characters, each key a qualified name outside the denied domains.
+pub(crate) fn target_annotations(schema: &mut schemars::Schema) {
+    bounded_map::<MAX_ANNOTATIONS, 1024>(schema);
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        metadata_key_rules("annotations").into(),
+    );
+}
+
+/// A qualified name (`[prefix/]name`), as label and annotation keys are; the prefix a DNS
+/// subdomain, the name at most 63 characters. In CEL's string syntax (backslashes doubled).
+const QUALIFIED_NAME: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value, in CEL's string syntax.
+const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
+
+/// The CEL rules of a metadata map's keys: the same refusals as
+/// [`crate::domain::spec::check_target_metadata`] makes of the keys, but for the prefixes the
+/// operator's administrator adds, which only the operator knows.
+fn metadata_key_rules(field: &str) -> Vec<serde_json::Value> {
+    let domains = crate::domain::spec::DENIED_METADATA_DOMAINS
+        .map(|d| d.replace('.', r"\\."))
+        .join("|");
+    vec![
+        serde_json::json!({
+            "rule": format!("self.all(k, k.matches('{QUALIFIED_NAME}'))"),
+            "message": format!("{field} keys must be qualified names: an optional DNS subdomain and '/', then at most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit"),
+        }),
+        serde_json::json!({
+            "rule": format!("self.all(k, !k.matches('^([^/]*\\\\.)?({domains})/') || (k.startsWith('app.kubernetes.io/') && k != 'app.kubernetes.io/managed-by'))"),
+            "message": format!("{field} keys under kubernetes.io/, k8s.io/ (and their subdomains, but for the recommended app.kubernetes.io/ labels), mxcred.io/ and the replication keys of Reflector, kubed and kubernetes-replicator are refused"),
+        }),
+    ]
+}
+
+/// The CEL rules of a spec of either kind that tie its fields together: the credential type
+/// with the source keys and the probe. The operator refuses the same specs in status
+/// ([`crate::domain::spec::resolve`]).
+pub(crate) fn credential_rules(schema: &mut schemars::Schema) {
+    const VERIFIED: &str =
+        "has(self.verification) && !(has(self.verification.enabled) && !self.verification.enabled)";
+    const PROBE: &str = "has(self.verification.probe) ? self.verification.probe.trim() : ''";
+    const API_KEY: &str = "has(self.type) && self.type == 'ApiKey'";
+    let rules = serde_json::json!([
+        {
+            "rule": format!("!({API_KEY}) || (has(self.sourceRef.usernameKey) ? self.sourceRef.usernameKey : 'username') != (has(self.sourceRef.apiKeyKey) ? self.sourceRef.apiKeyKey : 'apiKey')"),
+            "message": "sourceRef.usernameKey and sourceRef.apiKeyKey must name different keys",
+        },
+        {
+            "rule": format!("!({VERIFIED}) || !({API_KEY}) || !(({PROBE}) in ['DeployApps', 'Projects', 'MarketplaceContent', 'PrivatePlatformProjects'])"),
+            "message": "probes DeployApps, Projects, MarketplaceContent and PrivatePlatformProjects check personal access tokens, not API keys",
+        },
+        {
+            "rule": format!("!({VERIFIED}) || {API_KEY} || ({PROBE}) != 'DeployV1Apps'"),
+            "message": "probe DeployV1Apps checks API keys, not personal access tokens",
+        },
+        {
+            "rule": format!("!({VERIFIED}) || !({API_KEY}) || !has(self.verification.platform) || self.verification.platform != 'PrivatePlatform' || ({PROBE}) != ''"),
+            "message": "API keys have no default probe on a Private Mendix Platform: set verification.probe to an https:// URL",
+        },
+    ]);
+    schema.insert("x-kubernetes-validations".into(), rules);
 }
 
 /// An optional enum is generated with `null` among its values, which the API server's OpenAPI

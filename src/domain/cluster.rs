@@ -8,11 +8,10 @@
 
 use crate::domain::api::{
     CredentialType, MendixCredentialSpec, Rotation, SECRET_KEY, SECRET_NAME, SourceRef, Target,
-    Verification, bounded_map, enum_without_null,
+    Verification, credential_rules, enum_without_null, target_annotations, target_labels,
 };
 use crate::domain::api::{
-    MAX_ANNOTATIONS, MAX_LABELS, MAX_ROLLOUT_RESTART, RolloutRestartProblem, WorkloadKind,
-    WorkloadRef,
+    MAX_LABELS, MAX_ROLLOUT_RESTART, RolloutRestartProblem, WorkloadKind, WorkloadRef,
 };
 use crate::domain::plan::{self};
 use crate::domain::render;
@@ -52,6 +51,7 @@ pub const MAX_RESTART_FAILURES: usize = 20;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = credential_rules)]
 pub struct ClusterMendixCredentialSpec {
     /// Kind of credential held by the source Secret: PersonalAccessToken (header
     /// `Authorization: MxToken <token>`) or ApiKey (headers `Mendix-Username` and
@@ -129,12 +129,12 @@ pub struct ClusterTarget {
     /// Labels copied onto each Secret (at most 16). Keys under kubernetes.io/, k8s.io/,
     /// mxcred.io/ and replication keys (Reflector, kubed, kubernetes-replicator) are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = bounded_map::<MAX_LABELS, 63>)]
+    #[schemars(transform = target_labels)]
     pub labels: Option<BTreeMap<String, String>>,
     /// Annotations copied onto each Secret (at most 16, each value at most 1024 characters).
     /// The same keys as for labels are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = bounded_map::<MAX_ANNOTATIONS, 1024>)]
+    #[schemars(transform = target_annotations)]
     pub annotations: Option<BTreeMap<String, String>>,
     /// Workloads (at most 16), each given by kind (Deployment, StatefulSet or DaemonSet) and
     /// name, restarted in every selected namespace once its Secret holds a new credential, so
@@ -260,8 +260,7 @@ pub struct RolloutRestartFailure {
 /// What the API server accepts as a namespace's name (a DNS label).
 const NAMESPACE_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
-/// Bounds a label selector: at most 16 labels and 16 expressions of at most 16 values; and
-/// lets its lists and maps be null, as a server-side apply on 1.20 may leave them.
+/// Bounds a label selector: at most 16 labels and 16 expressions of at most 16 values.
 fn bounded_selector(schema: &mut schemars::Schema) {
     let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
         return;
@@ -271,8 +270,6 @@ fn bounded_selector(schema: &mut schemars::Schema) {
         .and_then(|l| l.as_object_mut())
     {
         labels.insert("maxProperties".into(), MAX_LABELS.into());
-        // A server-side apply on 1.20 turns a map whose last key it removes into null.
-        labels.insert("nullable".into(), true.into());
         if let Some(values) = labels
             .get_mut("additionalProperties")
             .and_then(|v| v.as_object_mut())
@@ -285,7 +282,6 @@ fn bounded_selector(schema: &mut schemars::Schema) {
         .and_then(|e| e.as_object_mut())
     {
         expressions.insert("maxItems".into(), 16.into());
-        expressions.insert("nullable".into(), true.into());
         let requirement = expressions
             .get_mut("items")
             .and_then(|i| i.get_mut("properties"))

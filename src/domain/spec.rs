@@ -101,7 +101,7 @@ pub fn resolve(
             "spec.target.name {target_name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253)"
         )));
     }
-    // The same rules as the CRD's x-kubernetes-validations, for API servers without CEL.
+    // Also a rule of the CRD; checked here too for objects stored before the rule existed.
     if target_name == source.secret {
         return Err(InvalidSpec(
             "spec.target.name (default: the resource's name) must differ from spec.sourceRef.name: the target Secret would be the source Secret".into(),

@@ -25,10 +25,11 @@ use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
 use crate::shell::verifier::Verifier;
 use crate::shell::{restart, subscribe, target};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
@@ -243,7 +244,7 @@ async fn reconcile_valid(
     }
     for event in events {
         count_rotation(&ctx.metrics, &event);
-        publish(ctx, cr, event).await;
+        publish(ctx, &cr.object_ref(&()), event).await;
     }
     if let Some((value, _)) = request.filter(|_| request_served) {
         ctx.tracker.serve_verify_request(&id.uid, &value);
@@ -311,27 +312,57 @@ pub(crate) fn count_rotation(metrics: &Metrics, event: &plan::Announcement) {
     }
 }
 
-/// Publishes an Event. One that cannot be published is logged and counted, and does not fail
-/// the reconcile: the status already tells the same.
-async fn publish(ctx: &Context, cr: &MendixCredential, event: plan::Announcement) {
+/// Publishes an Event about `regarding` (a cluster-scoped object's go to the namespace
+/// `default`, as client-go puts them). One that cannot be published is logged and counted, and
+/// does not fail the reconcile: the status already tells the same.
+pub(crate) async fn publish(ctx: &Context, regarding: &ObjectReference, event: plan::Announcement) {
     let reason = event.reason;
-    let event = Event {
-        type_: if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(event.note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    // A recorder per Event, as kube documents: a long-lived one keeps every Event it published
-    // for six minutes, and scans them all on each publish.
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(error) = recorder.publish(&event, &cr.object_ref(&())).await {
+    let body = event_of(regarding, event, &ctx.reporter, jiff::Timestamp::now());
+    let namespace = body.metadata.namespace.clone().unwrap_or_default();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(error) = events.create(&PostParams::default(), &body).await {
         ctx.metrics.failed("publish_event");
         warn!(error = %describe(&error), reason, "could not publish Event");
+    }
+}
+
+/// The Event kube's `Recorder` would publish, but for its name: the Recorder's is the object's
+/// name and a suffix, too long for an object whose name takes the 253 characters a name may.
+fn event_of(
+    regarding: &ObjectReference,
+    event: plan::Announcement,
+    reporter: &Reporter,
+    at: jiff::Timestamp,
+) -> k8s_openapi::api::events::v1::Event {
+    let name = crate::domain::render::label_value(regarding.name.as_deref().unwrap_or_default());
+    k8s_openapi::api::events::v1::Event {
+        action: Some("Reconcile".into()),
+        reason: Some(event.reason.into()),
+        note: Some(event.note),
+        type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            at,
+        )),
+        regarding: Some(regarding.clone()),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{name}.{:x}", at.as_nanosecond())),
+            namespace: Some(
+                regarding
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 

@@ -5,7 +5,6 @@
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -36,6 +35,16 @@ pub async fn control_plane() -> &'static ControlPlane {
 /// As [`control_plane`], with options of `hack/controlplane.sh start` (e.g. `--serving-ca`).
 /// The first call of a test binary starts it: its tests must all pass the same options.
 pub async fn control_plane_with(options: &[&str]) -> &'static ControlPlane {
+    start_control_plane(options, true).await
+}
+
+/// As [`control_plane`], but without the CRDs: for the tests that install them the way users do
+/// (the chart). The first call of a test binary starts it: its tests must all call this.
+pub async fn control_plane_without_crds() -> &'static ControlPlane {
+    start_control_plane(&[], false).await
+}
+
+async fn start_control_plane(options: &[&str], crds: bool) -> &'static ControlPlane {
     CONTROL_PLANE
         .get_or_init(|| async {
             let dir = std::env::temp_dir().join(format!(
@@ -63,7 +72,7 @@ pub async fn control_plane_with(options: &[&str]) -> &'static ControlPlane {
             );
             let admin_kubeconfig = dir.join("admin.kubeconfig");
             let client = client_from(&admin_kubeconfig).await;
-            install(&client).await;
+            install(&client, crds).await;
             let operator_kubeconfig = operator_identity(&client, &dir).await;
             ControlPlane {
                 dir,
@@ -106,21 +115,18 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
     Client::try_from(config).unwrap()
 }
 
-/// Creates the committed CRD, applies the operator's RBAC, and waits until the CRD is served.
-async fn install(client: &Client) {
-    // Created, not server-side applied: an API server without CEL (before 1.25) refuses the
-    // CRD's `x-kubernetes-validations` in an apply, but drops them from a create.
-    for (file, _) in mxcred_operator::crds() {
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&std::fs::read_to_string(format!("{ROOT}/crds/{file}")).unwrap())
-                .unwrap();
-        Api::<CustomResourceDefinition>::all(client.clone())
-            .create(&PostParams::default(), &crd)
-            .await
-            .unwrap_or_else(|e| panic!("create the CRD crds/{file}: {e}"));
-    }
+/// Applies the operator's RBAC and, with `crds`, server-side applies the committed CRDs (as
+/// `kubectl apply --server-side -f crds/` does) and waits until they are served.
+async fn install(client: &Client, crds: bool) {
     let rbac = std::fs::read_to_string(format!("{ROOT}/hack/rbac.yaml")).unwrap();
     apply_yaml(client, &rbac).await;
+    if !crds {
+        return;
+    }
+    for (file, _) in mxcred_operator::crds() {
+        let crd = std::fs::read_to_string(format!("{ROOT}/crds/{file}")).unwrap();
+        apply_yaml(client, &crd).await;
+    }
     let api: Api<MendixCredential> = Api::all(client.clone());
     let cluster: Api<mxcred_operator::domain::cluster::ClusterMendixCredential> =
         Api::all(client.clone());

@@ -28,14 +28,13 @@ use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::restart;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::reconcile::{
-    CONFLICT_RETRY, Context, Error, apply_params, backoff, count_rotation, describe,
-    mark_unreadable, now,
+    CONFLICT_RETRY, Error, apply_params, backoff, count_rotation, mark_unreadable, now, publish,
 };
 use crate::shell::subscribe;
 use crate::shell::verifier::{Slot, Subscription};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Patch, PostParams};
+use kube::api::Patch;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -258,7 +257,7 @@ async fn reconcile_one(
     }
     for event in plan.events {
         count_rotation(&ctx.metrics, &event);
-        publish(ctx, cr, event).await;
+        publish(ctx, &cr.object_ref(&()), event).await;
     }
     if let Some((value, _)) = request.filter(|_| plan.request_served) {
         ctx.tracker.serve_verify_request(&id.uid, &value);
@@ -403,61 +402,6 @@ async fn write_status(
         .expect("lock poisoned")
         .insert(id.uid.clone(), (cr.resource_version(), status));
     Ok(())
-}
-
-/// Publishes an Event on the resource. One that cannot be published is logged and counted.
-///
-/// A cluster-scoped object's Events go to the namespace `default`, as kube's `Recorder` and
-/// client-go put them. Older API servers (1.20 in the test environment) accept them only in
-/// `kube-system`: there, they go there. Written by hand because the `Recorder` always takes
-/// `default`.
-async fn publish(ctx: &Context, cr: &ClusterMendixCredential, event: plan::Announcement) {
-    let reason = event.reason;
-    let at = jiff::Timestamp::now();
-    let body = k8s_openapi::api::events::v1::Event {
-        action: Some("Reconcile".into()),
-        reason: Some(reason.into()),
-        note: Some(event.note),
-        type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
-        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
-            at,
-        )),
-        regarding: Some(cr.object_ref(&())),
-        reporting_controller: Some(ctx.reporter.controller.clone()),
-        reporting_instance: Some(
-            ctx.reporter
-                .instance
-                .clone()
-                .unwrap_or_else(|| ctx.reporter.controller.clone()),
-        ),
-        metadata: ObjectMeta {
-            // A name of up to 253 characters and the suffix would not fit an Event's name.
-            name: Some(format!(
-                "{}.{:x}",
-                crate::domain::render::label_value(&cr.name_any()),
-                at.as_nanosecond()
-            )),
-            ..ObjectMeta::default()
-        },
-        ..Default::default()
-    };
-    let mut result = Ok(());
-    for ns in ["default", "kube-system"] {
-        let events: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(ctx.client.clone(), ns);
-        result = events
-            .create(&PostParams::default(), &body)
-            .await
-            .map(|_| ());
-        match &result {
-            Err(kube::Error::Api(e)) if e.is_invalid() => continue,
-            _ => break,
-        }
-    }
-    if let Err(error) = result {
-        ctx.metrics.failed("publish_event");
-        warn!(error = %describe(&error), reason, "could not publish Event");
-    }
 }
 
 #[cfg(test)]
