@@ -57,11 +57,14 @@ fn parse() -> Cli {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     let metrics = Arc::new(Metrics::default());
-    let verifier = Arc::new(Verifier::new(
-        Platform::new(args.platform.config(), metrics.clone())?,
-        metrics.clone(),
-        args.forced_check_cooldown,
-    ));
+    let verifier = Arc::new(
+        Verifier::new(
+            Platform::new(args.platform.config(), metrics.clone())?,
+            metrics.clone(),
+            args.forced_check_cooldown,
+        )
+        .with_shared_floor(args.shared_interval_floor),
+    );
     let shared = Arc::new(Shared::new(metrics));
     let mut kube_config = kube::Config::infer().await?;
     kube_config.proxy_url =

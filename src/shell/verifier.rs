@@ -41,6 +41,9 @@ pub struct Verifier {
     metrics: Arc<Metrics>,
     /// Forced checks of one credential closer together than this are merged into one.
     cooldown: Duration,
+    /// The shortest interval a resource's interval makes the checks of a credential shared with
+    /// another namespace's resource.
+    shared_floor: Duration,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
     /// Where to send the resources whose answer changed: the controller of each scope.
@@ -135,12 +138,23 @@ pub struct Latest {
     pub serves_request: bool,
 }
 
+/// The default of `--shared-interval-floor`.
+pub const DEFAULT_SHARED_FLOOR: Duration = Duration::from_secs(15 * 60);
+
 impl Verifier {
+    /// With `floor` as the shortest interval one namespace's resource makes the checks of a
+    /// credential that another namespace's resources share.
+    pub fn with_shared_floor(mut self, floor: Duration) -> Self {
+        self.shared_floor = floor;
+        self
+    }
+
     pub fn new(platform: Platform, metrics: Arc<Metrics>, cooldown: Duration) -> Self {
         Verifier {
             platform,
             metrics,
             cooldown,
+            shared_floor: DEFAULT_SHARED_FLOOR,
             state: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             routes: Mutex::default(),
@@ -208,7 +222,7 @@ impl Verifier {
                     .map_or(s.forced.unwrap_or(now), |f| f.min(s.forced.unwrap_or(now))),
             );
         }
-        let next = check.scheduled(&key);
+        let next = check.scheduled(&key, self.shared_floor);
         let view = match &check.answer {
             Some((outcome, answered_at, _)) => View::Answered(Latest {
                 outcome: outcome.clone(),
@@ -317,7 +331,7 @@ impl Verifier {
             if check.running || check.subscribers.is_empty() {
                 continue;
             }
-            let due = check.due(key, self.cooldown);
+            let due = check.due(key, self.cooldown, self.shared_floor);
             match due.duration_since(now) {
                 Ok(wait) if !wait.is_zero() => soonest = soonest.min(wait),
                 _ => waiting
@@ -425,7 +439,13 @@ impl Verifier {
             hash.update(value.expose_secret());
             hash.update(b"\0");
         }
-        hash.update(self.platform.url_for(probe).as_str());
+        // Probe URLs that differ only in their query string (or fragment) make one check, at the
+        // first subscriber's URL: a resource could otherwise multiply the checks of a shared
+        // credential by varying the query.
+        let mut url = self.platform.url_for(probe);
+        url.set_query(None);
+        url.set_fragment(None);
+        hash.update(url.as_str());
         hash.finalize().into()
     }
 }
@@ -461,6 +481,27 @@ mod tests {
             metrics,
             Duration::from_secs(60),
         )
+    }
+
+    #[test]
+    fn probe_urls_that_differ_only_in_their_query_share_one_check() {
+        let v = verifier();
+        let credential = Credential::personal_access_token(b"tok").unwrap();
+        let url = |u: &str| ProbeTarget::Url(u.parse().unwrap());
+        let key = v.key(&url("https://pmp.example.com/probe?limit=1"), &credential);
+        for same in [
+            "https://pmp.example.com/probe?limit=1&x=2",
+            "https://pmp.example.com/probe",
+            "https://pmp.example.com/probe?variant=59#f",
+        ] {
+            assert_eq!(v.key(&url(same), &credential), key, "{same}");
+        }
+        for other in [
+            "https://pmp.example.com/other?limit=1",
+            "https://pmp2.example.com/probe?limit=1",
+        ] {
+            assert_ne!(v.key(&url(other), &credential), key, "{other}");
+        }
     }
 
     #[tokio::test]
