@@ -439,12 +439,15 @@ impl Verifier {
             hash.update(value.expose_secret());
             hash.update(b"\0");
         }
-        // Probe URLs that differ only in their query string (or fragment) make one check, at the
-        // first subscriber's URL: a resource could otherwise multiply the checks of a shared
-        // credential by varying the query.
+        // Probe URLs of an allowed origin that differ only in their query string (or fragment)
+        // make one check, at the first subscriber's URL: a resource could otherwise multiply
+        // the checks of a shared credential by varying the query. An origin allowed only for
+        // exact `--probe-url` URLs keeps the whole URL: a variant of one is not allowed.
         let mut url = self.platform.url_for(probe);
-        url.set_query(None);
-        url.set_fragment(None);
+        if self.platform.origin_allowed(&url) {
+            url.set_query(None);
+            url.set_fragment(None);
+        }
         hash.update(url.as_str());
         hash.finalize().into()
     }
@@ -488,17 +491,34 @@ mod tests {
         let v = verifier();
         let credential = Credential::personal_access_token(b"tok").unwrap();
         let url = |u: &str| ProbeTarget::Url(u.parse().unwrap());
-        let key = v.key(&url("https://pmp.example.com/probe?limit=1"), &credential);
+        let key = v.key(&url("https://deploy.mendix.com/probe?limit=1"), &credential);
         for same in [
-            "https://pmp.example.com/probe?limit=1&x=2",
-            "https://pmp.example.com/probe",
-            "https://pmp.example.com/probe?variant=59#f",
+            "https://deploy.mendix.com/probe?limit=1&x=2",
+            "https://deploy.mendix.com/probe",
+            "https://deploy.mendix.com/probe?variant=59#f",
         ] {
             assert_eq!(v.key(&url(same), &credential), key, "{same}");
         }
+        // pmp.example.com is no allowed host here: only an exact --probe-url URL would be.
+        assert_ne!(
+            v.key(&url("https://pmp.example.com/probe?limit=1"), &credential),
+            v.key(&url("https://pmp.example.com/probe?limit=2"), &credential),
+            "an origin not allowed as a whole keeps the query"
+        );
+        let cloud = v.key(
+            &url("https://cloud.home.mendix.com/probe?limit=1"),
+            &credential,
+        );
+        assert_eq!(
+            v.key(
+                &url("https://cloud.home.mendix.com/probe?x=59"),
+                &credential
+            ),
+            cloud
+        );
         for other in [
-            "https://pmp.example.com/other?limit=1",
-            "https://pmp2.example.com/probe?limit=1",
+            "https://deploy.mendix.com/other?limit=1",
+            "https://pmp.example.com/probe?limit=1",
         ] {
             assert_ne!(v.key(&url(other), &credential), key, "{other}");
         }
