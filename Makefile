@@ -5,15 +5,15 @@ CRD := crds/mendixcredentials.mxcred.io.yaml
 CLUSTER_CRD := crds/clustermendixcredentials.mxcred.io.yaml
 CHART := charts/mxcred-operator
 
-.PHONY: test demo controlplane deps lint actionlint crds bench chart chart-package image rules soak-leader
+.PHONY: test demo controlplane deps lint actionlint crds reference docs bench chart chart-package image rules soak-leader
 
 # The Kubernetes versions `make test` runs the suite on: the newest and the oldest supported,
 # named in hack/kubernetes-versions.env (`make test KUBERNETES=1.30.14` runs it on one version).
 KUBERNETES ?= newest oldest
 
-## test: install what is missing, then fmt check, clippy, actionlint and every test (unit and real
-## control plane), on each of $(KUBERNETES)
-test: deps controlplane lint actionlint chart
+## test: install what is missing, then fmt check, clippy, actionlint, the book and every test (unit
+## and real control plane), on each of $(KUBERNETES)
+test: deps controlplane lint actionlint chart docs
 	@for k in $(KUBERNETES); do \
 	  echo "test: the suite on Kubernetes $$k ($$(hack/controlplane-bins.sh $$k))"; \
 	  start=$$(date +%s); \
@@ -52,12 +52,26 @@ rules:
 actionlint:
 	@"$$(hack/actionlint.sh)" -color=never .github/workflows/*.yaml
 
-## crds: regenerate the committed CRD and the chart's copy
+## crds: regenerate the committed CRD, the chart's copy and the book's reference pages
 crds:
 	$(CARGO) run --quiet -- crd --file $(notdir $(CRD)) > $(CRD)
 	$(CARGO) run --quiet -- crd --file $(notdir $(CLUSTER_CRD)) > $(CLUSTER_CRD)
 	cp $(CRD) $(CHART)/files/$(CRD)
 	cp $(CLUSTER_CRD) $(CHART)/files/$(CLUSTER_CRD)
+	@$(MAKE) --no-print-directory reference
+
+## reference: regenerate the book's API reference pages (docs/reference/) from the CRDs
+REFERENCE_PAGES := mendixcredential.md clustermendixcredential.md
+reference:
+	@for page in $(REFERENCE_PAGES); do \
+	  $(CARGO) run --quiet -- reference --file $$page > docs/reference/$$page || exit 1; \
+	done
+
+## docs: the book (docs/, mdBook from crates.io, cached by hack/mdbook.sh) built into target/book;
+## fails on a link to a missing page or heading, or a page SUMMARY.md does not list
+docs:
+	@mdbook=$$(hack/mdbook.sh) && "$$mdbook/mdbook" build --dest-dir target/book docs
+	$(CARGO) test --test docs -- book_
 
 ## chart: helm lint and helm template of charts/mxcred-operator, with default values and each ci/*.yaml
 chart:

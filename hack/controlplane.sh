@@ -2,12 +2,17 @@
 # Starts and stops a real Kubernetes control plane (etcd, kube-apiserver with RBAC,
 # kube-controller-manager with the garbage collector) on free loopback ports, envtest-style.
 #
-#   hack/controlplane.sh start DIR [--watch-pid PID] [--serving-ca]
+#   hack/controlplane.sh start DIR [--watch-pid PID] [--serving-ca] [--no-controller-manager]
 #                                   start; with --watch-pid, when PID exits (however it exits):
 #                                   stop, and remove DIR unless MXCRED_KEEP_TEST_DIR=1; with
 #                                   --serving-ca, kube-apiserver serves a certificate signed by a
 #                                   CA made here (DIR/pki/ca.crt), valid for 127.0.0.1, localhost
-#                                   and kubernetes.default.svc, so that clients can verify TLS
+#                                   and kubernetes.default.svc, so that clients can verify TLS;
+#                                   with --no-controller-manager, without it (see below)
+#   hack/controlplane.sh controller-manager DIR  start kube-controller-manager. Its garbage
+#                                   collector finds the kinds of CRDs created after it started
+#                                   only at its next discovery, up to 30 s later (owned objects of
+#                                   those kinds wait that long): start it once the CRDs are in
 #   hack/controlplane.sh stop DIR   stop it, and every process whose pid file (DIR/*.pid) is in
 #                                   DIR: the demo's operator and simulator, a test's operators
 #   hack/controlplane.sh restart-apiserver DIR [SECONDS]  stop the apiserver, wait, start it again
@@ -17,8 +22,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-cmd=${1:?usage: controlplane.sh start|stop|restart-apiserver DIR}
-dir=${2:?usage: controlplane.sh start|stop|restart-apiserver DIR}
+cmd=${1:?usage: controlplane.sh start|stop|controller-manager|restart-apiserver DIR}
+dir=${2:?usage: controlplane.sh start|stop|controller-manager|restart-apiserver DIR}
 shift 2
 
 free_port() {
@@ -85,14 +90,26 @@ stop_pid() {
   rm -f "$f"
 }
 
+# The garbage collector and the namespace controller.
+start_controller_manager() {
+  local bins
+  bins=$(cat "$dir/bins")
+  "$bins/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
+    --controllers=garbagecollector,namespace --leader-elect=false \
+    --bind-address=127.0.0.1 --secure-port=0 >"$dir/kube-controller-manager.log" 2>&1 &
+  echo $! >"$dir/kube-controller-manager.pid"
+}
+
 case "$cmd" in
 start)
   watch_pid=""
   serving_ca=""
+  no_controller_manager=""
   while [ $# -gt 0 ]; do
     case $1 in
       --watch-pid) watch_pid=${2:?}; shift 2 ;;
       --serving-ca) serving_ca=1; shift ;;
+      --no-controller-manager) no_controller_manager=1; shift ;;
       *) echo "controlplane: unknown option $1" >&2; exit 2 ;;
     esac
   done
@@ -145,13 +162,7 @@ current-context: local
 KC
   wait_ready
 
-  # The insecure port exists (and must be turned off) only before 1.24.
-  insecure=()
-  "$bins/kube-controller-manager" --help 2>&1 | grep -- '--port int' >/dev/null && insecure=(--port=0)
-  "$bins/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
-    --controllers=garbagecollector,namespace --leader-elect=false \
-    --bind-address=127.0.0.1 --secure-port=0 "${insecure[@]}" >"$dir/kube-controller-manager.log" 2>&1 &
-  echo $! >"$dir/kube-controller-manager.pid"
+  [ -n "$no_controller_manager" ] || start_controller_manager
 
   echo "controlplane: ready at https://127.0.0.1:$(cat "$dir/apiserver.port") (kubeconfig $dir/admin.kubeconfig)" >&2
   ;;
@@ -166,6 +177,9 @@ stop)
   stop_pid kube-controller-manager
   stop_pid kube-apiserver
   stop_pid etcd
+  ;;
+controller-manager)
+  start_controller_manager
   ;;
 restart-apiserver)
   stop_pid kube-apiserver

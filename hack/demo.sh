@@ -6,8 +6,13 @@
 #                 `hack/controlplane.sh stop DIR` stops it all (control plane, operator, simulator)
 #   DEMO_DIR=DIR  where its files go (default $TMPDIR/mxcred-demo)
 #
+# The operator and the simulator are the binaries `cargo build` reports (so CARGO_TARGET_DIR and
+# a target directory set in cargo's configuration are honoured). When either exits or does not
+# get ready, the demo says so, shows the last lines of its log and stops everything.
+#
 # For tests/docs.rs, which runs the documentation's commands against this demo:
 #   DEMO_OPERATOR=PATH   the operator binary to run (no cargo build)
+#   DEMO_SIMULATOR=PATH  the simulator binary to run (default: beside DEMO_OPERATOR)
 #   DEMO_PLATFORM=URL    a platform simulator already running, with the demo's tokens
 #   DEMO_WATCH_PID=PID   stop everything and remove DEMO_DIR when PID exits
 #
@@ -29,8 +34,55 @@ mkdir -p "$dir"
 cleanup() { hack/controlplane.sh stop "$dir"; }
 [ "${DEMO_KEEP:-}" = 1 ] || trap cleanup EXIT
 
+# Why the demo stops: a process it started exited or did not get ready. Shows the end of its
+# log, then stops everything (also with DEMO_KEEP=1: there is nothing to keep).
+fail() {
+  local what=$1 log=$2
+  echo "hack/demo.sh: $what" >&2
+  if [ -s "$log" ]; then
+    echo "--- the last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    echo "---" >&2
+  fi
+  hack/controlplane.sh stop "$dir" >/dev/null 2>&1 || true
+  exit 1
+}
+# Whether the process of pid file $1 runs.
+running() { kill -0 "$(cat "$1")" 2>/dev/null; }
+
+operator=${DEMO_OPERATOR:-}
+simulator=${DEMO_SIMULATOR:-${DEMO_OPERATOR:+$(dirname "$DEMO_OPERATOR")/mendix-simulator}}
+platform=${DEMO_PLATFORM:-}
+if [ -z "$operator" ]; then
+  echo "== building the operator and the Mendix platform simulator"
+  # The paths of the binaries as cargo reports them, wherever its target directory is.
+  built=$(cargo build --quiet --workspace --bins --message-format=json-render-diagnostics)
+  executable() {
+    printf '%s\n' "$built" | grep -o '"executable":"[^"]*/'"$1"'"' | tail -n 1 | cut -d'"' -f4
+  }
+  operator=$(executable mxcred-operator)
+  simulator=$(executable mendix-simulator)
+  [ -n "$operator" ] && [ -n "$simulator" ] ||
+    { echo "hack/demo.sh: cargo build did not report the mxcred-operator and mendix-simulator binaries" >&2; exit 1; }
+fi
+
+if [ -z "$platform" ]; then
+  echo "== starting the platform simulator (the demo never calls the real Mendix platform)"
+  "$simulator" --listen 127.0.0.1:0 \
+    --state example-personal-access-token=valid --state ci-bot@example.com:example-api-key=valid \
+    --state deleted-token=deleted --state deactivated-user-token=deactivated >"$dir/simulator.out" 2>&1 &
+  echo $! >"$dir/simulator.pid"
+  for _ in $(seq 50); do
+    grep -q '^listening on ' "$dir/simulator.out" && break
+    running "$dir/simulator.pid" || fail "the platform simulator ($simulator) exited at start" "$dir/simulator.out"
+    sleep 0.1
+  done
+  platform=$(sed -n 's/^listening on //p' "$dir/simulator.out")
+  [ -n "$platform" ] || fail "the platform simulator ($simulator) did not start listening within 5 s" "$dir/simulator.out"
+fi
+
 echo "== starting a local control plane (etcd, kube-apiserver with RBAC, kube-controller-manager)"
-hack/controlplane.sh start "$dir" ${DEMO_WATCH_PID:+--watch-pid "$DEMO_WATCH_PID"}
+hack/controlplane.sh start "$dir" --no-controller-manager ${DEMO_WATCH_PID:+--watch-pid "$DEMO_WATCH_PID"}
 export KUBECONFIG=$dir/admin.kubeconfig
 k() { "$kubectl" "$@"; }
 
@@ -45,26 +97,11 @@ for crd in mendixcredentials.mxcred.io clustermendixcredentials.mxcred.io; do
 done
 k wait --for condition=established crd/mendixcredentials.mxcred.io \
   crd/clustermendixcredentials.mxcred.io --timeout=30s >/dev/null
+# After the CRDs, so that its garbage collector collects what their resources own from the start.
+hack/controlplane.sh controller-manager "$dir"
 # The RBAC of hack/rbac.yaml under names of its own (namespace and ServiceAccount mxcred-demo),
 # so that `helm install mxcred-operator charts/mxcred-operator -n mxcred-system` still works here.
 sed -e 's/mxcred-system/mxcred-demo/g' -e 's/mxcred-operator/mxcred-demo/g' hack/rbac.yaml | k apply -f - >/dev/null
-
-operator=${DEMO_OPERATOR:-target/debug/mxcred-operator}
-platform=${DEMO_PLATFORM:-}
-if [ -z "${DEMO_OPERATOR:-}" ]; then
-  echo "== building the operator and the Mendix platform simulator"
-  cargo build --quiet --workspace --bins
-fi
-
-if [ -z "$platform" ]; then
-  echo "== starting the platform simulator (the demo never calls the real Mendix platform)"
-  target/debug/mendix-simulator --listen 127.0.0.1:0 \
-    --state example-personal-access-token=valid --state ci-bot@example.com:example-api-key=valid \
-    --state deleted-token=deleted --state deactivated-user-token=deactivated >"$dir/simulator.out" 2>&1 &
-  echo $! >"$dir/simulator.pid"
-  for _ in $(seq 50); do grep -q listening "$dir/simulator.out" && break; sleep 0.1; done
-  platform=$(sed -n 's/^listening on //p' "$dir/simulator.out")
-fi
 
 echo "== starting the operator under its ServiceAccount"
 token=$(k -n mxcred-demo create token mxcred-demo --duration=24h)
@@ -75,11 +112,27 @@ KUBECONFIG=$dir/operator.kubeconfig RUST_LOG=info "$operator" run \
   --probe-url "DeployApps=$platform/api/v4/apps?limit=1" --probe-url "DeployV1Apps=$platform/api/1/apps" \
   >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
+# Ready once its controllers run and their caches are filled: /readyz answers `serving`.
+ready=""
+for _ in $(seq 150); do
+  running "$dir/operator.pid" || fail "the operator ($operator) exited at start" "$dir/operator.log"
+  addr=$(sed -n 's/.*serving health and metrics addr=\([0-9.:]*\).*/\1/p' "$dir/operator.log" | head -n 1)
+  if [ -n "$addr" ] && [ "$(curl -fsS "http://$addr/readyz" 2>/dev/null)" = serving ]; then
+    ready=1
+    break
+  fi
+  sleep 0.2
+done
+[ -n "$ready" ] || fail "the operator ($operator) did not get ready within 30 s (/readyz)" "$dir/operator.log"
 
 echo "== applying examples/ (source Secrets and MendixCredentials in namespace ci)"
 k create namespace ci >/dev/null
 k apply -f examples/personal-access-token.yaml -f examples/api-key.yaml -f hack/demo-credentials.yaml
-k -n ci wait --for condition=Ready mxcred --all --timeout=30s >/dev/null
+k -n ci wait --for condition=Ready mxcred --all --timeout=30s >/dev/null || {
+  k -n ci get mxcred >&2 || true
+  running "$dir/operator.pid" || fail "the operator exited" "$dir/operator.log"
+  fail "the MendixCredentials of namespace ci did not get Ready within 30 s" "$dir/operator.log"
+}
 for _ in $(seq 100); do
   [ "$(k -n ci get mxcred -o jsonpath='{.items[*].status.lastVerifiedTime}' | wc -w)" -ge 4 ] && break
   sleep 0.2

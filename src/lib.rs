@@ -11,6 +11,7 @@
 //!   loop, the platform's HTTP client, leader election, the HTTP server and the command line.
 
 pub mod domain;
+pub mod reference;
 pub mod shell;
 
 use kube::CustomResourceExt;
@@ -47,18 +48,25 @@ fn yaml_of(
     serde_yaml::to_string(&crd).expect("a CRD always serialises")
 }
 
-/// Drops `nullable`, which schemars sets on every optional field, and joins the lines of each
-/// description into paragraphs.
+/// Keeps `nullable`, which schemars sets on every optional field, only on optional objects,
+/// lists and maps, and joins the lines of each description into paragraphs.
 ///
-/// No field needs `nullable`: the API server prunes a null from a field that is not nullable,
-/// which is what an optional field wants, and publishes such a field with its type and fields
-/// for `kubectl explain`. Descriptions come from doc comments, wrapped at 100 columns;
-/// `kubectl explain` wraps them itself, so a line break in the middle of a sentence would show.
+/// A server-side apply that removes the last entry of an object, list or map leaves it null
+/// (`target: {labels: {}}` after `labels: {team: ci}`), which a field that is not nullable
+/// refuses; a string or an enum never becomes null that way. Descriptions come from doc
+/// comments, wrapped at 100 columns; `kubectl explain` wraps them itself, so a line break in the
+/// middle of a sentence would show.
 fn tidy(schema: &mut serde_json::Value) {
     let Some(object) = schema.as_object_mut() else {
         return;
     };
-    object.remove("nullable");
+    let container = matches!(
+        object.get("type").and_then(|t| t.as_str()),
+        Some("object" | "array")
+    );
+    if !container || object.contains_key("enum") {
+        object.remove("nullable");
+    }
     for (key, value) in object.iter_mut() {
         match key.as_str() {
             "description" => {

@@ -30,6 +30,20 @@ async fn main() -> anyhow::Result<ExitCode> {
             let documents: Vec<&str> = chosen.iter().map(|y| y.as_str()).collect();
             print!("{}", documents.join("---\n"));
         }
+        Command::Reference(args) => {
+            let pages = mxcred_operator::reference::references();
+            let chosen: Vec<&String> = pages
+                .iter()
+                .filter(|(file, _)| args.file.as_deref().is_none_or(|f| f == file))
+                .map(|(_, page)| page)
+                .collect();
+            if chosen.is_empty() {
+                eprintln!("error: no reference page is stored under that file name");
+                return Ok(ExitCode::from(2));
+            }
+            let pages: Vec<&str> = chosen.iter().map(|p| p.as_str()).collect();
+            print!("{}", pages.join("\n"));
+        }
         Command::Run(args) => run(args).await?,
         Command::Verify(args) => {
             let (line, code) = verify_cmd::run(&args).await;

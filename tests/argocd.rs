@@ -208,7 +208,8 @@ async fn health_of_every_status_the_operator_writes() {
         (
             "badspec",
             "argo-valid",
-            json!({"verification": {"interval": "10s"}}),
+            // A spelling the CRD's CEL rule cannot read: the operator refuses it.
+            json!({"verification": {"interval": "10sec"}}),
             "Ready",
             "InvalidSpec",
         ),

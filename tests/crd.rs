@@ -79,13 +79,37 @@ fn walk(path: &str, schema: &Value, visit: &mut dyn FnMut(&str, &Value)) {
 }
 
 #[test]
-fn no_field_is_nullable() {
-    // The API server prunes a null from a field that is not nullable, which is what an optional
-    // field wants; a nullable one would keep it, for the operator to read as a value.
+fn only_optional_objects_lists_and_maps_are_nullable() {
+    // A server-side apply that empties an object, list or map leaves it null (see
+    // `an_apply_that_empties_an_object_list_or_map_is_accepted`); plain values and enums never
+    // become null, and are not nullable.
     for (kind, crd) in crds() {
+        let mut nullable = vec![];
         walk(kind.as_str(), schema(&crd), &mut |path, node| {
-            assert!(node.get("nullable").is_none(), "{path} is nullable");
+            let container = node["type"] == "object" || node["type"] == "array";
+            if node.get("nullable").is_some() {
+                assert!(
+                    container && node.get("enum").is_none(),
+                    "{path} is nullable"
+                );
+                nullable.push(path.to_owned());
+            }
         });
+        let mut expected = vec![
+            ".spec.verification",
+            ".spec.target.labels",
+            ".spec.target.rolloutRestart",
+        ];
+        expected.push(match kind.as_str() {
+            "MendixCredential" => ".spec.target",
+            _ => ".spec.target.namespaceSelector.matchLabels",
+        });
+        for path in expected {
+            assert!(
+                nullable.contains(&format!("{kind}{path}")),
+                "{kind}{path}: {nullable:?}"
+            );
+        }
     }
 }
 
@@ -412,6 +436,58 @@ async fn every_cel_rule_refuses_its_bad_spec_at_kubectl_apply_and_accepts_its_ne
         let _ = clusters
             .delete(&format!("rule-{i}"), &Default::default())
             .await;
+    }
+}
+
+#[tokio::test]
+async fn an_apply_that_empties_an_object_list_or_map_is_accepted() {
+    let env = TestEnv::new("emptied").await;
+    let apply = |kind: &str, spec: Value| {
+        let mut object = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": kind,
+                                "metadata": {"name": "emptied"}, "spec": spec});
+        if kind == "MendixCredential" {
+            object["metadata"]["namespace"] = env.ns.clone().into();
+        }
+        let mut child = kubectl(&env)
+            .args([
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "mxcred-tests",
+                "-f",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let input = serde_json::to_vec(&object).unwrap();
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{kind} {spec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for kind in ["MendixCredential", "ClusterMendixCredential"] {
+        let full = json!({"target": {"labels": {"team": "ci"}, "annotations": {"a": "b"},
+                                     "rolloutRestart": [{"kind": "Deployment", "name": "d"}]},
+                          "verification": {"interval": "1h"}});
+        let mut emptied = json!({"target": {"labels": {}, "annotations": {}, "rolloutRestart": []},
+                                 "verification": {}});
+        if kind == "ClusterMendixCredential" {
+            let mut with_selector = full.clone();
+            with_selector["target"]["namespaceSelector"] = json!({"matchLabels": {"a": "b"}});
+            apply(kind, spec(kind, &with_selector));
+            emptied["target"]["namespaceSelector"] = json!({"matchLabels": {}});
+            apply(kind, spec(kind, &emptied));
+            emptied["target"]["namespaceSelector"] = json!({});
+        } else {
+            apply(kind, spec(kind, &full));
+        }
+        apply(kind, spec(kind, &emptied));
     }
 }
 

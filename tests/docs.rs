@@ -1,8 +1,12 @@
 //! The documentation's shell examples work as written: every block fenced as `sh` in README.md
-//! and docs/*.md runs, in order, against the demo (`hack/demo.sh` with `DEMO_KEEP=1`: a real
+//! and the book's pages (docs/, in the order of docs/SUMMARY.md) runs, in order, against the demo (`hack/demo.sh` with `DEMO_KEEP=1`: a real
 //! control plane, the operator, examples/ in namespace `ci`) with the platform simulator behind
 //! every probe. A block fenced as `sh norun` is one that cannot run here (it needs a cluster that
 //! runs Pods, `kubeseal`, or is `make` itself); the test counts both kinds.
+//!
+//! And the book holds together (the tests named `book_`, which `make docs` runs): it builds with
+//! mdBook, every link between its pages and to a heading resolves, every page is in SUMMARY.md,
+//! and the README's links into it resolve.
 
 mod common;
 
@@ -67,15 +71,28 @@ fn shell_blocks(file: &str) -> Vec<Block> {
     blocks
 }
 
-/// README.md, then docs/ in name order but install.md last: it uninstalls everything.
+/// The book's pages in the order of docs/SUMMARY.md (paths under docs/).
+fn summary_pages() -> Vec<String> {
+    let summary = std::fs::read_to_string(Path::new(ROOT).join("docs/SUMMARY.md")).unwrap();
+    summary
+        .lines()
+        .filter_map(|line| {
+            let start = line.find("](")? + 2;
+            let end = start + line[start..].find(')')?;
+            Some(line[start..end].to_owned())
+        })
+        .collect()
+}
+
+/// README.md, then the book's pages in the order of SUMMARY.md, but upgrade.md last: it
+/// uninstalls everything.
 fn documentation() -> Vec<String> {
-    let mut docs: Vec<String> = std::fs::read_dir(Path::new(ROOT).join("docs"))
-        .unwrap()
-        .map(|e| format!("docs/{}", e.unwrap().file_name().to_string_lossy()))
-        .filter(|f| f.ends_with(".md"))
+    let mut pages: Vec<String> = summary_pages()
+        .into_iter()
+        .map(|page| format!("docs/{page}"))
         .collect();
-    docs.sort_by_key(|f| (f == "docs/install.md", f.clone()));
-    [vec!["README.md".to_owned()], docs].concat()
+    pages.sort_by_key(|page| page == "docs/upgrade.md");
+    [vec!["README.md".to_owned()], pages].concat()
 }
 
 /// Stops the demo (control plane, operator) however the test ends; the directory goes with the
@@ -278,4 +295,391 @@ fn fences_are_read_as_written() {
         code: "# comment\nhelm upgrade x \\\n  --set a=b\n\nkubectl get ns".into(),
     };
     assert_eq!(b.commands(), 2);
+}
+
+/// Every Markdown file under docs/ (paths under docs/), SUMMARY.md aside.
+fn markdown_files(dir: &Path, under: &str, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = format!("{under}{}", entry.file_name().to_string_lossy());
+        if entry.file_type().unwrap().is_dir() {
+            markdown_files(&entry.path(), &format!("{name}/"), out);
+        } else if name.ends_with(".md") && name != "SUMMARY.md" {
+            out.push(name);
+        }
+    }
+}
+
+#[test]
+fn book_lists_every_page() {
+    let mut files = vec![];
+    markdown_files(&Path::new(ROOT).join("docs"), "", &mut files);
+    let pages = summary_pages();
+    let missing: Vec<&String> = files.iter().filter(|f| !pages.contains(f)).collect();
+    assert!(
+        missing.is_empty(),
+        "pages under docs/ that docs/SUMMARY.md does not list (the book would not show them): {missing:?}"
+    );
+    for page in [
+        "concepts.md",
+        "install.md",
+        "reference/mendixcredential.md",
+        "testenv.md",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} is in the book");
+    }
+}
+
+/// The links of an HTML page: `href` values.
+fn hrefs(html: &str) -> Vec<&str> {
+    html.match_indices("href=\"")
+        .filter_map(|(i, m)| {
+            let rest = &html[i + m.len()..];
+            Some(&rest[..rest.find('"')?])
+        })
+        .collect()
+}
+
+/// The broken links of a built book: to a file the book does not hold, or to an `id` its target
+/// page does not have. Links out of the book (a scheme, `//`) are not followed.
+fn broken_links(book: &Path) -> Vec<String> {
+    let mut broken = vec![];
+    let mut pages = vec![];
+    fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                html_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "html") {
+                out.push(path);
+            }
+        }
+    }
+    html_files(book, &mut pages);
+    // print.html repeats every page under one file; 404.html is mdBook's own.
+    pages.retain(|p| {
+        !["print.html", "404.html", "toc.html"]
+            .iter()
+            .any(|n| p.ends_with(n))
+    });
+    let root = book.canonicalize().unwrap();
+    for page in &pages {
+        let html = std::fs::read_to_string(page).unwrap();
+        let name = page.strip_prefix(book).unwrap().display().to_string();
+        for href in hrefs(&html) {
+            if href.contains("://") || href.starts_with("//") || href.starts_with("mailto:") {
+                continue;
+            }
+            let (file, fragment) = href.split_once('#').unwrap_or((href, ""));
+            let target = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            let Ok(target) = target.canonicalize() else {
+                broken.push(format!("{name}: {href}: no such file in the book"));
+                continue;
+            };
+            if !target.starts_with(&root) {
+                broken.push(format!("{name}: {href}: outside the book"));
+                continue;
+            }
+            if !fragment.is_empty() {
+                let text = std::fs::read_to_string(&target).unwrap_or_default();
+                if !text.contains(&format!("id=\"{fragment}\"")) {
+                    broken.push(format!("{name}: {href}: no heading #{fragment} there"));
+                }
+            }
+        }
+    }
+    broken
+}
+
+fn build_book(dest: &Path) {
+    let out = Command::new(format!("{ROOT}/hack/mdbook.sh"))
+        .output()
+        .expect("hack/mdbook.sh runs");
+    assert!(
+        out.status.success(),
+        "hack/mdbook.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("mdbook");
+    let out = run(Command::new(bin)
+        .current_dir(ROOT)
+        .args(["build", "docs", "--dest-dir"])
+        .arg(dest));
+    assert!(
+        out.status.success(),
+        "mdbook build failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn book_links_resolve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path().join("book");
+    build_book(&book);
+    for page in summary_pages() {
+        let html = book.join(page.replace(".md", ".html"));
+        assert!(html.exists(), "the book has no {}", html.display());
+    }
+    let broken = broken_links(&book);
+    assert!(
+        broken.is_empty(),
+        "broken links in the book:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn book_link_checker_finds_broken_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let book = tmp.path();
+    std::fs::write(
+        book.join("a.html"),
+        r##"<h1 id="top">A</h1><a href="b.html#there">b</a> <a href="#top">top</a>"##,
+    )
+    .unwrap();
+    std::fs::write(book.join("b.html"), r#"<h2 id="there">B</h2><a href="a.html#gone">a</a> <a href="c.html">c</a> <a href="https://example.com/x">out</a> <a href="../x.html">up</a>"#).unwrap();
+    let mut broken = broken_links(book);
+    broken.sort();
+    assert_eq!(
+        broken,
+        [
+            "b.html: ../x.html: no such file in the book",
+            "b.html: a.html#gone: no heading #gone there",
+            "b.html: c.html: no such file in the book",
+        ]
+    );
+}
+
+/// The anchor GitHub gives a heading: lower case, letters, digits, `-` and `_` kept, spaces made
+/// `-`, everything else dropped (as mdBook does).
+fn github_anchor(heading: &str) -> String {
+    mxcred_operator::reference::anchor(heading)
+}
+
+/// Links of a Markdown file outside code blocks and code spans: `](target)`.
+fn markdown_links(text: &str) -> Vec<String> {
+    let mut links = vec![];
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut in_code = false;
+        let mut rest = String::new();
+        for c in line.chars() {
+            if c == '`' {
+                in_code = !in_code;
+            } else if !in_code {
+                rest.push(c);
+            }
+        }
+        let mut from = 0;
+        while let Some(i) = rest[from..].find("](") {
+            let start = from + i + 2;
+            let Some(end) = rest[start..].find(')') else {
+                break;
+            };
+            links.push(rest[start..start + end].to_owned());
+            from = start + end;
+        }
+    }
+    links
+}
+
+fn headings(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = vec![];
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(github_anchor(line.trim_start_matches('#').trim()));
+        }
+    }
+    out
+}
+
+#[test]
+fn book_readme_links_resolve() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let mut broken = vec![];
+    let links = markdown_links(&readme);
+    assert!(
+        links.iter().any(|l| l.starts_with("docs/")),
+        "the README links into the book"
+    );
+    for link in links {
+        if link.contains("://") || link.starts_with("mailto:") {
+            continue;
+        }
+        let (file, fragment) = link.split_once('#').unwrap_or((&link, ""));
+        let path = if file.is_empty() { "README.md" } else { file };
+        let Ok(text) = std::fs::read_to_string(Path::new(ROOT).join(path)) else {
+            broken.push(format!("{link}: no such file"));
+            continue;
+        };
+        if !fragment.is_empty() && !headings(&text).iter().any(|h| h == fragment) {
+            broken.push(format!("{link}: no such heading"));
+        }
+    }
+    assert!(broken.is_empty(), "broken links in README.md: {broken:?}");
+}
+
+#[test]
+fn book_markdown_links_are_read_as_written() {
+    let text = "See [a](a.md#x) and `[b](b.md)`.\n```\n[c](c.md)\n```\n# The CRDs\n";
+    assert_eq!(markdown_links(text), ["a.md#x"]);
+    assert_eq!(headings(text), ["the-crds"]);
+}
+
+/// Writes an executable shell script.
+fn script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A `cargo` for hack/demo.sh whose `build` reports the operator and the simulator in a target
+/// directory of its own (as with CARGO_TARGET_DIR set), the way `--message-format=json` does.
+/// Returns the directory to put first on the PATH.
+fn fake_cargo(dir: &Path, operator: &Path, simulator: &Path) -> PathBuf {
+    let bin = dir.join("fake-cargo");
+    let artifact = |exe: &Path| {
+        format!(
+            r#"echo '{{"reason":"compiler-artifact","executable":"{}","fresh":true}}'"#,
+            exe.display()
+        )
+    };
+    script(
+        &bin.join("cargo"),
+        &format!("{}\n{}", artifact(operator), artifact(simulator)),
+    );
+    bin
+}
+
+/// Runs hack/demo.sh as `make demo` does, with `path` first on the PATH and `env` set.
+fn demo(dir: &Path, path: &Path, env: &[(&str, String)]) -> (Output, std::time::Duration) {
+    let tools = common::helm_tools();
+    let mut cmd = Command::new(format!("{ROOT}/hack/demo.sh"));
+    cmd.current_dir(ROOT)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}:{}",
+                path.display(),
+                tools.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("DEMO_DIR", dir.join("demo"))
+        .env("DEMO_WATCH_PID", std::process::id().to_string())
+        .env("MXCRED_NO_BUILD", "1")
+        .env_remove("DEMO_OPERATOR")
+        .env_remove("DEMO_SIMULATOR")
+        .env_remove("DEMO_PLATFORM")
+        .env_remove("DEMO_KEEP");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = std::time::Instant::now();
+    let out = run(&mut cmd);
+    let _ = Command::new(format!("{ROOT}/hack/controlplane.sh"))
+        .arg("stop")
+        .arg(dir.join("demo"))
+        .output();
+    (out, started.elapsed())
+}
+
+#[test]
+fn demo_runs_the_simulator_cargo_built_and_says_when_it_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("elsewhere/debug");
+    let (operator, simulator) = (
+        target.join("mxcred-operator"),
+        target.join("mendix-simulator"),
+    );
+    script(&operator, "exit 0");
+    script(
+        &simulator,
+        "echo 'simulator: cannot listen on 127.0.0.1:0 (a message of its own)' >&2; exit 3",
+    );
+    let path = fake_cargo(tmp.path(), &operator, &simulator);
+    let (out, took) = demo(tmp.path(), &path, &[]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success(),
+        "the demo failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "the platform simulator ({}) exited at start",
+            simulator.display()
+        )) && stderr.contains("a message of its own"),
+        "the demo says the simulator exited, and shows its log:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("starting a local control plane"),
+        "it stops before the control plane:\n{stdout}"
+    );
+    assert!(
+        took.as_secs() < 20,
+        "it says so at once, not after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_operator_cargo_built_and_says_when_it_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("elsewhere/debug");
+    let (operator, simulator) = (
+        target.join("mxcred-operator"),
+        target.join("mendix-simulator"),
+    );
+    script(
+        &operator,
+        "echo 'starting'; echo 'error: the API server refused (a message of its own)' >&2; exit 1",
+    );
+    script(&simulator, "exit 3");
+    let path = fake_cargo(tmp.path(), &operator, &simulator);
+    let sim = Simulator::start().await;
+    let platform = sim.base_url();
+    let dir = tmp.path().to_owned();
+    let (out, took) =
+        tokio::task::spawn_blocking(move || demo(&dir, &path, &[("DEMO_PLATFORM", platform)]))
+            .await
+            .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success(),
+        "the demo failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "the operator ({}) exited at start",
+            operator.display()
+        )) && stderr.contains("a message of its own"),
+        "the demo says the operator exited, and shows its log:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("timed out waiting"),
+        "no kubectl wait ran into its timeout:\n{stderr}"
+    );
+    assert!(took.as_secs() < 120, "took {took:?}");
 }

@@ -1,5 +1,5 @@
 //! The Kubernetes versions are named once, in hack/kubernetes-versions.env: the CI workflow's
-//! matrix and the README's compatibility table name the same ones.
+//! matrix and the book's compatibility table (docs/compatibility.md) name the same ones.
 
 use std::collections::BTreeMap;
 
@@ -44,15 +44,20 @@ fn the_versions_are_named_once_and_agree_everywhere() {
         .collect();
     assert_eq!(matrix, [oldest.as_str(), newest.as_str()], "the CI matrix");
 
-    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let table = std::fs::read_to_string(format!("{ROOT}/docs/compatibility.md")).unwrap();
     for version in [oldest, newest] {
         assert!(
-            readme.contains(&format!("| {version}")),
-            "the README's compatibility table does not name {version}"
+            table.contains(&format!("| {version}")),
+            "the compatibility table (docs/compatibility.md) does not name {version}"
         );
     }
-    assert!(
-        !readme.contains("1.20"),
-        "the README still names Kubernetes 1.20"
-    );
+    for file in [
+        "README.md",
+        "docs/compatibility.md",
+        "docs/install.md",
+        "docs/upgrade.md",
+    ] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{file}")).unwrap();
+        assert!(!text.contains("1.20"), "{file} still names Kubernetes 1.20");
+    }
 }

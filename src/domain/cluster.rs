@@ -260,7 +260,9 @@ pub struct RolloutRestartFailure {
 /// What the API server accepts as a namespace's name (a DNS label).
 const NAMESPACE_NAME: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
-/// Bounds a label selector: at most 16 labels and 16 expressions of at most 16 values.
+/// Bounds a label selector: at most 16 labels and 16 expressions of at most 16 values; and
+/// lets its map and list be null, as a server-side apply that removes their last entry leaves
+/// them.
 fn bounded_selector(schema: &mut schemars::Schema) {
     let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
         return;
@@ -270,6 +272,7 @@ fn bounded_selector(schema: &mut schemars::Schema) {
         .and_then(|l| l.as_object_mut())
     {
         labels.insert("maxProperties".into(), MAX_LABELS.into());
+        labels.insert("nullable".into(), true.into());
         if let Some(values) = labels
             .get_mut("additionalProperties")
             .and_then(|v| v.as_object_mut())
@@ -282,6 +285,7 @@ fn bounded_selector(schema: &mut schemars::Schema) {
         .and_then(|e| e.as_object_mut())
     {
         expressions.insert("maxItems".into(), 16.into());
+        expressions.insert("nullable".into(), true.into());
         let requirement = expressions
             .get_mut("items")
             .and_then(|i| i.get_mut("properties"))

@@ -1,4 +1,4 @@
-//! Command line: `run`, `crd`. Every `run` flag is also an environment variable `MXCRED_...`.
+//! Command line: `run`, `crd`, `reference`, `verify`. Every `run` flag is also an environment variable `MXCRED_...`.
 
 use crate::domain::api::Platform;
 use crate::domain::probe::NamedProbe;
@@ -29,6 +29,9 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (MendixCredential, ClusterMendixCredential).
     Crd(CrdArgs),
+    /// Print the API reference pages of the book (docs/reference/), generated from the CRDs, as
+    /// Markdown.
+    Reference(ReferenceArgs),
     /// Check a token or API key once, for CI steps: prints `<status> <reason>: <message>` and
     /// exits 0 when valid, 1 when rejected or deactivated, 2 when unknown. Unusable input (a
     /// variable not set, a value with a space or line break, a bad probe) prints `Unknown
@@ -41,6 +44,15 @@ pub enum Command {
 pub struct CrdArgs {
     /// Only the CRD stored under this file name in crds/ (e.g.
     /// clustermendixcredentials.mxcred.io.yaml).
+    #[arg(long)]
+    pub file: Option<String>,
+}
+
+/// What `reference` prints.
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// Only the page stored under this file name in docs/reference/ (e.g.
+    /// clustermendixcredential.md).
     #[arg(long)]
     pub file: Option<String>,
 }

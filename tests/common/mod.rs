@@ -61,6 +61,7 @@ async fn start_control_plane(options: &[&str], crds: bool) -> &'static ControlPl
                 .arg("start")
                 .arg(&dir)
                 .args(["--watch-pid", &std::process::id().to_string()])
+                .arg("--no-controller-manager")
                 .args(options)
                 .env("MXCRED_NO_BUILD", "1")
                 .status()
@@ -73,6 +74,13 @@ async fn start_control_plane(options: &[&str], crds: bool) -> &'static ControlPl
             let admin_kubeconfig = dir.join("admin.kubeconfig");
             let client = client_from(&admin_kubeconfig).await;
             install(&client, crds).await;
+            // After the CRDs: its garbage collector sees their kinds from the start.
+            let status = Command::new(format!("{ROOT}/hack/controlplane.sh"))
+                .arg("controller-manager")
+                .arg(&dir)
+                .status()
+                .expect("run hack/controlplane.sh");
+            assert!(status.success(), "kube-controller-manager did not start");
             let operator_kubeconfig = operator_identity(&client, &dir).await;
             ControlPlane {
                 dir,
