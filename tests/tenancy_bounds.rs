@@ -322,3 +322,73 @@ async fn what_a_tenant_writes_does_not_move_the_operators_memory() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[tokio::test]
+async fn rewriting_a_source_again_and_again_costs_one_check_per_cooldown() {
+    use mendix_simulator::{Simulator, State};
+    const REWRITES: usize = 20;
+    let _turn = TURN.lock().await;
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("rewrite").await;
+    let rules = json!([
+        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"],
+         "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+    ]);
+    let kubeconfig = env.namespaced_identity("rewriter", rules).await;
+    let tenant = common::client_from(&kubeconfig).await;
+    let _op = env.start_operator_with_platform(&sim.base_url(), &["--forced-check-cooldown", "5s"]);
+    let token = |i: usize| format!("tok-rewrite-{i}");
+    for i in 0..=REWRITES {
+        sim.set(&token(i), State::Valid);
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(tenant.clone(), &env.ns);
+    let write = |i: usize| {
+        let secrets = secrets.clone();
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": "raw", "labels": {"mxcred.io/source": "true"}},
+            "stringData": {"token": token(i)}});
+        async move {
+            secrets
+                .patch(
+                    "raw",
+                    &PatchParams::apply("tenant").force(),
+                    &Patch::Apply(secret),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    wait_until(Duration::from_secs(10), "the tenant's Role", || async {
+        secrets.get_opt("raw").await.is_ok()
+    })
+    .await;
+    write(0).await;
+    apply_as(
+        &tenant,
+        &env.ns,
+        "c",
+        json!({}),
+        json!({"sourceRef": {"name": "raw"}, "rotation": {"policy": "Immediate"}}),
+    )
+    .await;
+    env.wait_reason("c", "TokenValid", "Verified").await;
+    assert_eq!(sim.requests(&token(0)), 1);
+    for i in 1..=REWRITES {
+        write(i).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "the last token checked",
+        || async { sim.requests(&token(REWRITES)) == 1 },
+    )
+    .await;
+    env.wait_reason("c", "TokenValid", "Verified").await;
+    let calls: usize = (1..=REWRITES).map(|i| sim.requests(&token(i))).sum();
+    println!(
+        "{REWRITES} rewrites of the source 300 ms apart, cooldown 5 s: {calls} platform calls"
+    );
+    // The first at once, then one at the end of each cooldown the rewrites span.
+    assert!(calls <= 3, "{calls} platform calls for {REWRITES} rewrites");
+}

@@ -76,6 +76,10 @@ struct State {
     checks: HashMap<Key, Check>,
     /// The credential each resource (by uid) subscribed to, in each slot.
     subscribed: HashMap<(String, Slot), Key>,
+    /// Per resource and slot that moved to a new credential: when the first check of its
+    /// latest one may run. Moves closer together than the cooldown make one check at its end,
+    /// as forced checks do: rewriting a source again and again spends no more of the platform.
+    moved: HashMap<(String, Slot), SystemTime>,
     /// Checks under way per namespace.
     running: HashMap<String, usize>,
     /// The namespace served last, for round-robin.
@@ -180,15 +184,31 @@ impl Verifier {
         let now = SystemTime::now();
         let mut state = self.state.lock().expect("lock poisoned");
         let subscriber = (s.uid.to_owned(), s.slot);
+        let mut moved = false;
         if let Some(old) = state.subscribed.insert(subscriber.clone(), key)
             && old != key
         {
             state.leave(&old, &subscriber);
+            moved = true;
         }
+        let not_before = (moved && !state.checks.contains_key(&key)).then(|| {
+            let at = match state.moved.get(&subscriber) {
+                // The check of a credential moved to before is still waiting: this one takes
+                // its turn.
+                Some(&waiting) if waiting > now => waiting,
+                Some(&last) => (last + self.cooldown).max(now),
+                None => now,
+            };
+            state.moved.insert(subscriber.clone(), at);
+            at
+        });
         let check = state
             .checks
             .entry(key)
             .or_insert_with(|| Check::new(s.credential.clone(), s.probe.clone()));
+        if let Some(at) = not_before.filter(|at| *at > now) {
+            check.not_before = Some(at);
+        }
         check.subscribers.insert(
             subscriber,
             Subscriber {
@@ -270,6 +290,7 @@ impl Verifier {
                 state.leave(&key, &subscriber);
             }
         }
+        state.moved.retain(|(uid, _), _| live.contains(uid));
     }
 
     /// A stream of the resources of `scope` (a namespace, or all) whose answer changed. A new
@@ -484,6 +505,43 @@ mod tests {
             metrics,
             Duration::from_secs(60),
         )
+    }
+
+    #[test]
+    fn moves_to_new_credentials_within_the_cooldown_make_one_check_at_its_end() {
+        let v = verifier();
+        let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
+        let tokens: Vec<Credential> = (0..5)
+            .map(|i| Credential::personal_access_token(format!("tok-{i}").as_bytes()).unwrap())
+            .collect();
+        let started = SystemTime::now();
+        for credential in &tokens {
+            v.subscribe(Subscription {
+                uid: "rewriter",
+                slot: Slot::Published,
+                namespace: "team-b",
+                name: "rewriter",
+                credential,
+                probe: &probe,
+                interval: Duration::from_secs(3600),
+                forced: None,
+                known: None,
+            });
+        }
+        let state = v.state.lock().unwrap();
+        assert_eq!(
+            state.checks.len(),
+            1,
+            "only the latest credential is left to check"
+        );
+        let (key, check) = state.checks.iter().next().unwrap();
+        assert_eq!(*key, v.key(&probe, &tokens[4]));
+        let due = check.due(key, v.cooldown, v.shared_floor);
+        assert!(
+            due >= started + v.cooldown - Duration::from_secs(1),
+            "the latest waits for the end of the cooldown"
+        );
+        assert!(due <= SystemTime::now() + v.cooldown);
     }
 
     #[test]

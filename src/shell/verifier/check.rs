@@ -28,6 +28,9 @@ pub(super) struct Check {
     /// Since when a subscriber whose status holds no verdict waits for a first answer: the
     /// check is then due at once, whatever another subscriber's status restored.
     pub(super) wanted: Option<SystemTime>,
+    /// Not before this is the first check asked: the resource that made it moved to a new
+    /// credential within the cooldown of its last move.
+    pub(super) not_before: Option<SystemTime>,
     pub(super) running: bool,
 }
 
@@ -54,6 +57,7 @@ impl Check {
             last_forced: None,
             restored_next: None,
             wanted: None,
+            not_before: None,
             running: false,
         }
     }
@@ -77,7 +81,7 @@ impl Check {
     /// the cooldown since the last one).
     pub(super) fn due(&self, key: &Key, cooldown: Duration, floor: Duration) -> SystemTime {
         let scheduled = self.scheduled(key, floor);
-        match self.forced {
+        let due = match self.forced {
             Some(requested) => {
                 let allowed = self
                     .last_forced
@@ -85,6 +89,10 @@ impl Check {
                 scheduled.min(allowed)
             }
             None => scheduled,
+        };
+        match self.not_before {
+            Some(not_before) if self.answer.is_none() => due.max(not_before),
+            _ => due,
         }
     }
 
