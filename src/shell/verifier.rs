@@ -76,10 +76,11 @@ struct State {
     checks: HashMap<Key, Check>,
     /// The credential each resource (by uid) subscribed to, in each slot.
     subscribed: HashMap<(String, Slot), Key>,
-    /// Per resource and slot that moved to a new credential: when the first check of its
-    /// latest one may run. Moves closer together than the cooldown make one check at its end,
-    /// as forced checks do: rewriting a source again and again spends no more of the platform.
-    moved: HashMap<(String, Slot), SystemTime>,
+    /// Per resource and slot that moved to a new credential: since when it has, and how many
+    /// times since. Beyond [`FREE_MOVES`] within the cooldown, the moves make one check at its
+    /// end, as forced checks do: rewriting a source again and again spends no more of the
+    /// platform.
+    moved: HashMap<(String, Slot), (SystemTime, u8)>,
     /// Checks under way per namespace.
     running: HashMap<String, usize>,
     /// The namespace served last, for round-robin.
@@ -142,6 +143,10 @@ pub struct Latest {
     pub serves_request: bool,
 }
 
+/// Moves of a resource to a new credential within the cooldown whose check runs at once (a
+/// wrong token and its fix).
+const FREE_MOVES: u8 = 2;
+
 /// The default of `--shared-interval-floor`.
 pub const DEFAULT_SHARED_FLOOR: Duration = Duration::from_secs(15 * 60);
 
@@ -192,15 +197,16 @@ impl Verifier {
             moved = true;
         }
         let not_before = (moved && !state.checks.contains_key(&key)).then(|| {
-            let at = match state.moved.get(&subscriber) {
-                // The check of a credential moved to before is still waiting: this one takes
-                // its turn.
-                Some(&waiting) if waiting > now => waiting,
-                Some(&last) => (last + self.cooldown).max(now),
-                None => now,
-            };
-            state.moved.insert(subscriber.clone(), at);
-            at
+            let window = state.moved.entry(subscriber.clone()).or_insert((now, 0));
+            if now >= window.0 + self.cooldown {
+                *window = (now, 0);
+            }
+            window.1 = window.1.saturating_add(1);
+            if window.1 <= FREE_MOVES {
+                now
+            } else {
+                window.0 + self.cooldown
+            }
         });
         let check = state
             .checks
