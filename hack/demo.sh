@@ -170,7 +170,7 @@ echo "== one token into three namespaces: examples/cluster-credential.yaml (rele
 echo "   Secret of the same name, which is left alone and reported)"
 k create namespace team-a >/dev/null
 k create namespace team-b >/dev/null
-k label namespace team-a team-b mendix.io/ci=true >/dev/null
+k label namespace team-a team-b select.mxcred.io/deploy-bot=true >/dev/null
 k create namespace release >/dev/null
 k -n release create secret generic mendix-deploy --from-literal=MENDIX_TOKEN=not-ours >/dev/null
 k apply -f examples/cluster-credential.yaml

@@ -472,6 +472,84 @@ fn workloads_are_granted_only_with_rollout_restart_enabled() {
 }
 
 #[test]
+fn workloads_can_be_granted_in_listed_namespaces_only() {
+    let restarts = format!("{FULLNAME}-restarts");
+    let listed = render(&[
+        "--set",
+        "rolloutRestart.enabled=true",
+        "--set",
+        "rolloutRestart.namespaces={team-a,team-b}",
+    ]);
+    // Cluster mode: the ClusterRole grants nothing on workloads.
+    let role: ClusterRole = listed.one("ClusterRole");
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        operator_grants()
+            .union(&cluster_grants())
+            .cloned()
+            .collect()
+    );
+    for namespace in ["team-a", "team-b"] {
+        let role = listed
+            .role(namespace, &restarts)
+            .unwrap_or_else(|| panic!("no Role {restarts} in {namespace}"));
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            workload_grants()
+        );
+        let binding = listed
+            .all::<RoleBinding>("RoleBinding")
+            .into_iter()
+            .find(|b| {
+                b.metadata.namespace.as_deref() == Some(namespace)
+                    && b.metadata.name.as_deref() == Some(restarts.as_str())
+            })
+            .unwrap_or_else(|| panic!("no RoleBinding {restarts} in {namespace}"));
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(binding.role_ref.name, restarts);
+        let subjects = binding.subjects.unwrap_or_default();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+            (FULLNAME, Some(NAMESPACE))
+        );
+    }
+    assert_eq!(listed.count("Role"), 2, "nowhere else");
+
+    // Namespace-scoped: the watched namespaces' Roles grant nothing on workloads; only the
+    // listed one may be restarted in.
+    let scoped = render(&[
+        "--set",
+        "rolloutRestart.enabled=true",
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "rolloutRestart.namespaces={team-b}",
+    ]);
+    for namespace in ["team-a", "team-b"] {
+        let role = scoped.role(namespace, FULLNAME).unwrap();
+        assert_eq!(
+            grants(role.rules.as_deref().unwrap_or_default()),
+            operator_grants()
+        );
+    }
+    assert!(scoped.role("team-a", &restarts).is_none());
+    let role = scoped.role("team-b", &restarts).unwrap();
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap_or_default()),
+        workload_grants()
+    );
+
+    // Without rolloutRestart.enabled, the list grants nothing.
+    let off = render(&["--set", "rolloutRestart.namespaces={team-a}"]);
+    assert!(off.role("team-a", &restarts).is_none());
+    assert!(
+        refusal(&["--set", "rolloutRestart.namespaces={Team_A}"]).contains("namespaces"),
+        "a namespace name is checked"
+    );
+}
+
+#[test]
 fn leases_only_in_a_role_of_the_release_namespace() {
     for (values, namespaces) in [
         (vec!["--set", "replicas=2"], vec![]),
@@ -952,7 +1030,16 @@ fn the_admission_policy_confines_the_operators_secret_writes_when_asked() {
     assert_eq!(default.count("ValidatingAdmissionPolicyBinding"), 0);
 
     let rendered = render(&["--set", "admissionPolicy.enabled=true"]);
-    let policy: ValidatingAdmissionPolicy = rendered.one("ValidatingAdmissionPolicy");
+    let named = |name: &str| -> ValidatingAdmissionPolicy {
+        rendered
+            .all::<ValidatingAdmissionPolicy>("ValidatingAdmissionPolicy")
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no policy {name}"))
+    };
+    assert_eq!(rendered.count("ValidatingAdmissionPolicy"), 3);
+    assert_eq!(rendered.count("ValidatingAdmissionPolicyBinding"), 3);
+    let policy = named(&format!("{FULLNAME}-secrets"));
     let spec = policy.spec.expect("a spec");
     assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
     let rules = spec
@@ -993,10 +1080,82 @@ fn the_admission_policy_confines_the_operators_secret_writes_when_asked() {
             v.expression
         );
     }
-    let binding: ValidatingAdmissionPolicyBinding =
-        rendered.one("ValidatingAdmissionPolicyBinding");
-    let binding = binding.spec;
-    assert_eq!(binding.policy_name, policy.metadata.name.unwrap());
-    assert_eq!(binding.validation_actions, ["Deny".to_owned()]);
+    let bindings: BTreeSet<(String, Vec<String>)> = rendered
+        .all::<ValidatingAdmissionPolicyBinding>("ValidatingAdmissionPolicyBinding")
+        .into_iter()
+        .map(|b| (b.spec.policy_name, b.spec.validation_actions))
+        .collect();
+    let deny = vec!["Deny".to_owned()];
+    for policy in ["secrets", "workloads", "namespace-labels"] {
+        let name = format!("{FULLNAME}-{policy}");
+        assert!(
+            bindings.contains(&(name.clone(), deny.clone())),
+            "{name}: {bindings:?}"
+        );
+    }
+
+    // Workloads: the operator, on the three kinds it restarts, and its restart annotations only.
+    let workloads = named(&format!("{FULLNAME}-workloads")).spec.unwrap();
+    let rules = workloads.match_constraints.unwrap().resource_rules.unwrap();
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["apps".to_owned()][..])
+    );
+    let kinds: BTreeSet<_> = rules[0].resources.iter().flatten().cloned().collect();
+    assert_eq!(
+        kinds,
+        ["daemonsets", "deployments", "statefulsets"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        workloads.match_conditions.unwrap()[0].expression,
+        format!("request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{FULLNAME}'")
+    );
+    let all = serde_json::to_string(&workloads.variables).unwrap();
+    assert!(
+        all.contains("'restart.mxcred.io/', 'cluster.restart.mxcred.io/'"),
+        "{all}"
+    );
+
+    // Namespace labels: reserved to the labelers, who are not matched.
+    let labels = named(&format!("{FULLNAME}-namespace-labels")).spec.unwrap();
+    let exempt = &labels.match_conditions.unwrap()[0].expression;
+    assert!(exempt.contains(r#"["system:masters"]"#), "{exempt}");
+    let prefix = serde_json::to_string(&labels.variables).unwrap();
+    assert!(prefix.contains("'select.mxcred.io/'"), "{prefix}");
+    let custom = render(&[
+        "--set",
+        "admissionPolicy.enabled=true",
+        "--set",
+        "admissionPolicy.reservedNamespaceLabelPrefix=tenants.example.com/",
+        "--set",
+        "admissionPolicy.namespaceLabelers.users={system:serviceaccount:argocd:argocd-application-controller}",
+    ]);
+    let text = serde_json::to_string(&custom.all::<serde_json::Value>("ValidatingAdmissionPolicy"))
+        .unwrap();
+    assert!(text.contains("'tenants.example.com/'"), "{text}");
+    assert!(
+        text.contains("system:serviceaccount:argocd:argocd-application-controller"),
+        "{text}"
+    );
+    let unreserved = render(&[
+        "--set",
+        "admissionPolicy.enabled=true",
+        "--set",
+        "admissionPolicy.reservedNamespaceLabelPrefix=",
+    ]);
+    assert_eq!(
+        unreserved.count("ValidatingAdmissionPolicy"),
+        2,
+        "no reservation"
+    );
     assert!(refusal(&["--set", "admissionPolicy.enable=true"]).contains("enable"));
+    assert!(
+        refusal(&[
+            "--set",
+            "admissionPolicy.reservedNamespaceLabelPrefix=Not A Prefix"
+        ])
+        .contains("reservedNamespaceLabelPrefix")
+    );
 }

@@ -1114,10 +1114,17 @@ async fn a_cluster_credential_with_the_longest_valid_name_syncs() {
     w.clean_up(&[&name]).await;
 }
 
-/// A Deployment `runner` in `ns` reading the copy through `envFrom`, as a CI runner's would.
-async fn create_runner(client: &Client, ns: &str) -> Deployment {
+/// A Deployment `runner` in `ns` reading the copy through `envFrom`, as a CI runner's would,
+/// that consents to restarts by the cluster resources `follows` (none: no consent).
+async fn create_runner(client: &Client, ns: &str, follows: &[&str]) -> Deployment {
+    let consent: Vec<String> = follows.iter().map(|n| format!("cluster/{n}")).collect();
+    let annotations = if follows.is_empty() {
+        json!({})
+    } else {
+        json!({"mxcred.io/restart-on": consent.join(",")})
+    };
     let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "runner"},
+        "metadata": {"name": "runner", "annotations": annotations},
         "spec": {"selector": {"matchLabels": {"app": "runner"}}, "template": {
             "metadata": {"labels": {"app": "runner"}},
             "spec": {"containers": [{"name": "runner", "image": "runner:1",
@@ -1199,22 +1206,25 @@ fn reconciles(op: &Operator, name: &str) -> usize {
 #[tokio::test]
 async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
     let _turn = TURN.lock().await;
-    let mut w = World::new("cl-restart", &[]).await;
+    let mut w = World::new("cl-restart", &["--restart-min-interval", "1s"]).await;
     let client = w.client();
     let label = format!("ci.example.com/{}", w.env.ns);
-    // a and b run the consumer, c does not; d runs it, but the operator may not touch it.
+    let name = w.env.ns.clone();
+    // a and b run the consumer, c does not; d runs it, but the operator may not touch it; e
+    // runs it and the operator may, but it does not consent.
     let a = w.namespace("a", json!({&label: "true"})).await;
     let b = w.namespace("b", json!({&label: "true"})).await;
     let c = w.namespace("c", json!({&label: "true"})).await;
     let d = w.namespace("d", json!({&label: "true"})).await;
-    for ns in [&a, &b, &c] {
+    let e = w.namespace("e", json!({&label: "true"})).await;
+    for ns in [&a, &b, &c, &e] {
         common::grant_workload_restarts(&client, ns, &["deployments"]).await;
     }
     for ns in [&a, &b, &d] {
-        create_runner(&client, ns).await;
+        create_runner(&client, ns, &["other", &name]).await;
     }
+    create_runner(&client, &e, &[]).await;
     w.source("raw", "CANARY-clr-1").await;
-    let name = w.env.ns.clone();
     w.put(
         &name,
         json!({
@@ -1228,17 +1238,20 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
     let has_failure = |cr: &ClusterMendixCredential| {
         cr.status
             .as_ref()
-            .is_some_and(|s| s.rollout_restart_failure_count == Some(1))
+            .is_some_and(|s| s.rollout_restart_failure_count == Some(2))
     };
     let cr = w
-        .wait_status(&name, "synced, d failing", Duration::from_secs(30), |cr| {
-            is_synced(cr, "4/4") && has_failure(cr)
-        })
+        .wait_status(
+            &name,
+            "synced, d and e failing",
+            Duration::from_secs(30),
+            |cr| is_synced(cr, "5/5") && has_failure(cr),
+        )
         .await;
     let first = fingerprint(&cr).unwrap();
     let status = cr.status.unwrap();
     let failure = &status.rollout_restart_failures[..];
-    assert_eq!(failure.len(), 1, "{failure:?}");
+    assert_eq!(failure.len(), 2, "{failure:?}");
     assert_eq!(
         (failure[0].namespace.as_str(), failure[0].name.as_str()),
         (d.as_str(), "runner")
@@ -1249,12 +1262,24 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
         "{}",
         failure[0].message
     );
+    assert_eq!(
+        (failure[1].namespace.as_str(), failure[1].reason),
+        (e.as_str(), RolloutRestartProblem::NoConsent)
+    );
+    assert!(
+        failure[1].message.contains(&format!("\"cluster/{name}\"")),
+        "{}",
+        failure[1].message
+    );
     let mut generations = HashMap::new();
     for ns in [&a, &b] {
         let deployment = runner_annotated(&client, ns, &key, &first).await;
         generations.insert(ns.clone(), generation(&deployment));
     }
     assert_eq!(runner_annotation(&runner(&client, &d).await, &key), None);
+    let unconsenting = runner(&client, &e).await;
+    assert_eq!(runner_annotation(&unconsenting, &key), None);
+    let e_generation = generation(&unconsenting);
 
     // Rotation to another valid token: each runner is restarted once, for it.
     w.sim.set("CANARY-clr-2", State::Valid);
@@ -1265,7 +1290,7 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
             &name,
             "synced with the new token",
             Duration::from_secs(30),
-            |cr| is_synced(cr, "4/4") && fingerprint(cr).is_some_and(|f| f != first),
+            |cr| is_synced(cr, "5/5") && fingerprint(cr).is_some_and(|f| f != first),
         )
         .await;
     let second = fingerprint(&cr).unwrap();
@@ -1281,10 +1306,14 @@ async fn a_rotation_restarts_the_workloads_of_every_namespace_once() {
         assert_eq!(generation(&deployment), generations[ns] + 1, "{ns}");
         generations.insert(ns.clone(), generation(&deployment));
     }
-    // The namespace without the workload is no failure, and Ready stays True.
+    // The namespace without the workload is no failure, and Ready stays True; the workload
+    // without consent is left alone.
     let status = cr.status.unwrap();
-    assert_eq!(status.rollout_restart_failure_count, Some(1));
+    assert_eq!(status.rollout_restart_failure_count, Some(2));
     assert_eq!(status.rollout_restart_failures[0].namespace, d);
+    let unconsenting = runner(&client, &e).await;
+    assert_eq!(runner_annotation(&unconsenting, &key), None);
+    assert_eq!(generation(&unconsenting), e_generation);
     let failed_once = || async {
         events_of(&client, &name)
             .await
@@ -1405,7 +1434,7 @@ async fn all_annotated(
 async fn two_hundred_namespaces_restart_once_per_rotation_and_a_resync_reads_nothing() {
     const N: usize = 200;
     let _turn = TURN.lock().await;
-    let mut w = World::new("cl-many-restart", &[]).await;
+    let mut w = World::new("cl-many-restart", &["--restart-min-interval", "1s"]).await;
     let client = w.client();
     let label = format!("ci.example.com/{}", w.env.ns);
     let mut namespaces = vec![];
@@ -1444,7 +1473,8 @@ async fn two_hundred_namespaces_restart_once_per_rotation_and_a_resync_reads_not
                     .unwrap();
                 if i % 2 == 0 {
                     let deployment: Deployment = serde_json::from_value(json!({
-                        "metadata": {"name": "runner", "labels": {"test": test}},
+                        "metadata": {"name": "runner", "labels": {"test": test},
+                            "annotations": {"mxcred.io/restart-on": format!("cluster/{test}")}},
                         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "runner"}},
                             "template": {"metadata": {"labels": {"app": "runner"}},
                                 "spec": {"containers": [{"name": "runner", "image": "runner:1"}]}}},
@@ -1534,5 +1564,77 @@ async fn two_hundred_namespaces_restart_once_per_rotation_and_a_resync_reads_not
     let _ = Api::<ClusterRole>::all(client)
         .delete(&role, &DeleteParams::default())
         .await;
+    w.clean_up(&[&name]).await;
+}
+
+#[tokio::test]
+async fn a_tenant_deleting_its_copy_again_and_again_makes_a_bounded_number_of_events() {
+    const DELETES: usize = 25;
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-delete", &[]).await;
+    let client = w.client();
+    let team = w.namespace("team", json!({})).await;
+    w.source("raw", "tok-deleted-again").await;
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({"sourceRef": {"namespace": w.env.ns, "name": "raw"},
+               "target": {"name": TARGET, "namespaces": [team]}}),
+    )
+    .await;
+    w.wait_status(&name, "synced", Duration::from_secs(30), |cr| {
+        is_synced(cr, "1/1")
+    })
+    .await;
+    // The tenant of `team`: a ServiceAccount whose Role lets it read and delete the Secrets
+    // of its namespace.
+    let tenant_env = TestEnv {
+        ns: team.clone(),
+        client: client.clone(),
+        cp: w.env.cp,
+    };
+    let kubeconfig = tenant_env
+        .namespaced_identity(
+            "tenant",
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "delete"]}]),
+        )
+        .await;
+    let tenant = common::client_from(&kubeconfig).await;
+    let secrets: Api<Secret> = Api::namespaced(tenant, &team);
+    let started = Instant::now();
+    for _ in 0..DELETES {
+        let copy = wait_for(Duration::from_secs(30), || async {
+            secrets.get_opt(TARGET).await.ok().flatten()
+        })
+        .await
+        .expect("the copy is written again");
+        secrets
+            .delete(TARGET, &DeleteParams::default())
+            .await
+            .unwrap();
+        let old = copy.uid();
+        copy_becomes(&client, &team, move |s| s.is_some_and(|s| s.uid() != old))
+            .await
+            .expect("the copy is written again");
+        // A little over a second apart: the status records its writes in whole seconds, so
+        // each rewrite is a new sync for it (and, unbounded, a new Event).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let events = events_of(&client, &name).await;
+    let synced = events
+        .iter()
+        .filter(|e| e.starts_with("Normal Synced"))
+        .count();
+    let allowed = 10 + (started.elapsed().as_secs() / 30) as usize + 1;
+    eprintln!(
+        "MEASURED a tenant deleting its copy {DELETES} times in {:?}: {synced} Synced Events of \
+         {} in all",
+        started.elapsed(),
+        events.len()
+    );
+    assert!(
+        synced <= allowed,
+        "{synced} Synced Events, at most {allowed}: {events:?}"
+    );
     w.clean_up(&[&name]).await;
 }

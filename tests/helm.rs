@@ -240,7 +240,7 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
         .put_source("raw", &[("token", "scoped-token")])
         .await;
     let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "runner"},
+        "metadata": {"name": "runner", "annotations": {"mxcred.io/restart-on": "c"}},
         "spec": {"selector": {"matchLabels": {"app": "runner"}}, "template": {
             "metadata": {"labels": {"app": "runner"}},
             "spec": {"containers": [{"name": "runner", "image": "runner:1"}]}}},

@@ -1,7 +1,9 @@
 //! `spec.target.rolloutRestart` on the real control plane: a rotation restarts each listed
-//! workload once (its pod template's generation goes up by exactly one), a SIGKILL and restart
-//! of the operator restarts nothing again, problems are reported without holding up the Secret,
-//! and two resources restarting one Deployment do not fight.
+//! workload that consents (annotation `mxcred.io/restart-on`) once (its pod template's
+//! generation goes up by exactly one), a SIGKILL and restart of the operator restarts nothing
+//! again, problems are reported without holding up the Secret, and two resources restarting
+//! one Deployment do not fight. The operators run with `--restart-min-interval 1s`: the tests
+//! rotate faster than the default minute between two restarts of one workload.
 //!
 //! The operator runs under `hack/rbac.yaml`, which grants nothing on workloads (as the chart
 //! without `rolloutRestart.enabled`); each test grants it, in its own namespace only, what the
@@ -29,9 +31,13 @@ fn template(app: &str, secret: &str) -> serde_json::Value {
     })
 }
 
-async fn create_deployment(env: &TestEnv, name: &str, secret: &str) -> Deployment {
+/// Restarts of one workload may follow each other within a second.
+const QUICK: [&str; 2] = ["--restart-min-interval", "1s"];
+
+/// A Deployment reading `secret`, consenting to restarts by the credentials `follows`.
+async fn create_deployment(env: &TestEnv, name: &str, secret: &str, follows: &str) -> Deployment {
     let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": {"mxcred.io/restart-on": follows}},
         "spec": {"selector": {"matchLabels": {"app": name}}, "template": template(name, secret)},
     }))
     .unwrap();
@@ -144,8 +150,8 @@ async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_no
     let env = TestEnv::new("restart").await;
     common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
     let sim = valid_tokens(&["restart-token-1", "restart-token-2"]).await;
-    let mut op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    let created = create_deployment(&env, "runner", "bot").await;
+    let mut op = env.start_operator_with_platform(&sim.base_url(), &QUICK);
+    let created = create_deployment(&env, "runner", "bot", "bot").await;
     let g0 = generation(&created);
 
     env.put_source("bot-raw", &[("token", "restart-token-1")])
@@ -213,7 +219,7 @@ async fn a_rotation_restarts_the_consumer_once_and_a_killed_operator_restarts_no
 
     // SIGKILL, then a new operator: it reconciles and restarts nothing.
     op.kill();
-    let op = env.start_operator_with_platform(&sim.base_url(), &[]);
+    let op = env.start_operator_with_platform(&sim.base_url(), &QUICK);
     let restarted = wait_for(Duration::from_secs(30), || async {
         (reconciles(&op, &env, "bot") > 0).then_some(())
     })
@@ -242,9 +248,11 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
     common::grant_workload_restarts(&env.client, &env.ns, &["deployments", "daemonsets"]).await;
     let sim = valid_tokens(&["problem-token"]).await;
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    create_deployment(&env, "runner", "bot").await;
+    create_deployment(&env, "runner", "bot", "bot").await;
+    // Its own annotation names another credential only: it is left alone.
+    create_deployment(&env, "unasked", "bot", "other, cluster/bot").await;
     let statefulset: StatefulSet = serde_json::from_value(json!({
-        "metadata": {"name": "db"},
+        "metadata": {"name": "db", "annotations": {"mxcred.io/restart-on": "bot"}},
         "spec": {"serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
                  "template": template("db", "bot")},
     }))
@@ -255,7 +263,7 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
         .unwrap();
 
     let daemonset: DaemonSet = serde_json::from_value(json!({
-        "metadata": {"name": "agent"},
+        "metadata": {"name": "agent", "annotations": {"mxcred.io/restart-on": "bot"}},
         "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": template("agent", "bot")},
     }))
     .unwrap();
@@ -274,6 +282,7 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
                    {"kind": "Deployment", "name": "missing"},
                    {"kind": "StatefulSet", "name": "db"},
                    {"kind": "Deployment", "name": "runner"},
+                   {"kind": "Deployment", "name": "unasked"},
                    {"kind": "DaemonSet", "name": "agent"}]}}),
     )
     .await;
@@ -284,14 +293,24 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
     let entries = wait_for(Duration::from_secs(30), || async {
         let cr: MendixCredential = env.credentials().get("bot").await.ok()?;
         let entries = cr.status?.rollout_restart;
-        (entries.len() == 4).then_some(entries)
+        (entries.len() == 5).then_some(entries)
     })
     .await
-    .unwrap_or_else(|| panic!("no status for four workloads: {:?}", cr.status));
+    .unwrap_or_else(|| panic!("no status for five workloads: {:?}", cr.status));
     let by_name = |name: &str| entries.iter().find(|e| e.name == name).unwrap().clone();
     let missing = by_name("missing");
     assert_eq!(missing.reason, Some(RolloutRestartProblem::NotFound));
     assert!(missing.message.unwrap().contains("does not exist"));
+    let unasked = by_name("unasked");
+    assert_eq!(unasked.reason, Some(RolloutRestartProblem::NoConsent));
+    let message = unasked.message.unwrap();
+    assert!(
+        message.contains("mxcred.io/restart-on does not list \"bot\""),
+        "{message}"
+    );
+    let left_alone = deployments(&env).get("unasked").await.unwrap();
+    assert_eq!(annotation(&left_alone, "restart.mxcred.io/bot"), None);
+    assert_eq!(generation(&left_alone), 1, "never restarted");
     let db = by_name("db");
     assert_eq!(db.reason, Some(RolloutRestartProblem::Forbidden));
     let message = db.message.unwrap();
@@ -327,14 +346,36 @@ async fn a_missing_or_forbidden_workload_is_reported_and_the_secret_still_synced
             .filter(|e| e.starts_with("Warning RolloutRestartFailed"))
             .count()
     };
-    wait_for(Duration::from_secs(15), || async {
-        (warnings(&env.events().await) == 2).then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("two warnings, one per workload: {events:?}"));
+    // One Warning naming the three workloads that could not be restarted.
+    let warning = events
+        .iter()
+        .find(|e| e.starts_with("Warning RolloutRestartFailed"))
+        .unwrap();
+    for named in [
+        "Deployment \"missing\" (NotFound)",
+        "StatefulSet \"db\" (Forbidden)",
+        "Deployment \"unasked\" (NoConsent)",
+    ] {
+        assert!(warning.contains(named), "{warning}");
+    }
     // On transition only: more reconciles find the same problems and say nothing new.
     reconcile_more(&env, &op, &["bot"], 2).await;
-    assert_eq!(warnings(&env.events().await), 2, "{:?}", env.events().await);
+    assert_eq!(warnings(&env.events().await), 1, "{:?}", env.events().await);
+    let restarted: Vec<String> = env
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.starts_with("Normal RolloutRestarted"))
+        .collect();
+    assert_eq!(
+        restarted.len(),
+        1,
+        "one Event for both restarts: {restarted:?}"
+    );
+    assert!(
+        restarted[0].contains("Deployment \"runner\", DaemonSet \"agent\""),
+        "{restarted:?}"
+    );
     let logs = op.logs();
     assert!(logs.contains("cannot restart a workload"), "{logs}");
     assert!(
@@ -349,8 +390,8 @@ async fn two_credentials_restarting_one_deployment_do_not_fight() {
     let env = TestEnv::new("restart-two").await;
     common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
     let sim = valid_tokens(&["two-token-a", "two-token-b", "two-token-a2"]).await;
-    let op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    let g0 = generation(&create_deployment(&env, "shared", "a").await);
+    let op = env.start_operator_with_platform(&sim.base_url(), &QUICK);
+    let g0 = generation(&create_deployment(&env, "shared", "a", "a,b").await);
     let restart_shared = json!([{"kind": "Deployment", "name": "shared"}]);
     for (name, token) in [("a", "two-token-a"), ("b", "two-token-b")] {
         env.put_source(&format!("{name}-raw"), &[("token", token)])
@@ -413,7 +454,7 @@ async fn a_rejected_rotation_restarts_nothing() {
     let sim = valid_tokens(&["rejected-token-1"]).await;
     sim.set("rejected-token-2", State::Deleted);
     let op = env.start_operator_with_platform(&sim.base_url(), &[]);
-    let g0 = generation(&create_deployment(&env, "runner", "bot").await);
+    let g0 = generation(&create_deployment(&env, "runner", "bot", "bot").await);
     env.put_source("bot-raw", &[("token", "rejected-token-1")])
         .await;
     env.put_credential(

@@ -232,10 +232,14 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
             concurrency: 1,
             test_interval: None,
             denied_metadata_prefixes: vec![],
+            restart_min_interval: Duration::from_secs(60),
+            restart_retry: Duration::from_secs(60),
         },
         verifier: verifier.clone(),
         tracker: Arc::default(),
         metrics,
+        retries: Arc::default(),
+        events: Arc::default(),
         status_writes: Default::default(),
     };
     (Arc::new(ctx), verifier)
@@ -563,7 +567,8 @@ async fn a_failed_status_write_is_retried_with_its_forced_check_and_event() {
 fn deployment(annotations: Value) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "runner", "namespace": NS, "resourceVersion": "7", "generation": 1},
+        "metadata": {"name": "runner", "namespace": NS, "resourceVersion": "7", "generation": 1,
+            "annotations": {"mxcred.io/restart-on": "c"}},
         "spec": {"selector": {"matchLabels": {"app": "runner"}}, "template": {
             "metadata": {"labels": {"app": "runner"}, "annotations": annotations},
             "spec": {"containers": [{"name": "runner", "image": "runner:1",
@@ -635,12 +640,18 @@ async fn workloads_are_read_and_patched_only_when_they_hold_another_credential()
     );
     assert_eq!(
         reasons_of(&first[7..]),
-        ["Synced", "RolloutRestarted", "RolloutRestartFailed"]
+        ["Synced", "RolloutRestartFailed", "RolloutRestarted"]
     );
 
-    // With the status it wrote: the workloads are read again (they are not watched), the one
-    // holding the credential is not patched, and nothing else is written.
+    // With the status it wrote, at once: the workloads are not due again (the refused one is
+    // tried again after a growing delay), so nothing is read or written.
     let cr = with_status(cr, status, "11");
+    let (result, _) = scenario(&mut ctx, &cr, vec![]).await;
+    result.unwrap();
+
+    // Once due (here: a fresh memory): the workloads are read again (they are not watched), the
+    // one holding the credential is not patched, and nothing else is written.
+    Arc::get_mut(&mut ctx).expect("not shared").retries = Arc::default();
     let mut restarted = deployment(json!({"restart.mxcred.io/c": fingerprint}));
     restarted["metadata"]["generation"] = json!(2);
     let (result, _) = scenario(

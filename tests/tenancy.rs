@@ -596,3 +596,294 @@ async fn an_api_server_message_is_never_logged() {
         op.logs()
     );
 }
+
+/// A Deployment of the namespace's administrator (no replicas: only its template matters),
+/// with `annotations` on the Deployment itself.
+async fn admin_deployment(
+    env: &TestEnv,
+    name: &str,
+    annotations: serde_json::Value,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    let deployment = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]}}},
+    }))
+    .unwrap();
+    Api::namespaced(env.client.clone(), &env.ns)
+        .create(&Default::default(), &deployment)
+        .await
+        .unwrap()
+}
+
+/// The generation of Deployment `name` (each restart adds one) and its pod template's
+/// annotation `key`.
+async fn restarts_of(env: &TestEnv, name: &str, key: &str) -> (i64, Option<String>) {
+    let d: k8s_openapi::api::apps::v1::Deployment = Api::namespaced(env.client.clone(), &env.ns)
+        .get(name)
+        .await
+        .unwrap();
+    let held = d
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(key).cloned());
+    (d.metadata.generation.unwrap(), held)
+}
+
+/// The tenant writes its own source Secret `name` holding `token`.
+async fn tenant_source(client: &Client, ns: &str, name: &str, token: &str) {
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "labels": {"mxcred.io/source": "true"}},
+        "stringData": {"token": token}});
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("tenant").force(),
+            &Patch::Apply(secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// A tenant that may write Secrets and MendixCredentials, and read Deployments, but not
+/// change them.
+async fn workload_tenant(env: &TestEnv) -> Client {
+    let tenant = tenant_with(
+        env,
+        &[],
+        vec![
+            json!({"apiGroups": [""], "resources": ["secrets"],
+                   "verbs": ["get", "create", "patch", "update", "delete"]}),
+            json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]}),
+        ],
+    )
+    .await;
+    let denied = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(tenant.clone(), &env.ns)
+        .patch(
+            "protected-app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"x": "y"}}}}})),
+        )
+        .await;
+    assert!(
+        matches!(&denied, Err(kube::Error::Api(e)) if e.code == 403),
+        "the tenant may not patch the Deployment itself: {denied:?}"
+    );
+    tenant
+}
+
+/// How many Events of each reason the namespace holds.
+async fn events_by_reason(env: &TestEnv) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for event in env.events().await {
+        let reason = event.split(':').next().unwrap_or_default().to_owned();
+        *counts.entry(reason).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_workload_is_restarted_only_with_its_consent_and_at_most_once_per_interval() {
+    const INTERVAL: Duration = Duration::from_secs(4);
+    const WRITES: usize = 20;
+    let env = TestEnv::new("consent").await;
+    common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
+    let op = env.start_operator(&["--restart-min-interval", "4s"]);
+    let key = "restart.mxcred.io/bot";
+    admin_deployment(&env, "protected-app", json!({})).await;
+    // Consent names the credential; a list naming others does not count for it.
+    admin_deployment(
+        &env,
+        "other-app",
+        json!({"mxcred.io/restart-on": "bots,cluster/bot"}),
+    )
+    .await;
+    let followers = ["follower-0", "follower-1", "follower-2", "follower-3"];
+    for name in followers {
+        admin_deployment(&env, name, json!({"mxcred.io/restart-on": "other, bot"})).await;
+    }
+    let tenant = workload_tenant(&env).await;
+    tenant_source(&tenant, &env.ns, "bot-raw", "tok-0").await;
+    let mut listed = vec![
+        json!({"kind": "Deployment", "name": "protected-app"}),
+        json!({"kind": "Deployment", "name": "other-app"}),
+    ];
+    listed.extend(
+        followers
+            .iter()
+            .map(|n| json!({"kind": "Deployment", "name": n})),
+    );
+    apply_as(
+        &tenant,
+        &env.ns,
+        "bot",
+        json!({"sourceRef": {"name": "bot-raw"}, "verification": {"enabled": false},
+               "target": {"rolloutRestart": listed}}),
+    )
+    .await;
+
+    // The first publication: the followers are restarted once, the others reported.
+    let entries = common::wait_for(Duration::from_secs(30), || async {
+        let cr = env.credentials().get("bot").await.ok()?;
+        let entries = cr.status?.rollout_restart;
+        let done = entries.len() == 6
+            && entries
+                .iter()
+                .all(|e| e.reason.is_some() || e.fingerprint.is_some());
+        done.then_some(entries)
+    })
+    .await
+    .expect("a status entry for each workload");
+    for unasked in ["protected-app", "other-app"] {
+        let entry = entries.iter().find(|e| e.name == unasked).unwrap();
+        assert_eq!(
+            entry.reason,
+            Some(mxcred_operator::domain::api::RolloutRestartProblem::NoConsent),
+            "{entry:?}"
+        );
+        let message = entry.message.clone().unwrap();
+        assert!(message.contains("mxcred.io/restart-on"), "{message}");
+        assert!(message.contains("\"bot\""), "{message}");
+    }
+    let mut after_first = vec![];
+    for name in followers {
+        let (generation, held) = restarts_of(&env, name, key).await;
+        assert!(held.is_some(), "{name} was restarted");
+        after_first.push(generation);
+    }
+    // One Event for all restarts of a reconcile, one for all its problems.
+    let counts = common::wait_for(Duration::from_secs(15), || async {
+        let counts = events_by_reason(&env).await;
+        counts
+            .contains_key("Warning RolloutRestartFailed")
+            .then_some(counts)
+    })
+    .await
+    .expect("a RolloutRestartFailed Event");
+    assert_eq!(
+        counts.get("Normal RolloutRestarted"),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("Warning RolloutRestartFailed"),
+        Some(&1),
+        "{counts:?}"
+    );
+
+    // The tenant rewrites its source again and again.
+    let started = std::time::Instant::now();
+    for i in 1..=WRITES {
+        tenant_source(&tenant, &env.ns, "bot-raw", &format!("tok-{i}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let burst = started.elapsed();
+    let last = env
+        .wait_secret("bot", "holding the last token", |s| {
+            value(s, "MENDIX_TOKEN").as_deref() == Some(&format!("tok-{WRITES}"))
+        })
+        .await;
+    let last = last.metadata.annotations.unwrap()["mxcred.io/token-fingerprint"].clone();
+    // The changes within an interval come to one restart at its end: each follower ends with
+    // the last credential.
+    for name in followers {
+        common::wait_for(Duration::from_secs(30), || async {
+            (restarts_of(&env, name, key).await.1.as_deref() == Some(last.as_str())).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{name} never got the last credential"));
+    }
+    let bound = (burst.as_secs_f64() / INTERVAL.as_secs_f64()).ceil() as i64 + 1;
+    for (name, first) in followers.iter().zip(after_first) {
+        let restarts = restarts_of(&env, name, key).await.0 - first;
+        println!(
+            "MEASURED {WRITES} source writes in {burst:?}: {name} restarted {restarts} times \
+             (bound {bound}, interval {INTERVAL:?})"
+        );
+        assert!(
+            (1..=bound).contains(&restarts),
+            "{name}: {restarts} restarts, bound {bound}"
+        );
+    }
+    for unasked in ["protected-app", "other-app"] {
+        let (generation, held) = restarts_of(&env, unasked, key).await;
+        assert_eq!((generation, held), (1, None), "{unasked} was restarted");
+    }
+    // Events of one reason on one object are bounded, however many writes.
+    let counts = events_by_reason(&env).await;
+    let allowed = 10 + (started.elapsed().as_secs() / 30) as usize + 1;
+    println!("MEASURED Events after {WRITES} source writes: {counts:?}");
+    for (reason, n) in &counts {
+        assert!(
+            *n <= allowed,
+            "{n} Events {reason}, at most {allowed}: {counts:?}"
+        );
+    }
+    common::assert_no_canary(&env, &[&op], "tok-1").await;
+}
+
+#[tokio::test]
+async fn missing_workloads_are_read_again_after_a_growing_delay_not_at_every_reconcile() {
+    let env = TestEnv::new("missing").await;
+    common::grant_workload_restarts(&env.client, &env.ns, &["deployments"]).await;
+    let op = env.start_operator(&["--restart-retry", "1s"]);
+    admin_deployment(&env, "protected-app", json!({})).await;
+    let tenant = workload_tenant(&env).await;
+    tenant_source(&tenant, &env.ns, "gone-raw", "tok-gone").await;
+    let listed: Vec<_> = (0..4)
+        .map(|i| json!({"kind": "Deployment", "name": format!("gone-{i}")}))
+        .collect();
+    apply_as(
+        &tenant,
+        &env.ns,
+        "gone",
+        json!({"sourceRef": {"name": "gone-raw"}, "verification": {"enabled": false},
+               "target": {"rolloutRestart": listed}}),
+    )
+    .await;
+    common::wait_for(Duration::from_secs(30), || async {
+        let cr = env.credentials().get("gone").await.ok()?;
+        (cr.status?.rollout_restart.len() == 4).then_some(())
+    })
+    .await
+    .expect("a status entry for each workload");
+    let reads = || {
+        op.logs()
+            .lines()
+            .filter(|l| l.contains("cannot restart a workload") && l.contains("\"gone-0\""))
+            .count()
+    };
+    let reconciles = || {
+        op.logs()
+            .lines()
+            .filter(|l| l.contains("\"reconciled\"") && l.contains("/gone\""))
+            .count()
+    };
+    // Each change of its source's metadata reconciles the resource: the tenant touches it
+    // every second for 20 seconds.
+    let started = std::time::Instant::now();
+    let (reads_before, reconciles_before) = (reads(), reconciles());
+    for i in 0..20 {
+        let touch = json!({"metadata": {"annotations": {"example.com/touch": i.to_string()}}});
+        Api::<Secret>::namespaced(tenant.clone(), &env.ns)
+            .patch("gone-raw", &PatchParams::default(), &Patch::Merge(touch))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (read, reconciled) = (reads() - reads_before, reconciles() - reconciles_before);
+    println!(
+        "MEASURED a missing workload over {:?}, {reconciled} reconciles: read {read} times \
+         (first retry 1s, doubling)",
+        started.elapsed()
+    );
+    assert!(reconciled >= 10, "the touches reconciled: {reconciled}");
+    // Tries 1, 2, 4, 8 and 16 s apart: at most five in these 20 s, not one per reconcile.
+    assert!(
+        (2..=5).contains(&read),
+        "read {read} times in {reconciled} reconciles"
+    );
+}

@@ -144,10 +144,15 @@ pub struct Target {
     pub annotations: Option<BTreeMap<String, String>>,
     /// Workloads of this namespace (at most 16), each given by kind (Deployment, StatefulSet or
     /// DaemonSet) and name, restarted when the published credential changes, so that those
-    /// reading it from environment variables pick it up. The operator
-    /// sets the annotation restart.mxcred.io/<this resource's name> of each one's pod template
-    /// to the credential's fingerprint (by server-side apply), which rolls it out once per
-    /// change and never again for the same credential (an operator restart changes nothing).
+    /// reading it from environment variables pick it up. A workload is restarted only with its
+    /// own consent: its annotation mxcred.io/restart-on (on the workload, set by whoever may
+    /// edit it) must name this resource (a comma-separated list of names; cluster/<name> names
+    /// a ClusterMendixCredential); without it, it is left alone and reported (reason
+    /// NoConsent). The operator sets the annotation restart.mxcred.io/<this resource's name>
+    /// of each one's pod template to the credential's fingerprint (by server-side apply),
+    /// which rolls it out once per change and never again for the same credential (an
+    /// operator restart changes nothing); one workload is restarted at most once per
+    /// --restart-min-interval (1m by default), changes within it coming to one later restart.
     /// A workload newly added to the list is annotated, and so restarted, once. Needs the chart
     /// value rolloutRestart.enabled=true; problems are reported in status.rolloutRestart and
     /// never hold up the Secret.
@@ -286,7 +291,7 @@ pub struct MendixCredentialStatus {
     pub conditions: Vec<Condition>,
     /// The workloads of spec.target.rolloutRestart as the operator last found them: the
     /// credential fingerprint each one's pod template holds, and why it does not hold the
-    /// current one (reason NotFound, Forbidden, Invalid or Failed, and a message). A workload
+    /// current one (reason NotFound, NoConsent, Forbidden, Invalid or Failed, and a message). A workload
     /// without a reason runs the current credential, or is rolling out to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
@@ -317,7 +322,8 @@ pub struct RolloutRestartStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
     /// Why the workload could not be brought to the current credential: NotFound (no such
-    /// workload), Forbidden (the operator may not read or patch it: install the chart with
+    /// workload), NoConsent (its annotation mxcred.io/restart-on does not name this resource:
+    /// left alone), Forbidden (the operator may not read or patch it: install the chart with
     /// rolloutRestart.enabled=true), Invalid (the API server refused the change) or Failed
     /// (the API server did not answer; tried again). Absent when it holds the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,6 +339,8 @@ pub struct RolloutRestartStatus {
 )]
 pub enum RolloutRestartProblem {
     NotFound,
+    /// The workload does not name the credential in its annotation mxcred.io/restart-on.
+    NoConsent,
     Forbidden,
     Invalid,
     Failed,

@@ -139,13 +139,17 @@ pub struct ClusterTarget {
     /// Workloads (at most 16), each given by kind (Deployment, StatefulSet or DaemonSet) and
     /// name, restarted in every selected namespace once its Secret holds a new credential, so
     /// that those reading it from environment variables pick it up. The same names apply in
-    /// each namespace; a namespace without such a workload is skipped (not a failure). The
+    /// each namespace; a namespace without such a workload is skipped (not a failure). A
+    /// workload is restarted only with its own consent: its annotation mxcred.io/restart-on
+    /// (on the workload, set by whoever may edit it) must list cluster/<this resource's name>
+    /// (comma-separated); without it, it is left alone and reported (reason NoConsent). The
     /// operator sets the annotation cluster.restart.mxcred.io/<this resource's name> of each
     /// one's pod template to the credential's fingerprint (by server-side apply, field manager
     /// mxcred-operator/cluster-restart/<this resource's name>), which rolls it out once per
-    /// change and never again for the same credential (an operator restart changes nothing).
-    /// Needs the chart value rolloutRestart.enabled=true; problems are reported in
-    /// status.rolloutRestartFailures and never hold up the Secrets.
+    /// change and never again for the same credential (an operator restart changes nothing);
+    /// one workload is restarted at most once per --restart-min-interval (1m by default),
+    /// changes within it coming to one later restart. Needs the chart value
+    /// rolloutRestart.enabled=true; problems are reported in status.rolloutRestartFailures and never hold up the Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_ROLLOUT_RESTART), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub rollout_restart: Option<Vec<WorkloadRef>>,
@@ -249,8 +253,9 @@ pub struct RolloutRestartFailure {
     pub kind: WorkloadKind,
     /// Name of the workload in that namespace.
     pub name: String,
-    /// Forbidden (the operator may not read or patch it: install the chart with
-    /// rolloutRestart.enabled=true), Invalid (the API server refused the change) or Failed
+    /// NoConsent (its annotation mxcred.io/restart-on does not list cluster/<this resource's
+    /// name>: left alone), Forbidden (the operator may not read or patch it: install the chart
+    /// with rolloutRestart.enabled=true), Invalid (the API server refused the change) or Failed
     /// (the API server did not answer; tried again).
     pub reason: RolloutRestartProblem,
     /// What happened and what to do.

@@ -1,12 +1,15 @@
 //! Restarting the consumers of a credential (`spec.target.rolloutRestart`), as plain data: the
-//! annotation and field manager of a resource, whether a workload needs a patch, the patch, and
-//! what the status and the Events say about it.
+//! annotation and field manager of a resource, the workload's consent, whether a workload needs
+//! a patch and may have it now, the patch, when to try again, and what the status and the
+//! Events say about it.
 //!
 //! Level-based: after each reconcile that finds the target Secret holding the current
-//! credential, every listed workload's pod template should hold that credential's fingerprint
-//! under this resource's annotation. A workload that holds it is left alone, so a restart of the
-//! operator, a change of leader or a resync never restarts anything again, while two rotations
-//! within one second still restart twice (the fingerprints differ).
+//! credential, every listed workload that consents should hold that credential's fingerprint
+//! under this resource's annotation in its pod template. A workload that holds it is left
+//! alone, so a restart of the operator, a change of leader or a resync never restarts anything
+//! again; a workload restarted less than the minimum interval ago waits for the rest of it, and
+//! then gets the credential current at that time (changes within the interval come to one
+//! restart).
 
 use crate::domain::api::{
     MendixCredentialSpec, MendixCredentialStatus, RolloutRestartProblem, RolloutRestartStatus,
@@ -15,6 +18,7 @@ use crate::domain::api::{
 use crate::domain::plan::{Announcement, Plan};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The domain of the pod-template annotations; the name part is the resource's name.
 pub const ANNOTATION_DOMAIN: &str = "restart.mxcred.io";
@@ -23,13 +27,27 @@ pub const ANNOTATION_DOMAIN: &str = "restart.mxcred.io";
 /// key (each would undo the other's value forever).
 pub const CLUSTER_ANNOTATION_DOMAIN: &str = "cluster.restart.mxcred.io";
 
+/// The annotation of a workload (on the workload itself, not its pod template) naming the
+/// credentials it follows, comma-separated: `<name>` for the MendixCredential of that name in
+/// its namespace, `cluster/<name>` for a ClusterMendixCredential. Set by whoever may edit the
+/// workload, as Reloader's `secret.reloader.stakater.com/reload` is: listing a workload in a
+/// resource one may create gives no right to restart it.
+pub const CONSENT_ANNOTATION: &str = "mxcred.io/restart-on";
+
+/// The field managers of the restart annotations start with one of these.
+const RESTART_MANAGERS: [&str; 2] = [
+    "mxcred-operator/restart/",
+    "mxcred-operator/cluster-restart/",
+];
+
 /// Event reasons.
 pub const RESTARTED: &str = "RolloutRestarted";
 pub const RESTART_FAILED: &str = "RolloutRestartFailed";
 
-/// How long a resource whose workloads could not all be brought to the current credential waits
-/// before trying again (workloads are not watched: a missing one may appear at any time).
-pub const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest wait before the workloads of a resource that could not all be brought to the
+/// current credential are tried again (workloads are not watched: a missing one may appear,
+/// and consent may be given, at any time). The first wait is `--restart-retry`.
+pub const MAX_RETRY: Duration = Duration::from_secs(3600);
 
 impl WorkloadKind {
     pub fn as_str(self) -> &'static str {
@@ -89,6 +107,82 @@ pub fn cluster_annotation_key(credential: &str) -> String {
 /// otherwise remove this one's annotation.
 pub fn cluster_field_manager(credential: &str) -> String {
     format!("mxcred-operator/cluster-restart/{}", name_part(credential))
+}
+
+/// The entry of [`CONSENT_ANNOTATION`] that consents to restarts by the MendixCredential
+/// `credential` of the workload's namespace.
+pub fn consent_entry(credential: &str) -> String {
+    credential.to_owned()
+}
+
+/// The entry of [`CONSENT_ANNOTATION`] that consents to restarts by the
+/// ClusterMendixCredential `credential`.
+pub fn cluster_consent_entry(credential: &str) -> String {
+    format!("cluster/{credential}")
+}
+
+/// Whether a workload whose own annotations are `annotations` consents to restarts by `entry`.
+pub fn consents(annotations: Option<&BTreeMap<String, String>>, entry: &str) -> bool {
+    annotations
+        .and_then(|a| a.get(CONSENT_ANNOTATION))
+        .is_some_and(|list| list.split(',').any(|e| e.trim() == entry))
+}
+
+/// Whether `manager` is the field manager of a restart annotation (of either kind).
+pub fn is_restart_manager(manager: &str) -> bool {
+    RESTART_MANAGERS.iter().any(|p| manager.starts_with(p))
+}
+
+/// How long a workload last restarted at `last` (the latest change of any restart annotation
+/// on it) must still wait for its next restart, if at all. A time in the future (another
+/// clock) counts as now.
+pub fn deferral(
+    last: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+    interval: Duration,
+) -> Option<Duration> {
+    let since = Duration::try_from(now.duration_since(last?)).unwrap_or_default();
+    interval.checked_sub(since).filter(|wait| !wait.is_zero())
+}
+
+/// The wait before try number `attempt + 1` of workloads that failed `attempt` times in a row:
+/// `first`, doubling, at most [`MAX_RETRY`].
+pub fn retry_delay(attempt: u32, first: Duration) -> Duration {
+    first
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(MAX_RETRY)
+}
+
+/// When the workloads of one namespace are due again after a try that came to `outcomes`:
+/// `None` when every one holds the credential (or, for a cluster resource, does not exist).
+/// `failing` says whether some is worth retrying with backoff; `deferred`, the shortest wait of
+/// those waiting for their minimum interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub failing: bool,
+    pub deferred: Option<Duration>,
+}
+
+/// What is pending after `outcomes`; `missing_is_settled` for a cluster resource.
+pub fn pending<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+    missing_is_settled: bool,
+) -> Option<Pending> {
+    let mut pending = Pending {
+        failing: false,
+        deferred: None,
+    };
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Holds { .. } => {}
+            Outcome::Refused { code: 404, .. } if missing_is_settled => {}
+            Outcome::Deferred { wait, .. } => {
+                pending.deferred = Some(pending.deferred.map_or(*wait, |d| d.min(*wait)));
+            }
+            _ => pending.failing = true,
+        }
+    }
+    (pending.failing || pending.deferred.is_some()).then_some(pending)
 }
 
 /// The workloads a spec asks to restart, each once, in the order listed.
@@ -163,6 +257,14 @@ pub enum Outcome {
     },
     /// No answer from the API server.
     Unanswered { step: Step },
+    /// The workload does not list `entry` in its annotation [`CONSENT_ANNOTATION`]: left alone.
+    NoConsent { entry: String },
+    /// It needs a restart but had one less than the minimum interval ago: it still holds
+    /// `held`, and is tried again after `wait`.
+    Deferred {
+        held: Option<String>,
+        wait: Duration,
+    },
 }
 
 /// The status entry of a workload after `outcome`. A failure keeps the fingerprint the
@@ -184,11 +286,30 @@ pub fn entry(
                 message: None,
             };
         }
+        // Not a problem: the restart comes once the interval is over.
+        Outcome::Deferred { held, .. } => {
+            return RolloutRestartStatus {
+                kind: workload.kind,
+                name: workload.name.clone(),
+                fingerprint: held.clone(),
+                reason: None,
+                message: None,
+            };
+        }
+        Outcome::NoConsent { entry } => (
+            RolloutRestartProblem::NoConsent,
+            format!(
+                "{kind} {name:?} is not restarted: its annotation {CONSENT_ANNOTATION} does not \
+                 list {entry:?}. Whoever may edit it can add that entry (comma-separated) to \
+                 have it restarted for this credential"
+            ),
+        ),
         Outcome::Refused { code: 404, .. } => (
             RolloutRestartProblem::NotFound,
             format!(
                 "{kind} {name:?} does not exist in this namespace; it is annotated (and so \
-                 restarted) once it exists (checked every minute)"
+                 restarted) once it exists (checked again after a growing delay, at most an \
+                 hour)"
             ),
         ),
         Outcome::Refused {
@@ -219,7 +340,7 @@ pub fn entry(
         Outcome::Refused { step, code, reason } => (
             RolloutRestartProblem::Failed,
             format!(
-                "could not {} {kind} {name:?} (HTTP {code} {reason}); tried again within a minute",
+                "could not {} {kind} {name:?} (HTTP {code} {reason}); tried again later",
                 step.verb()
             ),
         ),
@@ -227,7 +348,7 @@ pub fn entry(
             RolloutRestartProblem::Failed,
             format!(
                 "could not {} {kind} {name:?}: the API server did not answer; tried again \
-                 within a minute",
+                 later",
                 step.verb()
             ),
         ),
@@ -279,49 +400,94 @@ pub fn amend(
     plan
 }
 
-/// Whether some workload does not hold the current credential for a reason worth retrying.
-pub fn failing(entries: &[RolloutRestartStatus]) -> bool {
-    entries.iter().any(|e| e.reason.is_some())
-}
-
-/// A Normal Event for each workload that reached a new credential, a Warning one for each that
-/// reached a new problem.
+/// A Warning Event naming the workloads that reached a new problem, and a Normal one naming
+/// those that reached a new credential: at most two Events, however many workloads.
 fn announcements(
     previous: &[RolloutRestartStatus],
     entries: &[RolloutRestartStatus],
 ) -> Vec<Announcement> {
-    let mut events = vec![];
-    for entry in entries {
-        let before = previous
+    let before = |entry: &RolloutRestartStatus| {
+        previous
             .iter()
-            .find(|p| p.kind == entry.kind && p.name == entry.name);
-        match (&entry.reason, &entry.fingerprint) {
-            (Some(problem), _) => {
-                if before.and_then(|b| b.reason) != Some(*problem) {
-                    events.push(Announcement {
-                        warning: true,
-                        reason: RESTART_FAILED,
-                        note: entry.message.clone().unwrap_or_default(),
-                    });
-                }
-            }
-            (None, Some(fingerprint)) => {
-                if before.and_then(|b| b.fingerprint.as_ref()) != Some(fingerprint) {
-                    events.push(Announcement {
-                        warning: false,
-                        reason: RESTARTED,
-                        note: format!(
-                            "{} {:?} restarted for credential {fingerprint}",
-                            entry.kind.as_str(),
-                            entry.name
-                        ),
-                    });
-                }
-            }
-            (None, None) => {}
-        }
+            .find(|p| p.kind == entry.kind && p.name == entry.name)
+    };
+    let describe = |e: &RolloutRestartStatus| format!("{} {:?}", e.kind.as_str(), e.name);
+    let problems: Vec<&RolloutRestartStatus> = entries
+        .iter()
+        .filter(|e| e.reason.is_some() && before(e).and_then(|b| b.reason) != e.reason)
+        .collect();
+    let restarted: Vec<&RolloutRestartStatus> = entries
+        .iter()
+        .filter(|e| {
+            e.reason.is_none()
+                && e.fingerprint.is_some()
+                && before(e).and_then(|b| b.fingerprint.as_ref()) != e.fingerprint.as_ref()
+        })
+        .collect();
+    let mut events = vec![];
+    if let Some(first) = problems.first() {
+        let shown: Vec<String> = problems
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} ({:?})",
+                    describe(e),
+                    e.reason.unwrap_or(RolloutRestartProblem::Failed)
+                )
+            })
+            .collect();
+        events.push(Announcement {
+            warning: true,
+            reason: RESTART_FAILED,
+            note: bounded(format!(
+                "{}. {}",
+                few(&shown, ", "),
+                first.message.clone().unwrap_or_default()
+            )),
+        });
+    }
+    if let Some(first) = restarted.first() {
+        let shown: Vec<String> = restarted.iter().map(|e| describe(e)).collect();
+        events.push(Announcement {
+            warning: false,
+            reason: RESTARTED,
+            note: bounded(format!(
+                "restarted for credential {}: {}",
+                first.fingerprint.clone().unwrap_or_default(),
+                few(&shown, ", ")
+            )),
+        });
     }
     events
+}
+
+/// An Event's note within the 1024 bytes the API server accepts (names may be long).
+pub fn bounded(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut cut = MAX - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
+/// A few items for an Event's note, and how many more.
+pub fn few(items: &[String], separator: &str) -> String {
+    const SHOWN: usize = 5;
+    let shown = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(separator);
+    match items.len().saturating_sub(SHOWN) {
+        0 => shown,
+        more => format!("{shown}{separator}and {more} more"),
+    }
 }
 
 #[cfg(test)]

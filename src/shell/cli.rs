@@ -142,6 +142,14 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub denied_metadata_prefixes: Vec<String>,
+    /// The least time between two restarts of one workload (spec.target.rolloutRestart), by
+    /// any credential: changes within it come to one restart at its end.
+    #[arg(long, env = "MXCRED_RESTART_MIN_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub restart_min_interval: Duration,
+    /// The first wait before workloads of spec.target.rolloutRestart that are missing, do not
+    /// consent or could not be patched are tried again; it doubles with each try, up to 1h.
+    #[arg(long, env = "MXCRED_RESTART_RETRY", default_value = "1m", value_parser = parse_restart_retry)]
+    pub restart_retry: Duration,
     #[command(flatten)]
     pub platform: RunPlatformArgs,
     /// For tests only: verify at this interval, whatever the resources ask. Their own minimum
@@ -243,12 +251,21 @@ impl RunArgs {
             concurrency: self.concurrency,
             test_interval: self.test_interval,
             denied_metadata_prefixes: self.denied_metadata_prefixes.clone(),
+            restart_min_interval: self.restart_min_interval,
+            restart_retry: self.restart_retry,
         }
     }
 }
 
 fn parse_allowed_origin(text: &str) -> Result<String, String> {
     crate::shell::platform::Origin::parse(text).map(|_| text.to_owned())
+}
+
+fn parse_restart_retry(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be above zero".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_default_interval(text: &str) -> Result<Duration, String> {

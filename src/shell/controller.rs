@@ -38,6 +38,10 @@ pub struct Settings {
     pub test_interval: Option<Duration>,
     /// Label and annotation key prefixes refused in `spec.target`, beyond the built-in ones.
     pub denied_metadata_prefixes: Vec<String>,
+    /// The least time between two restarts of one workload.
+    pub restart_min_interval: Duration,
+    /// The first wait before workloads not all brought to the credential are tried again.
+    pub restart_retry: Duration,
 }
 
 /// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,
@@ -190,6 +194,8 @@ pub async fn run(
         verifier: verifier.clone(),
         tracker: Arc::default(),
         metrics: shared.metrics.clone(),
+        retries: Arc::default(),
+        events: Arc::default(),
         status_writes: Default::default(),
     });
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
@@ -291,6 +297,7 @@ async fn forget_deleted(ctx: Arc<Context>, shared: Arc<Shared>, shutdown: Cancel
         );
         ctx.tracker.retain(&live);
         ctx.verifier.retain(&live);
+        ctx.retries.retain(&live);
         let mut read: HashSet<secrets::Reading> = resources
             .iter()
             .filter_map(|guard| guard.0.as_ref().ok())

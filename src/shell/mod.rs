@@ -3,12 +3,13 @@
 pub mod cli;
 pub mod cluster;
 pub mod controller;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod platform;
 pub mod proxy;
 pub mod reconcile;
-mod restart;
+pub mod restart;
 pub mod secrets;
 pub mod server;
 mod subscribe;

@@ -12,7 +12,8 @@
 //! each step only after the write before it succeeded.
 
 use crate::domain::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, MANAGER, MendixCredential, MendixCredentialStatus, condition,
+    ANNOTATION_VERIFY_REQUESTED_AT, MANAGER, MendixCredential, MendixCredentialStatus,
+    RolloutRestartStatus, condition,
 };
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
@@ -20,6 +21,7 @@ use crate::domain::restart as restarts;
 use crate::domain::spec::{self, InvalidSpec};
 use crate::shell::Guarded;
 use crate::shell::controller::Settings;
+use crate::shell::events::EventLimiter;
 use crate::shell::metrics::Metrics;
 use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
@@ -45,6 +47,10 @@ pub struct Context {
     pub verifier: Arc<Verifier>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    /// When the workloads of each resource are tried again.
+    pub retries: Arc<restart::Retries<Vec<RolloutRestartStatus>>>,
+    /// The bound on the Events of each object.
+    pub events: Arc<EventLimiter>,
     pub status_writes: StatusWrites,
 }
 
@@ -107,6 +113,9 @@ pub(crate) fn describe(error: &kube::Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// How often a resource is reconciled when nothing changes.
+const RESYNC: Duration = Duration::from_secs(3600);
 
 /// How often a target blocked by someone else's Secret is tried again.
 pub const CONFLICT_RETRY: Duration = Duration::from_secs(30);
@@ -214,13 +223,16 @@ async fn reconcile_valid(
 
     let wrote_target = matches!(sync, Sync::Published { wrote: true, .. });
     // Only once the target holds the credential: a restarted pod must read the new one.
-    let restarted = if let Sync::Published { fingerprint, .. } = &sync {
-        let workloads = restarts::workloads(&cr.spec);
-        Some(restart::ensure(&id, &workloads, fingerprint, &previous, ctx).await)
-    } else {
-        None
+    let (restarted, restart_again) = match &sync {
+        Sync::Published { fingerprint, .. } => {
+            let workloads = restarts::workloads(&cr.spec);
+            let generation = cr.metadata.generation;
+            let ensured =
+                restart::ensure(&id, generation, &workloads, fingerprint, &previous, ctx).await;
+            (Some(ensured.entries), ensured.again_in)
+        }
+        _ => (None, None),
     };
-    let restart_failing = restarted.as_deref().is_some_and(restarts::failing);
     let plan = plan::reconcile(Observed {
         generation: cr.metadata.generation,
         credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
@@ -260,9 +272,10 @@ async fn reconcile_valid(
     // triggers a reconcile for each answer.
     let action = match (hold, ready) {
         (Some(hold), _) => Action::requeue(hold),
-        // Workloads are not watched: one that is missing or refused is tried again.
-        (None, ReadyReason::Synced) if restart_failing => Action::requeue(restarts::RETRY),
-        (None, ReadyReason::Synced) => Action::requeue(Duration::from_secs(3600)),
+        // Workloads are not watched: one that is missing, refused or deferred is tried again.
+        (None, ReadyReason::Synced) => {
+            Action::requeue(restart_again.map_or(RESYNC, |again| again.min(RESYNC)))
+        }
         // The foreign Secret in the way is not watched (only ours and sources are).
         (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
         (None, _) => Action::await_change(),
@@ -317,6 +330,16 @@ pub(crate) fn count_rotation(metrics: &Metrics, event: &plan::Announcement) {
 /// does not fail the reconcile: the status already tells the same.
 pub(crate) async fn publish(ctx: &Context, regarding: &ObjectReference, event: plan::Announcement) {
     let reason = event.reason;
+    if !ctx
+        .events
+        .allow(regarding.uid.as_deref().unwrap_or_default(), reason)
+    {
+        debug!(
+            reason,
+            "too many Events of this reason for this object: not published"
+        );
+        return;
+    }
     let body = event_of(regarding, event, &ctx.reporter, jiff::Timestamp::now());
     let namespace = body.metadata.namespace.clone().unwrap_or_default();
     let events: Api<k8s_openapi::api::events::v1::Event> =

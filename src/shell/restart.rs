@@ -1,48 +1,165 @@
-//! The restart step: brings every workload of `spec.target.rolloutRestart` to the published
-//! credential. Each workload is read (a GET: workloads are not watched) and patched by
-//! server-side apply only when its pod template does not hold the credential's fingerprint
-//! yet. The decisions are pure ([`crate::domain::restart`]); this is their IO. Nothing here
-//! fails the reconcile: each problem becomes the workload's status entry.
+//! The restart step: brings every workload of `spec.target.rolloutRestart` that consents to the
+//! published credential. Each workload is read (a GET: workloads are not watched) and patched
+//! by server-side apply only when it consents, its pod template does not hold the credential's
+//! fingerprint yet, and its last restart (the time of the latest restart field manager on it)
+//! is at least the minimum interval ago. The decisions are pure ([`crate::domain::restart`]);
+//! this is their IO. Nothing here fails the reconcile: each problem becomes the workload's
+//! status entry. Workloads that did not all come to the credential are tried again after a
+//! growing delay ([`Retries`]), not at every reconcile.
 
 use crate::domain::api::{MendixCredentialStatus, RolloutRestartStatus, WorkloadRef};
 use crate::domain::restart::{self, Outcome, Step};
 use crate::shell::reconcile::{Context, Id};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// Brings each workload to `fingerprint`; returns their status entries, in the order listed.
+/// What the restart step of a reconcile did: the status entries (those of the last try when
+/// the workloads were not due again); and when to come back.
+pub(crate) struct Ensured {
+    pub entries: Vec<RolloutRestartStatus>,
+    pub again_in: Option<Duration>,
+}
+
+/// Brings each workload to `fingerprint`, unless the try for this credential and spec is not
+/// due yet.
 pub(crate) async fn ensure(
     id: &Id,
+    generation: Option<i64>,
     workloads: &[WorkloadRef],
     fingerprint: &str,
     previous: &MendixCredentialStatus,
     ctx: &Context,
-) -> Vec<RolloutRestartStatus> {
+) -> Ensured {
+    let due_key = retry_key(fingerprint, generation);
+    if let Some((wait, entries)) = ctx.retries.wait(&id.uid, &id.namespace, &due_key) {
+        return Ensured {
+            entries,
+            again_in: Some(wait),
+        };
+    }
     let credential = format!("{}/{}", id.namespace, id.name);
-    let (key, manager) = (
+    let (key, manager, consent) = (
         restart::annotation_key(&id.name),
         restart::field_manager(&id.name),
+        restart::consent_entry(&id.name),
     );
     let owner = Owner {
         namespace: &id.namespace,
         key: &key,
         manager: &manager,
+        consent: &consent,
         credential: &credential,
         missing_is_normal: false,
+        min_interval: ctx.settings.restart_min_interval,
     };
     let mut entries = Vec::with_capacity(workloads.len());
+    let mut outcomes = Vec::with_capacity(workloads.len());
     for workload in workloads {
         let (outcome, _) = bring(&ctx.client, &owner, workload, fingerprint).await;
-        let entry = restart::entry(
+        entries.push(restart::entry(
             workload,
             &outcome,
             restart::previous_entry(previous, workload),
-        );
-        entries.push(entry);
+        ));
+        outcomes.push(outcome);
     }
-    entries
+    let pending = restart::pending(&outcomes, false);
+    let first = ctx.settings.restart_retry;
+    let again_in = ctx.retries.record(
+        (&id.uid, &id.namespace),
+        due_key,
+        pending,
+        first,
+        entries.clone(),
+    );
+    Ensured { entries, again_in }
+}
+
+/// When the workloads of a resource in a namespace are tried again, per resource (uid) and
+/// namespace, for the credential and spec they were last tried for: a missing or
+/// non-consenting workload is read again after a growing delay, not at every reconcile. What
+/// the last try found (`T`: status entries, or failures) is kept with it, for the reconciles
+/// in between to report (the one that tried may not have written its status).
+pub struct Retries<T>(Mutex<HashMap<(String, String), Retry<T>>>);
+
+impl<T> Default for Retries<T> {
+    fn default() -> Self {
+        Retries(Mutex::default())
+    }
+}
+
+struct Retry<T> {
+    key: String,
+    attempt: u32,
+    due: Instant,
+    found: T,
+}
+
+/// What a try is for: another credential or another spec is tried at once.
+pub(crate) fn retry_key(fingerprint: &str, generation: Option<i64>) -> String {
+    format!("{fingerprint}@{}", generation.unwrap_or_default())
+}
+
+impl<T: Clone> Retries<T> {
+    /// How long until the workloads of `uid` in `ns` are due again for `key`, and what their
+    /// last try found; `None`: due now.
+    pub(crate) fn wait(&self, uid: &str, ns: &str, key: &str) -> Option<(Duration, T)> {
+        let retries = self.0.lock().expect("lock poisoned");
+        let retry = retries.get(&(uid.to_owned(), ns.to_owned()))?;
+        let wait = retry.due.checked_duration_since(Instant::now());
+        let wait = wait.filter(|wait| retry.key == key && !wait.is_zero())?;
+        Some((wait, retry.found.clone()))
+    }
+
+    /// Records what a try for `key` left pending and found; returns when to try again.
+    pub(crate) fn record(
+        &self,
+        (uid, ns): (&str, &str),
+        key: String,
+        pending: Option<restart::Pending>,
+        first: Duration,
+        found: T,
+    ) -> Option<Duration> {
+        let mut retries = self.0.lock().expect("lock poisoned");
+        let id = (uid.to_owned(), ns.to_owned());
+        let Some(pending) = pending else {
+            retries.remove(&id);
+            return None;
+        };
+        let attempt = match retries.get(&id) {
+            Some(retry) if retry.key == key => retry.attempt,
+            _ => 0,
+        } + u32::from(pending.failing);
+        let backoff = pending
+            .failing
+            .then(|| restart::retry_delay(attempt, first));
+        let wait = match (backoff, pending.deferred) {
+            (Some(b), Some(d)) => b.min(d),
+            (b, d) => b.or(d).unwrap_or(first),
+        };
+        retries.insert(
+            id,
+            Retry {
+                key,
+                attempt,
+                due: Instant::now() + wait,
+                found,
+            },
+        );
+        Some(wait)
+    }
+
+    /// Forgets the resources whose uid is not in `live`.
+    pub(crate) fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.0
+            .lock()
+            .expect("lock poisoned")
+            .retain(|(uid, _), _| live.contains(uid));
+    }
 }
 
 /// Whose annotation the workloads get, and in which namespace.
@@ -52,11 +169,15 @@ pub(crate) struct Owner<'a> {
     pub key: &'a str,
     /// The server-side apply field manager, the resource's alone.
     pub manager: &'a str,
+    /// The entry of the workload's consent annotation that names the resource.
+    pub consent: &'a str,
     /// The resource, for the logs.
     pub credential: &'a str,
     /// Whether a workload that does not exist is as expected (a cluster resource's, in a
     /// namespace without it): then it is logged at debug level only.
     pub missing_is_normal: bool,
+    /// The least time between two restarts of one workload.
+    pub min_interval: Duration,
 }
 
 /// Brings one workload to `fingerprint`; says whether it was patched (and so restarted).
@@ -79,12 +200,50 @@ pub(crate) async fn bring(
         Ok(current) => current,
         Err(error) => return (failed(owner, workload, Step::Read, &error), false),
     };
+    if !restart::consents(current.metadata.annotations.as_ref(), owner.consent) {
+        debug!(
+            credential,
+            namespace = owner.namespace,
+            kind,
+            name,
+            "the workload does not consent to restarts by this credential: left alone"
+        );
+        let entry = owner.consent.to_owned();
+        return (Outcome::NoConsent { entry }, false);
+    }
     let annotations: Option<BTreeMap<String, String>> =
         serde_json::from_value(current.data["spec"]["template"]["metadata"]["annotations"].clone())
             .ok();
     let held = restart::held(annotations.as_ref(), owner.key);
     if !restart::needs_patch(held, fingerprint) {
         return (holds(), false);
+    }
+    // The last restart by any credential of either kind: the time of the latest change by a
+    // restart field manager, which the API server keeps on the workload (so an operator
+    // restart forgets nothing).
+    let last = current
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager
+                .as_deref()
+                .is_some_and(restart::is_restart_manager)
+        })
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max();
+    if let Some(wait) = restart::deferral(last, jiff::Timestamp::now(), owner.min_interval) {
+        debug!(
+            credential,
+            namespace = owner.namespace,
+            kind,
+            name,
+            ?wait,
+            "restarted less than the minimum interval ago: deferred"
+        );
+        let held = held.map(str::to_owned);
+        return (Outcome::Deferred { held, wait }, false);
     }
     // Forced: the key is this resource's alone, whoever touched it since. No `create` is
     // granted, so a workload deleted since the read is not created by this apply.
@@ -148,5 +307,66 @@ fn failed(owner: &Owner<'_>, workload: &WorkloadRef, step: Step, error: &kube::E
             );
             Outcome::Unanswered { step }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing() -> Option<restart::Pending> {
+        Some(restart::Pending {
+            failing: true,
+            deferred: None,
+        })
+    }
+
+    #[test]
+    fn a_failing_try_waits_longer_each_time_and_a_new_credential_goes_at_once() {
+        let retries: Retries<u8> = Retries::default();
+        let first = Duration::from_secs(60);
+        let key = retry_key("sha256:a", Some(1));
+        let waits: Vec<Duration> = (0..4)
+            .map(|i| {
+                retries
+                    .record(("u", "ns"), key.clone(), failing(), first, i)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(waits, [60, 120, 240, 480].map(Duration::from_secs));
+        let (wait, found) = retries.wait("u", "ns", &key).expect("not due");
+        assert!(wait <= Duration::from_secs(480) && wait > Duration::from_secs(470));
+        assert_eq!(found, 3, "what the last try found");
+        // Another credential, another spec, another namespace: due now.
+        assert!(
+            retries
+                .wait("u", "ns", &retry_key("sha256:b", Some(1)))
+                .is_none()
+        );
+        assert!(
+            retries
+                .wait("u", "ns", &retry_key("sha256:a", Some(2)))
+                .is_none()
+        );
+        assert!(retries.wait("u", "other", &key).is_none());
+        // A deferred workload comes back when its interval is over, sooner than the backoff.
+        let deferred = Some(restart::Pending {
+            failing: true,
+            deferred: Some(Duration::from_secs(5)),
+        });
+        let wait = retries.record(("u", "ns"), key.clone(), deferred, first, 4);
+        assert_eq!(wait, Some(Duration::from_secs(5)));
+        // Settled: forgotten.
+        assert_eq!(
+            retries.record(("u", "ns"), key.clone(), None, first, 5),
+            None
+        );
+        assert!(retries.wait("u", "ns", &key).is_none());
+        retries.record(("u", "ns"), key.clone(), failing(), first, 6);
+        retries.retain(&std::collections::HashSet::new());
+        assert!(
+            retries.wait("u", "ns", &key).is_none(),
+            "a deleted resource"
+        );
     }
 }

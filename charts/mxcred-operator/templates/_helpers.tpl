@@ -56,8 +56,10 @@ ClusterRole (all namespaces) or the Role of each watched namespace.
 Secrets: the operator creates a missing target with a POST and changes it with server-side apply,
 which is a patch; it never sends an update (PUT), so `update` is not granted. Events: a recorder is
 made per Event, so an Event is only ever created, never patched into a series.
-Workloads (rolloutRestart.enabled): read one by name, and server-side apply one annotation of its
-pod template (a patch); no list, no watch, no create.
+Workloads (rolloutRestart.enabled, without rolloutRestart.namespaces): read one by name, and
+server-side apply one annotation of its pod template (a patch); no list, no watch, no create. With
+rolloutRestart.namespaces, these rights are in a Role of each of those namespaces only
+(restart-rbac.yaml).
 */}}
 {{- define "mxcred-operator.rules" -}}
 - apiGroups: ["mxcred.io"]
@@ -72,11 +74,16 @@ pod template (a patch); no list, no watch, no create.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
-{{- if .Values.rolloutRestart.enabled }}
+{{- if and .Values.rolloutRestart.enabled (not .Values.rolloutRestart.namespaces) }}
+{{ include "mxcred-operator.workloadRules" . }}
+{{- end }}
+{{- end }}
+
+{{/* Restarting workloads: read one by name, and patch it (server-side apply). */}}
+{{- define "mxcred-operator.workloadRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "patch"]
-{{- end }}
 {{- end }}
 
 {{/*

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::domain::api::{RolloutRestartProblem, WorkloadKind, WorkloadRef};
 use crate::domain::plan::Announcement;
-use crate::domain::restart::{self, Outcome};
+use crate::domain::restart::{self, Outcome, bounded, few};
 use std::collections::BTreeSet;
 
 /// What the restart step of one reconcile came to, in every namespace it went through.
@@ -27,7 +27,7 @@ pub struct Restarts {
 }
 
 /// The failure of `workload` in `namespace` after `outcome`, if it is one. A workload that
-/// does not exist is skipped, not a failure.
+/// does not exist is skipped, not a failure; one waiting for its minimum interval is none.
 pub fn failure(
     namespace: &str,
     workload: &WorkloadRef,
@@ -49,11 +49,7 @@ pub fn failure(
 /// Whether a namespace's workloads all came to the credential (or do not exist): then it need
 /// not be read again for that credential.
 pub fn settled(outcomes: &[(WorkloadRef, Outcome)]) -> bool {
-    outcomes.iter().all(|(_, outcome)| match outcome {
-        Outcome::Holds { .. } => true,
-        Outcome::Refused { code, .. } => *code == 404,
-        Outcome::Unanswered { .. } => false,
-    })
+    restart::pending(outcomes.iter().map(|(_, o)| o), true).is_none()
 }
 
 /// Adds the restarts to the plan of a reconcile: the bounded list of failures and their count,
@@ -104,7 +100,7 @@ pub fn amend(
                 plan.events.push(Announcement {
                     warning: true,
                     reason: restart::RESTART_FAILED,
-                    note: bounded(format!("{}. {}", listed(&shown, ", "), first.message)),
+                    note: bounded(format!("{}. {}", few(&shown, ", "), first.message)),
                 });
             }
             if !restarts.restarted.is_empty() {
@@ -119,7 +115,7 @@ pub fn amend(
                     note: bounded(format!(
                         "restarted for credential {}: {}",
                         restarts.fingerprint,
-                        listed(&shown, ", ")
+                        few(&shown, ", ")
                     )),
                 });
             }
@@ -139,35 +135,6 @@ type Identity<'a> = (&'a str, WorkloadKind, &'a str, RolloutRestartProblem);
 
 fn identity(f: &RolloutRestartFailure) -> Identity<'_> {
     (&f.namespace, f.kind, &f.name, f.reason)
-}
-
-/// An Event's note within the 1024 bytes the API server accepts (names may be long).
-fn bounded(mut note: String) -> String {
-    const MAX: usize = 1024;
-    if note.len() > MAX {
-        let mut cut = MAX - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    note
-}
-
-/// A few items for an Event's note, and how many more.
-fn listed(items: &[String], separator: &str) -> String {
-    const SHOWN: usize = 5;
-    let shown = items
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(separator);
-    match items.len().saturating_sub(SHOWN) {
-        0 => shown,
-        more => format!("{shown}{separator}and {more} more"),
-    }
 }
 
 #[cfg(test)]

@@ -218,6 +218,14 @@ fn problems_are_named_with_what_to_do_and_never_the_servers_message() {
             Some("sha256:old"),
             "did not answer",
         ),
+        (
+            Outcome::NoConsent {
+                entry: "bot".into(),
+            },
+            RolloutRestartProblem::NoConsent,
+            Some("sha256:old"),
+            "its annotation mxcred.io/restart-on does not list \"bot\"",
+        ),
     ];
     for (outcome, problem, fingerprint, says) in cases {
         let e = entry(&w, &outcome, Some(&earlier));
@@ -239,7 +247,7 @@ fn a_restart_is_announced_once_and_repeats_change_nothing() {
     assert!(
         plan.events[0]
             .note
-            .contains("Deployment \"runner\" restarted for credential sha256:a")
+            .contains("restarted for credential sha256:a: Deployment \"runner\"")
     );
     assert_eq!(after.rollout_restart.len(), 1);
 
@@ -266,7 +274,7 @@ fn a_problem_warns_on_transition_only_and_never_blocks_the_others() {
         ],
     );
     assert_eq!(events(&plan), [(RESTART_FAILED, true), (RESTARTED, false)]);
-    assert!(failing(&after.rollout_restart));
+    assert!(after.rollout_restart.iter().any(|e| e.reason.is_some()));
 
     // Still missing: no second Warning.
     let (plan, after) = step(
@@ -295,7 +303,7 @@ fn a_problem_warns_on_transition_only_and_never_blocks_the_others() {
         &[(&gone, holds("sha256:a")), (&runner, holds("sha256:a"))],
     );
     assert_eq!(events(&plan), [(RESTARTED, false)]);
-    assert!(!failing(&after.rollout_restart));
+    assert!(after.rollout_restart.iter().all(|e| e.reason.is_none()));
 }
 
 #[test]
@@ -385,5 +393,102 @@ fn a_cluster_resource_has_its_own_key_and_manager() {
     assert_eq!(
         cluster_field_manager("deploy-bot"),
         "mxcred-operator/cluster-restart/deploy-bot"
+    );
+}
+
+#[test]
+fn many_workloads_make_one_event_of_each_kind() {
+    let workloads: Vec<WorkloadRef> = (0..16).map(|i| deployment(&format!("w{i}"))).collect();
+    let outcomes: Vec<(&WorkloadRef, Outcome)> = workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let outcome = if i % 2 == 0 {
+                holds("sha256:a")
+            } else {
+                refused(Step::Read, 404, "NotFound")
+            };
+            (w, outcome)
+        })
+        .collect();
+    let (plan, _) = step(&status_with(vec![]), &outcomes);
+    assert_eq!(events(&plan), [(RESTART_FAILED, true), (RESTARTED, false)]);
+    let restarted = &plan.events[1].note;
+    assert!(restarted.contains("Deployment \"w0\", "), "{restarted}");
+    assert!(restarted.ends_with("and 3 more"), "{restarted}");
+}
+
+#[test]
+fn consent_is_the_workloads_own_list_of_names() {
+    let with = |value: &str| BTreeMap::from([(CONSENT_ANNOTATION.to_owned(), value.to_owned())]);
+    assert!(consents(Some(&with("bot")), "bot"));
+    assert!(consents(Some(&with("other, bot ,cluster/shared")), "bot"));
+    assert!(consents(
+        Some(&with("bot,cluster/shared")),
+        "cluster/shared"
+    ));
+    assert!(
+        !consents(Some(&with("cluster/bot")), "bot"),
+        "a cluster resource is not the namespaced one"
+    );
+    assert!(!consents(Some(&with("bot")), "cluster/bot"));
+    assert!(!consents(Some(&with("bots")), "bot"));
+    assert!(!consents(Some(&with("*")), "bot"), "no wildcard");
+    assert!(!consents(None, "bot"));
+    assert_eq!(consent_entry("bot"), "bot");
+    assert_eq!(cluster_consent_entry("bot"), "cluster/bot");
+}
+
+#[test]
+fn a_workload_restarted_within_the_interval_waits_for_the_rest_of_it() {
+    let t = |s: i64| jiff::Timestamp::from_second(1_000_000 + s).unwrap();
+    let minute = Duration::from_secs(60);
+    assert_eq!(deferral(None, t(0), minute), None, "never restarted");
+    assert_eq!(
+        deferral(Some(t(0)), t(20), minute),
+        Some(Duration::from_secs(40))
+    );
+    assert_eq!(deferral(Some(t(0)), t(60), minute), None);
+    assert_eq!(deferral(Some(t(0)), t(600), minute), None);
+    assert_eq!(
+        deferral(Some(t(30)), t(0), minute),
+        Some(minute),
+        "a future time counts as now"
+    );
+    assert!(is_restart_manager("mxcred-operator/restart/bot"));
+    assert!(is_restart_manager("mxcred-operator/cluster-restart/bot"));
+    assert!(!is_restart_manager("kubectl-rollout"));
+    // A deferred workload is no problem: it keeps what it holds, and no Event is made.
+    let runner = deployment("runner");
+    let (_, after) = step(&status_with(vec![]), &[(&runner, holds("sha256:a"))]);
+    let deferred = Outcome::Deferred {
+        held: Some("sha256:a".into()),
+        wait: Duration::from_secs(5),
+    };
+    let (plan, again) = step(&after, &[(&runner, deferred.clone())]);
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+    assert_eq!(again, after);
+    let pending = pending([&holds("sha256:a"), &deferred], false).unwrap();
+    assert_eq!(
+        (pending.failing, pending.deferred),
+        (false, Some(Duration::from_secs(5)))
+    );
+}
+
+#[test]
+fn retries_back_off_and_a_missing_cluster_workload_is_settled() {
+    let minute = Duration::from_secs(60);
+    assert_eq!(retry_delay(1, minute), minute);
+    assert_eq!(retry_delay(2, minute), 2 * minute);
+    assert_eq!(retry_delay(4, minute), 8 * minute);
+    assert_eq!(retry_delay(7, minute), MAX_RETRY);
+    assert_eq!(retry_delay(1000, minute), MAX_RETRY);
+    let missing = refused(Step::Read, 404, "NotFound");
+    assert_eq!(pending([&holds("a"), &missing], true), None);
+    assert!(pending([&missing], false).unwrap().failing);
+    let no = Outcome::NoConsent { entry: "x".into() };
+    assert!(
+        pending([&no], true).unwrap().failing,
+        "consent may come later"
     );
 }

@@ -18,7 +18,7 @@ use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
-use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
+use crate::domain::cluster::restart as cluster_restart;
 use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
@@ -136,7 +136,7 @@ async fn reconcile_one(
     let forced = request.as_ref().map(|(_, at)| *at);
     let mut copies = BTreeMap::new();
     let (mut held, mut checked_first) = (None, false);
-    let mut restarted = None;
+    let (mut restarted, mut restart_again) = (None, None);
     let (source, credential) = match (&resolved, &selection) {
         (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => (
             Err(Ready::refused(ReadyReason::InvalidSpec, m.clone())),
@@ -168,10 +168,16 @@ async fn reconcile_one(
                         .map(|(ns, _)| ns.as_str())
                         .collect();
                     let workloads = restart::listed(cr.spec.target.rollout_restart.as_deref());
-                    restarted = Some(
-                        restart_workloads(cc, &id, &workloads, &published.fingerprint(), &holding)
-                            .await,
-                    );
+                    let (restarts, again) = restart_workloads(
+                        cc,
+                        &id,
+                        cr.metadata.generation,
+                        &workloads,
+                        &published.fingerprint(),
+                        &holding,
+                    )
+                    .await;
+                    (restarted, restart_again) = (Some(restarts), again);
                 }
                 if held.is_none() {
                     cc.remember_working(&id.uid, &published);
@@ -245,9 +251,6 @@ async fn reconcile_one(
         verification,
         now: now(),
     });
-    let restart_failing = restarted
-        .as_ref()
-        .is_some_and(|r: &Restarts| !r.failures.is_empty());
     let plan = cluster_restart::amend(plan, &previous, restarted);
 
     // 6. Status, Events, memory.
@@ -274,10 +277,11 @@ async fn reconcile_one(
         Some(hold) => Action::requeue(hold),
         // Foreign Secrets in the way are not watched (only ours and sources are).
         None if retry => Action::requeue(CONFLICT_RETRY),
-        // Workloads are not watched: a failed restart is tried again after a while.
-        None if restart_failing => Action::requeue(restart::RETRY),
+        // Workloads are not watched: a failed or deferred restart is tried again after a
+        // while.
         None if plan.ready == ReadyReason::Synced.as_str() => {
-            Action::requeue(Duration::from_secs(3600))
+            let resync = Duration::from_secs(3600);
+            Action::requeue(restart_again.map_or(resync, |again: Duration| again.min(resync)))
         }
         None => Action::await_change(),
     };

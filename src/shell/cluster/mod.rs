@@ -14,11 +14,13 @@ use driver::{error_policy, reconcile};
 use crate::domain::api::{LABEL_SOURCE, MANAGER};
 use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
+    RolloutRestartFailure,
 };
 use crate::domain::credential::Credential;
 use crate::domain::spec;
 use crate::shell::controller::{LIST_PAGE, slim};
 use crate::shell::reconcile::{Context, describe};
+use crate::shell::restart::Retries;
 use crate::shell::secrets::SecretMeta;
 use copies::KnownCopy;
 use futures::{StreamExt, TryStreamExt};
@@ -60,6 +62,8 @@ pub struct ClusterContext {
     /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
     /// of a selected namespace may write its copy.
     working: Mutex<HashMap<String, Credential>>,
+    /// When the workloads of each resource and namespace are tried again.
+    retries: Retries<Vec<RolloutRestartFailure>>,
     /// Per resource (uid): the status last written, and the resource version it was based on,
     /// until the watch brings a newer version.
     written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
@@ -118,6 +122,7 @@ pub async fn run(
         known: Mutex::default(),
         brought: Mutex::default(),
         working: Mutex::default(),
+        retries: Retries::default(),
         written: Mutex::default(),
     });
 
@@ -353,6 +358,7 @@ impl ClusterContext {
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
+        self.retries.retain(live);
         self.written
             .lock()
             .expect("lock poisoned")

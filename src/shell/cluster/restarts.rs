@@ -3,15 +3,19 @@
 //! MendixCredential brings its own ([`crate::shell::restart::bring`]), a few namespaces at a
 //! time. A namespace whose workloads this instance already brought to the credential is not
 //! read again: a resync of many namespaces sends no request, and after a restart of the
-//! operator one read per workload finds the annotation in place and patches nothing.
+//! operator one read per workload finds the annotation in place and patches nothing. A
+//! namespace whose workloads did not all come to the credential (missing ones are fine) is
+//! tried again after a growing delay, its failures kept meanwhile.
 
 use super::copies::WRITERS;
 use super::{ClusterContext, Id};
 use crate::domain::api::WorkloadRef;
+use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::restart;
-use crate::shell::restart::{Owner, bring};
+use crate::shell::restart::{Owner, bring, retry_key};
 use futures::StreamExt;
+use std::time::Duration;
 
 /// What this instance brought the workloads of one namespace to.
 #[derive(Clone, PartialEq, Eq)]
@@ -20,45 +24,66 @@ pub(super) struct Brought {
     workloads: Vec<WorkloadRef>,
 }
 
-/// Brings `workloads` to `fingerprint` in each of `namespaces`.
+/// Brings `workloads` to `fingerprint` in each of `namespaces` that is due; says when to come
+/// back. A namespace not due yet reports the failures of its last try.
 pub(super) async fn restart_workloads(
     cc: &ClusterContext,
     id: &Id,
+    generation: Option<i64>,
     workloads: &[WorkloadRef],
     fingerprint: &str,
     namespaces: &[&str],
-) -> Restarts {
+) -> (Restarts, Option<Duration>) {
     let mut restarts = Restarts {
         listed: !workloads.is_empty(),
         fingerprint: fingerprint.to_owned(),
         ..Restarts::default()
     };
     if workloads.is_empty() {
-        return restarts;
+        return (restarts, None);
     }
-    let (key, manager) = (
+    let (key, manager, consent) = (
         restart::cluster_annotation_key(&id.name),
         restart::cluster_field_manager(&id.name),
+        restart::cluster_consent_entry(&id.name),
     );
+    let due_key = retry_key(fingerprint, generation);
     let brought = Brought {
         fingerprint: fingerprint.to_owned(),
         workloads: workloads.to_vec(),
     };
-    let (key, manager, brought) = (&key, &manager, &brought);
+    let (key, manager, consent, brought) = (&key, &manager, &consent, &brought);
+    let retries = &cc.retries;
+    let mut again_in: Option<Duration> = None;
+    let mut sooner = |wait: Option<Duration>| {
+        if let Some(wait) = wait {
+            again_in = Some(again_in.map_or(wait, |a| a.min(wait)));
+        }
+    };
     // Owned, for a future that must be Send for any lifetime of the namespaces' names.
-    let due: Vec<String> = namespaces
+    let mut due: Vec<String> = vec![];
+    for ns in namespaces
         .iter()
         .filter(|ns| !cc.has_brought(&id.uid, ns, brought))
-        .map(|ns| (*ns).to_owned())
-        .collect();
+    {
+        match retries.wait(&id.uid, ns, &due_key) {
+            None => due.push((*ns).to_owned()),
+            Some((wait, failures)) => {
+                sooner(Some(wait));
+                restarts.failures.extend(failures);
+            }
+        }
+    }
     let results = futures::stream::iter(due)
         .map(|ns| async move {
             let owner = Owner {
                 namespace: &ns,
                 key,
                 manager,
+                consent,
                 credential: &id.name,
                 missing_is_normal: true,
+                min_interval: cc.ctx.settings.restart_min_interval,
             };
             let mut outcomes = Vec::with_capacity(workloads.len());
             for workload in workloads {
@@ -78,17 +103,21 @@ pub(super) async fn restart_workloads(
         if cluster_restart::settled(&settled) {
             cc.remember_brought(&id.uid, &ns, brought.clone());
         }
+        let mut failures: Vec<RolloutRestartFailure> = vec![];
         for (workload, outcome, patched) in outcomes {
             if patched {
                 restarts.restarted.push((ns.clone(), workload.clone()));
             }
-            restarts
-                .failures
-                .extend(cluster_restart::failure(&ns, &workload, &outcome));
+            failures.extend(cluster_restart::failure(&ns, &workload, &outcome));
         }
+        let pending = restart::pending(settled.iter().map(|(_, o)| o), true);
+        let first = cc.ctx.settings.restart_retry;
+        let key = due_key.clone();
+        sooner(retries.record((&id.uid, &ns), key, pending, first, failures.clone()));
+        restarts.failures.extend(failures);
     }
     restarts.restarted.sort();
-    restarts
+    (restarts, again_in)
 }
 
 impl ClusterContext {
