@@ -11,7 +11,7 @@ use mxcred_operator::shell::{controller, proxy, server, telemetry, verify_cmd};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -71,11 +71,14 @@ fn parse() -> Cli {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging(args.log_format);
     let metrics = Arc::new(Metrics::default());
-    let verifier = Arc::new(Verifier::new(
-        Platform::new(args.platform.config(), metrics.clone())?,
-        metrics.clone(),
-        args.forced_check_cooldown,
-    ));
+    let verifier = Arc::new(
+        Verifier::new(
+            Platform::new(args.platform.config(), metrics.clone())?,
+            metrics.clone(),
+            args.forced_check_cooldown,
+        )
+        .with_shared_floor(args.shared_interval_floor),
+    );
     let shared = Arc::new(Shared::new(metrics));
     let mut kube_config = kube::Config::infer().await?;
     kube_config.proxy_url =
@@ -125,4 +128,16 @@ async fn cancel_on_signal(shutdown: CancellationToken, shared: Arc<Shared>) {
     info!("shutting down");
     shared.set_role(Role::Stopping);
     shutdown.cancel();
+    // Stopping waits for reconciles under way, the release of the Lease and the runtime's
+    // blocking tasks, and each of these can wait on an API server or a platform that does not
+    // answer. A thread of its own, outside the runtime, ends the process after the bound
+    // whatever they do: within the 30 s Kubernetes grants a Pod before it kills it.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_BOUND);
+        warn!(bound = ?SHUTDOWN_BOUND, "not stopped within the bound after the signal: exiting");
+        std::process::exit(0);
+    });
 }
+
+/// How long after SIGTERM (or SIGINT) the process may take to exit.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);

@@ -929,6 +929,191 @@ async fn a_rejected_rotation_keeps_the_working_token_in_every_copy() {
     w.clean_up(&[&name]).await;
 }
 
+/// Two tokens with the same fingerprint (`sha256:262dd65c426c`), found by a cycle search over
+/// its 48 bits in a few minutes of one core.
+const WORKING: &str = "mxforge-8f8b40ea2ff9";
+const FORGED: &str = "mxforge-7cf267c610d5";
+
+/// A tenant of namespace `ns`: a ServiceAccount of its own with a Role that may read and write
+/// the Secrets of that namespace only, as the users of a selected namespace commonly may.
+async fn namespace_tenant(w: &World, ns: &str) -> Client {
+    let client = w.client();
+    let account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "tenant"}})).unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "tenant"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"],
+                   "verbs": ["get", "list", "watch", "create", "update", "patch"]}],
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "tenant"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}],
+    }))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let kubeconfig = common::service_account_kubeconfig(&client, &w.env.cp.dir, ns, "tenant").await;
+    let tenant = common::client_from(&kubeconfig).await;
+    let secrets: Api<Secret> = Api::namespaced(tenant.clone(), ns);
+    common::wait_until(Duration::from_secs(10), "the tenant's Role", || async {
+        secrets.list(&Default::default()).await.is_ok()
+    })
+    .await;
+    tenant
+}
+
+#[tokio::test]
+async fn a_forged_token_with_the_working_fingerprint_in_a_tenant_copy_reaches_no_other_namespace() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-forge", &[]).await;
+    let key = format!("ci.example.com/{}", w.env.ns);
+    let a = w.namespace("a", json!({&key: "true"})).await;
+    let b = w.namespace("b", json!({&key: "true"})).await;
+    w.source("raw", WORKING).await;
+    // The platform would accept the forged token too: nothing but the operator stops it.
+    w.sim.set(FORGED, State::Valid);
+    let name = w.env.ns.clone();
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
+        }),
+    )
+    .await;
+    let cr = w
+        .wait_status(
+            &name,
+            "synced and verified",
+            Duration::from_secs(30),
+            |cr| is_synced(cr, "2/2") && token_valid(cr).as_deref() == Some("Verified"),
+        )
+        .await;
+    let working = fingerprint(&cr).unwrap();
+    assert_eq!(working, "sha256:262dd65c426c");
+    // The administrator's next token is rejected: held back, the copies keep the working one.
+    w.sim.set("mxforge-deleted", State::Deleted);
+    w.env
+        .put_source("raw", &[("token", "mxforge-deleted")])
+        .await;
+    w.wait_status(&name, "RotationRejected", Duration::from_secs(30), |cr| {
+        ready(cr) == Some(("False".into(), "RotationRejected".into()))
+    })
+    .await;
+
+    // The tenant of namespace a writes the forged token into its copy, fingerprint and all.
+    let tenant = namespace_tenant(&w, &a).await;
+    Api::<Secret>::namespaced(tenant, &a)
+        .patch(
+            TARGET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {
+                "MENDIX_TOKEN": FORGED,
+                "Authorization": format!("MxToken {FORGED}"),
+                "headers": format!("Authorization: MxToken {FORGED}\n"),
+            }})),
+        )
+        .await
+        .unwrap();
+    // A namespace selected next, and one selected after a restart of the operator (which then
+    // knows the working token only from what it recorded): each gets the working token.
+    let client = w.client();
+    let c = w.namespace("c", json!({&key: "true"})).await;
+    copy_becomes(&client, &c, |s| s.is_some()).await.unwrap();
+    w.restart_operator();
+    let d = w.namespace("d", json!({&key: "true"})).await;
+    copy_becomes(&client, &d, |s| s.is_some()).await.unwrap();
+    // The tenant's own copy is put back.
+    copy_becomes(&client, &a, |s| {
+        s.and_then(|s| value(s, "MENDIX_TOKEN")).as_deref() == Some(WORKING)
+    })
+    .await
+    .expect("the tenant's copy holds the working token again");
+    for ns in [&a, &b, &c, &d] {
+        let copy = w.copy(ns).await.unwrap();
+        assert_eq!(
+            value(&copy, "MENDIX_TOKEN").as_deref(),
+            Some(WORKING),
+            "{ns}"
+        );
+    }
+    let cr = w.clusters().get(&name).await.unwrap();
+    assert_eq!(
+        ready(&cr),
+        Some(("False".into(), "RotationRejected".into()))
+    );
+    assert_eq!(fingerprint(&cr), Some(working));
+    assert_eq!(w.sim.requests(FORGED), 0, "the forged token is never sent");
+    assert!(!w.op.logs().contains("mxforge"), "a token in the log");
+    w.clean_up(&[&name]).await;
+}
+
+#[tokio::test]
+async fn a_cluster_credential_with_the_longest_valid_name_syncs() {
+    let _turn = TURN.lock().await;
+    let mut w = World::new("cl-long", &[]).await;
+    let a = w.namespace("a", json!({})).await;
+    w.source("raw", "tok-cl-long").await;
+    let head = format!("{}-", w.env.ns);
+    let name = format!("{head}{}", "c".repeat(253 - head.len()));
+    assert_eq!(name.len(), 253);
+    w.put(
+        &name,
+        json!({
+            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaces": [a]},
+            "verification": {"enabled": false},
+        }),
+    )
+    .await;
+    w.wait_status(&name, "synced", Duration::from_secs(30), |cr| {
+        is_synced(cr, "1/1")
+    })
+    .await;
+    let copy = w.copy(&a).await.unwrap();
+    let label = &copy.metadata.labels.as_ref().unwrap()["mxcred.io/cluster-credential"];
+    assert!(label.len() <= 63, "{label}");
+    // A copy changed by hand is put back: the copies' watch finds its resource.
+    Api::<Secret>::namespaced(w.client(), &a)
+        .patch(
+            TARGET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"MENDIX_TOKEN": "tok-by-hand"}})),
+        )
+        .await
+        .unwrap();
+    copy_becomes(&w.client(), &a, |s| {
+        s.and_then(|s| value(s, "MENDIX_TOKEN")).as_deref() == Some("tok-cl-long")
+    })
+    .await
+    .expect("the copy is put back");
+    // Events of a resource of that name are published (their names fit).
+    w.env.put_source("raw", &[("token", "tok-cl-long-2")]).await;
+    wait_for(Duration::from_secs(30), || async {
+        let events = events_of(&w.client(), &name).await;
+        events
+            .iter()
+            .any(|e| e.starts_with("Normal Rotated"))
+            .then_some(())
+    })
+    .await
+    .expect("a Rotated Event");
+    assert!(!w.op.logs().contains("could not publish Event"));
+    w.clean_up(&[&name]).await;
+}
+
 /// A Deployment `runner` in `ns` reading the copy through `envFrom`, as a CI runner's would,
 /// that consents to restarts by the cluster resources `follows` (none: no consent).
 async fn create_runner(client: &Client, ns: &str, follows: &[&str]) -> Deployment {

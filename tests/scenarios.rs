@@ -240,6 +240,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
         metrics,
         retries: Arc::default(),
         events: Arc::default(),
+        status_writes: Default::default(),
     };
     (Arc::new(ctx), verifier)
 }

@@ -263,6 +263,11 @@ pub struct MendixCredentialStatus {
     /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
+    /// SHA-256 of the published credential ("sha256:" and 64 hex digits), of which
+    /// tokenFingerprint is the start: what the operator compares to decide whether a
+    /// credential is the published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_digest: Option<String>,
     /// Fingerprint of a new credential in the source Secret that is not published yet: it
     /// waits for the platform's verdict (RotationPending) or was rejected (RotationRejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +296,16 @@ pub struct MendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub rollout_restart: Vec<RolloutRestartStatus>,
+}
+
+impl MendixCredentialStatus {
+    /// The digest of the published credential; a status written before digests were recorded
+    /// has only its fingerprint.
+    pub fn published_digest(&self) -> Option<&str> {
+        self.token_digest
+            .as_deref()
+            .or(self.token_fingerprint.as_deref())
+    }
 }
 
 /// A workload of spec.target.rolloutRestart, as the operator last found it.

@@ -172,6 +172,11 @@ pub struct ClusterMendixCredentialStatus {
     /// sha256 fingerprint of the published credential ("sha256:" and 12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
+    /// SHA-256 of the published credential ("sha256:" and 64 hex digits), of which
+    /// tokenFingerprint is the start: what the operator compares to decide whether a
+    /// credential is the published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_digest: Option<String>,
     /// Fingerprint of a new credential in the source Secret that is not published yet: it
     /// waits for the platform's verdict (RotationPending) or was rejected (RotationRejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,7 +444,7 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
 pub fn copy_labels(secret: &mut Secret, name: &str) {
     let labels = secret.metadata.labels.get_or_insert_default();
     labels.remove(crate::domain::api::LABEL_CREDENTIAL);
-    labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), name.into());
+    labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), render::label_value(name));
 }
 
 /// What to do with the copy in one namespace, given what exists under its name.

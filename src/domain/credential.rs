@@ -135,9 +135,12 @@ impl Credential {
         })
     }
 
-    /// `sha256:` and the first 12 hex digits of the SHA-256 of the token (or of username,
-    /// a line feed and key): enough to match Secrets to tokens, useless to recover them.
-    pub fn fingerprint(&self) -> String {
+    /// `sha256:` and the 64 hex digits of the SHA-256 of the token (or of username, a line feed
+    /// and key). Every decision that compares credentials (publication, a verdict carried
+    /// over, whether a Secret holds the published one) compares these: a pair of credentials
+    /// with the same [`Credential::fingerprint`] takes seconds to find, one with the same
+    /// digest does not exist to be found.
+    pub fn digest(&self) -> String {
         let mut hash = Sha256::new();
         match self {
             Credential::PersonalAccessToken(token) => hash.update(token.expose_secret()),
@@ -147,8 +150,13 @@ impl Credential {
                 hash.update(api_key.expose_secret());
             }
         }
-        let digest = hash.finalize();
-        format!("sha256:{}", &hex::encode(digest)[..12])
+        format!("sha256:{}", hex::encode(hash.finalize()))
+    }
+
+    /// `sha256:` and the first 12 hex digits of [`Credential::digest`]: enough for people to
+    /// match Secrets to tokens, useless to recover them, and never what a decision compares.
+    pub fn fingerprint(&self) -> String {
+        fingerprint_of(&self.digest())
     }
 
     /// The HTTP headers that authenticate this credential, as (name, value) pairs.
@@ -164,6 +172,24 @@ impl Credential {
             ],
         }
     }
+}
+
+/// The fingerprint of a digest: its first 12 hex digits (a fingerprint stays as it is).
+pub fn fingerprint_of(digest: &str) -> String {
+    digest.chars().take(FINGERPRINT_LEN).collect()
+}
+
+/// `sha256:` and 12 hex digits.
+const FINGERPRINT_LEN: usize = "sha256:".len() + 12;
+
+/// Whether `recorded` (a digest, from a status the operator wrote) names the credential whose
+/// digest is `digest`. A status written before the operator recorded digests holds only the
+/// fingerprint: that is compared until the next status write records the digest.
+pub fn is_recorded(recorded: &str, digest: &str) -> bool {
+    if recorded.len() == FINGERPRINT_LEN {
+        return digest.starts_with(recorded);
+    }
+    recorded == digest
 }
 
 /// Whether a Secret has opted in as a source: type `Opaque` (an unset type is stored as
@@ -388,6 +414,21 @@ mod tests {
         ] {
             assert!(!message.contains(hidden), "{message} reveals {hidden}");
         }
+    }
+
+    /// Two tokens whose fingerprints are equal (found by a cycle search over the 48 bits):
+    /// what a tenant can make in seconds.
+    const COLLIDING: [&str; 2] = ["mxforge-8f8b40ea2ff9", "mxforge-7cf267c610d5"];
+
+    #[test]
+    fn a_fingerprint_collision_is_not_a_digest_collision() {
+        let [a, b] = COLLIDING.map(|t| pat(t.as_bytes()).unwrap());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.digest(), b.digest());
+        assert!(is_recorded(&a.digest(), &a.digest()));
+        assert!(!is_recorded(&a.digest(), &b.digest()));
+        assert_eq!(a.digest().len(), "sha256:".len() + 64);
+        assert_eq!(fingerprint_of(&a.digest()), a.fingerprint());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::domain::classify::{Outcome, Reason, TokenValid};
 use crate::domain::conditions::{self, Verdict};
-use crate::domain::credential::SourceError;
+use crate::domain::credential::{self, SourceError};
 pub use crate::domain::ready::{Ready, ReadyReason};
 use crate::domain::render;
 use crate::domain::rotation::{self, Held};
@@ -23,7 +23,10 @@ pub enum Sync {
     /// The target holds the current credential.
     Published {
         target: String,
+        /// Its fingerprint, for people (and restart annotations).
         fingerprint: String,
+        /// Its digest: what decides whether it is the credential published before.
+        digest: String,
         /// When the target's data was last written, as the API server recorded it.
         written_at: Option<Time>,
         /// Whether this reconcile wrote it.
@@ -140,11 +143,14 @@ pub fn reconcile(observed: Observed) -> Plan {
         Sync::Published {
             target,
             fingerprint,
+            digest,
             written_at,
             wrote,
             checked_first: _,
         } => {
-            let rotated = previous.token_fingerprint.as_ref() != Some(fingerprint);
+            let rotated = !previous
+                .published_digest()
+                .is_some_and(|d| credential::is_recorded(d, digest));
             if rotated {
                 forget_verdict(&mut status);
             }
@@ -154,6 +160,7 @@ pub fn reconcile(observed: Observed) -> Plan {
                 status.last_synced_time = written_at.clone().or(previous.last_synced_time.clone());
             }
             status.token_fingerprint = Some(fingerprint.clone());
+            status.token_digest = Some(digest.clone());
             status.secret_name = Some(target.clone());
             status.pending_fingerprint = None;
             Ready {
@@ -291,8 +298,14 @@ fn announcements(
             note: format!("wrote Secret {target}"),
         });
     }
-    if let (Some(old), Some(new)) = (&previous.token_fingerprint, &status.token_fingerprint)
-        && old != new
+    if let (Some(old), Some(new), Some(published)) = (
+        &previous.token_fingerprint,
+        &status.token_fingerprint,
+        previous.published_digest(),
+    ) && !status
+        .token_digest
+        .as_deref()
+        .is_some_and(|d| credential::is_recorded(published, d))
     {
         let target = status.secret_name.clone().unwrap_or_default();
         let checked = if checked_first {

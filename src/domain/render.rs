@@ -4,7 +4,7 @@
 use crate::domain::api::{
     ANNOTATION_FINGERPRINT, CredentialType, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER,
 };
-use crate::domain::credential::Credential;
+use crate::domain::credential::{self, Credential};
 use crate::domain::spec::{Resolved, SourceKeys};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -26,7 +26,7 @@ pub fn target_secret(
 ) -> Secret {
     let mut labels = resolved.target_labels.clone();
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
-    labels.insert(LABEL_CREDENTIAL.into(), credential_name.into());
+    labels.insert(LABEL_CREDENTIAL.into(), label_value(credential_name));
     let mut annotations = resolved.target_annotations.clone();
     annotations.insert(ANNOTATION_FINGERPRINT.into(), credential.fingerprint());
 
@@ -43,6 +43,22 @@ pub fn target_secret(
         data: Some(secret_data(credential)),
         ..Default::default()
     }
+}
+
+/// A resource's name as a label value: itself when it fits the 63 characters of a label value,
+/// else a prefix of it, `-` and 10 hex digits of the SHA-256 of the whole name (as Kubernetes
+/// tools shorten long names): a resource name may be 253 characters long, and a label value
+/// that long makes the API server refuse the Secret. Two names in one namespace share a value
+/// only by a 40-bit hash collision, and a shared value alone never makes a Secret ours.
+pub fn label_value(name: &str) -> String {
+    const MAX: usize = 63;
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    let hash = &hex::encode(Sha256::digest(name.as_bytes()))[..10];
+    // A DNS subdomain is ASCII; the cut may end in '-' or '.', which a label value may not.
+    let head = name[..MAX - hash.len() - 1].trim_end_matches(['-', '.']);
+    format!("{head}-{hash}")
 }
 
 /// The keys of the target Secret that hold the credential as environment variables.
@@ -98,25 +114,21 @@ pub fn is_ours_by(existing: &Secret, uid: &str, label: &str, name: &str) -> bool
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(label))
-                .is_some_and(|v| v == name);
+                .is_some_and(|v| *v == label_value(name));
             labelled && our_entries(existing).next().is_some()
         }
     }
 }
 
-/// The credential a target Secret holds, if it is the one with `fingerprint`: what a rotation
-/// held back protects, and what goes on being verified meanwhile.
+/// The credential a target Secret holds, if it is the one whose digest the status recorded
+/// (`published`): what a rotation held back protects, and what goes on being verified
+/// meanwhile. The data decides, by its full digest: an annotation anyone who may write the
+/// Secret can set, and a value with the same fingerprint takes seconds to find.
 pub fn published_credential(
     target: &Secret,
     credential_type: CredentialType,
-    fingerprint: &str,
+    published: &str,
 ) -> Option<Credential> {
-    let annotated = target
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION_FINGERPRINT))
-        .is_some_and(|f| f == fingerprint);
     let keys = SourceKeys {
         secret: target.metadata.name.clone().unwrap_or_default(),
         token_key: TOKEN.into(),
@@ -124,7 +136,7 @@ pub fn published_credential(
         api_key_key: API_KEY.into(),
     };
     let credential = Credential::from_source(credential_type, &keys, target.data.as_ref()?).ok()?;
-    (annotated && credential.fingerprint() == fingerprint).then_some(credential)
+    credential::is_recorded(published, &credential.digest()).then_some(credential)
 }
 
 /// Whether the API server recorded a write of ours to `secret` other than by server-side apply
@@ -293,6 +305,44 @@ mod tests {
 
     fn text(s: &Secret, key: &str) -> String {
         String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_long_name_is_a_valid_label_value_of_its_own() {
+        assert_eq!(label_value("deploy-bot"), "deploy-bot");
+        let exactly = "a".repeat(63);
+        assert_eq!(label_value(&exactly), exactly);
+        let long = format!("{}.{}", "a".repeat(51), "b".repeat(201));
+        assert_eq!(long.len(), 253);
+        let value = label_value(&long);
+        assert!(value.len() <= 63, "{value}");
+        assert!(value.starts_with(&"a".repeat(51)), "{value}");
+        // The cut fell on the '.': trimmed, as a label value must end alphanumeric.
+        assert!(!value.contains(".-"), "{value}");
+        let other = format!("{}c", &long[..252]);
+        assert_ne!(label_value(&other), value, "the hash tells them apart");
+        let valid = |v: &str| {
+            v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        assert!(valid(&value), "{value}");
+        let long_target = target_secret(
+            "ns",
+            &long,
+            owner(),
+            &resolved(CredentialType::PersonalAccessToken),
+            &pat(),
+        );
+        assert_eq!(
+            long_target.metadata.labels.as_ref().unwrap()[LABEL_CREDENTIAL],
+            value
+        );
+        let mut orphan = applied(&long_target);
+        orphan.metadata.owner_references = None;
+        assert!(is_ours(&orphan, "uid-1", &long));
+        assert!(!is_ours(&orphan, "uid-1", &other));
     }
 
     #[test]

@@ -9,24 +9,25 @@
 use crate::domain::api::{MendixCredentialStatus, RotationPolicy, condition};
 use crate::domain::classify::{Outcome, TokenValid};
 use crate::domain::conditions;
+use crate::domain::credential;
 use crate::domain::ready::{Ready, ReadyReason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-/// The published credential a new one must not replace unchecked: its fingerprint, when the
-/// new credential `fingerprint` must be checked first.
+/// The published credential a new one must not replace unchecked: its recorded digest, when
+/// the new credential (of digest `digest`) must be checked first.
 pub fn to_protect<'a>(
     policy: RotationPolicy,
     verification_enabled: bool,
     previous: &'a MendixCredentialStatus,
-    fingerprint: &str,
+    digest: &str,
 ) -> Option<&'a str> {
     if policy == RotationPolicy::Immediate || !verification_enabled {
         return None;
     }
-    let published = previous.token_fingerprint.as_deref()?;
+    let published = previous.published_digest()?;
     let known_good = conditions::find(&previous.conditions, condition::TOKEN_VALID)
         .is_some_and(|c| c.status == TokenValid::True.as_str());
-    (published != fingerprint && known_good).then_some(published)
+    (!credential::is_recorded(published, digest) && known_good).then_some(published)
 }
 
 /// What is known of the check of a credential waiting to be published.
@@ -161,6 +162,34 @@ mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn a_credential_with_the_published_fingerprint_is_still_a_new_one() {
+        // Two tokens with the same fingerprint, found by a cycle search over its 48 bits.
+        let [working, forged] = ["mxforge-8f8b40ea2ff9", "mxforge-7cf267c610d5"]
+            .map(|t| crate::domain::credential::Credential::personal_access_token(t.as_bytes()));
+        let (working, forged) = (working.unwrap(), forged.unwrap());
+        assert_eq!(working.fingerprint(), forged.fingerprint());
+        let mut good = status(&working.fingerprint(), TokenValid::True);
+        good.token_digest = Some(working.digest());
+        let verify_first = RotationPolicy::VerifyFirst;
+        assert_eq!(
+            to_protect(verify_first, true, &good, &forged.digest()),
+            Some(working.digest().as_str()),
+            "checked first, as any new credential"
+        );
+        assert_eq!(
+            to_protect(verify_first, true, &good, &working.digest()),
+            None
+        );
+        // A status from before digests were recorded compares the fingerprint, until the
+        // next write records the digest.
+        let legacy = status(&working.fingerprint(), TokenValid::True);
+        assert_eq!(
+            to_protect(verify_first, true, &legacy, &working.digest()),
+            None
+        );
     }
 
     #[test]

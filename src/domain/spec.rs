@@ -3,8 +3,8 @@
 //! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
 
 use crate::domain::api::{
-    CredentialType, DENIED_METADATA_DOMAINS, LABEL_MANAGED_BY, MendixCredentialSpec, Platform,
-    RotationPolicy,
+    ANNOTATION_VERIFY_REQUESTED_AT, CredentialType, DENIED_METADATA_DOMAINS, LABEL_MANAGED_BY,
+    MendixCredentialSpec, Platform, RotationPolicy,
 };
 use crate::domain::probe::ProbeTarget;
 use std::collections::BTreeMap;
@@ -127,6 +127,38 @@ pub fn resolve(
 /// The domain of Kubernetes' recommended labels (`app.kubernetes.io/name`, `part-of`, ...).
 const RECOMMENDED_LABELS: &str = "app.kubernetes.io";
 
+/// The longest `mxcred.io/verify-requested-at` value honoured: a timestamp takes 20 to 35
+/// characters, and the API server lets a tenant write 256 KiB there.
+pub const MAX_VERIFY_REQUEST: usize = 64;
+
+/// What the operator's cache keeps of a longer value: this prefix and a hash of the value, so
+/// that a change of it is still seen as one, and the value itself is never held.
+const OVERLONG_VERIFY_REQUEST: &str = "mxcred.io/overlong:";
+
+/// The value of `mxcred.io/verify-requested-at` as the cache keeps it.
+pub fn slim_verify_request(value: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    (value.len() > MAX_VERIFY_REQUEST).then(|| {
+        let hash = hex::encode(&Sha256::digest(value.as_bytes())[..8]);
+        format!("{OVERLONG_VERIFY_REQUEST}{hash}")
+    })
+}
+
+/// Refuses a `mxcred.io/verify-requested-at` value longer than [`MAX_VERIFY_REQUEST`] (or the
+/// mark the cache keeps of one): no check is forced by it.
+pub fn check_verify_request(value: Option<&str>) -> Result<(), InvalidSpec> {
+    match value {
+        Some(v) if v.len() > MAX_VERIFY_REQUEST || v.starts_with(OVERLONG_VERIFY_REQUEST) => {
+            Err(InvalidSpec(format!(
+                "annotation {ANNOTATION_VERIFY_REQUESTED_AT} is longer than the \
+                 {MAX_VERIFY_REQUEST} characters allowed: no check is forced by it; set it to a \
+                 timestamp, e.g. $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Refuses `spec.target` labels and annotations under a denied domain, or starting with one of
 /// the administrator's `extra` prefixes. The message names the first such key.
 pub fn check_target_metadata(resolved: &Resolved, extra: &[String]) -> Result<(), InvalidSpec> {
@@ -237,6 +269,28 @@ pub fn is_valid_secret_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlong_verify_request_is_kept_as_a_mark_and_refused() {
+        let timestamp = "2026-12-04T20:30:00Z";
+        assert_eq!(slim_verify_request(timestamp), None);
+        assert_eq!(check_verify_request(Some(timestamp)), Ok(()));
+        assert_eq!(check_verify_request(None), Ok(()));
+        let huge = "x".repeat(250_000);
+        let kept = slim_verify_request(&huge).unwrap();
+        assert!(kept.len() <= MAX_VERIFY_REQUEST, "{kept}");
+        assert_ne!(slim_verify_request(&format!("{huge}y")).unwrap(), kept);
+        for refused in [huge.as_str(), kept.as_str()] {
+            let InvalidSpec(message) = check_verify_request(Some(refused)).unwrap_err();
+            assert!(
+                message.contains(ANNOTATION_VERIFY_REQUESTED_AT),
+                "{message}"
+            );
+            assert!(!message.contains("xxx"), "{message}");
+        }
+        assert!(check_verify_request(Some(&"x".repeat(64))).is_ok());
+        assert!(check_verify_request(Some(&"x".repeat(65))).is_err());
+    }
     use crate::domain::api::{SourceRef, Target, Verification};
 
     fn spec() -> MendixCredentialSpec {

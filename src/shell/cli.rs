@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// together than this become one check at the end of the cooldown.
     #[arg(long, env = "MXCRED_FORCED_CHECK_COOLDOWN", default_value = "60s", value_parser = humantime::parse_duration)]
     pub forced_check_cooldown: Duration,
+    /// The shortest interval one namespace's resources make the checks of a credential that
+    /// another namespace's resources share (a tenant holding a copy of a token cannot make the
+    /// platform see it more often than this).
+    #[arg(long, env = "MXCRED_SHARED_INTERVAL_FLOOR", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub shared_interval_floor: Duration,
     /// Resources reconciled at once. 32 converged 5000 resources a quarter faster than 8 (make bench).
     #[arg(long, env = "MXCRED_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,

@@ -235,7 +235,13 @@ impl Platform {
     /// Whether credentials may be sent to `url`: its origin is allowed, or it is exactly a
     /// `--probe-url` URL.
     fn is_allowed(&self, url: &Url) -> bool {
-        Origin::of(url).is_some_and(|o| self.allowed.contains(&o)) || self.exact.contains(url)
+        self.origin_allowed(url) || self.exact.contains(url)
+    }
+
+    /// Whether every URL of `url`'s origin is allowed (an `--allowed-host`), not just the
+    /// exact `--probe-url` URLs.
+    pub(crate) fn origin_allowed(&self, url: &Url) -> bool {
+        Origin::of(url).is_some_and(|o| self.allowed.contains(&o))
     }
 
     fn limiter(&self, host: &str) -> Arc<DefaultDirectRateLimiter> {

@@ -12,7 +12,8 @@
 //! each step only after the write before it succeeded.
 
 use crate::domain::api::{
-    MANAGER, MendixCredential, MendixCredentialStatus, RolloutRestartStatus, condition,
+    ANNOTATION_VERIFY_REQUESTED_AT, MANAGER, MendixCredential, MendixCredentialStatus,
+    RolloutRestartStatus, condition,
 };
 use crate::domain::conditions::{self, Verdict};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
@@ -28,9 +29,9 @@ use crate::shell::verifier::Verifier;
 use crate::shell::{restart, subscribe, target};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
@@ -50,6 +51,18 @@ pub struct Context {
     pub retries: Arc<restart::Retries<Vec<RolloutRestartStatus>>>,
     /// The bound on the Events of each object.
     pub events: Arc<EventLimiter>,
+    pub status_writes: StatusWrites,
+}
+
+/// Status writes under way at once. The API server answers each with the whole resource, whose
+/// annotations and managed fields a tenant can make hundreds of KiB large: with every reconcile
+/// writing at once, the answers alone took the operator more than 10 MiB up.
+pub struct StatusWrites(tokio::sync::Semaphore);
+
+impl Default for StatusWrites {
+    fn default() -> Self {
+        StatusWrites(tokio::sync::Semaphore::new(2))
+    }
 }
 
 /// A reconcile that failed, by the step that failed. Problems a user must fix are not errors:
@@ -180,8 +193,13 @@ async fn reconcile_valid(
 
     let resolved =
         spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval).and_then(|resolved| {
-            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)
-                .map(|()| resolved)
+            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)?;
+            spec::check_verify_request(
+                cr.annotations()
+                    .get(ANNOTATION_VERIFY_REQUESTED_AT)
+                    .map(String::as_str),
+            )?;
+            Ok(resolved)
         });
     let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
     let forced = request.as_ref().map(|(_, at)| *at);
@@ -276,10 +294,12 @@ async fn write_status(
         "kind": "MendixCredential",
         "status": status,
     });
+    let slot = ctx.status_writes.0.acquire().await;
     let written = Api::<MendixCredential>::namespaced(ctx.client.clone(), &id.namespace)
         .patch_status(&id.name, &apply_params(), &Patch::Apply(patch))
         .await
         .map_err(Error::WriteStatus)?;
+    drop(slot);
     debug!(
         credential = %format!("{}/{}", id.namespace, id.name),
         based_on = cr.resource_version(),
@@ -320,23 +340,52 @@ pub(crate) async fn publish(ctx: &Context, regarding: &ObjectReference, event: p
         );
         return;
     }
-    let event = Event {
-        type_: if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(event.note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    // A recorder per Event, as kube documents: a long-lived one keeps every Event it published
-    // for six minutes, and scans them all on each publish.
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(error) = recorder.publish(&event, regarding).await {
+    let body = event_of(regarding, event, &ctx.reporter, jiff::Timestamp::now());
+    let namespace = body.metadata.namespace.clone().unwrap_or_default();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(error) = events.create(&PostParams::default(), &body).await {
         ctx.metrics.failed("publish_event");
         warn!(error = %describe(&error), reason, "could not publish Event");
+    }
+}
+
+/// The Event kube's `Recorder` would publish, but for its name: the Recorder's is the object's
+/// name and a suffix, too long for an object whose name takes the 253 characters a name may.
+fn event_of(
+    regarding: &ObjectReference,
+    event: plan::Announcement,
+    reporter: &Reporter,
+    at: jiff::Timestamp,
+) -> k8s_openapi::api::events::v1::Event {
+    let name = crate::domain::render::label_value(regarding.name.as_deref().unwrap_or_default());
+    k8s_openapi::api::events::v1::Event {
+        action: Some("Reconcile".into()),
+        reason: Some(event.reason.into()),
+        note: Some(event.note),
+        type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+        event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            at,
+        )),
+        regarding: Some(regarding.clone()),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{name}.{:x}", at.as_nanosecond())),
+            namespace: Some(
+                regarding
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 

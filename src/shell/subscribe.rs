@@ -7,10 +7,10 @@ use crate::domain::api::{
 };
 use crate::domain::classify::{Reason, TokenValid};
 use crate::domain::conditions;
-use crate::domain::credential::Credential;
+use crate::domain::credential::{self, Credential};
 use crate::domain::plan;
 use crate::domain::rotation;
-use crate::domain::spec::{Resolved, VerificationPlan};
+use crate::domain::spec::{self, Resolved, VerificationPlan};
 use crate::shell::reconcile::{Context, Id, api_time};
 use crate::shell::verifier::{Known, Slot, Subscription, View};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
@@ -146,7 +146,9 @@ pub(crate) fn known_verdict(
     credential: &Credential,
 ) -> Option<Known> {
     let valid = conditions::find(&previous.conditions, condition::TOKEN_VALID)?;
-    let same = previous.token_fingerprint.as_deref() == Some(credential.fingerprint().as_str())
+    let same = previous
+        .published_digest()
+        .is_some_and(|d| credential::is_recorded(d, &credential.digest()))
         && valid.observed_generation == cr.metadata.generation
         && valid.reason != Reason::Pending.as_str();
     let verdict = Reason::OUTCOMES
@@ -174,6 +176,8 @@ pub(crate) fn verify_request(
     ctx: &Context,
 ) -> Option<(String, SystemTime)> {
     let value = cr.annotations().get(ANNOTATION_VERIFY_REQUESTED_AT)?;
+    // A value too long to honour forces nothing (the status says so).
+    spec::check_verify_request(Some(value)).ok()?;
     // First seen by this instance: served if it was set (as `managedFields` records) before the
     // last definitive check.
     let served_before = || match (
@@ -196,6 +200,22 @@ fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
         .filter(|entry| sets_annotation(entry, key))
         .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
         .max()
+}
+
+/// Of a managed-fields entry that sets annotation `key`, what [`annotation_set_at`] reads: its
+/// manager, operation and time, and of its fields that one annotation.
+pub fn setting_entry(entry: &ManagedFieldsEntry, key: &str) -> ManagedFieldsEntry {
+    let fields = serde_json::json!({"f:metadata": {"f:annotations": {format!("f:{key}"): {}}}});
+    ManagedFieldsEntry {
+        manager: entry.manager.clone(),
+        operation: entry.operation.clone(),
+        time: entry.time.clone(),
+        fields_type: entry.fields_type.clone(),
+        fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+            fields,
+        )),
+        ..ManagedFieldsEntry::default()
+    }
 }
 
 pub fn sets_annotation(entry: &ManagedFieldsEntry, key: &str) -> bool {

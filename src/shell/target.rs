@@ -4,7 +4,7 @@
 
 use crate::domain::api::MANAGER;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
-use crate::domain::credential::{Credential, SourceError};
+use crate::domain::credential::{self, Credential, SourceError};
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
 use crate::domain::render;
 use crate::domain::rotation::{self, Decision};
@@ -75,6 +75,7 @@ pub(crate) async fn sync(
     let sync = Sync::Published {
         target: target.clone(),
         fingerprint: credential.fingerprint(),
+        digest: credential.digest(),
         written_at,
         wrote,
         checked_first,
@@ -108,7 +109,7 @@ async fn hold_back(
         resolved.rotation,
         resolved.verification.is_some(),
         previous,
-        &pending,
+        &credential.digest(),
     )) else {
         return Ok(Gate::Open);
     };
@@ -132,7 +133,7 @@ async fn hold_back(
         Decision::Hold(held) => Gate::Held((
             Sync::Held {
                 target: target.clone(),
-                published: published.to_owned(),
+                published: credential::fingerprint_of(published),
                 pending,
                 held,
             },
@@ -316,17 +317,35 @@ pub(crate) async fn claim(secrets: &Api<Secret>, secret: Secret) -> Result<Secre
 /// The API server refused the target Secret: only labels and annotations from the spec can make
 /// it invalid. Names the fields, not the values.
 pub(crate) fn refused_target(e: &Status) -> String {
-    let fields: Vec<&str> = e
+    let causes: Vec<&str> = e
         .details
         .iter()
         .flat_map(|d| d.causes.iter())
         .map(|c| c.field.as_str())
         .filter(|f| !f.is_empty())
         .collect();
-    format!(
-        "the API server refused the target Secret (invalid: {}); check spec.target.labels and spec.target.annotations",
+    let mut fields: Vec<&str> = causes.iter().map(|f| spec_field(f)).collect();
+    fields.dedup();
+    let fields = if fields.is_empty() {
+        "spec.target.labels or spec.target.annotations".to_owned()
+    } else {
         fields.join(", ")
+    };
+    format!(
+        "the API server refused the target Secret: check {fields} (invalid: {})",
+        causes.join(", ")
     )
+}
+
+/// The field of the spec that a field of the target Secret comes from.
+fn spec_field(secret_field: &str) -> &str {
+    let field = secret_field.split('[').next().unwrap_or_default();
+    match field {
+        "metadata.labels" => "spec.target.labels",
+        "metadata.annotations" => "spec.target.annotations",
+        "metadata.name" => "spec.target.name",
+        _ => secret_field,
+    }
 }
 
 /// After `spec.target.name` changed, deletes the Secret published under the old name.
@@ -353,4 +372,27 @@ async fn remove_previous_target(
         info!(secret = old, "deleted the previous target Secret");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_field_of_the_spec() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 422, "reason": "Invalid",
+            "details": {"causes": [
+                {"field": "metadata.labels", "message": "must be no more than 63 characters"},
+                {"field": "metadata.annotations[x]", "message": "bad"},
+            ]},
+        }))
+        .unwrap();
+        let message = refused_target(&status);
+        assert!(
+            message.contains("check spec.target.labels, spec.target.annotations"),
+            "{message}"
+        );
+        assert!(message.contains("invalid: metadata.labels"), "{message}");
+    }
 }

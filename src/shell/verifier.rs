@@ -41,6 +41,9 @@ pub struct Verifier {
     metrics: Arc<Metrics>,
     /// Forced checks of one credential closer together than this are merged into one.
     cooldown: Duration,
+    /// The shortest interval a resource's interval makes the checks of a credential shared with
+    /// another namespace's resource.
+    shared_floor: Duration,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
     /// Where to send the resources whose answer changed: the controller of each scope.
@@ -73,6 +76,11 @@ struct State {
     checks: HashMap<Key, Check>,
     /// The credential each resource (by uid) subscribed to, in each slot.
     subscribed: HashMap<(String, Slot), Key>,
+    /// Per resource and slot that moved to a new credential: since when it has, and how many
+    /// times since. Beyond [`FREE_MOVES`] within the cooldown, the moves make one check at its
+    /// end, as forced checks do: rewriting a source again and again spends no more of the
+    /// platform.
+    moved: HashMap<(String, Slot), (SystemTime, u8)>,
     /// Checks under way per namespace.
     running: HashMap<String, usize>,
     /// The namespace served last, for round-robin.
@@ -135,12 +143,27 @@ pub struct Latest {
     pub serves_request: bool,
 }
 
+/// Moves of a resource to a new credential within the cooldown whose check runs at once (a
+/// wrong token and its fix).
+const FREE_MOVES: u8 = 2;
+
+/// The default of `--shared-interval-floor`.
+pub const DEFAULT_SHARED_FLOOR: Duration = Duration::from_secs(15 * 60);
+
 impl Verifier {
+    /// With `floor` as the shortest interval one namespace's resource makes the checks of a
+    /// credential that another namespace's resources share.
+    pub fn with_shared_floor(mut self, floor: Duration) -> Self {
+        self.shared_floor = floor;
+        self
+    }
+
     pub fn new(platform: Platform, metrics: Arc<Metrics>, cooldown: Duration) -> Self {
         Verifier {
             platform,
             metrics,
             cooldown,
+            shared_floor: DEFAULT_SHARED_FLOOR,
             state: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             routes: Mutex::default(),
@@ -166,15 +189,32 @@ impl Verifier {
         let now = SystemTime::now();
         let mut state = self.state.lock().expect("lock poisoned");
         let subscriber = (s.uid.to_owned(), s.slot);
+        let mut moved = false;
         if let Some(old) = state.subscribed.insert(subscriber.clone(), key)
             && old != key
         {
             state.leave(&old, &subscriber);
+            moved = true;
         }
+        let not_before = (moved && !state.checks.contains_key(&key)).then(|| {
+            let window = state.moved.entry(subscriber.clone()).or_insert((now, 0));
+            if now >= window.0 + self.cooldown {
+                *window = (now, 0);
+            }
+            window.1 = window.1.saturating_add(1);
+            if window.1 <= FREE_MOVES {
+                now
+            } else {
+                window.0 + self.cooldown
+            }
+        });
         let check = state
             .checks
             .entry(key)
             .or_insert_with(|| Check::new(s.credential.clone(), s.probe.clone()));
+        if let Some(at) = not_before.filter(|at| *at > now) {
+            check.not_before = Some(at);
+        }
         check.subscribers.insert(
             subscriber,
             Subscriber {
@@ -208,7 +248,7 @@ impl Verifier {
                     .map_or(s.forced.unwrap_or(now), |f| f.min(s.forced.unwrap_or(now))),
             );
         }
-        let next = check.scheduled(&key);
+        let next = check.scheduled(&key, self.shared_floor);
         let view = match &check.answer {
             Some((outcome, answered_at, _)) => View::Answered(Latest {
                 outcome: outcome.clone(),
@@ -256,6 +296,7 @@ impl Verifier {
                 state.leave(&key, &subscriber);
             }
         }
+        state.moved.retain(|(uid, _), _| live.contains(uid));
     }
 
     /// A stream of the resources of `scope` (a namespace, or all) whose answer changed. A new
@@ -317,7 +358,7 @@ impl Verifier {
             if check.running || check.subscribers.is_empty() {
                 continue;
             }
-            let due = check.due(key, self.cooldown);
+            let due = check.due(key, self.cooldown, self.shared_floor);
             match due.duration_since(now) {
                 Ok(wait) if !wait.is_zero() => soonest = soonest.min(wait),
                 _ => waiting
@@ -425,7 +466,16 @@ impl Verifier {
             hash.update(value.expose_secret());
             hash.update(b"\0");
         }
-        hash.update(self.platform.url_for(probe).as_str());
+        // Probe URLs of an allowed origin that differ only in their query string (or fragment)
+        // make one check, at the first subscriber's URL: a resource could otherwise multiply
+        // the checks of a shared credential by varying the query. An origin allowed only for
+        // exact `--probe-url` URLs keeps the whole URL: a variant of one is not allowed.
+        let mut url = self.platform.url_for(probe);
+        if self.platform.origin_allowed(&url) {
+            url.set_query(None);
+            url.set_fragment(None);
+        }
+        hash.update(url.as_str());
         hash.finalize().into()
     }
 }
@@ -461,6 +511,81 @@ mod tests {
             metrics,
             Duration::from_secs(60),
         )
+    }
+
+    #[test]
+    fn moves_to_new_credentials_within_the_cooldown_make_one_check_at_its_end() {
+        let v = verifier();
+        let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
+        let tokens: Vec<Credential> = (0..5)
+            .map(|i| Credential::personal_access_token(format!("tok-{i}").as_bytes()).unwrap())
+            .collect();
+        let started = SystemTime::now();
+        for credential in &tokens {
+            v.subscribe(Subscription {
+                uid: "rewriter",
+                slot: Slot::Published,
+                namespace: "team-b",
+                name: "rewriter",
+                credential,
+                probe: &probe,
+                interval: Duration::from_secs(3600),
+                forced: None,
+                known: None,
+            });
+        }
+        let state = v.state.lock().unwrap();
+        assert_eq!(
+            state.checks.len(),
+            1,
+            "only the latest credential is left to check"
+        );
+        let (key, check) = state.checks.iter().next().unwrap();
+        assert_eq!(*key, v.key(&probe, &tokens[4]));
+        let due = check.due(key, v.cooldown, v.shared_floor);
+        assert!(
+            due >= started + v.cooldown - Duration::from_secs(1),
+            "the latest waits for the end of the cooldown"
+        );
+        assert!(due <= SystemTime::now() + v.cooldown);
+    }
+
+    #[test]
+    fn probe_urls_that_differ_only_in_their_query_share_one_check() {
+        let v = verifier();
+        let credential = Credential::personal_access_token(b"tok").unwrap();
+        let url = |u: &str| ProbeTarget::Url(u.parse().unwrap());
+        let key = v.key(&url("https://deploy.mendix.com/probe?limit=1"), &credential);
+        for same in [
+            "https://deploy.mendix.com/probe?limit=1&x=2",
+            "https://deploy.mendix.com/probe",
+            "https://deploy.mendix.com/probe?variant=59#f",
+        ] {
+            assert_eq!(v.key(&url(same), &credential), key, "{same}");
+        }
+        // pmp.example.com is no allowed host here: only an exact --probe-url URL would be.
+        assert_ne!(
+            v.key(&url("https://pmp.example.com/probe?limit=1"), &credential),
+            v.key(&url("https://pmp.example.com/probe?limit=2"), &credential),
+            "an origin not allowed as a whole keeps the query"
+        );
+        let cloud = v.key(
+            &url("https://cloud.home.mendix.com/probe?limit=1"),
+            &credential,
+        );
+        assert_eq!(
+            v.key(
+                &url("https://cloud.home.mendix.com/probe?x=59"),
+                &credential
+            ),
+            cloud
+        );
+        for other in [
+            "https://deploy.mendix.com/other?limit=1",
+            "https://pmp.example.com/probe?limit=1",
+        ] {
+            assert_ne!(v.key(&url(other), &credential), key, "{other}");
+        }
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 use super::{ClusterMendixCredentialStatus, FailedNamespace, MAX_FAILED_NAMESPACES, Selected};
 use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::domain::conditions::{self, Verdict};
+use crate::domain::credential;
 use crate::domain::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
 use crate::domain::rotation::Held;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -63,7 +64,7 @@ pub struct ClusterObserved<'a> {
     pub credential_type: Option<CredentialType>,
     pub previous: &'a ClusterMendixCredentialStatus,
     pub target: String,
-    /// The fingerprint of the credential the copies hold, or why none could be used.
+    /// The digest of the credential the copies hold, or why none could be used.
     pub source: Result<String, Ready>,
     /// A new credential in the source held back (rotation policy VerifyFirst): its
     /// fingerprint, and why; the copies keep the published one.
@@ -117,13 +118,14 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
     let sync = match (&source, &held) {
         (Ok(published), Some((pending, held))) => Sync::Held {
             target: target.clone(),
-            published: published.clone(),
+            published: credential::fingerprint_of(published),
             pending: pending.clone(),
             held: held.clone(),
         },
-        (Ok(fingerprint), None) => Sync::Published {
+        (Ok(digest), None) => Sync::Published {
             target: target.clone(),
-            fingerprint: fingerprint.clone(),
+            fingerprint: credential::fingerprint_of(digest),
+            digest: digest.clone(),
             written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
             wrote: synced.iter().any(|(_, _, wrote)| *wrote),
             checked_first,
@@ -328,6 +330,7 @@ impl ClusterMendixCredentialStatus {
             credential_type: self.credential_type,
             secret_name: self.secret_name.clone(),
             token_fingerprint: self.token_fingerprint.clone(),
+            token_digest: self.token_digest.clone(),
             pending_fingerprint: self.pending_fingerprint.clone(),
             last_synced_time: self.last_synced_time.clone(),
             last_verified_time: self.last_verified_time.clone(),
@@ -345,6 +348,7 @@ impl ClusterMendixCredentialStatus {
             credential_type: core.credential_type,
             secret_name: core.secret_name,
             token_fingerprint: core.token_fingerprint,
+            token_digest: core.token_digest,
             pending_fingerprint: core.pending_fingerprint,
             last_synced_time: core.last_synced_time,
             last_verified_time: core.last_verified_time,

@@ -14,6 +14,7 @@ fn published(fingerprint: &str, written_at: i64, wrote: bool) -> Sync {
     Sync::Published {
         target: "t".into(),
         fingerprint: fingerprint.into(),
+        digest: fingerprint.into(),
         written_at: Some(at(written_at)),
         wrote,
         checked_first: false,
@@ -462,6 +463,7 @@ fn an_accepted_rotation_is_published_and_announced() {
     let accepted = Sync::Published {
         target: "t".into(),
         fingerprint: "fp-b".into(),
+        digest: "fp-b".into(),
         written_at: Some(at(95)),
         wrote: true,
         checked_first: true,
@@ -483,4 +485,42 @@ fn an_accepted_rotation_is_published_and_announced() {
         ("True".into(), "Verified".into())
     );
     assert_eq!(condition_of(&status, "Ready").1, "Synced");
+}
+
+#[test]
+fn a_credential_with_the_published_fingerprint_but_another_digest_is_a_new_one() {
+    let previous = run(
+        &MendixCredentialStatus::default(),
+        Sync::Published {
+            target: "t".into(),
+            fingerprint: "sha256:262dd65c426c".into(),
+            digest: "sha256:262dd65c426c-working".into(),
+            written_at: Some(at(10)),
+            wrote: true,
+            checked_first: false,
+        },
+        answered(Reason::Verified, 11),
+    )
+    .status
+    .unwrap();
+    assert_eq!(
+        previous.token_digest.as_deref(),
+        Some("sha256:262dd65c426c-working")
+    );
+    let forged = Sync::Published {
+        target: "t".into(),
+        fingerprint: "sha256:262dd65c426c".into(),
+        digest: "sha256:262dd65c426c-forged".into(),
+        written_at: Some(at(20)),
+        wrote: true,
+        checked_first: false,
+    };
+    let status = after(&previous, &run(&previous, forged, Verification::Waiting));
+    // The working credential's verdict is not carried over to it.
+    assert_eq!(condition_of(&status, "TokenValid").1, "Pending");
+    assert_eq!(status.last_verified_time, None);
+    assert_eq!(
+        status.token_digest.as_deref(),
+        Some("sha256:262dd65c426c-forged")
+    );
 }

@@ -114,7 +114,13 @@ async fn reconcile_one(
         ctx.settings.default_interval,
     )
     .and_then(|r| {
-        spec::check_target_metadata(&r, &ctx.settings.denied_metadata_prefixes).map(|()| r)
+        spec::check_target_metadata(&r, &ctx.settings.denied_metadata_prefixes)?;
+        spec::check_verify_request(
+            cr.annotations()
+                .get(ANNOTATION_VERIFY_REQUESTED_AT)
+                .map(String::as_str),
+        )?;
+        Ok(r)
     });
     let selection = Selection::of(&cr.spec.target);
     let namespaces: Vec<NamespaceView> = cc.namespaces.state().iter().map(|n| view(n)).collect();
@@ -173,7 +179,10 @@ async fn reconcile_one(
                     .await;
                     (restarted, restart_again) = (Some(restarts), again);
                 }
-                (Ok(published.fingerprint()), Some(published))
+                if held.is_none() {
+                    cc.remember_working(&id.uid, &published);
+                }
+                (Ok(published.digest()), Some(published))
             }
         },
     };

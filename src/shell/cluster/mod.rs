@@ -11,12 +11,14 @@ mod rotation;
 
 use driver::{error_policy, reconcile};
 
-use crate::domain::api::LABEL_SOURCE;
+use crate::domain::api::{LABEL_SOURCE, MANAGER};
 use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
     RolloutRestartFailure,
 };
+use crate::domain::credential::Credential;
 use crate::domain::spec;
+use crate::shell::controller::{LIST_PAGE, slim};
 use crate::shell::reconcile::{Context, describe};
 use crate::shell::restart::Retries;
 use crate::shell::secrets::SecretMeta;
@@ -56,6 +58,10 @@ pub struct ClusterContext {
     /// Per resource (uid) and namespace: the credential this instance brought all the
     /// workloads of `spec.target.rolloutRestart` to.
     brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
+    /// Per resource (uid): the credential this instance last published to the copies, which a
+    /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
+    /// of a selected namespace may write its copy.
+    working: Mutex<HashMap<String, Credential>>,
     /// When the workloads of each resource and namespace are tried again.
     retries: Retries<Vec<RolloutRestartFailure>>,
     /// Per resource (uid): the status last written, and the resource version it was based on,
@@ -80,15 +86,19 @@ pub async fn run(
     let (namespaces, namespace_stream) = cached(
         watcher(
             Api::<NamespaceMeta>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+            watcher::Config::default().page_size(LIST_PAGE),
+        )
+        .modify(slim_namespace),
         "namespaces",
     );
     let (copies, copy_stream) = cached(
         watcher(
             Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_CLUSTER_CREDENTIAL),
-        ),
+            watcher::Config::default()
+                .labels(LABEL_CLUSTER_CREDENTIAL)
+                .page_size(LIST_PAGE),
+        )
+        .modify(slim_copy),
         "cluster credential copies",
     );
     // Kept in a cache of its own: a reconcile it wakes reads the source's version there, not in
@@ -96,8 +106,11 @@ pub async fn run(
     let (sources, source_stream) = cached(
         watcher(
             Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{LABEL_SOURCE}=true")),
-        ),
+            watcher::Config::default()
+                .labels(&format!("{LABEL_SOURCE}=true"))
+                .page_size(LIST_PAGE),
+        )
+        .modify(slim_source),
         "sources of cluster credentials",
     );
     let cc = Arc::new(ClusterContext {
@@ -108,6 +121,7 @@ pub async fn run(
         current: [namespaces.1, copies.1],
         known: Mutex::default(),
         brought: Mutex::default(),
+        working: Mutex::default(),
         retries: Retries::default(),
         written: Mutex::default(),
     });
@@ -119,8 +133,9 @@ pub async fn run(
         writer,
         watcher(
             Api::<ClusterGuarded>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+            watcher::Config::default().page_size(LIST_PAGE),
+        )
+        .modify(slim),
     )
     // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
     .inspect_err(
@@ -160,11 +175,7 @@ pub async fn run(
                 .map(|cr| ObjectRef::from_obj(cr.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(copy_stream, |copy| {
-            copy.labels()
-                .get(LABEL_CLUSTER_CREDENTIAL)
-                .map(|name| ObjectRef::new(name))
-        })
+        .watches_stream(copy_stream, |copy| publisher(&copy))
         .watches_stream(source_stream, move |source| reading(&for_sources, &source))
         .reconcile_on(answered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -234,6 +245,60 @@ where
     ((reader, current), stream)
 }
 
+/// What the cache keeps of a namespace: its name, labels (selections read them) and whether it
+/// is being deleted.
+fn slim_namespace(namespace: &mut NamespaceMeta) {
+    let meta = &mut namespace.metadata;
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
+/// What the cache keeps of a copy: its identity and version, its owner, its
+/// `mxcred.io/cluster-credential` label and, of its managed fields, our entries' manager and
+/// time (what tells a copy of ours whose owner reference was removed). A namespace's users may
+/// write the rest, as large as they like.
+fn slim_copy(copy: &mut SecretMeta) {
+    let meta = &mut copy.metadata;
+    meta.annotations = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == LABEL_CLUSTER_CREDENTIAL);
+    }
+    if let Some(fields) = meta.managed_fields.as_mut() {
+        fields.retain(|e| e.manager.as_deref() == Some(MANAGER));
+        for entry in fields.iter_mut() {
+            entry.fields_v1 = None;
+        }
+    }
+}
+
+/// What the cache keeps of a source: its identity and version.
+fn slim_source(source: &mut SecretMeta) {
+    let meta = &mut source.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
+/// The cluster resource that published a copy: its controller owner, or, when someone removed
+/// the owner reference, the one its label names (a long name's label is shortened, and names
+/// nothing: such a copy waits for the next reconcile of its resource).
+fn publisher(copy: &SecretMeta) -> Option<ObjectRef<ClusterGuarded>> {
+    let owner = copy
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "ClusterMendixCredential")
+        .map(|r| r.name.clone());
+    let name = owner.or_else(|| copy.labels().get(LABEL_CLUSTER_CREDENTIAL).cloned())?;
+    Some(ObjectRef::new(&name))
+}
+
 /// The cluster resources that read `secret` as their source.
 fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<ClusterGuarded>> {
     let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name) else {
@@ -265,12 +330,31 @@ impl ClusterContext {
         }
     }
 
+    fn working(&self, uid: &str) -> Option<Credential> {
+        self.working
+            .lock()
+            .expect("lock poisoned")
+            .get(uid)
+            .cloned()
+    }
+
+    fn remember_working(&self, uid: &str, credential: &Credential) {
+        self.working
+            .lock()
+            .expect("lock poisoned")
+            .insert(uid.to_owned(), credential.clone());
+    }
+
     fn retain(&self, live: &HashSet<String>) {
         self.known
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));
         self.brought
+            .lock()
+            .expect("lock poisoned")
+            .retain(|uid, _| live.contains(uid));
+        self.working
             .lock()
             .expect("lock poisoned")
             .retain(|uid, _| live.contains(uid));

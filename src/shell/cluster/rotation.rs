@@ -5,7 +5,7 @@
 use super::{ClusterContext, Id};
 use crate::domain::api::MendixCredentialStatus;
 use crate::domain::cluster;
-use crate::domain::credential::Credential;
+use crate::domain::credential::{self, Credential};
 use crate::domain::render;
 use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::Resolved;
@@ -42,6 +42,7 @@ impl CheckedFirst<'_> {
     ) -> Result<Gated, Error> {
         let pending = credential.fingerprint();
         let resolved = self.resolved;
+        let digest = credential.digest();
         let open = |publish| Gated {
             publish,
             held: None,
@@ -51,7 +52,7 @@ impl CheckedFirst<'_> {
             resolved.rotation,
             resolved.verification.is_some(),
             previous,
-            &pending,
+            &digest,
         ));
         let Some((verification, published)) = protected else {
             return Ok(open(credential));
@@ -85,13 +86,21 @@ impl CheckedFirst<'_> {
         })
     }
 
-    /// The published credential, from the first selected namespace whose copy is ours and holds
-    /// it: with none left, there is nothing to protect.
+    /// The published credential (the one whose digest the status recorded): the one this
+    /// instance published last; after a restart, from a copy of ours whose data has that full
+    /// digest. A namespace's users may write its copy, but cannot make data with the digest of
+    /// a credential other than the working one. With none left, there is nothing to protect.
     async fn working_copy(
         &self,
         published: &str,
         active: &[String],
     ) -> Result<Option<Credential>, Error> {
+        let remembered = self.cc.working(&self.id.uid);
+        if let Some(working) =
+            remembered.filter(|c| credential::is_recorded(published, &c.digest()))
+        {
+            return Ok(Some(working));
+        }
         let name = &self.resolved.target_name;
         for ns in active {
             let secrets: Api<Secret> = Api::namespaced(self.cc.ctx.client.clone(), ns);

@@ -28,6 +28,9 @@ pub(super) struct Check {
     /// Since when a subscriber whose status holds no verdict waits for a first answer: the
     /// check is then due at once, whatever another subscriber's status restored.
     pub(super) wanted: Option<SystemTime>,
+    /// Not before this is the first check asked: the resource that made it moved to a new
+    /// credential within the cooldown of its last move.
+    pub(super) not_before: Option<SystemTime>,
     pub(super) running: bool,
 }
 
@@ -54,6 +57,7 @@ impl Check {
             last_forced: None,
             restored_next: None,
             wanted: None,
+            not_before: None,
             running: false,
         }
     }
@@ -75,9 +79,9 @@ impl Check {
 
     /// When this check is due: on its schedule, or sooner for a forced check (at the end of
     /// the cooldown since the last one).
-    pub(super) fn due(&self, key: &Key, cooldown: Duration) -> SystemTime {
-        let scheduled = self.scheduled(key);
-        match self.forced {
+    pub(super) fn due(&self, key: &Key, cooldown: Duration, floor: Duration) -> SystemTime {
+        let scheduled = self.scheduled(key, floor);
+        let due = match self.forced {
             Some(requested) => {
                 let allowed = self
                     .last_forced
@@ -85,18 +89,33 @@ impl Check {
                 scheduled.min(allowed)
             }
             None => scheduled,
+        };
+        match self.not_before {
+            Some(not_before) if self.answer.is_none() => due.max(not_before),
+            _ => due,
         }
     }
 
-    /// When the next check is due on the schedule of the shortest interval of its subscribers
-    /// (the time the status shows: a forced check does not move it).
-    pub(super) fn scheduled(&self, key: &Key) -> SystemTime {
-        let interval = self
-            .subscribers
-            .values()
-            .map(|s| s.interval)
-            .min()
-            .unwrap_or(Duration::from_secs(3600));
+    /// The interval of this check: the shortest of its subscribers', except that no namespace's
+    /// resources make it shorter than `floor` for another namespace's (each namespace asks for
+    /// its shortest interval, up to the floor, and the check follows the longest such ask).
+    pub(super) fn interval(&self, floor: Duration) -> Duration {
+        let mut shortest: BTreeMap<&str, Duration> = BTreeMap::new();
+        for s in self.subscribers.values() {
+            let entry = shortest.entry(s.namespace.as_str()).or_insert(s.interval);
+            *entry = (*entry).min(s.interval);
+        }
+        let overall = shortest.values().copied().min();
+        let asked = shortest.values().map(|i| (*i).min(floor)).max();
+        overall
+            .zip(asked)
+            .map_or(Duration::from_secs(3600), |(o, a)| o.max(a))
+    }
+
+    /// When the next check is due on the schedule of [`Check::interval`] (the time the status
+    /// shows: a forced check does not move it).
+    pub(super) fn scheduled(&self, key: &Key, floor: Duration) -> SystemTime {
+        let interval = self.interval(floor);
         match (&self.answer, self.last) {
             // Never asked, and a subscriber waits for an answer: now.
             (None, _) if self.first_due() => SystemTime::UNIX_EPOCH,
@@ -145,6 +164,7 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
     const T0: SystemTime = SystemTime::UNIX_EPOCH;
+    const FLOOR: Duration = Duration::from_secs(15 * 60);
 
     fn check(subscribers: &[(&str, Duration)]) -> Check {
         let mut check = Check::new(
@@ -169,7 +189,7 @@ mod tests {
     fn a_new_credential_is_due_at_once() {
         let c = check(&[("a", HOUR)]);
         assert!(c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0);
+        assert_eq!(c.due(&[0; 32], HOUR, FLOOR), T0);
     }
 
     #[test]
@@ -178,10 +198,10 @@ mod tests {
         c.last = Some((T0 + HOUR, Attempt::Accepted));
         c.restored_next = Some(T0 + 2 * HOUR);
         assert!(!c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0 + 2 * HOUR);
+        assert_eq!(c.due(&[0; 32], HOUR, FLOOR), T0 + 2 * HOUR);
         c.wanted = Some(T0 + HOUR);
         assert!(c.first_due());
-        assert_eq!(c.due(&[0; 32], HOUR), T0);
+        assert_eq!(c.due(&[0; 32], HOUR, FLOOR), T0);
     }
 
     #[test]
@@ -190,10 +210,40 @@ mod tests {
         c.record(&Outcome::of(Reason::Verified), T0, T0);
         let key = [7; 32];
         let jitter = schedule::jitter(&hex::encode(key), HOUR);
-        assert_eq!(c.scheduled(&key), T0 + HOUR + jitter);
+        assert_eq!(c.scheduled(&key, FLOOR), T0 + HOUR + jitter);
         c.subscribers.remove(&("a".to_owned(), Slot::Published));
         let jitter = schedule::jitter(&hex::encode(key), 2 * HOUR);
-        assert_eq!(c.scheduled(&key), T0 + 2 * HOUR + jitter);
+        assert_eq!(c.scheduled(&key, FLOOR), T0 + 2 * HOUR + jitter);
+    }
+
+    #[test]
+    fn another_namespace_never_makes_the_checks_shorter_than_the_floor() {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let in_ns = |c: &mut Check, uid: &str, ns: &str, interval| {
+            let s = Subscriber {
+                namespace: ns.into(),
+                name: uid.into(),
+                interval,
+                kind: Kind::MendixCredential,
+            };
+            c.subscribers.insert((uid.to_owned(), Slot::Published), s);
+        };
+        let mut c = check(&[]);
+        in_ns(&mut c, "admin", "team-a", HOUR);
+        assert_eq!(c.interval(FLOOR), HOUR);
+        // A tenant holding a copy of the token asks for every minute: the floor.
+        in_ns(&mut c, "tenant", "team-b", MINUTE);
+        assert_eq!(c.interval(FLOOR), FLOOR);
+        // A namespace that asks for less than the floor itself gets what it asks for.
+        in_ns(&mut c, "admin-5m", "team-a", 5 * MINUTE);
+        assert_eq!(c.interval(FLOOR), 5 * MINUTE);
+        // Within one namespace, the shortest interval, as before.
+        let mut own = check(&[]);
+        in_ns(&mut own, "a", "team-b", HOUR);
+        in_ns(&mut own, "b", "team-b", MINUTE);
+        assert_eq!(own.interval(FLOOR), MINUTE);
+        c.record(&Outcome::of(Reason::Verified), T0, T0);
+        assert!(c.scheduled(&[0; 32], FLOOR) >= T0 + 5 * MINUTE);
     }
 
     #[test]
@@ -202,9 +252,9 @@ mod tests {
         c.record(&Outcome::of(Reason::Verified), T0, T0);
         let at = T0 + HOUR;
         c.record(&Outcome::of(Reason::PlatformUnavailable), at, at);
-        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(30));
+        assert_eq!(c.scheduled(&[0; 32], FLOOR), at + Duration::from_secs(30));
         c.record(&Outcome::of(Reason::PlatformUnavailable), at, at);
-        assert_eq!(c.scheduled(&[0; 32]), at + Duration::from_secs(60));
+        assert_eq!(c.scheduled(&[0; 32], FLOOR), at + Duration::from_secs(60));
         assert_eq!(c.last, Some((T0, Attempt::Accepted)));
     }
 
@@ -215,20 +265,23 @@ mod tests {
         c.record(&Outcome::of(Reason::Verified), T0, T0);
         c.forced = Some(T0 + Duration::from_secs(5));
         assert_eq!(
-            c.due(&[0; 32], cooldown),
+            c.due(&[0; 32], cooldown, FLOOR),
             T0 + Duration::from_secs(5),
             "the first at once"
         );
         c.last_forced = Some(T0 + Duration::from_secs(5));
         c.forced = Some(T0 + Duration::from_secs(10));
         assert_eq!(
-            c.due(&[0; 32], cooldown),
+            c.due(&[0; 32], cooldown, FLOOR),
             T0 + Duration::from_secs(65),
             "the next at the end of the cooldown"
         );
         c.forced = Some(T0 + Duration::from_secs(100));
-        assert_eq!(c.due(&[0; 32], cooldown), T0 + Duration::from_secs(100));
+        assert_eq!(
+            c.due(&[0; 32], cooldown, FLOOR),
+            T0 + Duration::from_secs(100)
+        );
         // The status shows the schedule, not the forced check.
-        assert!(c.scheduled(&[0; 32]) > T0 + HOUR);
+        assert!(c.scheduled(&[0; 32], FLOOR) > T0 + HOUR);
     }
 }
