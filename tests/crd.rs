@@ -355,37 +355,41 @@ fn rule_messages(crd: &Value) -> Vec<String> {
     messages
 }
 
+/// `kubectl apply --server-side` of a resource of `kind` named `name` (in the test's namespace
+/// for the namespaced kind): whether it was accepted, and what kubectl said on stderr.
+fn kubectl_apply(env: &TestEnv, kind: &str, name: &str, spec: Value) -> (bool, String) {
+    let mut object = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": kind,
+                            "metadata": {"name": name}, "spec": spec});
+    if kind == "MendixCredential" {
+        object["metadata"]["namespace"] = env.ns.clone().into();
+    }
+    let mut child = kubectl(env)
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "mxcred-tests",
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = serde_json::to_vec(&object).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn every_cel_rule_refuses_its_bad_spec_at_kubectl_apply_and_accepts_its_neighbour() {
     let env = TestEnv::new("rules").await;
-    let apply = |kind: &str, name: &str, spec: Value| {
-        let mut object = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": kind,
-                                "metadata": {"name": name}, "spec": spec});
-        if kind == "MendixCredential" {
-            object["metadata"]["namespace"] = env.ns.clone().into();
-        }
-        let mut child = kubectl(&env)
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager",
-                "mxcred-tests",
-                "-f",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let input = serde_json::to_vec(&object).unwrap();
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let apply = |kind: &str, name: &str, spec: Value| kubectl_apply(&env, kind, name, spec);
     let version = env.client.apiserver_version().await.unwrap().git_version;
     let mut table = vec![];
     for (kind, crd) in crds() {
@@ -443,33 +447,8 @@ async fn every_cel_rule_refuses_its_bad_spec_at_kubectl_apply_and_accepts_its_ne
 async fn an_apply_that_empties_an_object_list_or_map_is_accepted() {
     let env = TestEnv::new("emptied").await;
     let apply = |kind: &str, spec: Value| {
-        let mut object = json!({"apiVersion": "mxcred.io/v1alpha1", "kind": kind,
-                                "metadata": {"name": "emptied"}, "spec": spec});
-        if kind == "MendixCredential" {
-            object["metadata"]["namespace"] = env.ns.clone().into();
-        }
-        let mut child = kubectl(&env)
-            .args([
-                "apply",
-                "--server-side",
-                "--field-manager",
-                "mxcred-tests",
-                "-f",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let input = serde_json::to_vec(&object).unwrap();
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{kind} {spec}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (applied, refusal) = kubectl_apply(&env, kind, "emptied", spec.clone());
+        assert!(applied, "{kind} {spec}: {refusal}");
     };
     for kind in ["MendixCredential", "ClusterMendixCredential"] {
         let full = json!({"target": {"labels": {"team": "ci"}, "annotations": {"a": "b"},
