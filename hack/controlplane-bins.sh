@@ -65,19 +65,25 @@ mkdir -p "$work/kubernetes" "$work/etcd" "$work/bin"
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
 
+# A module in the current directory that requires MODULE at VERSION.
+wrapper_module() {
+  printf 'module mxcred.io/%s\n\ngo 1.22\n\nrequire %s v%s\n' "$1" "$2" "$3" >go.mod
+}
+
+# Runs a command with its output appended to LOG; on failure, shows LOG's end and stops.
+logged() {
+  local log=$1
+  shift
+  "$@" >>"$log" 2>&1 || { tail -n 40 "$log" >&2; exit 1; }
+}
+
 # k8s.io/kubernetes maps its staging modules (k8s.io/api, k8s.io/apiserver, ...) to ./staging in
 # its own go.mod, which a dependent module does not see: the wrapper requires each at the
 # published v0.<minor>.<patch> that goes with the release.
 log "building kube-apiserver and kube-controller-manager $version from the Go module proxy (once; about 10 minutes on 2 cores)"
 cd "$work/kubernetes"
-cat >go.mod <<MOD
-module mxcred.io/controlplane
-
-go 1.22
-
-require k8s.io/kubernetes v$version
-MOD
-go mod download -json "k8s.io/kubernetes@v$version" >download.json
+wrapper_module controlplane k8s.io/kubernetes "$version"
+go mod download -json "k8s.io/kubernetes@v$version" >download.json || { cat download.json >&2; exit 1; }
 kmod=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])' <download.json)
 sed -nE 's/^[[:space:]]+(k8s\.io\/[a-z0-9-]+) v0\.0\.0$/\1/p' "$kmod" | sort -u | while read -r module; do
   echo "replace $module => $module v0.${version#1.}" >>go.mod
@@ -93,7 +99,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 )
 GO
-go mod tidy >"$work/kubernetes.log" 2>&1 || { tail -n 40 "$work/kubernetes.log" >&2; exit 1; }
+logged "$work/kubernetes.log" go mod tidy
 # The version the binaries report (`/version`, `kubectl version`, Helm's .Capabilities), set as
 # Kubernetes's own build sets it; without it they report v0.0.0.
 ldflags="-s -w"
@@ -101,21 +107,14 @@ for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags="$ldflags -X $package.gitVersion=v$version -X $package.gitMajor=1 -X $package.gitMinor=$minor"
   ldflags="$ldflags -X $package.gitTreeState=clean -X $package.buildDate=1970-01-01T00:00:00Z"
 done
-go build -trimpath -ldflags="$ldflags" -o "$work/bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    >>"$work/kubernetes.log" 2>&1 || { tail -n 40 "$work/kubernetes.log" >&2; exit 1; }
+logged "$work/kubernetes.log" go build -trimpath -ldflags="$ldflags" -o "$work/bin/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
 log "kube-apiserver and kube-controller-manager $version built in $((SECONDS - started)) s"
 
 etcd_started=$SECONDS
 log "building etcd $ETCD_VERSION from the Go module proxy"
 cd "$work/etcd"
-cat >go.mod <<MOD
-module mxcred.io/etcd
-
-go 1.22
-
-require go.etcd.io/etcd/server/v3 v$ETCD_VERSION
-MOD
+wrapper_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 cat >main.go <<'GO'
 // etcd's own command, as its release binary runs it.
 package main
@@ -128,8 +127,8 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-{ go mod tidy && go build -trimpath -ldflags="-s -w" -o "$work/bin/etcd" .; } >"$work/etcd.log" 2>&1 \
-  || { tail -n 40 "$work/etcd.log" >&2; exit 1; }
+logged "$work/etcd.log" go mod tidy
+logged "$work/etcd.log" go build -trimpath -ldflags="-s -w" -o "$work/bin/etcd" .
 log "etcd $ETCD_VERSION built in $((SECONDS - etcd_started)) s"
 
 mkdir -p "$bin_dir"

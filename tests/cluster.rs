@@ -110,6 +110,16 @@ impl World {
             .unwrap();
     }
 
+    /// A resource `name` publishing the source `raw` as [`TARGET`] into every namespace
+    /// labelled `key: "true"`.
+    async fn put_selecting(&self, name: &str, key: &str) {
+        let spec = json!({
+            "sourceRef": {"namespace": self.env.ns, "name": "raw"},
+            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {key: "true"}}},
+        });
+        self.put(name, spec).await;
+    }
+
     /// Waits until the resource's status satisfies `check`; returns it.
     async fn wait_status(
         &self,
@@ -478,14 +488,7 @@ async fn a_foreign_secret_is_untouched_and_reported_while_the_others_sync() {
     let before = w.copy(&taken).await.unwrap();
     w.source("raw", "tok-foreign").await;
     let name = w.env.ns.clone();
-    w.put(
-        &name,
-        json!({
-            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
-            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
-        }),
-    )
-    .await;
+    w.put_selecting(&name, &key).await;
     let cr = w
         .wait_status(
             &name,
@@ -544,14 +547,7 @@ async fn deleting_the_resource_collects_every_copy() {
     }
     w.source("raw", "tok-gc").await;
     let name = w.env.ns.clone();
-    w.put(
-        &name,
-        json!({
-            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
-            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
-        }),
-    )
-    .await;
+    w.put_selecting(&name, &key).await;
     w.wait_status(&name, "synced in 3/3", Duration::from_secs(30), |cr| {
         is_synced(cr, "3/3")
     })
@@ -589,14 +585,7 @@ async fn two_hundred_namespaces_cost_one_platform_call_and_rotation_reaches_ever
         .await;
     let name = w.env.ns.clone();
     let started = Instant::now();
-    w.put(
-        &name,
-        json!({
-            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
-            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
-        }),
-    )
-    .await;
+    w.put_selecting(&name, &key).await;
     let all = format!("{N}/{N}");
     let cr = w
         .wait_status(
@@ -840,14 +829,7 @@ async fn a_rejected_rotation_keeps_the_working_token_in_every_copy() {
     let b = w.namespace("b", json!({&key: "true"})).await;
     w.source("raw", "CANARY-cl-old").await;
     let name = w.env.ns.clone();
-    w.put(
-        &name,
-        json!({
-            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
-            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
-        }),
-    )
-    .await;
+    w.put_selecting(&name, &key).await;
     w.wait_status(
         &name,
         "synced and verified",
@@ -985,14 +967,7 @@ async fn a_forged_token_with_the_working_fingerprint_in_a_tenant_copy_reaches_no
     // The platform would accept the forged token too: nothing but the operator stops it.
     w.sim.set(FORGED, State::Valid);
     let name = w.env.ns.clone();
-    w.put(
-        &name,
-        json!({
-            "sourceRef": {"namespace": w.env.ns, "name": "raw"},
-            "target": {"name": TARGET, "namespaceSelector": {"matchLabels": {&key: "true"}}},
-        }),
-    )
-    .await;
+    w.put_selecting(&name, &key).await;
     let cr = w
         .wait_status(
             &name,

@@ -601,36 +601,48 @@ fn demo(dir: &Path, path: &Path, env: &[(&str, String)]) -> (Output, std::time::
     (out, started.elapsed())
 }
 
-#[test]
-fn demo_runs_the_simulator_cargo_built_and_says_when_it_dies() {
+/// A build of the operator and the simulator as the scripts given, where cargo says it put them
+/// (outside `target/`): the directory, the two binaries and a PATH whose `cargo` reports them.
+fn fake_build(operator: &str, simulator: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("elsewhere/debug");
-    let (operator, simulator) = (
+    let (op, sim) = (
         target.join("mxcred-operator"),
         target.join("mendix-simulator"),
     );
-    script(&operator, "exit 0");
-    script(
-        &simulator,
-        "echo 'simulator: cannot listen on 127.0.0.1:0 (a message of its own)' >&2; exit 3",
-    );
-    let path = fake_cargo(tmp.path(), &operator, &simulator);
-    let (out, took) = demo(tmp.path(), &path, &[]);
+    script(&op, operator);
+    script(&sim, simulator);
+    let path = fake_cargo(tmp.path(), &op, &sim);
+    (tmp, op, sim, path)
+}
+
+/// Asserts that the demo failed and said that `what` (`binary`) exited, with its log's message;
+/// returns its stdout and stderr.
+fn says_it_exited(out: &Output, what: &str, binary: &Path) -> (String, String) {
     let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert!(
         !out.status.success(),
         "the demo failed:\n{stdout}\n{stderr}"
     );
     assert!(
-        stderr.contains(&format!(
-            "the platform simulator ({}) exited at start",
-            simulator.display()
-        )) && stderr.contains("a message of its own"),
-        "the demo says the simulator exited, and shows its log:\n{stdout}\n{stderr}"
+        stderr.contains(&format!("{what} ({}) exited at start", binary.display()))
+            && stderr.contains("a message of its own"),
+        "the demo says {what} exited, and shows its log:\n{stdout}\n{stderr}"
     );
+    (stdout, stderr)
+}
+
+#[test]
+fn demo_runs_the_simulator_cargo_built_and_says_when_it_dies() {
+    let (tmp, _, simulator, path) = fake_build(
+        "exit 0",
+        "echo 'simulator: cannot listen on 127.0.0.1:0 (a message of its own)' >&2; exit 3",
+    );
+    let (out, took) = demo(tmp.path(), &path, &[]);
+    let (stdout, _) = says_it_exited(&out, "the platform simulator", &simulator);
     assert!(
         !stdout.contains("starting a local control plane"),
         "it stops before the control plane:\n{stdout}"
@@ -643,18 +655,10 @@ fn demo_runs_the_simulator_cargo_built_and_says_when_it_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_operator_cargo_built_and_says_when_it_dies() {
-    let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("elsewhere/debug");
-    let (operator, simulator) = (
-        target.join("mxcred-operator"),
-        target.join("mendix-simulator"),
-    );
-    script(
-        &operator,
+    let (tmp, operator, _, path) = fake_build(
         "echo 'starting'; echo 'error: the API server refused (a message of its own)' >&2; exit 1",
+        "exit 3",
     );
-    script(&simulator, "exit 3");
-    let path = fake_cargo(tmp.path(), &operator, &simulator);
     let sim = Simulator::start().await;
     let platform = sim.base_url();
     let dir = tmp.path().to_owned();
@@ -662,21 +666,7 @@ async fn demo_runs_the_operator_cargo_built_and_says_when_it_dies() {
         tokio::task::spawn_blocking(move || demo(&dir, &path, &[("DEMO_PLATFORM", platform)]))
             .await
             .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        !out.status.success(),
-        "the demo failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!(
-            "the operator ({}) exited at start",
-            operator.display()
-        )) && stderr.contains("a message of its own"),
-        "the demo says the operator exited, and shows its log:\n{stdout}\n{stderr}"
-    );
+    let (_, stderr) = says_it_exited(&out, "the operator", &operator);
     assert!(
         !stderr.contains("timed out waiting"),
         "no kubectl wait ran into its timeout:\n{stderr}"
