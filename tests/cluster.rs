@@ -1032,6 +1032,11 @@ async fn a_forged_token_with_the_working_fingerprint_in_a_tenant_copy_reaches_no
     assert_eq!(fingerprint(&cr), Some(working));
     assert_eq!(w.sim.requests(FORGED), 0, "the forged token is never sent");
     assert!(!w.op.logs().contains("mxforge"), "a token in the log");
+    let said = format!("{:?}{:?}", events_of(&w.client(), &name).await, cr.status);
+    assert!(
+        !said.contains("mxforge"),
+        "a token in an Event or the status"
+    );
     w.clean_up(&[&name]).await;
 }
 

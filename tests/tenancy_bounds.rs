@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestEnv, wait_until};
+use common::{TestEnv, assert_no_canary, wait_until};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use mxcred_operator::domain::api::MendixCredential;
@@ -66,7 +66,7 @@ async fn a_resource_with_the_longest_valid_name_syncs() {
     let _turn = TURN.lock().await;
     let env = TestEnv::new("long").await;
     let tenant = tenant(&env).await;
-    let _op = env.start_operator(&[]);
+    let op = env.start_operator(&[]);
     env.put_source("raw", &[("token", "tok-long-name")]).await;
     let name = longest_name("bot");
     apply_as(
@@ -96,6 +96,7 @@ async fn a_resource_with_the_longest_valid_name_syncs() {
         common::value(s, "MENDIX_TOKEN").as_deref() == Some("tok-long-name-2")
     })
     .await;
+    assert_no_canary(&env, &[&op], "tok-long-name").await;
 }
 
 /// The bound on the time from SIGTERM to exit, and a margin for a loaded machine.
@@ -337,7 +338,7 @@ async fn rewriting_a_source_again_and_again_costs_one_check_per_cooldown() {
     ]);
     let kubeconfig = env.namespaced_identity("rewriter", rules).await;
     let tenant = common::client_from(&kubeconfig).await;
-    let _op = env.start_operator_with_platform(&sim.base_url(), &["--forced-check-cooldown", "5s"]);
+    let op = env.start_operator_with_platform(&sim.base_url(), &["--forced-check-cooldown", "5s"]);
     let token = |i: usize| format!("tok-rewrite-{i}");
     for i in 0..=REWRITES {
         sim.set(&token(i), State::Valid);
@@ -391,4 +392,5 @@ async fn rewriting_a_source_again_and_again_costs_one_check_per_cooldown() {
     );
     // Two at once, then one at the end of the cooldown; the rewrites span two cooldowns.
     assert!(calls <= 6, "{calls} platform calls for {REWRITES} rewrites");
+    assert_no_canary(&env, &[&op], "tok-rewrite-").await;
 }
