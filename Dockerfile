@@ -8,6 +8,8 @@
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY core/Cargo.toml core/Cargo.toml
+COPY core/src core/src
 COPY sim/Cargo.toml sim/Cargo.toml
 COPY sim/src sim/src
 COPY src src

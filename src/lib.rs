@@ -2,15 +2,17 @@
 //! keeps them in step with their source and verifies them against the Mendix platform.
 //!
 //! Two layers, kept apart on purpose:
-//! - [`domain`] is the pure core: the API types, spec resolution, credentials, the rendered
-//!   Secret, conditions, the classification of platform answers, probes, the schedule and the
-//!   plan that decides what a reconcile writes. It does no IO: it imports no Kubernetes client,
-//!   no async runtime and no HTTP client (`tests/layers.rs` checks it), so every decision is
-//!   tested with plain values.
+//! - [`domain`] is the pure core, the workspace's `mxcred-core` crate (`core/`): the API types,
+//!   spec resolution, credentials, the rendered Secret, conditions, the classification of
+//!   platform answers, probes, the schedule and the plan that decides what a reconcile writes. It
+//!   does no IO: it depends on no Kubernetes client, no async runtime and no HTTP client
+//!   (`tests/layers.rs` checks its dependency closure), so every decision is tested with plain
+//!   values.
 //! - [`shell`] is the IO around it: watches and caches, the reconcile driver, the verification
 //!   loop, the platform's HTTP client, leader election, the HTTP server and the command line.
 
-pub mod domain;
+/// The pure core, the `mxcred-core` crate of this workspace, under the name the shell uses.
+pub use mxcred_core as domain;
 pub mod reference;
 pub mod shell;
 

@@ -1,11 +1,11 @@
 //! The target Secret: what CI runners read. Pure: built from the resolved spec and credential,
 //! compared with what the cluster holds.
 
-use crate::domain::api::{
+use crate::api::{
     ANNOTATION_FINGERPRINT, CredentialType, LABEL_CREDENTIAL, LABEL_MANAGED_BY, MANAGER,
 };
-use crate::domain::credential::{self, Credential};
-use crate::domain::spec::{Resolved, SourceKeys};
+use crate::credential::{self, Credential};
+use crate::spec::{Resolved, SourceKeys};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{

@@ -2,8 +2,8 @@
 //! state, and what a failed or a successful status write leaves for the next reconcile.
 
 use super::*;
-use crate::domain::api::CredentialType;
-use crate::domain::classify::Reason;
+use crate::api::CredentialType;
+use crate::classify::Reason;
 use std::time::Duration;
 
 fn at(s: i64) -> Time {

@@ -6,11 +6,11 @@
 //! credential already rejected or not yet verified, verification disabled, `Immediate`) the new
 //! one is published at once, as it would be without rotation.
 
-use crate::domain::api::{MendixCredentialStatus, RotationPolicy, condition};
-use crate::domain::classify::{Outcome, TokenValid};
-use crate::domain::conditions;
-use crate::domain::credential;
-use crate::domain::ready::{Ready, ReadyReason};
+use crate::api::{MendixCredentialStatus, RotationPolicy, condition};
+use crate::classify::{Outcome, TokenValid};
+use crate::conditions;
+use crate::credential;
+use crate::ready::{Ready, ReadyReason};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The published credential a new one must not replace unchecked: its recorded digest, when
@@ -106,8 +106,8 @@ pub fn ready(target: &str, published: &str, pending: &str, held: &Held) -> Ready
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::classify::Reason;
-    use crate::domain::conditions::Verdict;
+    use crate::classify::Reason;
+    use crate::conditions::Verdict;
 
     fn status(fingerprint: &str, token_valid: TokenValid) -> MendixCredentialStatus {
         let mut status = MendixCredentialStatus {
@@ -168,7 +168,7 @@ mod tests {
     fn a_credential_with_the_published_fingerprint_is_still_a_new_one() {
         // Two tokens with the same fingerprint, found by a cycle search over its 48 bits.
         let [working, forged] = ["mxforge-8f8b40ea2ff9", "mxforge-7cf267c610d5"]
-            .map(|t| crate::domain::credential::Credential::personal_access_token(t.as_bytes()));
+            .map(|t| crate::credential::Credential::personal_access_token(t.as_bytes()));
         let (working, forged) = (working.unwrap(), forged.unwrap());
         assert_eq!(working.fingerprint(), forged.fingerprint());
         let mut good = status(&working.fingerprint(), TokenValid::True);

@@ -4,8 +4,8 @@
 //! Secret or a request header, a credential lives in [`SecretString`]s, whose `Debug` prints
 //! `[REDACTED]`: it cannot reach a log line or an error message by accident.
 
-use crate::domain::api::{CredentialType, LABEL_SOURCE};
-use crate::domain::spec::SourceKeys;
+use crate::api::{CredentialType, LABEL_SOURCE};
+use crate::spec::SourceKeys;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::{ExposeSecret, SecretString};

@@ -1,7 +1,7 @@
 //! When to ask the platform again. Pure: the schedule lives in the resource's status, so a
 //! restarted operator continues it instead of re-verifying everything at once.
 
-use crate::domain::classify::Reason;
+use crate::classify::Reason;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 

@@ -2,10 +2,10 @@
 //! public interface: labels, annotations, condition types and reasons.
 //!
 //! Optional fields are `Option<T>` with no schema default; defaults are applied in code
-//! ([`crate::domain::spec`]), so GitOps tools see no drift between what they applied and what is stored.
+//! ([`crate::spec`]), so GitOps tools see no drift between what they applied and what is stored.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +23,9 @@ pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at"
 /// environment variables, and verified against the platform at an interval.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    // The generated code names kube-core and kube-derive, not the kube facade (a client crate).
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
+    attr = r#"x_kube(crates(kube_core = "::kube_core"))"#,
     group = "mxcred.io",
     version = "v1alpha1",
     kind = "MendixCredential",
@@ -409,7 +412,7 @@ const QUALIFIED_NAME: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z
 const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
 
 /// The CEL rules of a metadata map's keys: the same refusals as
-/// [`crate::domain::spec::check_target_metadata`] makes of the keys, but for the prefixes the
+/// [`crate::spec::check_target_metadata`] makes of the keys, but for the prefixes the
 /// operator's administrator adds, which only the operator knows.
 fn metadata_key_rules(field: &str) -> Vec<serde_json::Value> {
     let domains = DENIED_METADATA_DOMAINS
@@ -429,7 +432,7 @@ fn metadata_key_rules(field: &str) -> Vec<serde_json::Value> {
 
 /// The CEL rules of a spec of either kind that tie its fields together: the credential type
 /// with the source keys and the probe. The operator refuses the same specs in status
-/// ([`crate::domain::spec::resolve`]).
+/// ([`crate::spec::resolve`]).
 pub(crate) fn credential_rules(schema: &mut schemars::Schema) {
     const VERIFIED: &str =
         "has(self.verification) && !(has(self.verification.enabled) && !self.verification.enabled)";

@@ -6,7 +6,7 @@
 //! plus the HTTP status, the host and the probe: never a byte of the body, a header value or the
 //! credential, so that whatever a platform or proxy sends back cannot reach a status or a log.
 
-use crate::domain::probe::NamedProbe;
+use crate::probe::NamedProbe;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, RETRY_AFTER};
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -116,7 +116,7 @@ impl Outcome {
     }
 
     /// An outcome of `reason` with the message "`<reason>` message", for tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn of(reason: Reason) -> Self {
         Outcome::new(reason, format!("{} message", reason.as_str()))
     }

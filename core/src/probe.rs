@@ -3,7 +3,7 @@
 //! A probe is a named endpoint of DESIGN.md, whose answers are classified with what the platform
 //! documents about it, or an `https://` URL given in the spec, classified by status code only.
 
-use crate::domain::api::{CredentialType, Platform};
+use crate::api::{CredentialType, Platform};
 use std::fmt;
 use url::Url;
 

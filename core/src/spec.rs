@@ -2,11 +2,11 @@
 //!
 //! Pure: a [`MendixCredentialSpec`] goes in, a [`Resolved`] or an [`InvalidSpec`] comes out.
 
-use crate::domain::api::{
+use crate::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, CredentialType, DENIED_METADATA_DOMAINS, LABEL_MANAGED_BY,
     MendixCredentialSpec, Platform, RotationPolicy,
 };
-use crate::domain::probe::ProbeTarget;
+use crate::probe::ProbeTarget;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub struct SourceKeys {
     pub api_key_key: String,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl SourceKeys {
     /// Secret `secret` with the default key names, as unit tests use it.
     pub fn defaults_of(secret: &str) -> Self {
@@ -291,7 +291,7 @@ mod tests {
         assert!(check_verify_request(Some(&"x".repeat(64))).is_ok());
         assert!(check_verify_request(Some(&"x".repeat(65))).is_err());
     }
-    use crate::domain::api::{SourceRef, Target, Verification};
+    use crate::api::{SourceRef, Target, Verification};
 
     fn spec() -> MendixCredentialSpec {
         MendixCredentialSpec {

@@ -1,10 +1,10 @@
 //! Selection, the copy's ownership, and the plan of a ClusterMendixCredential.
 
 use super::*;
-use crate::domain::api::condition;
-use crate::domain::classify::{Outcome, Reason};
-use crate::domain::conditions;
-use crate::domain::plan::{Answer, Ready, ReadyReason, Verification as Verif};
+use crate::api::condition;
+use crate::classify::{Outcome, Reason};
+use crate::conditions;
+use crate::plan::{Answer, Ready, ReadyReason, Verification as Verif};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
@@ -115,7 +115,7 @@ fn secret(owner_uid: Option<&str>, label: Option<&str>, ours_written: bool) -> S
             managed_fields: ours_written.then(|| {
                 vec![
                     k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
-                        manager: Some(crate::domain::api::MANAGER.into()),
+                        manager: Some(crate::api::MANAGER.into()),
                         operation: Some("Apply".into()),
                         ..Default::default()
                     },
@@ -148,20 +148,14 @@ fn a_copy_is_ours_by_owner_or_by_label_and_our_writes_never_by_label_alone() {
 #[test]
 fn copies_carry_the_cluster_label_not_the_namespaced_one() {
     let mut s = Secret::default();
-    s.metadata.labels = Some(
-        [(
-            crate::domain::api::LABEL_CREDENTIAL.to_owned(),
-            "c".to_owned(),
-        )]
-        .into(),
-    );
+    s.metadata.labels = Some([(crate::api::LABEL_CREDENTIAL.to_owned(), "c".to_owned())].into());
     copy_labels(&mut s, "c");
     let labels = s.metadata.labels.unwrap();
     assert_eq!(
         labels.get(LABEL_CLUSTER_CREDENTIAL).map(String::as_str),
         Some("c")
     );
-    assert!(!labels.contains_key(crate::domain::api::LABEL_CREDENTIAL));
+    assert!(!labels.contains_key(crate::api::LABEL_CREDENTIAL));
 }
 
 fn verified(when: i64) -> Verif {
@@ -390,7 +384,7 @@ fn the_spec_resolves_as_a_namespaced_one() {
         verification: None,
         rotation: None,
     };
-    let resolved = crate::domain::spec::resolve(
+    let resolved = crate::spec::resolve(
         "c",
         &spec.as_namespaced(),
         std::time::Duration::from_secs(3600),

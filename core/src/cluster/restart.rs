@@ -1,6 +1,6 @@
 //! Restarting the consumers of a ClusterMendixCredential in every selected namespace whose copy
 //! holds the current credential: per workload, the decisions of a MendixCredential
-//! ([`crate::domain::restart`]); here, what the status and the Events say of all of them.
+//! ([`crate::restart`]); here, what the status and the Events say of all of them.
 //!
 //! Unlike a MendixCredential's, a workload missing from a namespace is no problem: namespaces
 //! differ, and a workload created later reads the current credential when it starts.
@@ -8,9 +8,9 @@
 use super::{
     ClusterMendixCredentialStatus, ClusterPlan, MAX_RESTART_FAILURES, RolloutRestartFailure,
 };
-use crate::domain::api::{RolloutRestartProblem, WorkloadKind, WorkloadRef};
-use crate::domain::plan::Announcement;
-use crate::domain::restart::{self, Outcome, bounded, few};
+use crate::api::{RolloutRestartProblem, WorkloadKind, WorkloadRef};
+use crate::plan::Announcement;
+use crate::restart::{self, Outcome, bounded, few};
 use std::collections::BTreeSet;
 
 /// What the restart step of one reconcile came to, in every namespace it went through.

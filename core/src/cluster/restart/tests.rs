@@ -2,8 +2,8 @@
 //! and the Events say.
 
 use super::*;
-use crate::domain::api::WorkloadKind;
-use crate::domain::restart::Step;
+use crate::api::WorkloadKind;
+use crate::restart::Step;
 
 fn runner() -> WorkloadRef {
     WorkloadRef {

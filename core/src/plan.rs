@@ -7,13 +7,13 @@
 //! from memory: a status write that fails is retried from the same previous status, so the
 //! retry announces what the failed attempt would have.
 
-use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
-use crate::domain::classify::{Outcome, Reason, TokenValid};
-use crate::domain::conditions::{self, Verdict};
-use crate::domain::credential::{self, SourceError};
-pub use crate::domain::ready::{Ready, ReadyReason};
-use crate::domain::render;
-use crate::domain::rotation::{self, Held};
+use crate::api::{CredentialType, MendixCredentialStatus, condition};
+use crate::classify::{Outcome, Reason, TokenValid};
+use crate::conditions::{self, Verdict};
+use crate::credential::{self, SourceError};
+pub use crate::ready::{Ready, ReadyReason};
+use crate::render;
+use crate::rotation::{self, Held};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

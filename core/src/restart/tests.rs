@@ -1,8 +1,8 @@
 //! The restart decisions: keys, patches, status entries and Events, table by table.
 
 use super::*;
-use crate::domain::api::Target;
-use crate::domain::plan::ReadyReason;
+use crate::api::Target;
+use crate::plan::ReadyReason;
 
 fn deployment(name: &str) -> WorkloadRef {
     WorkloadRef {
@@ -67,7 +67,7 @@ fn is_annotation_key(key: &str) -> bool {
         return false;
     };
     let alnum = |c: char| c.is_ascii_alphanumeric();
-    crate::domain::spec::is_dns_subdomain(prefix)
+    crate::spec::is_dns_subdomain(prefix)
         && !name.is_empty()
         && name.len() <= 63
         && name.starts_with(alnum)

@@ -3,23 +3,23 @@
 //! with the copy in each, and the status and Events of a reconcile.
 //!
 //! The status shares its credential half (fingerprint, times, `TokenValid`) with
-//! `MendixCredential`, and so does the decision about it: [`plan`] runs [`crate::domain::plan`]
+//! `MendixCredential`, and so does the decision about it: [`plan`] runs [`crate::plan`]
 //! on that half and adds what is per namespace.
 
-use crate::domain::api::{
+use crate::api::{
     CredentialType, MendixCredentialSpec, Rotation, SECRET_KEY, SECRET_NAME, SourceRef, Target,
     Verification, credential_rules, enum_without_null, target_annotations, target_labels,
 };
-use crate::domain::api::{
+use crate::api::{
     MAX_LABELS, MAX_ROLLOUT_RESTART, RolloutRestartProblem, WorkloadKind, WorkloadRef,
 };
-use crate::domain::plan::{self};
-use crate::domain::render;
-use crate::domain::spec::InvalidSpec;
+use crate::plan::{self};
+use crate::render;
+use crate::spec::InvalidSpec;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
-use kube::CustomResource;
-use kube::core::{Selector, SelectorExt};
+use kube_core::{Selector, SelectorExt};
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +34,8 @@ pub const MAX_RESTART_FAILURES: usize = 20;
 /// A Mendix platform credential published into many namespaces, for cluster administrators.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    // The generated code names kube-core and kube-derive, not the kube facade (a client crate).
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "mxcred.io",
     version = "v1alpha1",
     kind = "ClusterMendixCredential",
@@ -324,7 +326,7 @@ fn bounded_selector(schema: &mut schemars::Schema) {
 
 impl ClusterMendixCredentialSpec {
     /// The spec as a `MendixCredential`'s in the source's namespace: the same defaults and
-    /// checks apply ([`crate::domain::spec::resolve`]).
+    /// checks apply ([`crate::spec::resolve`]).
     /// Fields of the namespaced spec that this kind does not have keep their defaults.
     // The `..Default::default()` covers the fields the namespaced spec grows (rotation, ...)
     // before this kind learns them; until then it updates nothing.
@@ -443,7 +445,7 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
 /// cluster resource instead.
 pub fn copy_labels(secret: &mut Secret, name: &str) {
     let labels = secret.metadata.labels.get_or_insert_default();
-    labels.remove(crate::domain::api::LABEL_CREDENTIAL);
+    labels.remove(crate::api::LABEL_CREDENTIAL);
     labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), render::label_value(name));
 }
 

@@ -11,11 +11,11 @@
 //! then gets the credential current at that time (changes within the interval come to one
 //! restart).
 
-use crate::domain::api::{
+use crate::api::{
     MendixCredentialSpec, MendixCredentialStatus, RolloutRestartProblem, RolloutRestartStatus,
     WorkloadKind, WorkloadRef,
 };
-use crate::domain::plan::{Announcement, Plan};
+use crate::plan::{Announcement, Plan};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -1,13 +1,13 @@
 //! The decisions of a reconcile of a ClusterMendixCredential: its status and Events, from
 //! what each namespace's copy came to. The credential half is decided by
-//! [`crate::domain::plan`], as for a `MendixCredential`.
+//! [`crate::plan`], as for a `MendixCredential`.
 
 use super::{ClusterMendixCredentialStatus, FailedNamespace, MAX_FAILED_NAMESPACES, Selected};
-use crate::domain::api::{CredentialType, MendixCredentialStatus, condition};
-use crate::domain::conditions::{self, Verdict};
-use crate::domain::credential;
-use crate::domain::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
-use crate::domain::rotation::Held;
+use crate::api::{CredentialType, MendixCredentialStatus, condition};
+use crate::conditions::{self, Verdict};
+use crate::credential;
+use crate::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
+use crate::rotation::Held;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
 
