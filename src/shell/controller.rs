@@ -20,9 +20,10 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -85,7 +86,7 @@ impl Shared {
 
     /// Every cached resource.
     fn resources(&self) -> Vec<Arc<Guarded>> {
-        let stores = self.stores.lock().expect("lock poisoned");
+        let stores = self.stores.lock();
         stores.iter().flat_map(|(store, _)| store.state()).collect()
     }
 
@@ -137,14 +138,14 @@ impl Shared {
     /// What this instance is doing, for `/readyz`: `None` while it is not ready (starting,
     /// stopping, or leading with caches not yet filled).
     pub fn serving(&self) -> Option<&'static str> {
-        match *self.role.lock().expect("lock poisoned") {
+        match *self.role.lock() {
             Role::Starting | Role::Stopping => None,
             // A healthy standby is ready, as in controller-runtime: were it not, a
             // PodDisruptionBudget could never let the leader's node be drained.
             Role::Standby => Some("standby"),
             Role::Serving if !self.within_term() => Some("standby"),
             Role::Serving => {
-                let stores = self.stores.lock().expect("lock poisoned");
+                let stores = self.stores.lock();
                 let listed = !stores.is_empty()
                     && stores
                         .iter()
@@ -156,22 +157,19 @@ impl Shared {
 
     /// The cache of ClusterMendixCredentials, while their controller runs.
     fn cluster_store(&self) -> Option<Store<crate::shell::cluster::ClusterGuarded>> {
-        self.cluster.lock().expect("lock poisoned").clone()
+        self.cluster.lock().clone()
     }
 
     pub fn set_term_end(&self, end: Option<Instant>) {
-        *self.term_ends.lock().expect("lock poisoned") = end;
+        *self.term_ends.lock() = end;
     }
 
     fn within_term(&self) -> bool {
-        self.term_ends
-            .lock()
-            .expect("lock poisoned")
-            .is_none_or(|end| Instant::now() < end)
+        self.term_ends.lock().is_none_or(|end| Instant::now() < end)
     }
 
     pub fn set_role(&self, role: Role) {
-        *self.role.lock().expect("lock poisoned") = role;
+        *self.role.lock() = role;
     }
 }
 
@@ -216,7 +214,7 @@ pub async fn run(
             controller
         })
         .collect();
-    *shared.stores.lock().expect("lock poisoned") = stores;
+    *shared.stores.lock() = stores;
     shared.set_role(Role::Serving);
     tokio::spawn(forget_deleted(
         ctx.clone(),
@@ -247,7 +245,7 @@ pub async fn run(
         }
     });
     futures::future::join(futures::future::join_all(controllers), cluster_controller).await;
-    shared.stores.lock().expect("lock poisoned").clear();
+    shared.stores.lock().clear();
 }
 
 /// Logs each (re)list of a watch, with how many objects it brought and how long it took.

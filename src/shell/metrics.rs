@@ -2,13 +2,13 @@
 //! credential, a resource's data or a response body.
 
 use crate::domain::classify::{Reason, TokenValid};
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -292,7 +292,7 @@ impl Metrics {
         token_valid: impl IntoIterator<Item = (&'static str, i64)>,
         held: impl IntoIterator<Item = (&'static str, i64)>,
     ) -> String {
-        let _guard = self.encoding.lock().expect("lock poisoned");
+        let _guard = self.encoding.lock();
         for reason in HELD_REASONS {
             self.rotations_held
                 .get_or_create(&ReasonLabel { reason })
@@ -329,7 +329,7 @@ impl Metrics {
         &self,
         token_valid: impl IntoIterator<Item = (&'static str, i64)>,
     ) {
-        let _guard = self.encoding.lock().expect("lock poisoned");
+        let _guard = self.encoding.lock();
         for status in ["true", "false", "unknown"] {
             self.cluster_credentials
                 .get_or_create(&TokenValidLabel {

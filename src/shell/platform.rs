@@ -11,12 +11,13 @@ use crate::domain::credential::Credential;
 use crate::domain::probe::{NamedProbe, ProbeTarget};
 use crate::shell::metrics::Metrics;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::debug;
 
@@ -245,7 +246,7 @@ impl Platform {
     }
 
     fn limiter(&self, host: &str) -> Arc<DefaultDirectRateLimiter> {
-        let mut limiters = self.limiters.lock().expect("lock poisoned");
+        let mut limiters = self.limiters.lock();
         limiters
             .entry(host.to_owned())
             .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(self.config.qps))))

@@ -12,8 +12,8 @@ use crate::domain::restart::{self, Outcome, Step};
 use crate::shell::reconcile::{Context, Id};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -108,7 +108,7 @@ impl<T: Clone> Retries<T> {
     /// How long until the workloads of `uid` in `ns` are due again for `key`, and what their
     /// last try found; `None`: due now.
     pub(crate) fn wait(&self, uid: &str, ns: &str, key: &str) -> Option<(Duration, T)> {
-        let retries = self.0.lock().expect("lock poisoned");
+        let retries = self.0.lock();
         let retry = retries.get(&(uid.to_owned(), ns.to_owned()))?;
         let wait = retry.due.checked_duration_since(Instant::now());
         let wait = wait.filter(|wait| retry.key == key && !wait.is_zero())?;
@@ -124,7 +124,7 @@ impl<T: Clone> Retries<T> {
         first: Duration,
         found: T,
     ) -> Option<Duration> {
-        let mut retries = self.0.lock().expect("lock poisoned");
+        let mut retries = self.0.lock();
         let id = (uid.to_owned(), ns.to_owned());
         let Some(pending) = pending else {
             retries.remove(&id);
@@ -155,10 +155,7 @@ impl<T: Clone> Retries<T> {
 
     /// Forgets the resources whose uid is not in `live`.
     pub(crate) fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.0
-            .lock()
-            .expect("lock poisoned")
-            .retain(|(uid, _), _| live.contains(uid));
+        self.0.lock().retain(|(uid, _), _| live.contains(uid));
     }
 }
 

@@ -12,9 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
@@ -82,15 +83,12 @@ impl SecretCache {
     /// Adds the cache of one watch, and the flag its watch keeps set while the cache is current
     /// (listed, and no error since).
     pub fn watch(&self, store: Store<SecretMeta>, current: Arc<AtomicBool>) {
-        self.stores
-            .lock()
-            .expect("lock poisoned")
-            .push((store, current));
+        self.stores.lock().push((store, current));
     }
 
     /// The version of Secret `name` as the watches last reported it, while they are current.
     pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
-        let stores = self.stores.lock().expect("lock poisoned");
+        let stores = self.stores.lock();
         if !all_current(&stores) {
             return None;
         }
@@ -111,7 +109,7 @@ impl SecretCache {
         keys: &SourceKeys,
     ) -> Option<Result<Credential, SourceError>> {
         let current = self.version(namespace, &keys.secret)?;
-        let reads = self.reads.lock().expect("lock poisoned");
+        let reads = self.reads.lock();
         let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
         (read.version == current).then(|| read.credential.clone())
     }
@@ -126,7 +124,7 @@ impl SecretCache {
         keys: &SourceKeys,
         version: &str,
     ) -> Option<Result<Credential, SourceError>> {
-        let reads = self.reads.lock().expect("lock poisoned");
+        let reads = self.reads.lock();
         let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
         (read.version == version).then(|| read.credential.clone())
     }
@@ -140,7 +138,7 @@ impl SecretCache {
         version: String,
         credential: Result<Credential, SourceError>,
     ) {
-        self.reads.lock().expect("lock poisoned").insert(
+        self.reads.lock().insert(
             Reading::new(namespace, credential_type, keys),
             Read {
                 version,
@@ -152,7 +150,7 @@ impl SecretCache {
     /// Forgets credentials that no resource reads any more (`wanted` lists what the resources
     /// read), and those whose source has changed or gone.
     pub fn forget_unwanted(&self, wanted: &HashSet<Reading>) {
-        let mut reads = self.reads.lock().expect("lock poisoned");
+        let mut reads = self.reads.lock();
         reads.retain(|reading, read| {
             wanted.contains(reading)
                 && self
@@ -235,7 +233,7 @@ mod tests {
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
         let wanted = HashSet::from([Reading::new("ns", pat, &keys("src"))]);
         secrets.forget_unwanted(&wanted);
-        assert!(secrets.reads.lock().unwrap().is_empty(), "outdated");
+        assert!(secrets.reads.lock().is_empty(), "outdated");
 
         // A read newer than the watch is not used until the watch catches up.
         let token = Credential::personal_access_token(b"token-3").unwrap();

@@ -3,8 +3,8 @@
 
 use crate::domain::api::MendixCredentialStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Default)]
@@ -52,7 +52,7 @@ struct Written {
 
 impl Tracker {
     fn with<T>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> T) -> T {
-        let mut resources = self.resources.lock().expect("lock poisoned");
+        let mut resources = self.resources.lock();
         f(resources.entry(uid.to_owned()).or_default())
     }
 
@@ -140,7 +140,7 @@ impl Tracker {
     /// not dropped at once: a reconcile may have taken the object from the cache a moment
     /// before, and still need it. [`Tracker::drop_settled`] drops it later.
     pub fn cache_reached(&self, uid: &str, version: &str) {
-        let mut resources = self.resources.lock().expect("lock poisoned");
+        let mut resources = self.resources.lock();
         if let Some(w) = resources.get_mut(uid).and_then(|m| m.written.as_mut())
             && w.reached.is_none()
             && reaches(version, w.produced.as_deref())
@@ -151,7 +151,7 @@ impl Tracker {
 
     /// Drops the status copies the cache has held for longer than `settled`.
     pub fn drop_settled(&self, settled: Duration) {
-        let mut resources = self.resources.lock().expect("lock poisoned");
+        let mut resources = self.resources.lock();
         for w in resources.values_mut().filter_map(|m| m.written.as_mut()) {
             if w.reached.is_some_and(|at| at.elapsed() > settled) {
                 w.status = None;
@@ -193,10 +193,7 @@ impl Tracker {
 
     /// Forgets resources that no longer exist.
     pub fn retain(&self, live: &HashSet<String>) {
-        self.resources
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
+        self.resources.lock().retain(|uid, _| live.contains(uid));
     }
 }
 

@@ -17,10 +17,11 @@ use crate::shell::metrics::Metrics;
 use crate::shell::platform::Platform;
 use futures::channel::mpsc;
 use kube::runtime::reflector::ObjectRef;
+use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -187,7 +188,7 @@ impl Verifier {
     fn subscribe_as(&self, s: Subscription, kind: Kind) -> View {
         let key = self.key(s.probe, s.credential);
         let now = SystemTime::now();
-        let mut state = self.state.lock().expect("lock poisoned");
+        let mut state = self.state.lock();
         let subscriber = (s.uid.to_owned(), s.slot);
         let mut moved = false;
         if let Some(old) = state.subscribed.insert(subscriber.clone(), key)
@@ -275,7 +276,7 @@ impl Verifier {
 
     /// The resource no longer uses a credential in `slot`.
     pub fn unsubscribe_slot(&self, uid: &str, slot: Slot) {
-        let mut state = self.state.lock().expect("lock poisoned");
+        let mut state = self.state.lock();
         let subscriber = (uid.to_owned(), slot);
         if let Some(key) = state.subscribed.remove(&subscriber) {
             state.leave(&key, &subscriber);
@@ -284,7 +285,7 @@ impl Verifier {
 
     /// Forgets resources that no longer exist.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        let mut state = self.state.lock().expect("lock poisoned");
+        let mut state = self.state.lock();
         let gone: Vec<(String, Slot)> = state
             .subscribed
             .keys()
@@ -305,7 +306,7 @@ impl Verifier {
         &self,
         scopes: &[Option<String>],
     ) -> Vec<mpsc::UnboundedReceiver<ObjectRef<Guarded>>> {
-        let mut routes = self.routes.lock().expect("lock poisoned");
+        let mut routes = self.routes.lock();
         routes.clear();
         scopes
             .iter()
@@ -320,7 +321,7 @@ impl Verifier {
     /// A stream of the ClusterMendixCredentials whose answer changed; replaces the previous one.
     pub fn cluster_route(&self) -> mpsc::UnboundedReceiver<ObjectRef<ClusterMendixCredential>> {
         let (tx, rx) = mpsc::unbounded();
-        *self.cluster_route.lock().expect("lock poisoned") = Some(tx);
+        *self.cluster_route.lock() = Some(tx);
         rx
     }
 
@@ -341,7 +342,7 @@ impl Verifier {
         }
         running.abort_all();
         // Checks cut short must run again in the next term.
-        let mut state = self.state.lock().expect("lock poisoned");
+        let mut state = self.state.lock();
         state.running.clear();
         for check in state.checks.values_mut() {
             check.running = false;
@@ -351,7 +352,7 @@ impl Verifier {
     /// The checks to start now, fairly over namespaces, and how long to wait for the next.
     fn take_due(&self, busy: usize) -> (Vec<Job>, Duration) {
         let now = SystemTime::now();
-        let mut state = self.state.lock().expect("lock poisoned");
+        let mut state = self.state.lock();
         let mut waiting: BTreeMap<String, Vec<(SystemTime, Key)>> = BTreeMap::new();
         let mut soonest = Duration::from_secs(3600);
         for (key, check) in &state.checks {
@@ -408,7 +409,7 @@ impl Verifier {
         let answered = SystemTime::now();
         self.metrics.verified(outcome.reason.as_str());
         let told = {
-            let mut state = self.state.lock().expect("lock poisoned");
+            let mut state = self.state.lock();
             if let Some(n) = state.running.get_mut(&namespace) {
                 *n = n.saturating_sub(1);
             }
@@ -440,8 +441,8 @@ impl Verifier {
 
     /// Sends each subscriber to the controller of its kind (and scope), to read the answer.
     fn tell(&self, told: Vec<Subscriber>) {
-        let routes = self.routes.lock().expect("lock poisoned");
-        let cluster_route = self.cluster_route.lock().expect("lock poisoned");
+        let routes = self.routes.lock();
+        let cluster_route = self.cluster_route.lock();
         for subscriber in told {
             if subscriber.kind == Kind::ClusterMendixCredential {
                 if let Some(tx) = cluster_route.as_ref() {
@@ -534,7 +535,7 @@ mod tests {
                 known: None,
             });
         }
-        let state = v.state.lock().unwrap();
+        let state = v.state.lock();
         assert_eq!(
             state.checks.len(),
             1,
@@ -608,7 +609,7 @@ mod tests {
         v.subscribe_cluster(subscription("cluster", "sources"));
         let mut answered = v.cluster_route();
         {
-            let state = v.state.lock().unwrap();
+            let state = v.state.lock();
             assert_eq!(state.checks.len(), 1, "one check for both kinds");
             let check = state.checks.values().next().unwrap();
             let kinds: Vec<_> = check.subscribers.values().map(|s| s.kind).collect();
@@ -626,7 +627,7 @@ mod tests {
         // Answers go to the controller of each kind: the cluster resource by name alone.
         let mut namespaced = v.routes(&[None]).pop().unwrap();
         let told: Vec<Subscriber> = {
-            let state = v.state.lock().unwrap();
+            let state = v.state.lock();
             state
                 .checks
                 .values()

@@ -160,7 +160,7 @@ impl ClusterContext {
             .metadata
             .resource_version
             .clone()?;
-        let known = self.known.lock().expect("lock poisoned");
+        let known = self.known.lock();
         let copy = known.get(uid)?.get(ns)?;
         (copy.name == name && copy.version == version && copy.digest == *digest)
             .then(|| copy.clone())
@@ -169,14 +169,13 @@ impl ClusterContext {
     fn remember_copy(&self, uid: &str, ns: &str, copy: KnownCopy) {
         self.known
             .lock()
-            .expect("lock poisoned")
             .entry(uid.to_owned())
             .or_default()
             .insert(ns.to_owned(), copy);
     }
 
     fn forget_copy(&self, uid: &str, ns: &str) {
-        if let Some(copies) = self.known.lock().expect("lock poisoned").get_mut(uid) {
+        if let Some(copies) = self.known.lock().get_mut(uid) {
             copies.remove(ns);
         }
     }

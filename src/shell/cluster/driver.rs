@@ -403,7 +403,6 @@ async fn write_status(
         .map_err(Error::WriteStatus)?;
     cc.written
         .lock()
-        .expect("lock poisoned")
         .insert(id.uid.clone(), (cr.resource_version(), status));
     Ok(())
 }

@@ -30,10 +30,11 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
+use parking_lot::Mutex;
 use restarts::Brought;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -158,7 +159,7 @@ pub async fn run(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
     );
     let all = controller.store();
-    *store.lock().expect("lock poisoned") = Some(all.clone());
+    *store.lock() = Some(all.clone());
     let for_namespaces = all.clone();
     let for_sources = all.clone();
     let answered = ctx
@@ -194,7 +195,7 @@ pub async fn run(
         () = controller => {}
         () = dropped => warn!("the controller of ClusterMendixCredentials did not stop in time: dropped"),
     }
-    *store.lock().expect("lock poisoned") = None;
+    *store.lock() = None;
 }
 
 /// How long reconciles under way may take to finish once the operator stops.
@@ -320,7 +321,7 @@ impl ClusterContext {
     /// version it was based on; else the cached one.
     fn previous_status(&self, cr: &ClusterMendixCredential) -> ClusterMendixCredentialStatus {
         let uid = cr.uid().unwrap_or_default();
-        let mut written = self.written.lock().expect("lock poisoned");
+        let mut written = self.written.lock();
         match written.get(&uid) {
             Some((based_on, status)) if *based_on == cr.resource_version() => status.clone(),
             _ => {
@@ -331,38 +332,21 @@ impl ClusterContext {
     }
 
     fn working(&self, uid: &str) -> Option<Credential> {
-        self.working
-            .lock()
-            .expect("lock poisoned")
-            .get(uid)
-            .cloned()
+        self.working.lock().get(uid).cloned()
     }
 
     fn remember_working(&self, uid: &str, credential: &Credential) {
         self.working
             .lock()
-            .expect("lock poisoned")
             .insert(uid.to_owned(), credential.clone());
     }
 
     fn retain(&self, live: &HashSet<String>) {
-        self.known
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
-        self.brought
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
-        self.working
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
+        self.known.lock().retain(|uid, _| live.contains(uid));
+        self.brought.lock().retain(|uid, _| live.contains(uid));
+        self.working.lock().retain(|uid, _| live.contains(uid));
         self.retries.retain(live);
-        self.written
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
+        self.written.lock().retain(|uid, _| live.contains(uid));
     }
 }
 

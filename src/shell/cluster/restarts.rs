@@ -122,14 +122,13 @@ pub(super) async fn restart_workloads(
 
 impl ClusterContext {
     fn has_brought(&self, uid: &str, ns: &str, brought: &Brought) -> bool {
-        let memory = self.brought.lock().expect("lock poisoned");
+        let memory = self.brought.lock();
         memory.get(uid).and_then(|m| m.get(ns)) == Some(brought)
     }
 
     fn remember_brought(&self, uid: &str, ns: &str, brought: Brought) {
         self.brought
             .lock()
-            .expect("lock poisoned")
             .entry(uid.to_owned())
             .or_default()
             .insert(ns.to_owned(), brought);
