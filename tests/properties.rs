@@ -1,5 +1,5 @@
 //! Properties of the pure modules, checked on generated inputs: nothing panics, and the contract
-//! of DESIGN.md holds for every input rather than only for the examples of the unit tests. One
+//! of the book holds for every input rather than only for the examples of the unit tests. One
 //! group sends credentials through the platform client to a server on 127.0.0.1; nothing else
 //! leaves the process.
 //!

@@ -1,5 +1,8 @@
-//! One operator, many tenants: each attack of issue 11, tried as a tenant would, with a
-//! ServiceAccount of its own and a namespace-scoped Role, on the real control plane.
+//! One operator, many tenants: each way a tenant could reach what is not its own (a Secret that did
+//! not opt in, forged labels, replication and reserved metadata keys, probe URLs beyond the allow
+//! list, oversized specs, large unrelated Secrets, API server messages in the log, restarts of
+//! workloads without their consent), tried as a tenant would, with a ServiceAccount of its own
+//! and a namespace-scoped Role, on the real control plane.
 
 mod common;
 

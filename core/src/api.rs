@@ -472,16 +472,3 @@ pub mod condition {
     pub const READY: &str = "Ready";
     pub const TOKEN_VALID: &str = "TokenValid";
 }
-
-/// Reasons of the `Ready` condition.
-pub mod ready {
-    pub const SYNCED: &str = "Synced";
-    pub const SOURCE_NOT_FOUND: &str = "SourceNotFound";
-    pub const SOURCE_NOT_ALLOWED: &str = "SourceNotAllowed";
-    pub const SOURCE_KEY_MISSING: &str = "SourceKeyMissing";
-    pub const INVALID_SOURCE: &str = "InvalidSource";
-    pub const TARGET_CONFLICT: &str = "TargetConflict";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const ROTATION_REJECTED: &str = "RotationRejected";
-    pub const ROTATION_PENDING: &str = "RotationPending";
-}

@@ -1,10 +1,11 @@
 //! Classifying one answer of the platform to a probe. Pure.
 //!
-//! The outcome feeds the `TokenValid` condition (DESIGN.md "Status"). The documents of the
-//! platform disagree (mendix-platform.md), so only an answer that clearly says so makes a
-//! credential False; whatever cannot be placed is Unknown. A message is a fixed sentence per case
-//! plus the HTTP status, the host and the probe: never a byte of the body, a header value or the
-//! credential, so that whatever a platform or proxy sends back cannot reach a status or a log.
+//! The outcome feeds the `TokenValid` condition of the status. The platform's documents disagree
+//! (the book's "What the platform documents" lists what they say), so only an answer that clearly
+//! says so makes a credential False; whatever cannot be placed is Unknown. A message is a fixed
+//! sentence per case plus the HTTP status, the host and the probe: never a byte of the body, a
+//! header value or the credential, so that whatever a platform or proxy sends back cannot reach a
+//! status or a log.
 
 use crate::probe::NamedProbe;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, RETRY_AFTER};

@@ -327,10 +327,8 @@ fn bounded_selector(schema: &mut schemars::Schema) {
 impl ClusterMendixCredentialSpec {
     /// The spec as a `MendixCredential`'s in the source's namespace: the same defaults and
     /// checks apply ([`crate::spec::resolve`]).
-    /// Fields of the namespaced spec that this kind does not have keep their defaults.
-    // The `..Default::default()` covers the fields the namespaced spec grows (rotation, ...)
-    // before this kind learns them; until then it updates nothing.
-    #[allow(clippy::needless_update)]
+    /// The workloads to restart are left out: this kind restarts them in each namespace
+    /// ([`crate::cluster::restart`]), not as a namespaced resource does.
     pub fn as_namespaced(&self) -> MendixCredentialSpec {
         let s = &self.source_ref;
         MendixCredentialSpec {
@@ -345,7 +343,7 @@ impl ClusterMendixCredentialSpec {
                 name: self.target.name.clone(),
                 labels: self.target.labels.clone(),
                 annotations: self.target.annotations.clone(),
-                ..Default::default()
+                rollout_restart: None,
             }),
             verification: self.verification.clone(),
             rotation: self.rotation.clone(),

@@ -1,7 +1,7 @@
 //! Probes: the platform endpoints a credential is checked against.
 //!
-//! A probe is a named endpoint of DESIGN.md, whose answers are classified with what the platform
-//! documents about it, or an `https://` URL given in the spec, classified by status code only.
+//! A probe is a named endpoint ([`NamedProbe`]), whose answers are classified with what the
+//! platform documents about it, or an `https://` URL given in the spec, classified by status code only.
 
 use crate::api::{CredentialType, Platform};
 use std::fmt;

@@ -1,7 +1,7 @@
 //! A stand-in for the Mendix platform APIs that mxcred-operator probes, on loopback.
 //!
-//! Each route answers with the status and body shape that mendix-platform.md documents for its
-//! API, chosen by the [`State`] given to the credential of the request. Where the documents are
+//! Each route answers with the status and body shape that the Mendix documentation gives for its
+//! API (the operator's book lists them: "What the platform documents"), chosen by the [`State`] given to the credential of the request. Where the documents are
 //! silent, the simulator picks the answer the operator has to be most careful with, and says so
 //! at [`State`]. Nothing here is a faithful model of the platform: it is what the documents say.
 //!
@@ -35,7 +35,7 @@ use tower_service::Service;
 
 /// How a credential behaves. An unknown credential behaves as [`State::Deleted`].
 ///
-/// Choices where mendix-platform.md documents nothing:
+/// Choices where the platform's documents say nothing:
 /// - `Deactivated` on every API but Deploy v4 answers as `Deleted` does: nothing documents a
 ///   different answer, so the operator cannot tell the two apart there.
 /// - `MissingScope` answers 403 in the API's own error shape (documented for Projects only).

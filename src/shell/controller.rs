@@ -7,6 +7,7 @@ use crate::domain::api::{
     condition,
 };
 use crate::domain::conditions;
+use crate::domain::ready::ReadyReason;
 use crate::domain::spec;
 use crate::shell::Guarded;
 use crate::shell::metrics::{HELD_REASONS, Metrics};
@@ -98,7 +99,7 @@ impl Shared {
             ));
 
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        let mut held: HashMap<&'static str, i64> = HashMap::new();
+        let mut held: HashMap<ReadyReason, i64> = HashMap::new();
         // Rotations held back, of both kinds.
         let cluster = self.cluster_store().map(|s| s.state()).unwrap_or_default();
         let cluster = cluster
@@ -113,7 +114,10 @@ impl Shared {
             .chain(cluster.map(|s| &s.conditions))
             .filter_map(|c| conditions::find(c, condition::READY));
         for ready in readies {
-            if let Some(reason) = HELD_REASONS.into_iter().find(|r| *r == ready.reason) {
+            if let Some(reason) = HELD_REASONS
+                .into_iter()
+                .find(|r| r.as_str() == ready.reason)
+            {
                 *held.entry(reason).or_default() += 1;
             }
         }

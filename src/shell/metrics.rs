@@ -2,6 +2,7 @@
 //! credential, a resource's data or a response body.
 
 use crate::domain::classify::{Reason, TokenValid};
+use crate::domain::ready::ReadyReason;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -89,7 +90,8 @@ const STEPS: [&str; 7] = [
 /// The results of a new credential, as the rotation metric labels them.
 const ROTATION_RESULTS: [&str; 2] = ["published", "rejected"];
 /// The Ready reasons of a rotation held back.
-pub const HELD_REASONS: [&str; 2] = ["RotationRejected", "RotationPending"];
+pub const HELD_REASONS: [ReadyReason; 2] =
+    [ReadyReason::RotationRejected, ReadyReason::RotationPending];
 
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -247,17 +249,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn verified(&self, outcome: &str) {
+    /// A verification attempt ended with `outcome`.
+    pub fn verified(&self, outcome: Reason) {
         self.verifications
             .get_or_create(&OutcomeLabel {
-                outcome: outcome.into(),
+                outcome: outcome.as_str().into(),
             })
             .inc();
-        let definitive = Reason::OUTCOMES
-            .iter()
-            .find(|r| r.as_str() == outcome)
-            .is_some_and(|r| r.status() != TokenValid::Unknown);
-        let kind = if definitive {
+        let kind = if outcome.status() != TokenValid::Unknown {
             "definitive"
         } else {
             "transient"
@@ -290,17 +289,21 @@ impl Metrics {
     pub fn encode(
         &self,
         token_valid: impl IntoIterator<Item = (&'static str, i64)>,
-        held: impl IntoIterator<Item = (&'static str, i64)>,
+        held: impl IntoIterator<Item = (ReadyReason, i64)>,
     ) -> String {
         let _guard = self.encoding.lock();
         for reason in HELD_REASONS {
             self.rotations_held
-                .get_or_create(&ReasonLabel { reason })
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
                 .set(0);
         }
         for (reason, count) in held {
             self.rotations_held
-                .get_or_create(&ReasonLabel { reason })
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
                 .set(count);
         }
         for status in ["true", "false", "unknown"] {
@@ -367,16 +370,20 @@ mod tests {
             (last(&text, "definitive"), last(&text, "transient")),
             (0, 0)
         );
-        m.verified("PlatformUnavailable");
+        m.verified(Reason::PlatformUnavailable);
         let text = m.encode([], []);
         assert_eq!(last(&text, "definitive"), 0);
         assert!(last(&text, "transient") > 1_700_000_000);
-        for outcome in ["Verified", "TokenRejected", "UserDeactivated"] {
+        for outcome in [
+            Reason::Verified,
+            Reason::TokenRejected,
+            Reason::UserDeactivated,
+        ] {
             let m = Metrics::default();
             m.verified(outcome);
             let text = m.encode([], []);
-            assert!(last(&text, "definitive") > 1_700_000_000, "{outcome}");
-            assert_eq!(last(&text, "transient"), 0, "{outcome}");
+            assert!(last(&text, "definitive") > 1_700_000_000, "{outcome:?}");
+            assert_eq!(last(&text, "transient"), 0, "{outcome:?}");
         }
     }
 
@@ -398,7 +405,7 @@ mod tests {
     fn exposes_every_family_with_its_prefix() {
         let m = Metrics::default();
         m.reconciled("Synced", Duration::from_millis(3));
-        m.verified("Verified");
+        m.verified(Reason::Verified);
         m.failed("write_status");
         m.platform_request(
             "cloud.home.mendix.com",

@@ -407,7 +407,7 @@ impl Verifier {
         let asked = SystemTime::now();
         let outcome = self.platform.check(&probe, &credential).await;
         let answered = SystemTime::now();
-        self.metrics.verified(outcome.reason.as_str());
+        self.metrics.verified(outcome.reason);
         let told = {
             let mut state = self.state.lock();
             if let Some(n) = state.running.get_mut(&namespace) {

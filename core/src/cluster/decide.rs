@@ -320,10 +320,8 @@ fn listed(names: &[&str]) -> String {
 
 impl ClusterMendixCredentialStatus {
     /// The credential half, as a MendixCredential's status.
-    /// Fields of the namespaced status that this kind does not have stay empty.
-    // The `..Default::default()` covers the fields the namespaced status grows (rotation, ...)
-    // before this kind learns them; until then it updates nothing.
-    #[allow(clippy::needless_update)]
+    /// The restarts are left out: this kind reports them per namespace
+    /// (`rolloutRestartFailures`), not as a namespaced resource does.
     pub fn core(&self) -> MendixCredentialStatus {
         MendixCredentialStatus {
             observed_generation: self.observed_generation,
@@ -337,7 +335,7 @@ impl ClusterMendixCredentialStatus {
             next_verification_time: self.next_verification_time.clone(),
             last_verification_error: self.last_verification_error.clone(),
             conditions: self.conditions.clone(),
-            ..Default::default()
+            rollout_restart: Vec::new(),
         }
     }
 
