@@ -2,7 +2,7 @@
 
 use crate::domain::api::Platform;
 use crate::domain::probe::NamedProbe;
-use crate::shell::controller::Settings;
+use crate::shell::context::Settings;
 use crate::shell::platform::PlatformConfig;
 use crate::shell::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};

@@ -11,10 +11,10 @@
 //! 5. plan the status and the Events (pure: [`crate::domain::cluster::plan`]),
 //! 6. write the status, then publish the Events, then remember what was done.
 
+use super::context::{ClusterContext, Id, NamespaceMeta};
 use super::copies::{remove_copies, write_copies};
 use super::restarts::restart_workloads;
 use super::rotation::CheckedFirst;
-use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
@@ -27,10 +27,11 @@ use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::restart;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
-use crate::shell::reconcile::{
-    CONFLICT_RETRY, Error, apply_params, backoff, count_rotation, mark_unreadable, now, publish,
-};
+use crate::shell::ClusterGuarded;
+use crate::shell::context::{CONFLICT_RETRY, Error, apply_params, backoff, now};
+use crate::shell::publish::{count_rotation, publish};
 use crate::shell::subscribe;
+use crate::shell::unreadable::mark_unreadable;
 use crate::shell::verifier::{Slot, Subscription};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -4,79 +4,39 @@
 //! name: [`sources`]); the reconcile driver ([`driver`]); the copies in each namespace
 //! ([`copies`]); and the workloads restarted in each ([`restarts`]).
 
+mod context;
 mod copies;
 mod driver;
 mod restarts;
 mod rotation;
 mod sources;
 
+pub use crate::shell::ClusterGuarded;
+pub use context::ClusterContext;
+
 use driver::{error_policy, reconcile};
 
 use crate::domain::api::MANAGER;
-use crate::domain::cluster::{
-    ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
-    RolloutRestartFailure,
-};
-use crate::domain::credential::Credential;
+use crate::domain::cluster::LABEL_CLUSTER_CREDENTIAL;
 use crate::domain::spec;
-use crate::shell::controller::{LIST_PAGE, slim};
-use crate::shell::reconcile::{Context, describe};
-use crate::shell::restart::Retries;
+use crate::shell::api_error::describe_watch;
+use crate::shell::context::Context;
+use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretMeta;
-use copies::KnownCopy;
+use crate::shell::watch::{LIST_PAGE, cached, slim};
+use context::NamespaceMeta;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
-use restarts::Brought;
 use sources::SourceWatches;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-type NamespaceMeta = PartialObjectMeta<Namespace>;
-
-/// A ClusterMendixCredential as the watch delivers it: one this version cannot read still
-/// arrives, so that it gets a condition instead of stopping the watch of all of them.
-pub type ClusterGuarded = kube::core::DeserializeGuard<ClusterMendixCredential>;
-
-/// What the reconciles of ClusterMendixCredentials share.
-pub struct ClusterContext {
-    ctx: Arc<Context>,
-    namespaces: Store<NamespaceMeta>,
-    copies: Store<SecretMeta>,
-    /// The opted-in sources (metadata) in the namespaces the resources name: the version each
-    /// reconcile reads its source at.
-    sources: SourceWatches,
-    /// Set while each watch's cache is current (namespaces, copies).
-    current: [Arc<AtomicBool>; 2],
-    /// Per resource (uid) and namespace: the copy this instance wrote or found current.
-    known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
-    /// Per resource (uid) and namespace: the credential this instance brought all the
-    /// workloads of `spec.target.rolloutRestart` to.
-    brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
-    /// Per resource (uid): the credential this instance last published to the copies, which a
-    /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
-    /// of a selected namespace may write its copy.
-    working: Mutex<HashMap<String, Credential>>,
-    /// When the workloads of each resource and namespace are tried again.
-    retries: Retries<Vec<RolloutRestartFailure>>,
-    /// Per resource (uid): the status last written, and the resource version it was based on,
-    /// until the watch brings a newer version.
-    written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
-}
-
-/// The names of a resource that every step needs.
-struct Id {
-    name: String,
-    uid: String,
-}
+use tracing::warn;
 
 /// Runs the controller of ClusterMendixCredentials until `shutdown`; publishes its cache of the
 /// resources through `store`, for the metrics and the forgetting of deleted resources.
@@ -196,51 +156,6 @@ pub async fn run(
 /// How long reconciles under way may take to finish once the operator stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A watch error for a log line: the HTTP code and reason only, never the API server's message.
-fn describe_watch(error: &watcher::Error) -> String {
-    match error {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => describe(e),
-        watcher::Error::WatchError(status) => format!("HTTP {} {}", status.code, status.reason),
-        watcher::Error::NoResourceVersion => "no resourceVersion in the watch".into(),
-    }
-}
-
-/// A metadata watch kept in a cache, with the flag set while that cache is current; and the
-/// stream of the objects it touched.
-fn cached<K>(
-    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    what: &'static str,
-) -> (
-    (Store<K>, Arc<AtomicBool>),
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let current = Arc::new(AtomicBool::new(false));
-    let flag = current.clone();
-    let stream = reflector(writer, stream)
-        .inspect(move |result| {
-            if let Err(e) = result {
-                warn!(error = %describe_watch(e), "cannot watch {what}; retrying");
-            }
-            let flowing = matches!(
-                result,
-                Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
-            );
-            flag.store(flowing, Ordering::Relaxed);
-            if let Ok(watcher::Event::InitDone) = result {
-                info!("listed {what}");
-            }
-        })
-        .default_backoff()
-        .touched_objects();
-    ((reader, current), stream)
-}
-
 /// What the cache keeps of a namespace: its name, labels (selections read them) and whether it
 /// is being deleted.
 fn slim_namespace(namespace: &mut NamespaceMeta) {
@@ -268,16 +183,6 @@ fn slim_copy(copy: &mut SecretMeta) {
             entry.fields_v1 = None;
         }
     }
-}
-
-/// What the cache keeps of a source: its identity and version.
-fn slim_source(source: &mut SecretMeta) {
-    let meta = &mut source.metadata;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
 }
 
 /// The cluster resource that published a copy: its controller owner, or, when someone removed
@@ -309,57 +214,6 @@ fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<
         .iter()
         .map(|cr| ObjectRef::from_obj(cr.as_ref()))
         .collect()
-}
-
-impl ClusterContext {
-    /// The status to plan from: the one this instance wrote, while the cache still holds the
-    /// version it was based on; else the cached one.
-    fn previous_status(&self, cr: &ClusterMendixCredential) -> ClusterMendixCredentialStatus {
-        let uid = cr.uid().unwrap_or_default();
-        let mut written = self.written.lock().expect("lock poisoned");
-        match written.get(&uid) {
-            Some((based_on, status)) if *based_on == cr.resource_version() => status.clone(),
-            _ => {
-                written.remove(&uid);
-                cr.status.clone().unwrap_or_default()
-            }
-        }
-    }
-
-    fn working(&self, uid: &str) -> Option<Credential> {
-        self.working
-            .lock()
-            .expect("lock poisoned")
-            .get(uid)
-            .cloned()
-    }
-
-    fn remember_working(&self, uid: &str, credential: &Credential) {
-        self.working
-            .lock()
-            .expect("lock poisoned")
-            .insert(uid.to_owned(), credential.clone());
-    }
-
-    fn retain(&self, live: &HashSet<String>) {
-        self.known
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
-        self.brought
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
-        self.working
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
-        self.retries.retain(live);
-        self.written
-            .lock()
-            .expect("lock poisoned")
-            .retain(|uid, _| live.contains(uid));
-    }
 }
 
 /// Every ten minutes, forgets what is remembered of resources that no longer exist.

@@ -2,9 +2,9 @@
 //! the namespaces the resources name and nowhere else: a namespace's users who label their own
 //! Secrets put nothing in this cache.
 
-use super::{cached, slim_source};
 use crate::domain::api::LABEL_SOURCE;
 use crate::shell::secrets::SecretMeta;
+use crate::shell::watch::cached;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -94,6 +94,16 @@ impl SourceWatches {
         let watches = self.watches.lock().expect("lock poisoned");
         watches.keys().cloned().collect()
     }
+}
+
+/// What the cache keeps of a source: its identity and version.
+fn slim_source(source: &mut SecretMeta) {
+    let meta = &mut source.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
 }
 
 impl Drop for SourceWatches {
