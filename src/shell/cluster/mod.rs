@@ -9,7 +9,8 @@ mod driver;
 mod restarts;
 mod rotation;
 
-use driver::{error_policy, reconcile};
+pub use driver::reconcile;
+use driver::error_policy;
 
 use crate::domain::api::{LABEL_SOURCE, MANAGER};
 use crate::domain::cluster::{
@@ -38,7 +39,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-type NamespaceMeta = PartialObjectMeta<Namespace>;
+/// A namespace as its watch keeps it: metadata only.
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// A ClusterMendixCredential as the watch delivers it: one this version cannot read still
 /// arrives, so that it gets a condition instead of stopping the watch of all of them.
@@ -113,18 +115,13 @@ pub async fn run(
         .modify(slim_source),
         "sources of cluster credentials",
     );
-    let cc = Arc::new(ClusterContext {
-        ctx: ctx.clone(),
-        namespaces: namespaces.0,
-        copies: copies.0,
-        sources: sources.0,
-        current: [namespaces.1, copies.1],
-        known: Mutex::default(),
-        brought: Mutex::default(),
-        working: Mutex::default(),
-        retries: Retries::default(),
-        written: Mutex::default(),
-    });
+    let cc = Arc::new(ClusterContext::new(
+        ctx.clone(),
+        namespaces.0,
+        copies.0,
+        sources.0,
+        [namespaces.1, copies.1],
+    ));
 
     let (reader, writer) = reflector::store();
     let listed = Arc::new(AtomicBool::new(false));
@@ -316,6 +313,29 @@ fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<
 }
 
 impl ClusterContext {
+    /// A context over the caches of the namespaces, the copies and the sources, remembering
+    /// nothing yet; `current` is set while the namespaces' and the copies' caches are current.
+    pub fn new(
+        ctx: Arc<Context>,
+        namespaces: Store<NamespaceMeta>,
+        copies: Store<SecretMeta>,
+        sources: Store<SecretMeta>,
+        current: [Arc<AtomicBool>; 2],
+    ) -> Self {
+        ClusterContext {
+            ctx,
+            namespaces,
+            copies,
+            sources,
+            current,
+            known: Mutex::default(),
+            brought: Mutex::default(),
+            working: Mutex::default(),
+            retries: Retries::default(),
+            written: Mutex::default(),
+        }
+    }
+
     /// The status to plan from: the one this instance wrote, while the cache still holds the
     /// version it was based on; else the cached one.
     fn previous_status(&self, cr: &ClusterMendixCredential) -> ClusterMendixCredentialStatus {
