@@ -94,7 +94,11 @@ struct Script {
 impl Script {
     /// The answer to a request: the head of a chain of the current step that it matches.
     fn answer(&mut self, method: Method, path: String, body: Value) -> (u16, Value) {
-        while self.steps.front().is_some_and(|s| s.iter().all(Vec::is_empty)) {
+        while self
+            .steps
+            .front()
+            .is_some_and(|s| s.iter().all(Vec::is_empty))
+        {
             self.steps.pop_front();
         }
         let matched = self.steps.front_mut().and_then(|step| {
@@ -238,7 +242,12 @@ fn get_source(token: &str) -> Step {
 /// The copy of `ns` is not there, and is created.
 fn created(ns: &str) -> Vec<Expect> {
     vec![
-        expect(Method::GET, &copy_path(ns), 404, Some(status_body(404, "NotFound"))),
+        expect(
+            Method::GET,
+            &copy_path(ns),
+            404,
+            Some(status_body(404, "NotFound")),
+        ),
         expect(Method::POST, &secrets_path(ns), 201, None),
     ]
 }
@@ -382,7 +391,10 @@ impl World {
             namespaces,
             copies,
             sources,
-            [Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(true))],
+            [
+                Arc::new(AtomicBool::new(true)),
+                Arc::new(AtomicBool::new(true)),
+            ],
         );
         World {
             cc: Arc::new(cc),
@@ -405,7 +417,10 @@ impl World {
         let script = std::mem::take(&mut *self.script.lock().unwrap());
         let mut wrong = script.unexpected.clone();
         wrong.extend(script.never_sent());
-        assert!(wrong.is_empty(), "{wrong:?}; the reconcile returned {result:?}");
+        assert!(
+            wrong.is_empty(),
+            "{wrong:?}; the reconcile returned {result:?}"
+        );
         Reconciled {
             result,
             sent: script.sent,
@@ -475,7 +490,11 @@ fn resource() -> ClusterMendixCredential {
 }
 
 /// The resource as the watch brings it after the status write: with that status.
-fn with_status(mut cr: ClusterMendixCredential, status: &Value, version: &str) -> ClusterMendixCredential {
+fn with_status(
+    mut cr: ClusterMendixCredential,
+    status: &Value,
+    version: &str,
+) -> ClusterMendixCredential {
     cr.status =
         Some(serde_json::from_value::<ClusterMendixCredentialStatus>(status.clone()).unwrap());
     cr.metadata.resource_version = Some(version.into());
@@ -534,17 +553,26 @@ async fn a_new_resource_creates_a_copy_in_each_selected_namespace() {
             None,
             "created, not applied: a Secret made meanwhile fails it"
         );
-        assert_eq!(copy["metadata"]["labels"]["mxcred.io/cluster-credential"], NAME);
+        assert_eq!(
+            copy["metadata"]["labels"]["mxcred.io/cluster-credential"],
+            NAME
+        );
         assert_eq!(copy["metadata"]["ownerReferences"][0]["uid"], UID);
         assert_eq!(token_of(copy), TOKEN.as_bytes());
     }
     let status = done.status();
     assert_eq!(status["namespaces"], "3/3");
-    assert_eq!((status["selected"].clone(), status["synced"].clone()), (json!(3), json!(3)));
+    assert_eq!(
+        (status["selected"].clone(), status["synced"].clone()),
+        (json!(3), json!(3))
+    );
     assert_eq!(status["failedNamespaceCount"], 0);
     assert_eq!(status["secretName"], NAME);
     assert_eq!(condition(status, "Ready")["reason"], "Synced");
-    assert_eq!(condition(status, "TokenValid")["reason"], "VerificationDisabled");
+    assert_eq!(
+        condition(status, "TokenValid")["reason"],
+        "VerificationDisabled"
+    );
     assert_eq!(
         done.events(),
         [(
@@ -556,7 +584,9 @@ async fn a_new_resource_creates_a_copy_in_each_selected_namespace() {
 
     // With the status it wrote, and the copies as the watch reports them: nothing is sent.
     for stored in done.stored(&SELECTED).values() {
-        world.copies.apply_watcher_event(&watcher::Event::Apply(copy_meta(stored)));
+        world
+            .copies
+            .apply_watcher_event(&watcher::Event::Apply(copy_meta(stored)));
     }
     let cr = with_status(cr, status, "11");
     let again = world.reconcile(&cr, vec![get_source(TOKEN)]).await;
@@ -576,7 +606,12 @@ async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
                 get_source(TOKEN),
                 vec![
                     created("team-a"),
-                    vec![expect(Method::GET, &copy_path("team-b"), 200, Some(in_the_way.clone()))],
+                    vec![expect(
+                        Method::GET,
+                        &copy_path("team-b"),
+                        200,
+                        Some(in_the_way.clone()),
+                    )],
                     created("team-c"),
                 ],
                 write_status(),
@@ -613,8 +648,12 @@ async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
             ),
         ]
     );
-    let text = serde_json::to_string(&done.sent.iter().map(|s| &s.body).collect::<Vec<_>>()).unwrap();
-    assert!(!text.contains("hunter2") && !text.contains(&base64("hunter2").as_str().unwrap().to_owned()));
+    let text =
+        serde_json::to_string(&done.sent.iter().map(|s| &s.body).collect::<Vec<_>>()).unwrap();
+    assert!(
+        !text.contains("hunter2")
+            && !text.contains(&base64("hunter2").as_str().unwrap().to_owned())
+    );
 
     // Still there on the next reconcile: read again, still not written, and not announced
     // again; the copies of the others are read (the watch has not reported them) and kept.
@@ -626,9 +665,24 @@ async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
             vec![
                 get_source(TOKEN),
                 vec![
-                    vec![expect(Method::GET, &copy_path("team-a"), 200, Some(stored["team-a"].clone()))],
-                    vec![expect(Method::GET, &copy_path("team-b"), 200, Some(in_the_way))],
-                    vec![expect(Method::GET, &copy_path("team-c"), 200, Some(stored["team-c"].clone()))],
+                    vec![expect(
+                        Method::GET,
+                        &copy_path("team-a"),
+                        200,
+                        Some(stored["team-a"].clone()),
+                    )],
+                    vec![expect(
+                        Method::GET,
+                        &copy_path("team-b"),
+                        200,
+                        Some(in_the_way),
+                    )],
+                    vec![expect(
+                        Method::GET,
+                        &copy_path("team-c"),
+                        200,
+                        Some(stored["team-c"].clone()),
+                    )],
                 ],
             ],
         )
@@ -643,12 +697,19 @@ async fn a_rotation_rewrites_every_copy_and_records_the_new_credential() {
     let first = world
         .reconcile(
             &cr,
-            vec![get_source(TOKEN), each(&SELECTED, created), write_status(), event()],
+            vec![
+                get_source(TOKEN),
+                each(&SELECTED, created),
+                write_status(),
+                event(),
+            ],
         )
         .await;
     let stored = first.stored(&SELECTED);
     for copy in stored.values() {
-        world.copies.apply_watcher_event(&watcher::Event::Apply(copy_meta(copy)));
+        world
+            .copies
+            .apply_watcher_event(&watcher::Event::Apply(copy_meta(copy)));
     }
     let before = first.status().clone();
     let cr = with_status(cr, &before, "11");
@@ -693,7 +754,10 @@ async fn a_rotation_rewrites_every_copy_and_records_the_new_credential() {
                 {"op": "replace", "path": "/metadata/managedFields/0/operation", "value": "Apply"},
             ])
         );
-        assert_eq!(apply["metadata"]["resourceVersion"], "3", "conditional on the claimed version");
+        assert_eq!(
+            apply["metadata"]["resourceVersion"], "3",
+            "conditional on the claimed version"
+        );
         assert_eq!(token_of(apply), NEW_TOKEN.as_bytes());
     }
     let status = done.status();
@@ -716,7 +780,10 @@ async fn a_rotation_rewrites_every_copy_and_records_the_new_credential() {
             (
                 "Normal".into(),
                 "Rotated".into(),
-                format!("published {new} in Secret {NAME}, replacing {}", old.as_str().unwrap())
+                format!(
+                    "published {new} in Secret {NAME}, replacing {}",
+                    old.as_str().unwrap()
+                )
             ),
         ]
     );
@@ -743,7 +810,12 @@ async fn a_deselected_namespace_loses_our_copy_and_keeps_a_foreign_one() {
             vec![
                 get_source(TOKEN),
                 each(&["team-a", "team-b", "team-c", "team-d"], |ns| match ns {
-                    "team-d" => vec![expect(Method::GET, &copy_path(ns), 200, Some(forged.clone()))],
+                    "team-d" => vec![expect(
+                        Method::GET,
+                        &copy_path(ns),
+                        200,
+                        Some(forged.clone()),
+                    )],
                     _ => created(ns),
                 }),
                 write_status(),
@@ -755,13 +827,18 @@ async fn a_deselected_namespace_loses_our_copy_and_keeps_a_foreign_one() {
     assert_eq!(first.status()["failedNamespaces"][0]["namespace"], "team-d");
     let stored = first.stored(&SELECTED);
     for copy in stored.values().chain([&forged]) {
-        world.copies.apply_watcher_event(&watcher::Event::Apply(copy_meta(copy)));
+        world
+            .copies
+            .apply_watcher_event(&watcher::Event::Apply(copy_meta(copy)));
     }
     // team-c and team-d leave the selection.
     for ns in ["team-c", "team-d"] {
         world
             .namespaces
-            .apply_watcher_event(&watcher::Event::Apply(namespace(ns, &[("team", "billing")])));
+            .apply_watcher_event(&watcher::Event::Apply(namespace(
+                ns,
+                &[("team", "billing")],
+            )));
     }
     let cr = with_status(cr, first.status(), "11");
 

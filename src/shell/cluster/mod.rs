@@ -9,8 +9,8 @@ mod driver;
 mod restarts;
 mod rotation;
 
-pub use driver::reconcile;
 use driver::error_policy;
+pub use driver::reconcile;
 
 use crate::domain::api::{LABEL_SOURCE, MANAGER};
 use crate::domain::cluster::{
