@@ -137,11 +137,22 @@ impl Script {
     }
 }
 
-/// Answers every request of a test from the script it holds at the time.
+/// Answers every request of a test from the script it holds at the time, but for the list
+/// that starts the watch of sources in a namespace: it is never answered, so that the watch's
+/// cache stays empty and each reconcile reads its source.
 fn api_server(mut handle: Handle<Request<Body>, Response<Body>>, script: Arc<Mutex<Script>>) {
     tokio::spawn(async move {
+        let mut unanswered = vec![];
         while let Some((request, send)) = handle.next_request().await {
             let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+            let query = request.uri().query().unwrap_or_default();
+            if method == Method::GET
+                && path.ends_with("/secrets")
+                && query.contains("labelSelector=mxcred.io%2Fsource%3Dtrue")
+            {
+                unanswered.push(send);
+                continue;
+            }
             let body = request.into_body().collect_bytes().await.unwrap();
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let (status, answer) = script.lock().unwrap().answer(method, path, body);
@@ -384,13 +395,10 @@ impl World {
                 .collect(),
         );
         let (copies, copy_writer) = cache(vec![]);
-        // The sources' cache reports none: each reconcile reads its source.
-        let (sources, _) = cache(vec![]);
-        let cc = ClusterContext::new(
+        let (cc, _) = ClusterContext::new(
             context(Client::new(service, "default")),
             namespaces,
             copies,
-            sources,
             [
                 Arc::new(AtomicBool::new(true)),
                 Arc::new(AtomicBool::new(true)),
@@ -406,10 +414,18 @@ impl World {
 
     /// Runs one reconcile of `cr`, after checking that it sent exactly the requests of `steps`.
     async fn reconcile(&self, cr: &ClusterMendixCredential, steps: Vec<Step>) -> Reconciled {
-        *self.script.lock().unwrap() = Script {
-            steps: steps.into(),
-            ..Script::default()
-        };
+        let between = std::mem::replace(
+            &mut *self.script.lock().unwrap(),
+            Script {
+                steps: steps.into(),
+                ..Script::default()
+            },
+        );
+        assert!(
+            between.unexpected.is_empty(),
+            "sent after the reconcile before: {:?}",
+            between.unexpected
+        );
         let guard = Arc::new(kube::core::DeserializeGuard(Ok(cr.clone())));
         let result = reconcile(guard, self.cc.clone())
             .await

@@ -36,7 +36,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Patch;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -357,10 +356,7 @@ async fn read_source(
     let (credential_type, keys) = (resolved.credential_type, &resolved.source);
     // The version this controller's own watch reports: a reconcile it woke for a change must
     // not read the credential from before it.
-    let seen = cc
-        .sources
-        .get(&ObjectRef::new(&keys.secret).within(ns))
-        .and_then(|s| s.metadata.resource_version.clone());
+    let seen = cc.sources.version(ns, &keys.secret);
     let cached = seen.and_then(|v| ctx.secrets.credential_at(ns, credential_type, keys, &v));
     let credential = match cached {
         Some(cached) => cached,

@@ -1,18 +1,19 @@
 //! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
 //! resources, namespaces (metadata only), the copies it published (metadata only, by their
-//! label) and sources (metadata only, by their opt-in label); the reconcile driver
-//! ([`driver`]); the copies in each namespace ([`copies`]); and the workloads restarted in
-//! each ([`restarts`]).
+//! label) and sources (metadata only, by their opt-in label, in the namespaces the resources
+//! name: [`sources`]); the reconcile driver ([`driver`]); the copies in each namespace
+//! ([`copies`]); and the workloads restarted in each ([`restarts`]).
 
 mod copies;
 mod driver;
 mod restarts;
 mod rotation;
+mod sources;
 
 use driver::error_policy;
 pub use driver::reconcile;
 
-use crate::domain::api::{LABEL_SOURCE, MANAGER};
+use crate::domain::api::MANAGER;
 use crate::domain::cluster::{
     ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
     RolloutRestartFailure,
@@ -24,6 +25,7 @@ use crate::shell::reconcile::{Context, describe};
 use crate::shell::restart::Retries;
 use crate::shell::secrets::SecretMeta;
 use copies::KnownCopy;
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PartialObjectMeta;
@@ -32,6 +34,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
 use restarts::Brought;
+use sources::SourceWatches;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,8 +54,9 @@ pub struct ClusterContext {
     ctx: Arc<Context>,
     namespaces: Store<NamespaceMeta>,
     copies: Store<SecretMeta>,
-    /// The opted-in sources (metadata): the version each reconcile reads its source at.
-    sources: Store<SecretMeta>,
+    /// The opted-in sources (metadata) in the namespaces the resources name: the version each
+    /// reconcile reads its source at.
+    sources: SourceWatches,
     /// Set while each watch's cache is current (namespaces, copies).
     current: [Arc<AtomicBool>; 2],
     /// Per resource (uid) and namespace: the copy this instance wrote or found current.
@@ -103,25 +107,15 @@ pub async fn run(
         .modify(slim_copy),
         "cluster credential copies",
     );
-    // Kept in a cache of its own: a reconcile it wakes reads the source's version there, not in
-    // the operator's other caches, which may not have seen the change yet.
-    let (sources, source_stream) = cached(
-        watcher(
-            Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default()
-                .labels(&format!("{LABEL_SOURCE}=true"))
-                .page_size(LIST_PAGE),
-        )
-        .modify(slim_source),
-        "sources of cluster credentials",
-    );
-    let cc = Arc::new(ClusterContext::new(
+    // Kept in caches of their own: a reconcile they wake reads the source's version there, not
+    // in the operator's other caches, which may not have seen the change yet.
+    let (cc, source_stream) = ClusterContext::new(
         ctx.clone(),
         namespaces.0,
         copies.0,
-        sources.0,
         [namespaces.1, copies.1],
-    ));
+    );
+    let cc = Arc::new(cc);
 
     let (reader, writer) = reflector::store();
     let listed = Arc::new(AtomicBool::new(false));
@@ -173,7 +167,9 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .watches_stream(copy_stream, |copy| publisher(&copy))
-        .watches_stream(source_stream, move |source| reading(&for_sources, &source))
+        .watches_stream(source_stream.map(Ok::<_, watcher::Error>), move |source| {
+            reading(&for_sources, &source)
+        })
         .reconcile_on(answered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, cc)
@@ -313,16 +309,18 @@ fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<
 }
 
 impl ClusterContext {
-    /// A context over the caches of the namespaces, the copies and the sources, remembering
-    /// nothing yet; `current` is set while the namespaces' and the copies' caches are current.
+    /// A context over the caches of the namespaces and the copies, remembering nothing yet;
+    /// `current` is set while each of them is current. The sources are watched in the
+    /// namespaces the reconciles name; the stream returned brings the sources those watches
+    /// touched.
     pub fn new(
         ctx: Arc<Context>,
         namespaces: Store<NamespaceMeta>,
         copies: Store<SecretMeta>,
-        sources: Store<SecretMeta>,
         current: [Arc<AtomicBool>; 2],
-    ) -> Self {
-        ClusterContext {
+    ) -> (Self, UnboundedReceiver<SecretMeta>) {
+        let (sources, touched) = SourceWatches::new(ctx.client.clone(), LIST_PAGE);
+        let cc = ClusterContext {
             ctx,
             namespaces,
             copies,
@@ -333,7 +331,8 @@ impl ClusterContext {
             working: Mutex::default(),
             retries: Retries::default(),
             written: Mutex::default(),
-        }
+        };
+        (cc, touched)
     }
 
     /// The status to plan from: the one this instance wrote, while the cache still holds the
@@ -399,12 +398,17 @@ async fn forget_deleted(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: HashSet<String> = store
-            .state()
+        let resources = store.state();
+        let live: HashSet<String> = resources
             .iter()
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
         cc.retain(&live);
+        let named: HashSet<String> = resources
+            .iter()
+            .filter_map(|guard| Some(guard.0.as_ref().ok()?.spec.source_ref.namespace.clone()))
+            .collect();
+        cc.sources.keep_only(&named);
     }
 }
 
