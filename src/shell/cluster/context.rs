@@ -7,6 +7,8 @@ use crate::domain::cluster::{
 };
 use crate::domain::credential::Credential;
 use crate::shell::context::Context;
+use crate::shell::watch::LIST_PAGE;
+use futures::channel::mpsc::UnboundedReceiver;
 use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretMeta;
 use k8s_openapi::api::core::v1::Namespace;
@@ -18,7 +20,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-pub(super) type NamespaceMeta = PartialObjectMeta<Namespace>;
+/// A namespace as its watch keeps it: metadata only.
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// A copy this instance wrote or found current: its name, version, the digest of the
 /// credential it holds, and when it was written.
@@ -70,6 +73,32 @@ pub(super) struct Id {
 }
 
 impl ClusterContext {
+    /// A context over the caches of the namespaces and the copies, remembering nothing yet;
+    /// `current` is set while each of them is current. The sources are watched in the
+    /// namespaces the reconciles name; the stream returned brings the sources those watches
+    /// touched.
+    pub fn new(
+        ctx: Arc<Context>,
+        namespaces: Store<NamespaceMeta>,
+        copies: Store<SecretMeta>,
+        current: [Arc<AtomicBool>; 2],
+    ) -> (Self, UnboundedReceiver<SecretMeta>) {
+        let (sources, touched) = SourceWatches::new(ctx.client.clone(), LIST_PAGE);
+        let cc = ClusterContext {
+            ctx,
+            namespaces,
+            copies,
+            sources,
+            current,
+            known: Mutex::default(),
+            brought: Mutex::default(),
+            working: Mutex::default(),
+            retries: Retries::default(),
+            written: Mutex::default(),
+        };
+        (cc, touched)
+    }
+
     /// The status to plan from: the one this instance wrote, while the cache still holds the
     /// version it was based on; else the cached one.
     pub(super) fn previous_status(

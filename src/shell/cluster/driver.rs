@@ -44,7 +44,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-pub(super) async fn reconcile(
+/// Reconciles one ClusterMendixCredential: what the controller runs for each.
+pub async fn reconcile(
     guard: Arc<ClusterGuarded>,
     cc: Arc<ClusterContext>,
 ) -> Result<Action, Error> {

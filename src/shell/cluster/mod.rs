@@ -12,25 +12,23 @@ mod rotation;
 mod sources;
 
 pub use crate::shell::ClusterGuarded;
-pub use context::ClusterContext;
+pub use context::{ClusterContext, NamespaceMeta};
+pub use driver::reconcile;
 
-use driver::{error_policy, reconcile};
+use driver::error_policy;
 
 use crate::domain::api::MANAGER;
 use crate::domain::cluster::LABEL_CLUSTER_CREDENTIAL;
 use crate::domain::spec;
 use crate::shell::api_error::describe_watch;
 use crate::shell::context::Context;
-use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretMeta;
 use crate::shell::watch::{LIST_PAGE, cached, slim};
-use context::NamespaceMeta;
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
-use sources::SourceWatches;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,19 +64,13 @@ pub async fn run(
     );
     // Kept in caches of their own: a reconcile they wake reads the source's version there, not
     // in the operator's other caches, which may not have seen the change yet.
-    let (sources, source_stream) = SourceWatches::new(client.clone(), LIST_PAGE);
-    let cc = Arc::new(ClusterContext {
-        ctx: ctx.clone(),
-        namespaces: namespaces.0,
-        copies: copies.0,
-        sources,
-        current: [namespaces.1, copies.1],
-        known: Mutex::default(),
-        brought: Mutex::default(),
-        working: Mutex::default(),
-        retries: Retries::default(),
-        written: Mutex::default(),
-    });
+    let (cc, source_stream) = ClusterContext::new(
+        ctx.clone(),
+        namespaces.0,
+        copies.0,
+        [namespaces.1, copies.1],
+    );
+    let cc = Arc::new(cc);
 
     let (reader, writer) = reflector::store();
     let listed = Arc::new(AtomicBool::new(false));
