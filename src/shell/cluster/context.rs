@@ -7,10 +7,10 @@ use crate::domain::cluster::{
 };
 use crate::domain::credential::Credential;
 use crate::shell::context::Context;
-use crate::shell::watch::LIST_PAGE;
-use futures::channel::mpsc::UnboundedReceiver;
 use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretMeta;
+use crate::shell::watch::LIST_PAGE;
+use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
