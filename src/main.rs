@@ -77,7 +77,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             args.forced_check_cooldown,
         )
-        .with_shared_floor(args.shared_interval_floor),
+        .with_shared_floor(args.shared_interval_floor)
+        .with_namespace_qps(args.platform.platform_namespace_qps),
     );
     let shared = Arc::new(Shared::new(metrics));
     let mut kube_config = kube::Config::infer().await?;

@@ -741,6 +741,7 @@ fn operator_flags_and_monitoring_from_values() {
         "--probe-url=DeployV1Apps=https://mendix-mirror.example.com/api/1/apps",
         "--extra-ca-file=/etc/mxcred-operator/extra-ca/ca.crt",
         "--platform-qps=2",
+        "--platform-namespace-qps=1",
         "--default-interval=30m",
         "--concurrency=4",
         "--log-format=json",

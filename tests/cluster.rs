@@ -311,6 +311,18 @@ async fn selects_by_label_and_by_list_and_publishes_the_same_secret() {
     }
     assert!(w.copy(&other).await.is_none(), "not selected");
     assert_eq!(w.sim.requests("tok-select"), 1);
+    // Sources are watched in the namespace the resource names, not in the selected ones (whose
+    // users may label their own Secrets as sources).
+    let watching = |ns: &str| {
+        w.op.logs().lines().any(|l| {
+            l.contains("watching sources of cluster credentials")
+                && l.contains(&format!("\"namespace\":\"{ns}\""))
+        })
+    };
+    assert!(watching(&w.env.ns), "{}", tail(&w.op.logs()));
+    for ns in [&labelled, &listed, &other] {
+        assert!(!watching(ns), "sources watched in {ns}");
+    }
     let events = wait_for(Duration::from_secs(15), || async {
         let events = events_of(&w.client(), &name).await;
         (events.iter().any(|e| e.starts_with("Normal Synced"))

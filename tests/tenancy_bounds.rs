@@ -1,6 +1,7 @@
 //! What a tenant controls cannot move the operator beyond what the tenant could do itself: any
-//! valid name syncs, an oversized annotation is refused without being held, and the operator
-//! stops in a bounded time. Each test runs the tenant as a ServiceAccount with a Role of its own
+//! valid name syncs, an oversized annotation is refused without being held, one namespace
+//! spends no more than its share of the platform's rate, and the operator stops in a bounded
+//! time. Each test runs the tenant as a ServiceAccount with a Role of its own
 //! in its namespace, on the real control plane.
 
 mod common;
@@ -393,4 +394,88 @@ async fn rewriting_a_source_again_and_again_costs_one_check_per_cooldown() {
     // Two at once, then one at the end of the cooldown; the rewrites span two cooldowns.
     assert!(calls <= 6, "{calls} platform calls for {REWRITES} rewrites");
     assert_no_canary(&env, &[&op], "tok-rewrite-").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_namespace_spends_no_more_than_its_share_of_the_platform_rate() {
+    use mendix_simulator::{Simulator, State};
+    const FLOOD: usize = 30;
+    let _turn = TURN.lock().await;
+    let sim = Simulator::start().await;
+    let env = TestEnv::new("share-a").await;
+    let other = TestEnv::new("share-b").await;
+    let rules = json!([
+        {"apiGroups": ["mxcred.io"], "resources": ["mendixcredentials"],
+         "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+    ]);
+    let kubeconfig = env.namespaced_identity("flooder", rules).await;
+    let tenant = common::client_from(&kubeconfig).await;
+    let op = env.start_operator_with_platform(
+        &sim.base_url(),
+        &[
+            "--namespace",
+            &other.ns,
+            "--platform-qps",
+            "10",
+            "--platform-namespace-qps",
+            "2",
+        ],
+    );
+    let token = |i: usize| format!("tok-share-{i}");
+    for i in 0..FLOOD {
+        sim.set(&token(i), State::Valid);
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(tenant.clone(), &env.ns);
+    wait_until(Duration::from_secs(10), "the tenant's Role", || async {
+        secrets.get_opt("raw-0").await.is_ok()
+    })
+    .await;
+    // The tenant's many credentials, each checked on its own.
+    for i in 0..FLOOD {
+        let name = format!("raw-{i}");
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "labels": {"mxcred.io/source": "true"}},
+            "stringData": {"token": token(i)}});
+        secrets
+            .patch(&name, &PatchParams::apply("tenant"), &Patch::Apply(secret))
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    for i in 0..FLOOD {
+        apply_as(
+            &tenant,
+            &env.ns,
+            &format!("c-{i}"),
+            json!({}),
+            json!({"sourceRef": {"name": format!("raw-{i}")}}),
+        )
+        .await;
+    }
+    // Another namespace's credential, while the tenant's wait.
+    sim.set("tok-share-other", State::Valid);
+    other
+        .put_source("raw", &[("token", "tok-share-other")])
+        .await;
+    other
+        .put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    other.wait_reason("c", "TokenValid", "Verified").await;
+    let other_verdict = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls: usize = (0..FLOOD).map(|i| sim.requests(&token(i))).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{FLOOD} credentials in one namespace, --platform-qps 10, --platform-namespace-qps 2: \
+         {calls} platform calls in {elapsed:.1} s; another namespace's first verdict after {:.1} s",
+        other_verdict.as_secs_f64()
+    );
+    // Two a second, and the two of the first instant (the limiter's burst).
+    assert!(
+        calls as f64 <= 2.0 * elapsed + 2.0,
+        "{calls} calls in {elapsed:.1} s"
+    );
+    assert_eq!(sim.requests("tok-share-other"), 1);
+    assert_no_canary(&env, &[&op], "tok-share-").await;
 }

@@ -2,7 +2,7 @@
 
 use crate::domain::api::Platform;
 use crate::domain::probe::NamedProbe;
-use crate::shell::controller::Settings;
+use crate::shell::context::Settings;
 use crate::shell::platform::PlatformConfig;
 use crate::shell::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand};
@@ -193,6 +193,12 @@ pub struct RunPlatformArgs {
     /// verifies.
     #[arg(long, env = "MXCRED_PLATFORM_QPS", default_value = "5")]
     pub platform_qps: NonZeroU32,
+    /// Checks per second started for the resources of any one namespace (a share of
+    /// --platform-qps): one namespace's many or rewritten credentials cannot spend the
+    /// platform's rate limit of all the others. A check of a credential that resources of
+    /// several namespaces share counts against one of them.
+    #[arg(long, env = "MXCRED_PLATFORM_NAMESPACE_QPS", default_value = "2")]
+    pub platform_namespace_qps: NonZeroU32,
 }
 
 impl RunPlatformArgs {

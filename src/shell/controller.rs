@@ -2,19 +2,17 @@
 //! Secret to the resources it concerns, the verification loop beside them, and what the HTTP
 //! endpoints read. The reconcile itself is [`crate::shell::reconcile`].
 
-use crate::domain::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER,
-    condition,
-};
+use crate::domain::api::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER, condition};
 use crate::domain::conditions;
 use crate::domain::ready::ReadyReason;
 use crate::domain::spec;
 use crate::shell::Guarded;
+use crate::shell::context::{Context, Settings};
 use crate::shell::metrics::{HELD_REASONS, Metrics};
-use crate::shell::reconcile::{self, Context, error_policy};
+use crate::shell::reconcile::{self, error_policy};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
-use crate::shell::subscribe;
 use crate::shell::verifier::Verifier;
+use crate::shell::watch::{LIST_PAGE, slim};
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
@@ -28,23 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
-
-/// What the controller is told by its command line.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Namespaces to serve; empty means all.
-    pub namespaces: Vec<String>,
-    pub default_interval: Duration,
-    pub concurrency: u16,
-    /// Replaces every resource's interval (tests only).
-    pub test_interval: Option<Duration>,
-    /// Label and annotation key prefixes refused in `spec.target`, beyond the built-in ones.
-    pub denied_metadata_prefixes: Vec<String>,
-    /// The least time between two restarts of one workload.
-    pub restart_min_interval: Duration,
-    /// The first wait before workloads not all brought to the credential are tried again.
-    pub restart_retry: Duration,
-}
 
 /// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,
 /// from which the `mxcred_credentials` gauge is counted at scrape time.
@@ -453,33 +434,3 @@ fn reading(store: &Store<Guarded>, secret: &SecretMeta) -> Vec<ObjectRef<Guarded
         .map(|guard| ObjectRef::from_obj(guard.as_ref()))
         .collect()
 }
-
-/// What the cache keeps of a resource: of its metadata, besides identity, only the
-/// verify-requested-at annotation (a mark in place of a value too long to honour) and, of the
-/// managed fields that set it, their manager and time. Labels, other annotations (kubectl's
-/// last-applied copy among them) and other managed fields are not used, and a tenant could
-/// make them large.
-pub(crate) fn slim<K: Resource>(resource: &mut K) {
-    let meta = resource.meta_mut();
-    if let Some(fields) = meta.managed_fields.as_mut() {
-        fields.retain(|e| subscribe::sets_annotation(e, ANNOTATION_VERIFY_REQUESTED_AT));
-        for entry in fields.iter_mut() {
-            *entry = subscribe::setting_entry(entry, ANNOTATION_VERIFY_REQUESTED_AT);
-        }
-    }
-    meta.labels = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == ANNOTATION_VERIFY_REQUESTED_AT);
-        if let Some(value) = annotations.get_mut(ANNOTATION_VERIFY_REQUESTED_AT)
-            && let Some(kept) = spec::slim_verify_request(value)
-        {
-            *value = kept;
-        }
-    }
-}
-
-/// Objects per page of an initial list: a page is held whole while it is read, and a tenant
-/// can make each object large (256 KiB of annotations, more of managed fields). With 150
-/// Secrets and 100 resources of 250 KB annotations, pages of 10 raised the peak after a
-/// restart by 18 MiB in cluster mode, pages of 2 by 7 MiB.
-pub(crate) const LIST_PAGE: u32 = 2;

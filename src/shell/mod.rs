@@ -1,24 +1,49 @@
 //! The IO around the [`crate::domain`]: Kubernetes, the platform, time, the process.
 
+//!
+//! Its modules, from the top down (each uses only those below it; `tests/layers.rs` holds the
+//! order):
+//!
+//! - the process and its wiring: [`cli`], [`verify_cmd`], [`leader`], [`server`], the
+//!   controllers' watches ([`controller`], [`cluster`]);
+//! - the reconcile drivers: [`reconcile`] and [`cluster`]'s driver;
+//! - their steps: the target ([`target`]), the verification loop's subscription
+//!   ([`subscribe`]), the restarts ([`restart`]), the Events ([`publish`]), the unreadable
+//!   resource ([`unreadable`]), and [`cluster`]'s copies, restarts and rotation gate;
+//! - what the steps share: [`context`] (and [`cluster`]'s own context);
+//! - services: [`tracker`], [`secrets`], [`verifier`], [`platform`], [`metrics`], [`events`],
+//!   [`retries`], [`watch`], [`api_error`], [`proxy`], [`telemetry`].
+
+pub mod api_error;
 pub mod cli;
 pub mod cluster;
+pub mod context;
 pub mod controller;
 pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod platform;
 pub mod proxy;
+pub mod publish;
 pub mod reconcile;
 pub mod restart;
+pub mod retries;
 pub mod secrets;
 pub mod server;
 mod subscribe;
 mod target;
 pub mod telemetry;
 pub mod tracker;
+mod unreadable;
 pub mod verifier;
 pub mod verify_cmd;
+pub mod watch;
 
 /// A MendixCredential as the watch delivers it: one this version cannot read still arrives, so
 /// that it gets a condition instead of being skipped in silence.
 pub type Guarded = kube::core::DeserializeGuard<crate::domain::api::MendixCredential>;
+
+/// A ClusterMendixCredential as the watch delivers it: one this version cannot read still
+/// arrives, so that it gets a condition instead of stopping the watch of all of them.
+pub type ClusterGuarded =
+    kube::core::DeserializeGuard<crate::domain::cluster::ClusterMendixCredential>;

@@ -11,9 +11,9 @@ use crate::domain::credential::{self, Credential};
 use crate::domain::plan;
 use crate::domain::rotation;
 use crate::domain::spec::{self, Resolved, VerificationPlan};
-use crate::shell::reconcile::{Context, Id, api_time};
+use crate::shell::context::{Context, Id, api_time};
 use crate::shell::verifier::{Known, Slot, Subscription, View};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use crate::shell::watch::annotation_set_at;
 use kube::ResourceExt;
 use std::time::SystemTime;
 
@@ -190,39 +190,4 @@ pub(crate) fn verify_request(
     ctx.tracker
         .verify_request(uid, value, served_before)
         .map(|at| (value.clone(), at))
-}
-
-/// When `key` was last set, from the `managedFields` entry that owns it.
-fn annotation_set_at(meta: &ObjectMeta, key: &str) -> Option<jiff::Timestamp> {
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .filter(|entry| sets_annotation(entry, key))
-        .filter_map(|entry| entry.time.as_ref().map(|t| t.0))
-        .max()
-}
-
-/// Of a managed-fields entry that sets annotation `key`, what [`annotation_set_at`] reads: its
-/// manager, operation and time, and of its fields that one annotation.
-pub fn setting_entry(entry: &ManagedFieldsEntry, key: &str) -> ManagedFieldsEntry {
-    let fields = serde_json::json!({"f:metadata": {"f:annotations": {format!("f:{key}"): {}}}});
-    ManagedFieldsEntry {
-        manager: entry.manager.clone(),
-        operation: entry.operation.clone(),
-        time: entry.time.clone(),
-        fields_type: entry.fields_type.clone(),
-        fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
-            fields,
-        )),
-        ..ManagedFieldsEntry::default()
-    }
-}
-
-pub fn sets_annotation(entry: &ManagedFieldsEntry, key: &str) -> bool {
-    entry.fields_v1.as_ref().is_some_and(|f| {
-        f.0.get("f:metadata")
-            .and_then(|m| m.get("f:annotations"))
-            .and_then(|a| a.get(format!("f:{key}")))
-            .is_some()
-    })
 }

@@ -9,7 +9,7 @@ use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
 use crate::domain::render;
 use crate::domain::rotation::{self, Decision};
 use crate::domain::spec::Resolved;
-use crate::shell::reconcile::{Context, Error, Id, apply_params, now};
+use crate::shell::context::{Context, Error, Id, apply_params, now};
 use crate::shell::secrets::SecretCache;
 use crate::shell::subscribe;
 use crate::shell::tracker::Published;

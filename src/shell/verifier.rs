@@ -16,11 +16,14 @@ use crate::shell::Guarded;
 use crate::shell::metrics::Metrics;
 use crate::shell::platform::Platform;
 use futures::channel::mpsc;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use kube::runtime::reflector::ObjectRef;
 use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +48,8 @@ pub struct Verifier {
     /// The shortest interval a resource's interval makes the checks of a credential shared with
     /// another namespace's resource.
     shared_floor: Duration,
+    /// Checks started per second for the resources of one namespace.
+    per_namespace_rate: DefaultKeyedRateLimiter<String>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
     /// Where to send the resources whose answer changed: the controller of each scope.
@@ -148,6 +153,9 @@ pub struct Latest {
 /// wrong token and its fix).
 const FREE_MOVES: u8 = 2;
 
+/// The default of `--platform-namespace-qps`.
+pub const DEFAULT_NAMESPACE_QPS: NonZeroU32 = NonZeroU32::new(2).unwrap();
+
 /// The default of `--shared-interval-floor`.
 pub const DEFAULT_SHARED_FLOOR: Duration = Duration::from_secs(15 * 60);
 
@@ -159,12 +167,19 @@ impl Verifier {
         self
     }
 
+    /// With `qps` as the checks started per second for the resources of one namespace.
+    pub fn with_namespace_qps(mut self, qps: NonZeroU32) -> Self {
+        self.per_namespace_rate = RateLimiter::keyed(Quota::per_second(qps));
+        self
+    }
+
     pub fn new(platform: Platform, metrics: Arc<Metrics>, cooldown: Duration) -> Self {
         Verifier {
             platform,
             metrics,
             cooldown,
             shared_floor: DEFAULT_SHARED_FLOOR,
+            per_namespace_rate: RateLimiter::keyed(Quota::per_second(DEFAULT_NAMESPACE_QPS)),
             state: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             routes: Mutex::default(),
@@ -377,6 +392,11 @@ impl Verifier {
         );
         let mut started = vec![];
         for (namespace, key) in picked {
+            // A namespace past its rate waits; the others' picks still start.
+            if let Err(later) = self.per_namespace_rate.check_key(&namespace) {
+                soonest = soonest.min(later.wait_time_from(DefaultClock::default().now()));
+                continue;
+            }
             let check = state.checks.get_mut(&key).expect("picked from the checks");
             check.running = true;
             let forced = check.forced.is_some_and(|f| f <= now);
@@ -393,6 +413,7 @@ impl Verifier {
             *state.running.entry(namespace.clone()).or_default() += 1;
             state.cursor = Some(namespace);
         }
+        self.per_namespace_rate.retain_recent();
         (started, soonest)
     }
 
@@ -549,6 +570,60 @@ mod tests {
             "the latest waits for the end of the cooldown"
         );
         assert!(due <= SystemTime::now() + v.cooldown);
+    }
+
+    /// The namespaces of the checks `take_due` starts, in order.
+    fn started(v: &Verifier) -> Vec<String> {
+        v.take_due(0)
+            .0
+            .into_iter()
+            .map(|job| job.namespace)
+            .collect()
+    }
+
+    #[test]
+    fn one_namespace_starts_no_more_checks_a_second_than_its_share() {
+        let subscribe_all = |v: &Verifier| {
+            let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
+            for (i, namespace) in ["team-a", "team-a", "team-a", "team-a", "team-b"]
+                .into_iter()
+                .enumerate()
+            {
+                let credential =
+                    Credential::personal_access_token(format!("tok-{i}").as_bytes()).unwrap();
+                v.subscribe(Subscription {
+                    uid: &format!("uid-{i}"),
+                    slot: Slot::Published,
+                    namespace,
+                    name: "deploy-bot",
+                    credential: &credential,
+                    probe: &probe,
+                    interval: Duration::from_secs(3600),
+                    forced: None,
+                    known: None,
+                });
+            }
+        };
+        let generous = verifier().with_namespace_qps(NonZeroU32::new(100).unwrap());
+        subscribe_all(&generous);
+        assert_eq!(
+            started(&generous),
+            ["team-a", "team-b", "team-a"],
+            "without a tight share, team-a takes its two workers"
+        );
+
+        let v = verifier().with_namespace_qps(NonZeroU32::MIN);
+        subscribe_all(&v);
+        assert_eq!(started(&v), ["team-a", "team-b"]);
+        // The checks started are done at once (a fast platform): team-a's worker is free again,
+        // but its share of this second is spent.
+        v.state.lock().running.clear();
+        let (jobs, wait) = v.take_due(0);
+        assert!(jobs.is_empty(), "team-a started {} more", jobs.len());
+        assert!(
+            wait <= Duration::from_secs(1),
+            "the loop wakes when team-a may start again, not in {wait:?}"
+        );
     }
 
     #[test]

@@ -2,17 +2,17 @@
 //! selected. A copy whose version the watch reports as the one this instance wrote or found
 //! current is not read again: a resync of many namespaces sends no request.
 
-use super::{ClusterContext, Id};
+use super::context::{ClusterContext, Id, KnownCopy};
 use crate::domain::cluster::{self, ClusterMendixCredential, CopyOutcome};
 use crate::domain::credential::Credential;
 use crate::domain::render;
 use crate::domain::spec::Resolved;
-use crate::shell::reconcile::{Error, describe};
+use crate::shell::api_error::describe;
+use crate::shell::context::Error;
 use crate::shell::secrets::SecretMeta;
 use crate::shell::target::{self, Written};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -23,14 +23,6 @@ use tracing::{info, warn};
 
 /// Copies written or read at once, per resource.
 pub(super) const WRITERS: usize = 16;
-
-#[derive(Clone)]
-pub(super) struct KnownCopy {
-    name: String,
-    version: String,
-    digest: [u8; 32],
-    at: Option<Time>,
-}
 
 /// Writes the copy of every namespace in `active` that does not hold it, a few at a time.
 pub(super) async fn write_copies(

@@ -11,10 +11,10 @@
 //! 5. plan the status and the Events (pure: [`crate::domain::cluster::plan`]),
 //! 6. write the status, then publish the Events, then remember what was done.
 
+use super::context::{ClusterContext, Id, NamespaceMeta};
 use super::copies::{remove_copies, write_copies};
 use super::restarts::restart_workloads;
 use super::rotation::CheckedFirst;
-use super::{ClusterContext, ClusterGuarded, Id, NamespaceMeta};
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
@@ -27,16 +27,16 @@ use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::restart;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
-use crate::shell::reconcile::{
-    CONFLICT_RETRY, Error, apply_params, backoff, count_rotation, mark_unreadable, now, publish,
-};
+use crate::shell::ClusterGuarded;
+use crate::shell::context::{CONFLICT_RETRY, Error, apply_params, backoff, now};
+use crate::shell::publish::{count_rotation, publish};
 use crate::shell::subscribe;
+use crate::shell::unreadable::mark_unreadable;
 use crate::shell::verifier::{Slot, Subscription};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Patch;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -44,7 +44,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-pub(super) async fn reconcile(
+/// Reconciles one ClusterMendixCredential: what the controller runs for each.
+pub async fn reconcile(
     guard: Arc<ClusterGuarded>,
     cc: Arc<ClusterContext>,
 ) -> Result<Action, Error> {
@@ -356,10 +357,7 @@ async fn read_source(
     let (credential_type, keys) = (resolved.credential_type, &resolved.source);
     // The version this controller's own watch reports: a reconcile it woke for a change must
     // not read the credential from before it.
-    let seen = cc
-        .sources
-        .get(&ObjectRef::new(&keys.secret).within(ns))
-        .and_then(|s| s.metadata.resource_version.clone());
+    let seen = cc.sources.version(ns, &keys.secret);
     let cached = seen.and_then(|v| ctx.secrets.credential_at(ns, credential_type, keys, &v));
     let credential = match cached {
         Some(cached) => cached,

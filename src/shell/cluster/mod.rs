@@ -1,80 +1,41 @@
 //! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
 //! resources, namespaces (metadata only), the copies it published (metadata only, by their
-//! label) and sources (metadata only, by their opt-in label); the reconcile driver
-//! ([`driver`]); the copies in each namespace ([`copies`]); and the workloads restarted in
-//! each ([`restarts`]).
+//! label) and sources (metadata only, by their opt-in label, in the namespaces the resources
+//! name: [`sources`]); the reconcile driver ([`driver`]); the copies in each namespace
+//! ([`copies`]); and the workloads restarted in each ([`restarts`]).
 
+mod context;
 mod copies;
 mod driver;
 mod restarts;
 mod rotation;
+mod sources;
 
-use driver::{error_policy, reconcile};
+pub use crate::shell::ClusterGuarded;
+pub use context::{ClusterContext, NamespaceMeta};
+pub use driver::reconcile;
 
-use crate::domain::api::{LABEL_SOURCE, MANAGER};
-use crate::domain::cluster::{
-    ClusterMendixCredential, ClusterMendixCredentialStatus, LABEL_CLUSTER_CREDENTIAL,
-    RolloutRestartFailure,
-};
-use crate::domain::credential::Credential;
+use driver::error_policy;
+
+use crate::domain::api::MANAGER;
+use crate::domain::cluster::LABEL_CLUSTER_CREDENTIAL;
 use crate::domain::spec;
-use crate::shell::controller::{LIST_PAGE, slim};
-use crate::shell::reconcile::{Context, describe};
-use crate::shell::restart::Retries;
+use crate::shell::api_error::describe_watch;
+use crate::shell::context::Context;
 use crate::shell::secrets::SecretMeta;
-use copies::KnownCopy;
+use crate::shell::watch::{LIST_PAGE, cached, slim};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
 use parking_lot::Mutex;
-use restarts::Brought;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-type NamespaceMeta = PartialObjectMeta<Namespace>;
-
-/// A ClusterMendixCredential as the watch delivers it: one this version cannot read still
-/// arrives, so that it gets a condition instead of stopping the watch of all of them.
-pub type ClusterGuarded = kube::core::DeserializeGuard<ClusterMendixCredential>;
-
-/// What the reconciles of ClusterMendixCredentials share.
-pub struct ClusterContext {
-    ctx: Arc<Context>,
-    namespaces: Store<NamespaceMeta>,
-    copies: Store<SecretMeta>,
-    /// The opted-in sources (metadata): the version each reconcile reads its source at.
-    sources: Store<SecretMeta>,
-    /// Set while each watch's cache is current (namespaces, copies).
-    current: [Arc<AtomicBool>; 2],
-    /// Per resource (uid) and namespace: the copy this instance wrote or found current.
-    known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
-    /// Per resource (uid) and namespace: the credential this instance brought all the
-    /// workloads of `spec.target.rolloutRestart` to.
-    brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
-    /// Per resource (uid): the credential this instance last published to the copies, which a
-    /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
-    /// of a selected namespace may write its copy.
-    working: Mutex<HashMap<String, Credential>>,
-    /// When the workloads of each resource and namespace are tried again.
-    retries: Retries<Vec<RolloutRestartFailure>>,
-    /// Per resource (uid): the status last written, and the resource version it was based on,
-    /// until the watch brings a newer version.
-    written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
-}
-
-/// The names of a resource that every step needs.
-struct Id {
-    name: String,
-    uid: String,
-}
+use tracing::warn;
 
 /// Runs the controller of ClusterMendixCredentials until `shutdown`; publishes its cache of the
 /// resources through `store`, for the metrics and the forgetting of deleted resources.
@@ -102,30 +63,15 @@ pub async fn run(
         .modify(slim_copy),
         "cluster credential copies",
     );
-    // Kept in a cache of its own: a reconcile it wakes reads the source's version there, not in
-    // the operator's other caches, which may not have seen the change yet.
-    let (sources, source_stream) = cached(
-        watcher(
-            Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default()
-                .labels(&format!("{LABEL_SOURCE}=true"))
-                .page_size(LIST_PAGE),
-        )
-        .modify(slim_source),
-        "sources of cluster credentials",
+    // Kept in caches of their own: a reconcile they wake reads the source's version there, not
+    // in the operator's other caches, which may not have seen the change yet.
+    let (cc, source_stream) = ClusterContext::new(
+        ctx.clone(),
+        namespaces.0,
+        copies.0,
+        [namespaces.1, copies.1],
     );
-    let cc = Arc::new(ClusterContext {
-        ctx: ctx.clone(),
-        namespaces: namespaces.0,
-        copies: copies.0,
-        sources: sources.0,
-        current: [namespaces.1, copies.1],
-        known: Mutex::default(),
-        brought: Mutex::default(),
-        working: Mutex::default(),
-        retries: Retries::default(),
-        written: Mutex::default(),
-    });
+    let cc = Arc::new(cc);
 
     let (reader, writer) = reflector::store();
     let listed = Arc::new(AtomicBool::new(false));
@@ -177,7 +123,9 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         .watches_stream(copy_stream, |copy| publisher(&copy))
-        .watches_stream(source_stream, move |source| reading(&for_sources, &source))
+        .watches_stream(source_stream.map(Ok::<_, watcher::Error>), move |source| {
+            reading(&for_sources, &source)
+        })
         .reconcile_on(answered)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, cc)
@@ -200,51 +148,6 @@ pub async fn run(
 
 /// How long reconciles under way may take to finish once the operator stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// A watch error for a log line: the HTTP code and reason only, never the API server's message.
-fn describe_watch(error: &watcher::Error) -> String {
-    match error {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => describe(e),
-        watcher::Error::WatchError(status) => format!("HTTP {} {}", status.code, status.reason),
-        watcher::Error::NoResourceVersion => "no resourceVersion in the watch".into(),
-    }
-}
-
-/// A metadata watch kept in a cache, with the flag set while that cache is current; and the
-/// stream of the objects it touched.
-fn cached<K>(
-    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    what: &'static str,
-) -> (
-    (Store<K>, Arc<AtomicBool>),
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let current = Arc::new(AtomicBool::new(false));
-    let flag = current.clone();
-    let stream = reflector(writer, stream)
-        .inspect(move |result| {
-            if let Err(e) = result {
-                warn!(error = %describe_watch(e), "cannot watch {what}; retrying");
-            }
-            let flowing = matches!(
-                result,
-                Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
-            );
-            flag.store(flowing, Ordering::Relaxed);
-            if let Ok(watcher::Event::InitDone) = result {
-                info!("listed {what}");
-            }
-        })
-        .default_backoff()
-        .touched_objects();
-    ((reader, current), stream)
-}
 
 /// What the cache keeps of a namespace: its name, labels (selections read them) and whether it
 /// is being deleted.
@@ -273,16 +176,6 @@ fn slim_copy(copy: &mut SecretMeta) {
             entry.fields_v1 = None;
         }
     }
-}
-
-/// What the cache keeps of a source: its identity and version.
-fn slim_source(source: &mut SecretMeta) {
-    let meta = &mut source.metadata;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.managed_fields = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
 }
 
 /// The cluster resource that published a copy: its controller owner, or, when someone removed
@@ -316,40 +209,6 @@ fn reading(store: &Store<ClusterGuarded>, secret: &SecretMeta) -> Vec<ObjectRef<
         .collect()
 }
 
-impl ClusterContext {
-    /// The status to plan from: the one this instance wrote, while the cache still holds the
-    /// version it was based on; else the cached one.
-    fn previous_status(&self, cr: &ClusterMendixCredential) -> ClusterMendixCredentialStatus {
-        let uid = cr.uid().unwrap_or_default();
-        let mut written = self.written.lock();
-        match written.get(&uid) {
-            Some((based_on, status)) if *based_on == cr.resource_version() => status.clone(),
-            _ => {
-                written.remove(&uid);
-                cr.status.clone().unwrap_or_default()
-            }
-        }
-    }
-
-    fn working(&self, uid: &str) -> Option<Credential> {
-        self.working.lock().get(uid).cloned()
-    }
-
-    fn remember_working(&self, uid: &str, credential: &Credential) {
-        self.working
-            .lock()
-            .insert(uid.to_owned(), credential.clone());
-    }
-
-    fn retain(&self, live: &HashSet<String>) {
-        self.known.lock().retain(|uid, _| live.contains(uid));
-        self.brought.lock().retain(|uid, _| live.contains(uid));
-        self.working.lock().retain(|uid, _| live.contains(uid));
-        self.retries.retain(live);
-        self.written.lock().retain(|uid, _| live.contains(uid));
-    }
-}
-
 /// Every ten minutes, forgets what is remembered of resources that no longer exist.
 async fn forget_deleted(
     cc: Arc<ClusterContext>,
@@ -363,12 +222,17 @@ async fn forget_deleted(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let live: HashSet<String> = store
-            .state()
+        let resources = store.state();
+        let live: HashSet<String> = resources
             .iter()
             .filter_map(|guard| guard.meta().uid.clone())
             .collect();
         cc.retain(&live);
+        let named: HashSet<String> = resources
+            .iter()
+            .filter_map(|guard| Some(guard.0.as_ref().ok()?.spec.source_ref.namespace.clone()))
+            .collect();
+        cc.sources.keep_only(&named);
     }
 }
 

@@ -7,22 +7,16 @@
 //! namespace whose workloads did not all come to the credential (missing ones are fine) is
 //! tried again after a growing delay, its failures kept meanwhile.
 
+use super::context::{Brought, ClusterContext, Id};
 use super::copies::WRITERS;
-use super::{ClusterContext, Id};
 use crate::domain::api::WorkloadRef;
 use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::restart;
-use crate::shell::restart::{Owner, bring, retry_key};
+use crate::shell::restart::{Owner, bring};
+use crate::shell::retries::retry_key;
 use futures::StreamExt;
 use std::time::Duration;
-
-/// What this instance brought the workloads of one namespace to.
-#[derive(Clone, PartialEq, Eq)]
-pub(super) struct Brought {
-    fingerprint: String,
-    workloads: Vec<WorkloadRef>,
-}
 
 /// Brings `workloads` to `fingerprint` in each of `namespaces` that is due; says when to come
 /// back. A namespace not due yet reports the failures of its last try.

@@ -2,14 +2,14 @@
 //! working one in every copy only once the platform accepts it (policy VerifyFirst), checked
 //! once for all of them.
 
-use super::{ClusterContext, Id};
+use super::context::{ClusterContext, Id};
 use crate::domain::api::MendixCredentialStatus;
 use crate::domain::cluster;
 use crate::domain::credential::{self, Credential};
 use crate::domain::render;
 use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::Resolved;
-use crate::shell::reconcile::Error;
+use crate::shell::context::Error;
 use crate::shell::subscribe;
 use crate::shell::verifier::{Slot, Subscription};
 use k8s_openapi::api::core::v1::Secret;

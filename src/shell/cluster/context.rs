@@ -1,0 +1,137 @@
+//! What the reconciles of ClusterMendixCredentials share, beside the [`Context`] of both kinds.
+
+use super::sources::SourceWatches;
+use crate::domain::api::WorkloadRef;
+use crate::domain::cluster::{
+    ClusterMendixCredential, ClusterMendixCredentialStatus, RolloutRestartFailure,
+};
+use crate::domain::credential::Credential;
+use crate::shell::context::Context;
+use crate::shell::retries::Retries;
+use crate::shell::secrets::SecretMeta;
+use crate::shell::watch::LIST_PAGE;
+use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::Store;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// A namespace as its watch keeps it: metadata only.
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// A copy this instance wrote or found current: its name, version, the digest of the
+/// credential it holds, and when it was written.
+#[derive(Clone)]
+pub(super) struct KnownCopy {
+    pub(super) name: String,
+    pub(super) version: String,
+    pub(super) digest: [u8; 32],
+    pub(super) at: Option<Time>,
+}
+
+/// What this instance brought the workloads of one namespace to.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct Brought {
+    pub(super) fingerprint: String,
+    pub(super) workloads: Vec<WorkloadRef>,
+}
+
+/// What the reconciles of ClusterMendixCredentials share.
+pub struct ClusterContext {
+    pub(super) ctx: Arc<Context>,
+    pub(super) namespaces: Store<NamespaceMeta>,
+    pub(super) copies: Store<SecretMeta>,
+    /// The opted-in sources (metadata) in the namespaces the resources name: the version each
+    /// reconcile reads its source at.
+    pub(super) sources: SourceWatches,
+    /// Set while each watch's cache is current (namespaces, copies).
+    pub(super) current: [Arc<AtomicBool>; 2],
+    /// Per resource (uid) and namespace: the copy this instance wrote or found current.
+    pub(super) known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
+    /// Per resource (uid) and namespace: the credential this instance brought all the
+    /// workloads of `spec.target.rolloutRestart` to.
+    pub(super) brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
+    /// Per resource (uid): the credential this instance last published to the copies, which a
+    /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
+    /// of a selected namespace may write its copy.
+    pub(super) working: Mutex<HashMap<String, Credential>>,
+    /// When the workloads of each resource and namespace are tried again.
+    pub(super) retries: Retries<Vec<RolloutRestartFailure>>,
+    /// Per resource (uid): the status last written, and the resource version it was based on,
+    /// until the watch brings a newer version.
+    pub(super) written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
+}
+
+/// The names of a resource that every step needs.
+pub(super) struct Id {
+    pub(super) name: String,
+    pub(super) uid: String,
+}
+
+impl ClusterContext {
+    /// A context over the caches of the namespaces and the copies, remembering nothing yet;
+    /// `current` is set while each of them is current. The sources are watched in the
+    /// namespaces the reconciles name; the stream returned brings the sources those watches
+    /// touched.
+    pub fn new(
+        ctx: Arc<Context>,
+        namespaces: Store<NamespaceMeta>,
+        copies: Store<SecretMeta>,
+        current: [Arc<AtomicBool>; 2],
+    ) -> (Self, UnboundedReceiver<SecretMeta>) {
+        let (sources, touched) = SourceWatches::new(ctx.client.clone(), LIST_PAGE);
+        let cc = ClusterContext {
+            ctx,
+            namespaces,
+            copies,
+            sources,
+            current,
+            known: Mutex::default(),
+            brought: Mutex::default(),
+            working: Mutex::default(),
+            retries: Retries::default(),
+            written: Mutex::default(),
+        };
+        (cc, touched)
+    }
+
+    /// The status to plan from: the one this instance wrote, while the cache still holds the
+    /// version it was based on; else the cached one.
+    pub(super) fn previous_status(
+        &self,
+        cr: &ClusterMendixCredential,
+    ) -> ClusterMendixCredentialStatus {
+        let uid = cr.uid().unwrap_or_default();
+        let mut written = self.written.lock();
+        match written.get(&uid) {
+            Some((based_on, status)) if *based_on == cr.resource_version() => status.clone(),
+            _ => {
+                written.remove(&uid);
+                cr.status.clone().unwrap_or_default()
+            }
+        }
+    }
+
+    pub(super) fn working(&self, uid: &str) -> Option<Credential> {
+        self.working.lock().get(uid).cloned()
+    }
+
+    pub(super) fn remember_working(&self, uid: &str, credential: &Credential) {
+        self.working
+            .lock()
+            .insert(uid.to_owned(), credential.clone());
+    }
+
+    pub(super) fn retain(&self, live: &HashSet<String>) {
+        self.known.lock().retain(|uid, _| live.contains(uid));
+        self.brought.lock().retain(|uid, _| live.contains(uid));
+        self.working.lock().retain(|uid, _| live.contains(uid));
+        self.retries.retain(live);
+        self.written.lock().retain(|uid, _| live.contains(uid));
+    }
+}
