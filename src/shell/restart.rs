@@ -59,7 +59,7 @@ pub(crate) async fn ensure(
     let mut entries = Vec::with_capacity(workloads.len());
     let mut outcomes = Vec::with_capacity(workloads.len());
     for workload in workloads {
-        let (outcome, _) = bring(&ctx.client, &owner, workload, fingerprint).await;
+        let (outcome, _) = restart_to(&ctx.client, &owner, workload, fingerprint).await;
         entries.push(restart::entry(
             workload,
             &outcome,
@@ -97,8 +97,8 @@ pub(crate) struct Owner<'a> {
     pub min_interval: Duration,
 }
 
-/// Brings one workload to `fingerprint`; says whether it was patched (and so restarted).
-pub(crate) async fn bring(
+/// Restarts one workload to `fingerprint` (its pod template annotated with it); says whether it was patched (and so restarted).
+pub(crate) async fn restart_to(
     client: &Client,
     owner: &Owner<'_>,
     workload: &WorkloadRef,

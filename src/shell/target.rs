@@ -187,9 +187,9 @@ async fn write_target(
     let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
     let action = plan::target_action(existing.as_ref(), &desired, &id.uid, &id.name);
     let (version, written_at, wrote) = match carry_out(secrets, action, existing, desired).await? {
-        Written::Holds { version, at, wrote } => (version, at, wrote),
-        Written::Conflict => return Ok(Err(plan::target_conflict(&target))),
-        Written::Refused(e) => return Ok(Err(refused(&e))),
+        TargetOutcome::Holds { version, at, wrote } => (version, at, wrote),
+        TargetOutcome::Conflict => return Ok(Err(plan::target_conflict(&target))),
+        TargetOutcome::Refused(e) => return Ok(Err(refused(&e))),
     };
     ctx.tracker.record_published(
         &id.uid,
@@ -204,7 +204,7 @@ async fn write_target(
 }
 
 /// What carrying out a [`TargetAction`] came to.
-pub(crate) enum Written {
+pub(crate) enum TargetOutcome {
     /// The Secret holds the desired content: its version, when its data was last written, and
     /// whether this wrote it.
     Holds {
@@ -225,11 +225,11 @@ pub(crate) async fn carry_out(
     action: TargetAction,
     existing: Option<Secret>,
     mut desired: Secret,
-) -> Result<Written, Error> {
+) -> Result<TargetOutcome, Error> {
     let name = desired.metadata.name.clone().unwrap_or_default();
     Ok(match action {
-        TargetAction::Conflict => Written::Conflict,
-        TargetAction::Keep { written_at } => Written::Holds {
+        TargetAction::Conflict => TargetOutcome::Conflict,
+        TargetAction::Keep { written_at } => TargetOutcome::Holds {
             version: existing
                 .and_then(|e| e.metadata.resource_version)
                 .unwrap_or_default(),
@@ -245,10 +245,10 @@ pub(crate) async fn carry_out(
             // retry reports the conflict: it is never taken over.
             let created = match secrets.create(&params, &desired).await {
                 Ok(created) => created,
-                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(Written::Refused(e)),
+                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(TargetOutcome::Refused(e)),
                 Err(e) => return Err(Error::ApplyTarget(e)),
             };
-            Written::Holds {
+            TargetOutcome::Holds {
                 version: created.resource_version().unwrap_or_default(),
                 at: render::applied_at(&created).or_else(|| Some(now())),
                 wrote: true,
@@ -273,7 +273,7 @@ pub(crate) async fn carry_out(
                 .await
             {
                 Ok(written) => written,
-                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(Written::Refused(e)),
+                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(TargetOutcome::Refused(e)),
                 Err(e) => return Err(Error::ApplyTarget(e)),
             };
             let version = written.resource_version().unwrap_or_default();
@@ -282,7 +282,7 @@ pub(crate) async fn carry_out(
             // The server's own time of the write, as any later reader sees it: another
             // instance then agrees on it.
             let at = render::applied_at(&written).or_else(|| wrote.then(now));
-            Written::Holds { version, at, wrote }
+            TargetOutcome::Holds { version, at, wrote }
         }
     })
 }

@@ -19,7 +19,7 @@ struct Memory {
     /// The last `verify-requested-at` value seen, and whether a check has served it.
     verify_request: Option<VerifyRequest>,
     /// The last status write.
-    written: Option<Written>,
+    written: Option<StatusWrite>,
     /// The target Secret as this instance last wrote or confirmed it.
     published: Option<Published>,
 }
@@ -42,7 +42,7 @@ pub struct Published {
 }
 
 /// A status write: the resource version it was based on and the one it produced.
-struct Written {
+struct StatusWrite {
     based_on: Option<String>,
     produced: Option<String>,
     status: Option<MendixCredentialStatus>,
@@ -111,7 +111,7 @@ impl Tracker {
         status: Option<MendixCredentialStatus>,
     ) {
         self.with(uid, |m| {
-            m.written = Some(Written {
+            m.written = Some(StatusWrite {
                 based_on,
                 produced,
                 status,

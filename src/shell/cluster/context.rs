@@ -34,9 +34,9 @@ pub(super) struct KnownCopy {
     pub(super) at: Option<Time>,
 }
 
-/// What this instance brought the workloads of one namespace to.
+/// The credential this instance restarted the workloads of one namespace to, and those workloads.
 #[derive(Clone, PartialEq, Eq)]
-pub(super) struct Brought {
+pub(super) struct Restarted {
     pub(super) fingerprint: String,
     pub(super) workloads: Vec<WorkloadRef>,
 }
@@ -55,7 +55,7 @@ pub struct ClusterContext {
     pub(super) known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
     /// Per resource (uid) and namespace: the credential this instance brought all the
     /// workloads of `spec.target.rolloutRestart` to.
-    pub(super) brought: Mutex<HashMap<String, HashMap<String, Brought>>>,
+    pub(super) restarted: Mutex<HashMap<String, HashMap<String, Restarted>>>,
     /// Per resource (uid): the credential this instance last published to the copies, which a
     /// rotation held back keeps in them. Kept here rather than read back from a copy: the users
     /// of a selected namespace may write its copy.
@@ -92,7 +92,7 @@ impl ClusterContext {
             sources,
             current,
             known: Mutex::default(),
-            brought: Mutex::default(),
+            restarted: Mutex::default(),
             working: Mutex::default(),
             retries: Retries::default(),
             written: Mutex::default(),
@@ -129,7 +129,7 @@ impl ClusterContext {
 
     pub(super) fn retain(&self, live: &HashSet<String>) {
         self.known.lock().retain(|uid, _| live.contains(uid));
-        self.brought.lock().retain(|uid, _| live.contains(uid));
+        self.restarted.lock().retain(|uid, _| live.contains(uid));
         self.working.lock().retain(|uid, _| live.contains(uid));
         self.retries.retain(live);
         self.written.lock().retain(|uid, _| live.contains(uid));

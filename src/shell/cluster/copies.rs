@@ -10,7 +10,7 @@ use crate::domain::spec::Resolved;
 use crate::shell::api_error::describe;
 use crate::shell::context::Error;
 use crate::shell::secrets::SecretMeta;
-use crate::shell::target::{self, Written};
+use crate::shell::target::{self, TargetOutcome};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Preconditions};
@@ -70,14 +70,15 @@ async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, desired: Secret) -> 
         Err(e) => return failed(&e),
     };
     let action = cluster::copy_action(existing.as_ref(), &desired, &id.uid, &id.name);
-    let (version, written_at, wrote) =
-        match target::carry_out(&secrets, action, existing, desired).await {
-            Ok(Written::Holds { version, at, wrote }) => (version, at, wrote),
-            Ok(Written::Conflict) => return CopyOutcome::Conflict,
-            Ok(Written::Refused(e)) => return CopyOutcome::Invalid(target::refused_target(&e)),
-            Err(Error::ApplyTarget(e)) => return failed(&e),
-            Err(e) => return CopyOutcome::Failed(e.to_string()),
-        };
+    let (version, written_at, wrote) = match target::carry_out(&secrets, action, existing, desired)
+        .await
+    {
+        Ok(TargetOutcome::Holds { version, at, wrote }) => (version, at, wrote),
+        Ok(TargetOutcome::Conflict) => return CopyOutcome::Conflict,
+        Ok(TargetOutcome::Refused(e)) => return CopyOutcome::Invalid(target::refused_target(&e)),
+        Err(Error::ApplyTarget(e)) => return failed(&e),
+        Err(e) => return CopyOutcome::Failed(e.to_string()),
+    };
     cc.remember_copy(
         &id.uid,
         ns,

@@ -1,19 +1,19 @@
 //! The restart step of a ClusterMendixCredential: the workloads of `spec.target.rolloutRestart`
 //! in every namespace whose copy holds the current credential, each brought to it as a
-//! MendixCredential brings its own ([`crate::shell::restart::bring`]), a few namespaces at a
+//! MendixCredential brings its own ([`crate::shell::restart::restart_to`]), a few namespaces at a
 //! time. A namespace whose workloads this instance already brought to the credential is not
 //! read again: a resync of many namespaces sends no request, and after a restart of the
 //! operator one read per workload finds the annotation in place and patches nothing. A
 //! namespace whose workloads did not all come to the credential (missing ones are fine) is
 //! tried again after a growing delay, its failures kept meanwhile.
 
-use super::context::{Brought, ClusterContext, Id};
+use super::context::{ClusterContext, Id, Restarted};
 use super::copies::WRITERS;
 use crate::domain::api::WorkloadRef;
 use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::restart;
-use crate::shell::restart::{Owner, bring};
+use crate::shell::restart::{Owner, restart_to};
 use crate::shell::retries::retry_key;
 use futures::StreamExt;
 use std::time::Duration;
@@ -42,11 +42,11 @@ pub(super) async fn restart_workloads(
         restart::cluster_consent_entry(&id.name),
     );
     let due_key = retry_key(fingerprint, generation);
-    let brought = Brought {
+    let restarted = Restarted {
         fingerprint: fingerprint.to_owned(),
         workloads: workloads.to_vec(),
     };
-    let (key, manager, consent, brought) = (&key, &manager, &consent, &brought);
+    let (key, manager, consent, restarted) = (&key, &manager, &consent, &restarted);
     let retries = &cc.retries;
     let mut again_in: Option<Duration> = None;
     let mut sooner = |wait: Option<Duration>| {
@@ -58,7 +58,7 @@ pub(super) async fn restart_workloads(
     let mut due: Vec<String> = vec![];
     for ns in namespaces
         .iter()
-        .filter(|ns| !cc.has_brought(&id.uid, ns, brought))
+        .filter(|ns| !cc.has_restarted(&id.uid, ns, restarted))
     {
         match retries.wait(&id.uid, ns, &due_key) {
             None => due.push((*ns).to_owned()),
@@ -81,7 +81,8 @@ pub(super) async fn restart_workloads(
             };
             let mut outcomes = Vec::with_capacity(workloads.len());
             for workload in workloads {
-                let (outcome, patched) = bring(&cc.ctx.client, &owner, workload, fingerprint).await;
+                let (outcome, patched) =
+                    restart_to(&cc.ctx.client, &owner, workload, fingerprint).await;
                 outcomes.push((workload.clone(), outcome, patched));
             }
             (ns, outcomes)
@@ -95,7 +96,7 @@ pub(super) async fn restart_workloads(
             .map(|(w, o, _)| (w.clone(), o.clone()))
             .collect();
         if cluster_restart::settled(&settled) {
-            cc.remember_brought(&id.uid, &ns, brought.clone());
+            cc.remember_restarted(&id.uid, &ns, restarted.clone());
         }
         let mut failures: Vec<RolloutRestartFailure> = vec![];
         for (workload, outcome, patched) in outcomes {
@@ -115,16 +116,16 @@ pub(super) async fn restart_workloads(
 }
 
 impl ClusterContext {
-    fn has_brought(&self, uid: &str, ns: &str, brought: &Brought) -> bool {
-        let memory = self.brought.lock();
-        memory.get(uid).and_then(|m| m.get(ns)) == Some(brought)
+    fn has_restarted(&self, uid: &str, ns: &str, restarted: &Restarted) -> bool {
+        let memory = self.restarted.lock();
+        memory.get(uid).and_then(|m| m.get(ns)) == Some(restarted)
     }
 
-    fn remember_brought(&self, uid: &str, ns: &str, brought: Brought) {
-        self.brought
+    fn remember_restarted(&self, uid: &str, ns: &str, restarted: Restarted) {
+        self.restarted
             .lock()
             .entry(uid.to_owned())
             .or_default()
-            .insert(ns.to_owned(), brought);
+            .insert(ns.to_owned(), restarted);
     }
 }
