@@ -28,7 +28,7 @@ use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::restart;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::ClusterGuarded;
-use crate::shell::context::{CONFLICT_RETRY, Error, apply_params, backoff, now};
+use crate::shell::context::{Error, apply_params, now, requeue};
 use crate::shell::publish::{count_rotation, publish};
 use crate::shell::subscribe;
 use crate::shell::unreadable::mark_unreadable;
@@ -56,17 +56,11 @@ pub async fn reconcile(
             .await
             .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
     };
-    let uid = guard.meta().uid.clone().unwrap_or_default();
-    match &result {
-        Ok((_, ready)) => {
-            cc.ctx.metrics.reconciled(ready, started.elapsed());
-            cc.ctx.tracker.api_succeeded(&uid);
-        }
-        Err(e) => {
-            cc.ctx.metrics.reconciled("error", started.elapsed());
-            cc.ctx.metrics.failed(e.step());
-        }
-    }
+    cc.ctx.record(
+        guard.meta().uid.as_deref().unwrap_or_default(),
+        started,
+        &result,
+    );
     result.map(|(action, _)| action)
 }
 
@@ -76,11 +70,9 @@ pub(super) fn error_policy(
     cc: Arc<ClusterContext>,
 ) -> Action {
     let meta = guard.meta();
-    let attempt = cc
+    let (attempt, delay) = cc
         .ctx
-        .tracker
-        .api_failed(meta.uid.as_deref().unwrap_or_default());
-    let delay = backoff(attempt);
+        .retry_after_failure(meta.uid.as_deref().unwrap_or_default());
     let name = meta.name.as_deref().unwrap_or_default();
     warn!(cluster_credential = name, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -274,18 +266,12 @@ async fn reconcile_one(
         "reconciled"
     );
     retry |= plan.retry;
-    let action = match plan.hold {
-        Some(hold) => Action::requeue(hold),
-        // Foreign Secrets in the way are not watched (only ours and sources are).
-        None if retry => Action::requeue(CONFLICT_RETRY),
-        // Workloads are not watched: a failed or deferred restart is tried again after a
-        // while.
-        None if plan.ready == ReadyReason::Synced.as_str() => {
-            let resync = Duration::from_secs(3600);
-            Action::requeue(restart_again.map_or(resync, |again: Duration| again.min(resync)))
-        }
-        None => Action::await_change(),
-    };
+    let action = requeue(
+        plan.hold,
+        retry,
+        plan.ready == ReadyReason::Synced.as_str(),
+        restart_again,
+    );
     Ok((action, plan.ready))
 }
 
