@@ -13,9 +13,10 @@ use crate::shell::verifier::Verifier;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::PatchParams;
+use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the controller is told by its command line.
 #[derive(Debug, Clone)]
@@ -100,6 +101,51 @@ impl Error {
             Error::WriteStatus(_) => "write_status",
             Error::MissingMetadata(_) => "read_resource",
         }
+    }
+}
+
+/// How often a resource is reconciled when nothing changes: a safety net, since every input is
+/// also watched and the verification loop triggers a reconcile for each answer.
+const RESYNC: Duration = Duration::from_secs(3600);
+
+/// When a reconcile comes back, for both kinds, in this order: a held rotation at the end of
+/// its hold; a target blocked by a foreign Secret (not watched) after [`CONFLICT_RETRY`]; a
+/// synced resource at its next resync, or sooner when its workloads are tried again (they are
+/// not watched); any other only on a change.
+pub fn requeue(
+    hold: Option<Duration>,
+    blocked: bool,
+    synced: bool,
+    restart_again: Option<Duration>,
+) -> Action {
+    match hold {
+        Some(hold) => Action::requeue(hold),
+        None if blocked => Action::requeue(CONFLICT_RETRY),
+        None if synced => Action::requeue(restart_again.map_or(RESYNC, |again| again.min(RESYNC))),
+        None => Action::await_change(),
+    }
+}
+
+impl Context {
+    /// Counts a reconcile that ended with `result` (its Ready reason, or its error) after
+    /// `started`, and resets or keeps the resource's count of API failures.
+    pub fn record(&self, uid: &str, started: Instant, result: &Result<(Action, &str), Error>) {
+        match result {
+            Ok((_, ready)) => {
+                self.metrics.reconciled(ready, started.elapsed());
+                self.tracker.api_succeeded(uid);
+            }
+            Err(e) => {
+                self.metrics.reconciled("error", started.elapsed());
+                self.metrics.failed(e.step());
+            }
+        }
+    }
+
+    /// How long a resource whose reconcile failed waits: longer after each failure in a row.
+    pub fn retry_after_failure(&self, uid: &str) -> (u32, Duration) {
+        let attempt = self.tracker.api_failed(uid);
+        (attempt, backoff(attempt))
     }
 }
 

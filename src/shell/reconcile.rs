@@ -18,7 +18,7 @@ use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
 use crate::domain::restart as restarts;
 use crate::domain::spec::{self, InvalidSpec};
 use crate::shell::Guarded;
-use crate::shell::context::{CONFLICT_RETRY, Context, Error, Id, apply_params, backoff, now};
+use crate::shell::context::{Context, Error, Id, apply_params, now, requeue};
 use crate::shell::publish::{count_rotation, publish};
 use crate::shell::unreadable::mark_unreadable;
 use crate::shell::{restart, subscribe, target};
@@ -27,11 +27,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::{debug, info, warn};
-
-/// How often a resource is reconciled when nothing changes.
-const RESYNC: Duration = Duration::from_secs(3600);
 
 pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -41,26 +38,17 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
             .await
             .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
     };
-    let uid = guard.meta().uid.as_deref().unwrap_or_default();
-    match &result {
-        Ok((_, ready)) => {
-            ctx.metrics.reconciled(ready, started.elapsed());
-            ctx.tracker.api_succeeded(uid);
-        }
-        Err(e) => {
-            ctx.metrics.reconciled("error", started.elapsed());
-            ctx.metrics.failed(e.step());
-        }
-    }
+    ctx.record(
+        guard.meta().uid.as_deref().unwrap_or_default(),
+        started,
+        &result,
+    );
     result.map(|(action, _)| action)
 }
 
 pub fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
     let obj_ref = ObjectRef::from_obj(guard.as_ref());
-    let attempt = ctx
-        .tracker
-        .api_failed(guard.meta().uid.as_deref().unwrap_or_default());
-    let delay = backoff(attempt);
+    let (attempt, delay) = ctx.retry_after_failure(guard.meta().uid.as_deref().unwrap_or_default());
     warn!(credential = %obj_ref, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -169,18 +157,12 @@ async fn reconcile_valid(
         wrote_status,
         "reconciled"
     );
-    // Periodic resync as a safety net; every input is also watched, and the verification loop
-    // triggers a reconcile for each answer.
-    let action = match (hold, ready) {
-        (Some(hold), _) => Action::requeue(hold),
-        // Workloads are not watched: one that is missing, refused or deferred is tried again.
-        (None, ReadyReason::Synced) => {
-            Action::requeue(restart_again.map_or(RESYNC, |again| again.min(RESYNC)))
-        }
-        // The foreign Secret in the way is not watched (only ours and sources are).
-        (None, ReadyReason::TargetConflict) => Action::requeue(CONFLICT_RETRY),
-        (None, _) => Action::await_change(),
-    };
+    let action = requeue(
+        hold,
+        ready == ReadyReason::TargetConflict,
+        ready == ReadyReason::Synced,
+        restart_again,
+    );
     Ok((action, ready.as_str()))
 }
 

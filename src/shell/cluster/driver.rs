@@ -18,7 +18,7 @@ use super::rotation::CheckedFirst;
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
-use crate::domain::cluster::restart as cluster_restart;
+use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
@@ -26,9 +26,10 @@ use crate::domain::cluster::{
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::restart;
+use crate::domain::rotation::Held;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::ClusterGuarded;
-use crate::shell::context::{CONFLICT_RETRY, Error, apply_params, backoff, now};
+use crate::shell::context::{Error, apply_params, now, requeue};
 use crate::shell::publish::{count_rotation, publish};
 use crate::shell::subscribe;
 use crate::shell::unreadable::mark_unreadable;
@@ -56,17 +57,11 @@ pub async fn reconcile(
             .await
             .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
     };
-    let uid = guard.meta().uid.clone().unwrap_or_default();
-    match &result {
-        Ok((_, ready)) => {
-            cc.ctx.metrics.reconciled(ready, started.elapsed());
-            cc.ctx.tracker.api_succeeded(&uid);
-        }
-        Err(e) => {
-            cc.ctx.metrics.reconciled("error", started.elapsed());
-            cc.ctx.metrics.failed(e.step());
-        }
-    }
+    cc.ctx.record(
+        guard.meta().uid.as_deref().unwrap_or_default(),
+        started,
+        &result,
+    );
     result.map(|(action, _)| action)
 }
 
@@ -76,11 +71,9 @@ pub(super) fn error_policy(
     cc: Arc<ClusterContext>,
 ) -> Action {
     let meta = guard.meta();
-    let attempt = cc
+    let (attempt, delay) = cc
         .ctx
-        .tracker
-        .api_failed(meta.uid.as_deref().unwrap_or_default());
-    let delay = backoff(attempt);
+        .retry_after_failure(meta.uid.as_deref().unwrap_or_default());
     let name = meta.name.as_deref().unwrap_or_default();
     warn!(cluster_credential = name, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -135,57 +128,29 @@ async fn reconcile_one(
     let view_cr = as_namespaced(cr, &previous.core());
     let request = subscribe::verify_request(&view_cr, &id.uid, &previous.core(), ctx);
     let forced = request.as_ref().map(|(_, at)| *at);
-    let mut copies = BTreeMap::new();
-    let (mut held, mut checked_first) = (None, false);
-    let (mut restarted, mut restart_again) = (None, None);
-    let (source, credential) = match (&resolved, &selection) {
-        (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => (
-            Err(Ready::refused(ReadyReason::InvalidSpec, m.clone())),
-            None,
-        ),
-        (Ok(resolved), Ok(_)) => match read_source(cc, &source_ns, resolved).await? {
-            Err(ready) => (Err(ready), None),
-            Ok(credential) => {
-                let gate = CheckedFirst {
-                    cc,
-                    id: &id,
-                    source_ns: &source_ns,
-                    resolved,
-                    forced,
-                };
-                let credential = gate
-                    .pass(&previous.core(), credential, &selected.active)
-                    .await?;
-                let published = credential.publish;
-                held = credential.held;
-                checked_first = credential.checked_first;
-                copies = write_copies(cc, cr, &id, resolved, &published, &selected.active).await?;
-                // Only once a copy holds the credential (a restarted pod must read it), and
-                // not for a credential held back: the copies keep the one the workloads run.
-                if held.is_none() {
-                    let holding: Vec<&str> = copies
-                        .iter()
-                        .filter(|(_, c)| matches!(c, CopyOutcome::Synced { .. }))
-                        .map(|(ns, _)| ns.as_str())
-                        .collect();
-                    let workloads = restart::listed(cr.spec.target.rollout_restart.as_deref());
-                    let (restarts, again) = restart_workloads(
-                        cc,
-                        &id,
-                        cr.metadata.generation,
-                        &workloads,
-                        &published.fingerprint(),
-                        &holding,
-                    )
-                    .await;
-                    (restarted, restart_again) = (Some(restarts), again);
-                }
-                if held.is_none() {
-                    cc.remember_working(&id.uid, &published);
-                }
-                (Ok(published.digest()), Some(published))
-            }
-        },
+    let Publication {
+        source,
+        credential,
+        held,
+        checked_first,
+        copies,
+        restarted,
+        restart_again,
+    } = match (&resolved, &selection) {
+        (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => {
+            Publication::refused(Ready::refused(ReadyReason::InvalidSpec, m.clone()))
+        }
+        (Ok(resolved), Ok(_)) => {
+            let step = Publish {
+                cc,
+                cr,
+                id: &id,
+                source_ns: &source_ns,
+                resolved,
+                forced,
+            };
+            step.run(&previous, &selected.active).await?
+        }
     };
     // Our copies outside the selection go, whatever the source says. With a spec that cannot be
     // read, nothing is selected: the copies stay until it is fixed.
@@ -202,29 +167,15 @@ async fn reconcile_one(
     }
 
     // 4. The verification loop.
-    let verification = match (resolved.as_ref().ok(), credential.as_ref()) {
-        (Some(resolved), Some(credential)) => match &resolved.verification {
-            None => {
-                ctx.verifier.unsubscribe(&id.uid);
-                plan::Verification::Disabled
-            }
-            Some(v) => subscribe::verification_of(ctx.verifier.subscribe_cluster(Subscription {
-                uid: &id.uid,
-                slot: Slot::Published,
-                namespace: &source_ns,
-                name: &id.name,
-                credential,
-                probe: &v.probe,
-                interval: ctx.settings.test_interval.unwrap_or(v.interval),
-                forced,
-                known: subscribe::known_verdict(&view_cr, &previous.core(), credential),
-            })),
-        },
-        _ => {
-            ctx.verifier.unsubscribe(&id.uid);
-            plan::Verification::Waiting
-        }
-    };
+    let verification = subscribe_published(
+        cc,
+        &id,
+        &source_ns,
+        resolved.as_ref().ok(),
+        credential.as_ref(),
+        forced,
+        (&view_cr, &previous.core()),
+    );
     // After the published subscription: a credential just published keeps the answer its check
     // as a pending one got.
     if held.is_none() {
@@ -274,19 +225,150 @@ async fn reconcile_one(
         "reconciled"
     );
     retry |= plan.retry;
-    let action = match plan.hold {
-        Some(hold) => Action::requeue(hold),
-        // Foreign Secrets in the way are not watched (only ours and sources are).
-        None if retry => Action::requeue(CONFLICT_RETRY),
-        // Workloads are not watched: a failed or deferred restart is tried again after a
-        // while.
-        None if plan.ready == ReadyReason::Synced.as_str() => {
-            let resync = Duration::from_secs(3600);
-            Action::requeue(restart_again.map_or(resync, |again: Duration| again.min(resync)))
-        }
-        None => Action::await_change(),
-    };
+    let action = requeue(
+        plan.hold,
+        retry,
+        plan.ready == ReadyReason::Synced.as_str(),
+        restart_again,
+    );
     Ok((action, plan.ready))
+}
+
+/// Tells the verification loop which credential the copies hold; returns what the plan needs
+/// of its answer.
+fn subscribe_published(
+    cc: &ClusterContext,
+    id: &Id,
+    source_ns: &str,
+    resolved: Option<&Resolved>,
+    credential: Option<&Credential>,
+    forced: Option<std::time::SystemTime>,
+    (view_cr, previous): (&MendixCredential, &MendixCredentialStatus),
+) -> plan::Verification {
+    let ctx = &cc.ctx;
+    match (resolved, credential) {
+        (Some(resolved), Some(credential)) => match &resolved.verification {
+            None => {
+                ctx.verifier.unsubscribe(&id.uid);
+                plan::Verification::Disabled
+            }
+            Some(v) => subscribe::verification_of(ctx.verifier.subscribe_cluster(Subscription {
+                uid: &id.uid,
+                slot: Slot::Published,
+                namespace: source_ns,
+                name: &id.name,
+                credential,
+                probe: &v.probe,
+                interval: ctx.settings.test_interval.unwrap_or(v.interval),
+                forced,
+                known: subscribe::known_verdict(view_cr, previous, credential),
+            })),
+        },
+        _ => {
+            ctx.verifier.unsubscribe(&id.uid);
+            plan::Verification::Waiting
+        }
+    }
+}
+
+/// What the publishing step did: the digest of the credential the copies hold (or why none
+/// could be used), the rotation it held back, each copy, and the restarts it made.
+struct Publication {
+    source: Result<String, Ready>,
+    credential: Option<Credential>,
+    held: Option<(String, Held)>,
+    checked_first: bool,
+    copies: BTreeMap<String, CopyOutcome>,
+    restarted: Option<Restarts>,
+    restart_again: Option<Duration>,
+}
+
+impl Publication {
+    fn refused(ready: Ready) -> Self {
+        Publication {
+            source: Err(ready),
+            credential: None,
+            held: None,
+            checked_first: false,
+            copies: BTreeMap::new(),
+            restarted: None,
+            restart_again: None,
+        }
+    }
+}
+
+/// The publishing step: reads the source, checks a new credential first when it replaces a
+/// working one, writes the copies, and then restarts the workloads of the namespaces whose
+/// copy holds it.
+struct Publish<'a> {
+    cc: &'a ClusterContext,
+    cr: &'a ClusterMendixCredential,
+    id: &'a Id,
+    source_ns: &'a str,
+    resolved: &'a Resolved,
+    forced: Option<std::time::SystemTime>,
+}
+
+impl Publish<'_> {
+    async fn run(
+        &self,
+        previous: &ClusterMendixCredentialStatus,
+        active: &[String],
+    ) -> Result<Publication, Error> {
+        let Publish {
+            cc,
+            cr,
+            id,
+            source_ns,
+            resolved,
+            forced,
+        } = *self;
+        let credential = match read_source(cc, source_ns, resolved).await? {
+            Err(ready) => return Ok(Publication::refused(ready)),
+            Ok(credential) => credential,
+        };
+        let gate = CheckedFirst {
+            cc,
+            id,
+            source_ns,
+            resolved,
+            forced,
+        };
+        let gated = gate.pass(&previous.core(), credential, active).await?;
+        let published = gated.publish;
+        let copies = write_copies(cc, cr, id, resolved, &published, active).await?;
+        let (mut restarted, mut restart_again) = (None, None);
+        // Only once a copy holds the credential (a restarted pod must read it), and not for a
+        // credential held back: the copies keep the one the workloads run.
+        if gated.held.is_none() {
+            let holding: Vec<&str> = copies
+                .iter()
+                .filter(|(_, c)| matches!(c, CopyOutcome::Synced { .. }))
+                .map(|(ns, _)| ns.as_str())
+                .collect();
+            let workloads = restart::listed(cr.spec.target.rollout_restart.as_deref());
+            let (restarts, again) = restart_workloads(
+                cc,
+                id,
+                cr.metadata.generation,
+                &workloads,
+                &published.fingerprint(),
+                &holding,
+            )
+            .await;
+            (restarted, restart_again) = (Some(restarts), again);
+            cc.remember_working(&id.uid, &published);
+        }
+        Ok(Publication {
+            source: Ok(published.digest()),
+            credential: Some(published),
+            held: gated.held,
+            checked_first: gated.checked_first,
+            copies,
+            restarted,
+            restart_again,
+        })
+    }
 }
 
 fn view(ns: &NamespaceMeta) -> NamespaceView {
