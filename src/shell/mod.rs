@@ -1,7 +1,7 @@
 //! The IO around the [`crate::domain`]: Kubernetes, the platform, time, the process.
 
 //!
-//! Its modules, from the top down (each uses only those below it; `tests/layers.rs` holds the
+//! Its modules, from the top down (each uses only those below it; `tests/shell_layers.rs` holds the
 //! order):
 //!
 //! - the process and its wiring: [`cli`], [`verify_cmd`], [`leader`], [`server`], the
