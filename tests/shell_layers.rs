@@ -31,6 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "shell::publish",
             "shell::unreadable",
             "shell::cluster::copies",
+            "shell::cluster::publish",
             "shell::cluster::restarts",
             "shell::cluster::rotation",
         ],

@@ -12,21 +12,18 @@
 //! 6. write the status, then publish the Events, then remember what was done.
 
 use super::context::{ClusterContext, Id, NamespaceMeta};
-use super::copies::{remove_copies, write_copies};
-use super::restarts::restart_workloads;
-use super::rotation::CheckedFirst;
+use super::copies::remove_copies;
+use super::publish::{Publication, Publish};
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
 };
-use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
+use crate::domain::cluster::restart::{self as cluster_restart};
 use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason};
-use crate::domain::restart;
-use crate::domain::rotation::Held;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::ClusterGuarded;
 use crate::shell::context::{Error, apply_params, now, requeue};
@@ -34,12 +31,11 @@ use crate::shell::publish::{count_rotation, publish};
 use crate::shell::subscribe;
 use crate::shell::unreadable::mark_unreadable;
 use crate::shell::verifier::{Slot, Subscription};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Patch;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -271,106 +267,6 @@ fn subscribe_published(
     }
 }
 
-/// What the publishing step did: the digest of the credential the copies hold (or why none
-/// could be used), the rotation it held back, each copy, and the restarts it made.
-struct Publication {
-    source: Result<String, Ready>,
-    credential: Option<Credential>,
-    held: Option<(String, Held)>,
-    checked_first: bool,
-    copies: BTreeMap<String, CopyOutcome>,
-    restarted: Option<Restarts>,
-    restart_again: Option<Duration>,
-}
-
-impl Publication {
-    fn refused(ready: Ready) -> Self {
-        Publication {
-            source: Err(ready),
-            credential: None,
-            held: None,
-            checked_first: false,
-            copies: BTreeMap::new(),
-            restarted: None,
-            restart_again: None,
-        }
-    }
-}
-
-/// The publishing step: reads the source, checks a new credential first when it replaces a
-/// working one, writes the copies, and then restarts the workloads of the namespaces whose
-/// copy holds it.
-struct Publish<'a> {
-    cc: &'a ClusterContext,
-    cr: &'a ClusterMendixCredential,
-    id: &'a Id,
-    source_ns: &'a str,
-    resolved: &'a Resolved,
-    forced: Option<std::time::SystemTime>,
-}
-
-impl Publish<'_> {
-    async fn run(
-        &self,
-        previous: &ClusterMendixCredentialStatus,
-        active: &[String],
-    ) -> Result<Publication, Error> {
-        let Publish {
-            cc,
-            cr,
-            id,
-            source_ns,
-            resolved,
-            forced,
-        } = *self;
-        let credential = match read_source(cc, source_ns, resolved).await? {
-            Err(ready) => return Ok(Publication::refused(ready)),
-            Ok(credential) => credential,
-        };
-        let gate = CheckedFirst {
-            cc,
-            id,
-            source_ns,
-            resolved,
-            forced,
-        };
-        let gated = gate.pass(&previous.core(), credential, active).await?;
-        let published = gated.publish;
-        let copies = write_copies(cc, cr, id, resolved, &published, active).await?;
-        let (mut restarted, mut restart_again) = (None, None);
-        // Only once a copy holds the credential (a restarted pod must read it), and not for a
-        // credential held back: the copies keep the one the workloads run.
-        if gated.held.is_none() {
-            let holding: Vec<&str> = copies
-                .iter()
-                .filter(|(_, c)| matches!(c, CopyOutcome::Synced { .. }))
-                .map(|(ns, _)| ns.as_str())
-                .collect();
-            let workloads = restart::listed(cr.spec.target.rollout_restart.as_deref());
-            let (restarts, again) = restart_workloads(
-                cc,
-                id,
-                cr.metadata.generation,
-                &workloads,
-                &published.fingerprint(),
-                &holding,
-            )
-            .await;
-            (restarted, restart_again) = (Some(restarts), again);
-            cc.remember_working(&id.uid, &published);
-        }
-        Ok(Publication {
-            source: Ok(published.digest()),
-            credential: Some(published),
-            held: gated.held,
-            checked_first: gated.checked_first,
-            copies,
-            restarted,
-            restart_again,
-        })
-    }
-}
-
 fn view(ns: &NamespaceMeta) -> NamespaceView {
     NamespaceView {
         name: ns.name_any(),
@@ -427,43 +323,6 @@ async fn reconcile_unreadable(
     )
     .await?;
     Ok(Action::await_change())
-}
-
-/// The credential of the source, or why it cannot be used.
-async fn read_source(
-    cc: &ClusterContext,
-    ns: &str,
-    resolved: &Resolved,
-) -> Result<Result<Credential, Ready>, Error> {
-    let ctx = &cc.ctx;
-    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
-    // The version this controller's own watch reports: a reconcile it woke for a change must
-    // not read the credential from before it.
-    let seen = cc.sources.version(ns, &keys.secret);
-    let cached = seen.and_then(|v| ctx.secrets.credential_at(ns, credential_type, keys, &v));
-    let credential = match cached {
-        Some(cached) => cached,
-        None => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let Some(source) = secrets
-                .get_opt(&keys.secret)
-                .await
-                .map_err(Error::ReadSource)?
-            else {
-                return Ok(Err(Ready::refused(
-                    ReadyReason::SourceNotFound,
-                    format!("Secret {:?} not found in namespace {ns:?}", keys.secret),
-                )));
-            };
-            let credential = Credential::from_secret(credential_type, keys, &source);
-            if let Some(version) = source.metadata.resource_version {
-                ctx.secrets
-                    .remember(ns, credential_type, keys, version, credential.clone());
-            }
-            credential
-        }
-    };
-    Ok(credential.map_err(|problem| plan::source_refused(&problem)))
 }
 
 async fn write_status(

@@ -1,12 +1,14 @@
 //! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
 //! resources, namespaces (metadata only), the copies it published (metadata only, by their
 //! label) and sources (metadata only, by their opt-in label, in the namespaces the resources
-//! name: [`sources`]); the reconcile driver ([`driver`]); the copies in each namespace
-//! ([`copies`]); and the workloads restarted in each ([`restarts`]).
+//! name: [`sources`]); the reconcile driver ([`driver`]); its publishing step ([`publish`]):
+//! the copies in each namespace ([`copies`]) and the workloads restarted in each
+//! ([`restarts`]).
 
 mod context;
 mod copies;
 mod driver;
+mod publish;
 mod restarts;
 mod rotation;
 mod sources;
