@@ -29,7 +29,8 @@ pub enum Sync {
         digest: String,
         /// When the target's data was last written, as the API server recorded it.
         written_at: Option<Time>,
-        /// Whether this reconcile wrote it.
+        /// Whether this reconcile wrote it (for logs and metrics: the plan goes by
+        /// `written_at`, which the retry of a failed status write finds the same).
         wrote: bool,
         /// Whether the platform accepted it before it replaced a working credential (rotation
         /// policy VerifyFirst).
@@ -145,7 +146,7 @@ pub fn reconcile(observed: Observed) -> Plan {
             fingerprint,
             digest,
             written_at,
-            wrote,
+            wrote: _,
             checked_first: _,
         } => {
             let rotated = !previous
@@ -154,9 +155,12 @@ pub fn reconcile(observed: Observed) -> Plan {
             if rotated {
                 forget_verdict(&mut status);
             }
-            // The time of the write as this instance saw it, unless the status already tells
-            // of the same content: another instance, or a restart, reads it from the target.
-            if *wrote || rotated || previous.last_synced_time.is_none() {
+            // The time of the write, when the target was written since the status recorded one.
+            // Decided from the times alone, not from whether this reconcile wrote it: the retry
+            // of a failed status write finds the target as the first attempt left it, and records
+            // the same. A target unchanged since the status was written (read by another
+            // instance, or after a restart) changes nothing.
+            if rotated || written_since(written_at.as_ref(), previous.last_synced_time.as_ref()) {
                 status.last_synced_time = written_at.clone().or(previous.last_synced_time.clone());
             }
             status.token_fingerprint = Some(fingerprint.clone());
@@ -255,6 +259,16 @@ pub fn reconcile(observed: Observed) -> Plan {
         request_served,
         hold,
     }
+}
+
+/// Whether a target last written at `written_at` was written since the status recorded a write
+/// at `last_synced`: none is recorded, or the target's time is later. Both are the API server's
+/// time of a write, and compared to the second, as the status keeps them; a target unchanged
+/// since the status was written has the time it records, whichever instance reads it.
+pub fn written_since(written_at: Option<&Time>, last_synced: Option<&Time>) -> bool {
+    last_synced.is_none_or(|recorded| {
+        written_at.is_some_and(|written| written.0.as_second() > recorded.0.as_second())
+    })
 }
 
 /// What is left of [`FIRST_ANSWER_HOLD`] for a check queued `since`.

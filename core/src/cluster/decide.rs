@@ -210,9 +210,11 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
             .collect();
     }
 
+    // The namespaces whose copy was written since the status recorded a write, as the credential
+    // half decides whether there was one: the retry of a failed status write names the same.
     let written: Vec<&str> = synced
         .iter()
-        .filter(|(_, _, wrote)| *wrote)
+        .filter(|(_, at, _)| plan::written_since(at.as_ref(), previous.last_synced_time.as_ref()))
         .map(|(ns, _, _)| ns.as_str())
         .collect();
     let mut events: Vec<Announcement> = core_plan
@@ -225,17 +227,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
             e
         })
         .collect();
-    let conflicted_before: BTreeSet<&str> = previous
-        .failed_namespaces
-        .iter()
-        .filter(|f| f.reason == FailedReason::TargetConflict.as_str())
-        .map(|f| f.namespace.as_str())
-        .collect();
-    let new_conflicts: Vec<&str> = copies
-        .iter()
-        .filter(|(ns, c)| **c == CopyOutcome::Conflict && !conflicted_before.contains(ns.as_str()))
-        .map(|(ns, _)| ns.as_str())
-        .collect();
+    let new_conflicts = new_conflicts(&copies, &failures, previous);
     if !new_conflicts.is_empty() {
         events.push(Announcement {
             warning: true,
@@ -257,6 +249,51 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         hold: None,
         retry,
     }
+}
+
+/// The namespaces whose copy conflicts and did not before, as far as the previous status tells.
+///
+/// `status.failedNamespaces` lists the first [`MAX_FAILED_NAMESPACES`] failures by name and
+/// `failedNamespaceCount` counts them all. Up to the last one listed the list is complete: a
+/// conflict there is new unless listed as one. Beyond it, the previous status only tells how
+/// many failed; the conflicts there are new when more namespaces fail there than did (at least
+/// one of them is new; which ones cannot be told, so all are named). A steady state is never
+/// announced again; a new conflict beyond the list is, unless a failure there passed meanwhile.
+fn new_conflicts<'a>(
+    copies: &'a BTreeMap<String, CopyOutcome>,
+    failures: &[FailedNamespace],
+    previous: &ClusterMendixCredentialStatus,
+) -> Vec<&'a str> {
+    let listed = &previous.failed_namespaces;
+    let unlisted = previous
+        .failed_namespace_count
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .saturating_sub(listed.len());
+    let last_listed = listed.iter().map(|f| f.namespace.as_str()).max();
+    let beyond_the_list = |ns: &str| unlisted > 0 && last_listed.is_none_or(|last| ns > last);
+    let more_fail_beyond = failures
+        .iter()
+        .filter(|f| beyond_the_list(&f.namespace))
+        .count()
+        > unlisted;
+    let conflicted_before: BTreeSet<&str> = listed
+        .iter()
+        .filter(|f| f.reason == FailedReason::TargetConflict.as_str())
+        .map(|f| f.namespace.as_str())
+        .collect();
+    copies
+        .iter()
+        .filter(|(_, c)| **c == CopyOutcome::Conflict)
+        .map(|(ns, _)| ns.as_str())
+        .filter(|ns| {
+            if beyond_the_list(ns) {
+                more_fail_beyond
+            } else {
+                !conflicted_before.contains(ns)
+            }
+        })
+        .collect()
 }
 
 /// The failed namespaces, sorted by name.

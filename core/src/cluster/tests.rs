@@ -303,6 +303,61 @@ fn failed_namespaces_are_bounded_and_counted() {
     assert_eq!(status.namespaces.as_deref(), Some("0/30"));
 }
 
+/// The namespaces announced in a TargetConflict Event's note.
+fn conflicts_announced(p: &ClusterPlan) -> Vec<String> {
+    p.events
+        .iter()
+        .filter(|e| e.reason == "TargetConflict")
+        .map(|e| e.note.clone())
+        .collect()
+}
+
+#[test]
+fn conflicts_beyond_the_failures_listed_are_announced_when_new() {
+    // 25 conflicts, ns-00 to ns-24: ns-19 is the last listed.
+    let names: Vec<String> = (0..30).map(|i| format!("ns-{i:02}")).collect();
+    let selected: Vec<&str> = names.iter().map(String::as_str).collect();
+    let state = |conflicts: &[usize]| -> Vec<(&str, CopyOutcome)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match conflicts.contains(&i) {
+                true => (n.as_str(), CopyOutcome::Conflict),
+                false => (n.as_str(), synced(10, false)),
+            })
+            .collect()
+    };
+    let before: Vec<usize> = (0..25).collect();
+    let fresh = ClusterMendixCredentialStatus::default();
+    let first = plan(observed(&fresh, &state(&before), &selected));
+    assert_eq!(conflicts_announced(&first).len(), 1);
+    let previous = first.status.unwrap();
+    assert_eq!(previous.failed_namespaces.len(), MAX_FAILED_NAMESPACES);
+
+    let steady = plan(observed(&previous, &state(&before), &selected));
+    assert!(steady.events.is_empty(), "{:?}", steady.events);
+    // One more beyond the list: more fail there than did. Which one is new cannot be told, so
+    // all six beyond the last listed are named.
+    let more: Vec<usize> = (0..26).collect();
+    let p = plan(observed(&previous, &state(&more), &selected));
+    let notes = conflicts_announced(&p);
+    assert_eq!(notes.len(), 1, "{:?}", p.events);
+    assert!(notes[0].contains("6 namespaces (ns-20,"), "{notes:?}");
+    // One of those beyond passed: fewer fail there, none is new.
+    let fewer: Vec<usize> = (0..24).collect();
+    let p = plan(observed(&previous, &state(&fewer), &selected));
+    assert!(conflicts_announced(&p).is_empty(), "{:?}", p.events);
+    // The list was complete up to ns-19: a conflict there that is not listed is new.
+    let mut earlier = state(&before);
+    earlier.push(("ns-05a", CopyOutcome::Conflict));
+    let mut with_it = selected.clone();
+    with_it.push("ns-05a");
+    let p = plan(observed(&previous, &earlier, &with_it));
+    let notes = conflicts_announced(&p);
+    assert_eq!(notes.len(), 1, "{:?}", p.events);
+    assert!(notes[0].contains("namespace ns-05a;"), "{notes:?}");
+}
+
 #[test]
 fn listed_namespaces_that_are_missing_do_not_make_it_unready() {
     let previous = ClusterMendixCredentialStatus::default();

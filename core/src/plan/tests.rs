@@ -277,16 +277,49 @@ fn a_target_write_is_announced_until_the_status_records_it() {
 
 #[test]
 fn another_instance_agrees_on_the_write_time() {
-    // The same credential found current by another instance, whose idea of the write time
-    // could differ: the status's own time stands.
+    // The same credential found current by another instance, or after a restart: the target's
+    // time of the write is the API server's, the one the status records.
     let previous = settled();
     let plan = run(
         &previous,
-        published("fp-a", 12, false),
+        published("fp-a", 10, false),
         answered(Reason::Verified, 11),
     );
     assert_eq!(plan.status, None);
     assert!(plan.events.is_empty());
+}
+
+#[test]
+fn a_rewrite_since_the_status_is_recorded_whoever_wrote_it() {
+    // The target was written again (deleted by hand) with the published credential; the status
+    // write failed. The first attempt and its retry plan the same.
+    let previous = settled();
+    let first = run(
+        &previous,
+        published("fp-a", 50, true),
+        answered(Reason::Verified, 11),
+    );
+    let retry = run(
+        &previous,
+        published("fp-a", 50, false),
+        answered(Reason::Verified, 11),
+    );
+    assert_eq!(retry, first);
+    assert_eq!(reasons(&first), [("Synced", false)]);
+    assert_eq!(first.status.unwrap().last_synced_time, Some(at(50)));
+}
+
+#[test]
+fn a_write_is_since_the_status_when_later_to_the_second() {
+    let (recorded, written) = (at(10), at(11));
+    assert!(written_since(Some(&written), Some(&recorded)));
+    assert!(written_since(Some(&recorded), None), "none recorded");
+    assert!(!written_since(Some(&recorded), Some(&recorded)));
+    assert!(!written_since(Some(&recorded), Some(&written)));
+    assert!(!written_since(None, Some(&recorded)));
+    // The status keeps whole seconds: a fraction later is the same write.
+    let fraction = Time(recorded.0 + jiff::SignedDuration::from_millis(400));
+    assert!(!written_since(Some(&fraction), Some(&recorded)));
 }
 
 #[test]
