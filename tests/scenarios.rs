@@ -17,6 +17,7 @@ use mendix_simulator::{Simulator, State};
 use mxcred_operator::domain::api::{MendixCredential, MendixCredentialStatus};
 use mxcred_operator::shell::context::{Context, Settings};
 use mxcred_operator::shell::metrics::Metrics;
+use mxcred_operator::shell::namespaced::Namespaced;
 use mxcred_operator::shell::platform::{Platform, PlatformConfig};
 use mxcred_operator::shell::reconcile::reconcile;
 use mxcred_operator::shell::secrets::{SecretCache, SecretMeta};
@@ -185,7 +186,7 @@ async fn scenario(
     Arc::get_mut(ctx).expect("the context is not shared").client = Client::new(service, NS);
     let (done, server) = api_server(handle, expects);
     let guard = Arc::new(kube::core::DeserializeGuard(Ok(cr.clone())));
-    let result = reconcile(guard, ctx.clone()).await;
+    let result = reconcile(guard, Arc::new(Namespaced(ctx.clone()))).await;
     let _ = done.send(());
     let seen = server.await.unwrap();
     let result = result.map(|_| ()).map_err(|e| e.to_string());

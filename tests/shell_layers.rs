@@ -18,13 +18,13 @@ const LAYERS: &[(&str, &[&str])] = &[
             "shell::cluster",
         ],
     ),
-    (
-        "the reconcile drivers",
-        &["shell::reconcile", "shell::cluster::driver"],
-    ),
+    ("the reconcile driver", &["shell::reconcile"]),
     (
         "the steps of a reconcile",
         &[
+            "shell::namespaced",
+            "shell::cluster::kind",
+            "shell::source",
             "shell::target",
             "shell::subscribe",
             "shell::restart",

@@ -13,7 +13,6 @@ use crate::api::{
 use crate::api::{
     MAX_LABELS, MAX_ROLLOUT_RESTART, RolloutRestartProblem, WorkloadKind, WorkloadRef,
 };
-use crate::plan::{self};
 use crate::render;
 use crate::spec::InvalidSpec;
 use k8s_openapi::api::core::v1::Secret;
@@ -445,29 +444,6 @@ pub fn copy_labels(secret: &mut Secret, name: &str) {
     let labels = secret.metadata.labels.get_or_insert_default();
     labels.remove(crate::api::LABEL_CREDENTIAL);
     labels.insert(LABEL_CLUSTER_CREDENTIAL.into(), render::label_value(name));
-}
-
-/// What to do with the copy in one namespace, given what exists under its name.
-pub fn copy_action(
-    existing: Option<&Secret>,
-    desired: &Secret,
-    uid: &str,
-    name: &str,
-) -> plan::TargetAction {
-    match existing {
-        Some(existing) if !is_ours(existing, uid, name) => plan::TargetAction::Conflict,
-        Some(existing) if render::is_current(existing, desired) => plan::TargetAction::Keep {
-            written_at: render::applied_at(existing),
-        },
-        Some(existing) => plan::TargetAction::Apply {
-            resource_version: existing
-                .metadata
-                .resource_version
-                .clone()
-                .unwrap_or_default(),
-        },
-        None => plan::TargetAction::Create,
-    }
 }
 
 mod decide;

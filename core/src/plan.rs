@@ -422,11 +422,10 @@ pub enum TargetAction {
 pub fn target_action(
     existing: Option<&Secret>,
     desired: &Secret,
-    uid: &str,
-    name: &str,
+    publisher: render::Publisher,
 ) -> TargetAction {
     match existing {
-        Some(existing) if !render::is_ours(existing, uid, name) => TargetAction::Conflict,
+        Some(existing) if !publisher.owns(existing) => TargetAction::Conflict,
         Some(existing) if render::is_current(existing, desired) => TargetAction::Keep {
             written_at: render::applied_at(existing),
         },

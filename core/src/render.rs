@@ -104,6 +104,22 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
     is_ours_by(existing, uid, LABEL_CREDENTIAL, name)
 }
 
+/// Who publishes a target, as its Secrets tell: the resource's uid and name, and the label its
+/// kind marks them with (each kind has its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Publisher<'a> {
+    pub uid: &'a str,
+    pub name: &'a str,
+    pub label: &'a str,
+}
+
+impl Publisher<'_> {
+    /// Whether `existing` is a Secret this publisher wrote: [`is_ours_by`].
+    pub fn owns(&self, existing: &Secret) -> bool {
+        is_ours_by(existing, self.uid, self.label, self.name)
+    }
+}
+
 /// As [`is_ours`], for a publisher whose Secrets carry `label: name`.
 pub fn is_ours_by(existing: &Secret, uid: &str, label: &str, name: &str) -> bool {
     match controller(existing) {

@@ -1,8 +1,13 @@
 //! What the reconciles of both kinds share: the operator's settings, the services every step
-//! uses, the names of a resource, and the errors a reconcile ends with.
+//! uses, the names of a resource, what differs between the kinds ([`Kind`]), and the errors a
+//! reconcile ends with.
 
 use crate::domain::api::MANAGER;
-use crate::domain::api::RolloutRestartStatus;
+use crate::domain::api::{
+    ANNOTATION_VERIFY_REQUESTED_AT, MendixCredentialSpec, RolloutRestartStatus,
+};
+use crate::domain::plan::Announcement;
+use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::api_error::describe;
 use crate::shell::events::EventLimiter;
 use crate::shell::metrics::Metrics;
@@ -10,13 +15,16 @@ use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
 use crate::shell::verifier::Verifier;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Client;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PatchParams;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the controller is told by its command line.
 #[derive(Debug, Clone)]
@@ -142,6 +150,24 @@ impl Context {
         }
     }
 
+    /// The spec resolved and checked as every kind's is: the labels and annotations it asks of
+    /// the targets, and the value of the `verify-requested-at` annotation.
+    pub fn resolve(
+        &self,
+        name: &str,
+        spec: &MendixCredentialSpec,
+        meta: &ObjectMeta,
+    ) -> Result<Resolved, InvalidSpec> {
+        let resolved = spec::resolve(name, spec, self.settings.default_interval)?;
+        spec::check_target_metadata(&resolved, &self.settings.denied_metadata_prefixes)?;
+        let requested = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_VERIFY_REQUESTED_AT));
+        spec::check_verify_request(requested.map(String::as_str))?;
+        Ok(resolved)
+    }
+
     /// How long a resource whose reconcile failed waits: longer after each failure in a row.
     pub fn retry_after_failure(&self, uid: &str) -> (u32, Duration) {
         let attempt = self.tracker.api_failed(uid);
@@ -157,11 +183,92 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(8)).min(Duration::from_secs(300))
 }
 
-/// The names of a resource that every step needs.
-pub(crate) struct Id {
+/// The names of a resource that every step needs. `namespace` is where its source is read
+/// (a MendixCredential's own namespace).
+pub struct Id {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+}
+
+/// What differs between the two kinds of resource, for the one reconcile driver
+/// ([`crate::shell::reconcile`]): how a resource is named, where its status is written, and the
+/// steps that publish its credential to its targets and plan its status (a MendixCredential has
+/// one target in its own namespace, a ClusterMendixCredential one in each selected namespace).
+pub trait Kind: Send + Sync + 'static {
+    type Resource: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    type Status: Clone + Serialize + Send + Sync + 'static;
+
+    /// The kind, as its status patches name it.
+    const KIND: &'static str;
+
+    fn ctx(&self) -> &Context;
+
+    /// Whether the caches the steps read are current: until then a reconcile waits.
+    fn caches_current(&self) -> bool {
+        true
+    }
+
+    /// The names of `cr`.
+    fn id(cr: &Self::Resource) -> Result<Id, Error>;
+
+    /// How logs name the resource.
+    fn label(id: &Id) -> String;
+
+    /// The status `cr` holds, or an empty one.
+    fn status(cr: &Self::Resource) -> Self::Status;
+
+    /// When the status says the credential was last verified.
+    fn last_verified(status: &Self::Status) -> Option<&Time>;
+
+    /// The status written back as the API server answered it.
+    fn status_of(written: Self::Resource) -> Option<Self::Status>;
+
+    /// Where the status of the resource `meta` describes is written (its namespace, or the
+    /// cluster), as this version reads it and as it arrives when it cannot be read.
+    fn api(&self, meta: &ObjectMeta) -> Result<Api<Self::Resource>, Error>;
+    fn guarded_api(
+        &self,
+        meta: &ObjectMeta,
+    ) -> Result<Api<DeserializeGuard<Self::Resource>>, Error>;
+
+    /// The kind's steps, from the spec to the plan: publish the credential to the targets,
+    /// restart their workloads, subscribe the verification loop, and plan the status and the
+    /// Events, for `cr` whose last known status is `previous`.
+    fn steps(
+        &self,
+        cr: &Self::Resource,
+        id: &Id,
+        previous: &Self::Status,
+        forced: Option<SystemTime>,
+    ) -> impl Future<Output = Result<Decided<Self::Status>, Error>> + Send;
+}
+
+/// What a kind's steps published and planned: what the driver writes, publishes and remembers,
+/// and when it comes back.
+pub struct Decided<S> {
+    /// The status to write; `None` when it is as it was.
+    pub status: Option<S>,
+    pub events: Vec<Announcement>,
+    /// The Ready reason, for logs and metrics.
+    pub ready: &'static str,
+    /// The pending forced check has been served: remember it once the status is written.
+    pub request_served: bool,
+    /// The status is held back this long for the first answer about a new credential.
+    pub hold: Option<Duration>,
+    /// A target is blocked for a reason that may pass (a foreign Secret, a failed write).
+    pub blocked: bool,
+    /// When the workloads not all restarted are tried again.
+    pub restart_again: Option<Duration>,
+    /// How many targets this reconcile wrote.
+    pub wrote: usize,
 }
 
 pub(crate) fn apply_params() -> PatchParams {

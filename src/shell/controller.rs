@@ -9,7 +9,8 @@ use crate::domain::spec;
 use crate::shell::Guarded;
 use crate::shell::context::{Context, Settings};
 use crate::shell::metrics::{HELD_REASONS, Metrics};
-use crate::shell::reconcile::{self, error_policy};
+use crate::shell::namespaced::Namespaced;
+use crate::shell::reconcile::{error_policy, reconcile};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
 use crate::shell::verifier::Verifier;
 use crate::shell::watch::{LIST_PAGE, slim};
@@ -224,7 +225,7 @@ pub async fn run(
         async move {
             controller
                 .graceful_shutdown_on(shutdown.cancelled_owned())
-                .run(reconcile::reconcile, error_policy, ctx)
+                .run(reconcile, error_policy, Arc::new(Namespaced(ctx)))
                 .for_each(|_| std::future::ready(()))
                 .await
         }

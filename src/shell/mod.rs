@@ -6,11 +6,13 @@
 //!
 //! - the process and its wiring: [`cli`], [`verify_cmd`], [`leader`], [`server`], the
 //!   controllers' watches ([`controller`], [`cluster`]);
-//! - the reconcile drivers: [`reconcile`] and [`cluster`]'s driver;
-//! - their steps: the target ([`target`]), the verification loop's subscription
-//!   ([`subscribe`]), the restarts ([`restart`]), the Events ([`publish`]), the unreadable
-//!   resource ([`unreadable`]), and [`cluster`]'s copies, restarts and rotation gate;
-//! - what the steps share: [`context`] (and [`cluster`]'s own context);
+//! - the one reconcile driver of both kinds: [`reconcile`];
+//! - the steps: each kind's own ([`namespaced`], and [`cluster`]'s), the source ([`source`]), the target ([`target`]),
+//!   the verification loop's subscription ([`subscribe`]), the restarts ([`restart`]), the
+//!   Events ([`publish`]), the unreadable resource ([`unreadable`]), and [`cluster`]'s copies,
+//!   restarts and rotation gate;
+//! - what the steps share: [`context`], with what differs between the kinds
+//!   ([`context::Kind`]) (and [`cluster`]'s own context);
 //! - services: [`tracker`], [`secrets`], [`verifier`], [`platform`], [`metrics`], [`events`],
 //!   [`retries`], [`watch`], [`api_error`], [`proxy`], [`telemetry`].
 
@@ -22,6 +24,7 @@ pub mod controller;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod namespaced;
 pub mod platform;
 pub mod proxy;
 pub mod publish;
@@ -30,6 +33,7 @@ pub mod restart;
 pub mod retries;
 pub mod secrets;
 pub mod server;
+mod source;
 mod subscribe;
 mod target;
 pub mod telemetry;

@@ -1,44 +1,43 @@
-//! The reconcile driver. It reads as its steps:
+//! The reconcile driver of both kinds. It reads as its steps:
 //!
-//! 1. resolve the spec (pure),
-//! 2. read the source Secret (client, or the cache),
-//! 3. find and write the target Secret (client, or the cache; the decision is pure),
-//!    then bring the workloads of `spec.target.rolloutRestart` to the credential it holds
-//!    (client; the decisions are pure: [`crate::domain::restart`]; never fails the reconcile),
-//! 4. subscribe the credential to the verification loop (memory; never waits for the platform),
-//! 5. plan the status and the Events (pure: [`crate::domain::plan`]),
-//! 6. write the status, then publish the Events, then remember what was done (client),
+//! 1. leave alone a resource being deleted, and wait while the kind's caches are not current,
+//! 2. take the status to plan from: the one this instance wrote, while the cache holds an older
+//!    version of the resource, else the resource's own,
+//! 3. note a forced check the `verify-requested-at` annotation asks for,
+//! 4. run the kind's steps ([`Kind::steps`]): resolve the spec, read the source, publish the
+//!    credential to each target and restart the workloads there, subscribe the credential to
+//!    the verification loop, and plan the status and the Events (pure),
+//! 5. write the status, then publish the Events, then remember what was done (client),
 //!
-//! each step only after the write before it succeeded.
+//! each step only after the write before it succeeded; then it says when to come back
+//! ([`requeue`]).
 
-use crate::domain::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus,
-};
-use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
-use crate::domain::restart as restarts;
-use crate::domain::spec::{self, InvalidSpec};
-use crate::shell::Guarded;
-use crate::shell::context::{Context, Error, Id, apply_params, now, requeue};
+use crate::domain::plan::ReadyReason;
+use crate::shell::context::{Decided, Error, Id, Kind, apply_params, requeue};
 use crate::shell::publish::{count_rotation, publish};
+use crate::shell::subscribe;
 use crate::shell::unreadable::mark_unreadable;
-use crate::shell::{restart, subscribe, target};
 use kube::api::Patch;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one resource of kind `K`: what its controller runs for each.
+pub async fn reconcile<K: Kind>(
+    guard: Arc<DeserializeGuard<K::Resource>>,
+    kind: Arc<K>,
+) -> Result<Action, Error> {
     let started = Instant::now();
     let result = match &guard.0 {
-        Ok(cr) => reconcile_valid(cr, &ctx).await,
-        Err(invalid) => reconcile_unreadable(&guard, &invalid.error, &ctx)
+        Ok(cr) => reconcile_valid(cr, kind.as_ref()).await,
+        Err(invalid) => reconcile_unreadable(guard.as_ref(), &invalid.error, kind.as_ref())
             .await
             .map(|action| (action, ReadyReason::InvalidSpec.as_str())),
     };
-    ctx.record(
+    kind.ctx().record(
         guard.meta().uid.as_deref().unwrap_or_default(),
         started,
         &result,
@@ -46,102 +45,68 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action,
     result.map(|(action, _)| action)
 }
 
-pub fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let obj_ref = ObjectRef::from_obj(guard.as_ref());
-    let (attempt, delay) = ctx.retry_after_failure(guard.meta().uid.as_deref().unwrap_or_default());
-    warn!(credential = %obj_ref, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
+/// When a resource whose reconcile failed is tried again: later after each failure in a row.
+pub fn error_policy<K: Kind>(
+    guard: Arc<DeserializeGuard<K::Resource>>,
+    error: &Error,
+    kind: Arc<K>,
+) -> Action {
+    let meta = guard.meta();
+    let (attempt, delay) = kind
+        .ctx()
+        .retry_after_failure(meta.uid.as_deref().unwrap_or_default());
+    let credential = match &meta.namespace {
+        Some(ns) => format!("{ns}/{}", meta.name.as_deref().unwrap_or_default()),
+        None => meta.name.clone().unwrap_or_default(),
+    };
+    warn!(kind = K::KIND, credential, %error, step = error.step(), attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-async fn reconcile_valid(
-    cr: &MendixCredential,
-    ctx: &Context,
+async fn reconcile_valid<K: Kind>(
+    cr: &K::Resource,
+    kind: &K,
 ) -> Result<(Action, &'static str), Error> {
+    let ctx = kind.ctx();
     // A resource being deleted is never written for. With `--cascade=orphan` the garbage
-    // collector removes the owner reference from the target so that it stays; a "repair" of it
-    // would hand the Secret back to be collected with its owner.
-    if cr.metadata.deletion_timestamp.is_some() {
-        debug!(credential = %format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any()), "being deleted: nothing to do");
+    // collector removes the owner reference from the targets so that they stay; a "repair"
+    // would hand them back to be collected with their owner.
+    if cr.meta().deletion_timestamp.is_some() {
+        debug!(
+            kind = K::KIND,
+            credential = cr.name_any(),
+            "being deleted: nothing to do"
+        );
         return Ok((Action::await_change(), "Deleting"));
     }
-    let id = Id {
-        namespace: cr.namespace().ok_or(Error::MissingMetadata("namespace"))?,
-        name: cr.name_any(),
-        uid: cr.uid().ok_or(Error::MissingMetadata("uid"))?,
-    };
-    let remembered = ctx
-        .tracker
-        .newer_status(&id.uid, cr.resource_version().as_deref());
-    debug!(
-        credential = %format!("{}/{}", id.namespace, id.name),
-        version = cr.resource_version(),
-        remembered = remembered.is_some(),
-        "previous status"
-    );
-    let previous = remembered.or_else(|| cr.status.clone()).unwrap_or_default();
-
-    let resolved =
-        spec::resolve(&id.name, &cr.spec, ctx.settings.default_interval).and_then(|resolved| {
-            spec::check_target_metadata(&resolved, &ctx.settings.denied_metadata_prefixes)?;
-            spec::check_verify_request(
-                cr.annotations()
-                    .get(ANNOTATION_VERIFY_REQUESTED_AT)
-                    .map(String::as_str),
-            )?;
-            Ok(resolved)
-        });
-    let request = subscribe::verify_request(cr, &id.uid, &previous, ctx);
+    // Until the caches are current, what is selected and what we hold is not known: a target
+    // must never be deleted for a namespace the cache has not listed yet.
+    if !kind.caches_current() {
+        debug!(
+            kind = K::KIND,
+            credential = cr.name_any(),
+            "waiting for the caches"
+        );
+        return Ok((Action::requeue(Duration::from_millis(500)), "Waiting"));
+    }
+    let id = K::id(cr)?;
+    let previous = previous_status(kind, cr, &id);
+    let request = subscribe::verify_request(cr.meta(), &id.uid, K::last_verified(&previous), ctx);
     let forced = request.as_ref().map(|(_, at)| *at);
-    let (sync, credential) = match &resolved {
-        Ok(resolved) => target::sync(cr, &id, resolved, &previous, forced, ctx).await?,
-        Err(InvalidSpec(message)) => (
-            Sync::Refused(Ready::refused(ReadyReason::InvalidSpec, message.clone())),
-            None,
-        ),
-    };
-    let holding = matches!(sync, Sync::Held { .. });
-    let verification = subscribe::subscribe(
-        cr,
-        &id,
-        resolved.as_ref().ok(),
-        (credential.as_ref(), holding),
-        forced,
-        &previous,
-        ctx,
-    );
-
-    let wrote_target = matches!(sync, Sync::Published { wrote: true, .. });
-    // Only once the target holds the credential: a restarted pod must read the new one.
-    let (restarted, restart_again) = match &sync {
-        Sync::Published { fingerprint, .. } => {
-            let workloads = restarts::workloads(&cr.spec);
-            let generation = cr.metadata.generation;
-            let ensured =
-                restart::ensure(&id, generation, &workloads, fingerprint, &previous, ctx).await;
-            (Some(ensured.entries), ensured.again_in)
-        }
-        _ => (None, None),
-    };
-    let plan = plan::reconcile(Observed {
-        generation: cr.metadata.generation,
-        credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
-        previous: &previous,
-        sync,
-        verification,
-        now: now(),
-    });
-    let plan = restarts::amend(plan, &previous, restarted);
-
-    let Plan {
+    let Decided {
         status,
         events,
         ready,
         request_served,
         hold,
-    } = plan;
+        blocked,
+        restart_again,
+        wrote,
+    } = kind.steps(cr, &id, &previous, forced).await?;
+
     let wrote_status = status.is_some();
     if let Some(status) = status {
-        write_status(cr, &id, status, ctx).await?;
+        write_status(kind, cr, &id, status).await?;
     }
     for event in events {
         count_rotation(&ctx.metrics, &event);
@@ -151,69 +116,88 @@ async fn reconcile_valid(
         ctx.tracker.serve_verify_request(&id.uid, &value);
     }
     info!(
-        credential = %format!("{}/{}", id.namespace, id.name),
-        reason = ready.as_str(),
-        wrote = wrote_target,
+        kind = K::KIND,
+        credential = K::label(&id),
+        reason = ready,
+        wrote,
         wrote_status,
         "reconciled"
     );
-    let action = requeue(
-        hold,
-        ready == ReadyReason::TargetConflict,
-        ready == ReadyReason::Synced,
-        restart_again,
-    );
-    Ok((action, ready.as_str()))
+    let synced = ready == ReadyReason::Synced.as_str();
+    Ok((requeue(hold, blocked, synced, restart_again), ready))
 }
 
-async fn write_status(
-    cr: &MendixCredential,
+/// The status to plan from: the one this instance wrote, while the object the reconcile holds
+/// is older than that write; else the object's own.
+fn previous_status<K: Kind>(kind: &K, cr: &K::Resource, id: &Id) -> K::Status {
+    let version = cr.resource_version();
+    let remembered = kind
+        .ctx()
+        .tracker
+        .newer_status::<K::Status>(&id.uid, version.as_deref());
+    debug!(
+        kind = K::KIND,
+        credential = K::label(id),
+        version,
+        remembered = remembered.is_some(),
+        "previous status"
+    );
+    remembered.unwrap_or_else(|| K::status(cr))
+}
+
+async fn write_status<K: Kind>(
+    kind: &K,
+    cr: &K::Resource,
     id: &Id,
-    status: MendixCredentialStatus,
-    ctx: &Context,
+    status: K::Status,
 ) -> Result<(), Error> {
     let patch = serde_json::json!({
         "apiVersion": "mxcred.io/v1alpha1",
-        "kind": "MendixCredential",
+        "kind": K::KIND,
         "status": status,
     });
+    let api = kind.api(cr.meta())?;
+    let ctx = kind.ctx();
     let slot = ctx.status_writes.acquire().await;
-    let written = Api::<MendixCredential>::namespaced(ctx.client.clone(), &id.namespace)
+    let written = api
         .patch_status(&id.name, &apply_params(), &Patch::Apply(patch))
         .await
         .map_err(Error::WriteStatus)?;
     drop(slot);
+    let produced = written.resource_version();
     debug!(
-        credential = %format!("{}/{}", id.namespace, id.name),
+        kind = K::KIND,
+        credential = K::label(id),
         based_on = cr.resource_version(),
-        produced = written.resource_version(),
-        answered_with_status = written.status.is_some(),
+        produced,
         "wrote the status"
     );
     ctx.tracker.wrote_status(
         &id.uid,
         cr.resource_version(),
-        written.resource_version(),
-        written.status,
+        produced,
+        K::status_of(written),
     );
     Ok(())
 }
 
 /// An object the API server holds but this version cannot read (for example after a
-/// downgrade): say so on the object and wait for it to change.
-async fn reconcile_unreadable(
-    guard: &Guarded,
+/// downgrade): say so on the object and wait for it to change. Nothing is written for its
+/// targets.
+async fn reconcile_unreadable<K: Kind>(
+    guard: &DeserializeGuard<K::Resource>,
     error: &str,
-    ctx: &Context,
+    kind: &K,
 ) -> Result<Action, Error> {
     let meta = guard.meta();
     let name = meta.name.clone().ok_or(Error::MissingMetadata("name"))?;
-    let ns = meta
-        .namespace
-        .clone()
-        .ok_or(Error::MissingMetadata("namespace"))?;
-    warn!(credential = %format!("{ns}/{name}"), error, "cannot read resource");
-    let api = Api::<Guarded>::namespaced(ctx.client.clone(), &ns);
-    mark_unreadable(api, "MendixCredential", meta, &name, error, &ctx.tracker).await?;
+    warn!(
+        kind = K::KIND,
+        credential = name,
+        error,
+        "cannot read resource"
+    );
+    let api = kind.guarded_api(meta)?;
+    mark_unreadable(api, K::KIND, meta, &name, error, &kind.ctx().tracker).await?;
     Ok(Action::await_change())
 }

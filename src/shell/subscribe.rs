@@ -14,7 +14,7 @@ use crate::domain::spec::{self, Resolved, VerificationPlan};
 use crate::shell::context::{Context, Id, api_time};
 use crate::shell::verifier::{Known, Slot, Subscription, View};
 use crate::shell::watch::annotation_set_at;
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use std::time::SystemTime;
 
 /// Tells the verification loop which credential and probe this resource uses (the published
@@ -55,7 +55,7 @@ fn subscribe_published(
         ctx.verifier.unsubscribe(&id.uid);
         return plan::Verification::Disabled;
     };
-    let known = known_verdict(cr, previous, credential);
+    let known = known_verdict(cr.metadata.generation, previous, credential);
     let latest = ctx.verifier.subscribe(Subscription {
         known,
         ..subscription(id, Slot::Published, verification, credential, forced, ctx)
@@ -141,7 +141,7 @@ fn subscription<'a>(
 /// What the status says of the checks of this credential at this generation, which a
 /// restarted instance continues from instead of asking again.
 pub(crate) fn known_verdict(
-    cr: &MendixCredential,
+    generation: Option<i64>,
     previous: &MendixCredentialStatus,
     credential: &Credential,
 ) -> Option<Known> {
@@ -149,7 +149,7 @@ pub(crate) fn known_verdict(
     let same = previous
         .published_digest()
         .is_some_and(|d| credential::is_recorded(d, &credential.digest()))
-        && valid.observed_generation == cr.metadata.generation
+        && valid.observed_generation == generation
         && valid.reason != Reason::Pending.as_str();
     let verdict = Reason::OUTCOMES
         .into_iter()
@@ -170,19 +170,22 @@ fn timestamp(t: SystemTime) -> jiff::Timestamp {
 /// The forced check the `verify-requested-at` annotation asks for and no check has served yet:
 /// its value, and when this instance first saw it.
 pub(crate) fn verify_request(
-    cr: &MendixCredential,
+    meta: &ObjectMeta,
     uid: &str,
-    previous: &MendixCredentialStatus,
+    last_verified: Option<&Time>,
     ctx: &Context,
 ) -> Option<(String, SystemTime)> {
-    let value = cr.annotations().get(ANNOTATION_VERIFY_REQUESTED_AT)?;
+    let value = meta
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_VERIFY_REQUESTED_AT)?;
     // A value too long to honour forces nothing (the status says so).
     spec::check_verify_request(Some(value)).ok()?;
     // First seen by this instance: served if it was set (as `managedFields` records) before the
     // last definitive check.
     let served_before = || match (
-        annotation_set_at(&cr.metadata, ANNOTATION_VERIFY_REQUESTED_AT),
-        &previous.last_verified_time,
+        annotation_set_at(meta, ANNOTATION_VERIFY_REQUESTED_AT),
+        last_verified,
     ) {
         (Some(asked), Some(done)) => asked < done.0,
         _ => false,

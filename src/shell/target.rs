@@ -2,15 +2,15 @@
 //! the target, and writes it only when what is there differs. The decisions are pure
 //! ([`crate::domain::plan::target_action`]); this is their IO.
 
-use crate::domain::api::MANAGER;
+use crate::domain::api::{LABEL_CREDENTIAL, MANAGER};
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
-use crate::domain::credential::{self, Credential, SourceError};
+use crate::domain::credential::{self, Credential};
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
-use crate::domain::render;
+use crate::domain::render::{self, Publisher};
 use crate::domain::rotation::{self, Decision};
 use crate::domain::spec::Resolved;
 use crate::shell::context::{Context, Error, Id, apply_params, now};
-use crate::shell::secrets::SecretCache;
+use crate::shell::source::read_source;
 use crate::shell::subscribe;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
@@ -33,18 +33,10 @@ pub(crate) async fn sync(
 ) -> Result<(Sync, Option<Credential>), Error> {
     let refused = |ready| Ok((Sync::Refused(ready), None));
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    let credential = match read_source(&secrets, &id.namespace, resolved, &ctx.secrets).await? {
-        None => {
-            return refused(Ready::refused(
-                ReadyReason::SourceNotFound,
-                format!(
-                    "Secret {:?} not found in namespace {:?}",
-                    resolved.source.secret, id.namespace
-                ),
-            ));
-        }
-        Some(Err(problem)) => return refused(plan::source_refused(&problem)),
-        Some(Ok(credential)) => credential,
+    let seen = ctx.secrets.version(&id.namespace, &resolved.source.secret);
+    let credential = match read_source(ctx, &id.namespace, resolved, seen).await? {
+        Err(ready) => return refused(ready),
+        Ok(credential) => credential,
     };
     let checked_first =
         match hold_back(id, &secrets, resolved, previous, &credential, forced, ctx).await? {
@@ -57,19 +49,19 @@ pub(crate) async fn sync(
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
     let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
-    let digest = render::digest(&desired);
     let target = &resolved.target_name;
-    let version = ctx.secrets.version(&id.namespace, target);
-    let known = ctx
-        .tracker
-        .publication(&id.uid, target, version.as_deref(), &digest);
-    let (written_at, wrote) = match known {
-        // The target is as this instance left it, and would be left as it is.
-        Some(published) => (published.at, false),
-        None => match write_target(id, &secrets, desired, digest, ctx).await? {
-            Ok(written) => written,
-            Err(ready) => return refused(ready),
-        },
+    let seen = ctx.secrets.version(&id.namespace, target);
+    let publisher = Publisher {
+        uid: &id.uid,
+        name: &id.name,
+        label: LABEL_CREDENTIAL,
+    };
+    let (written_at, wrote) = match write_target(ctx, publisher, desired, seen).await? {
+        Written::Holds { at, wrote } => (at, wrote),
+        Written::Conflict => return refused(plan::target_conflict(target)),
+        Written::Invalid(message) => {
+            return refused(Ready::refused(ReadyReason::InvalidSpec, message));
+        }
     };
     remove_previous_target(previous, &secrets, target, &id.uid).await?;
     let sync = Sync::Published {
@@ -142,65 +134,60 @@ async fn hold_back(
     })
 }
 
-/// The credential in the source Secret: from the cache when the watch reports the version it
-/// was read at, else read. `None` when the Secret does not exist.
-async fn read_source(
-    secrets: &Api<Secret>,
-    ns: &str,
-    resolved: &Resolved,
-    cache: &SecretCache,
-) -> Result<Option<Result<Credential, SourceError>>, Error> {
-    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
-    if let Some(cached) = cache.credential(ns, credential_type, keys) {
-        return Ok(Some(cached));
-    }
-    let Some(source) = secrets
-        .get_opt(&keys.secret)
-        .await
-        .map_err(Error::ReadSource)?
-    else {
-        return Ok(None);
-    };
-    let credential = Credential::from_secret(credential_type, keys, &source);
-    if let Some(version) = source.metadata.resource_version {
-        cache.remember(ns, credential_type, keys, version, credential.clone());
-    }
-    Ok(Some(credential))
+/// What writing a target came to.
+pub(crate) enum Written {
+    /// The target holds the desired content: when its data was last written, and whether this
+    /// wrote it.
+    Holds { at: Option<Time>, wrote: bool },
+    /// Someone else's Secret holds the name: left alone.
+    Conflict,
+    /// The API server refused the Secret (the fields named, no values).
+    Invalid(String),
 }
 
-/// Reads the target and applies `desired` unless the target already holds it; returns when the
-/// data was last written and whether this wrote it, or the condition when it cannot be written.
-async fn write_target(
-    id: &Id,
-    secrets: &Api<Secret>,
-    desired: Secret,
-    digest: [u8; 32],
+/// Writes `desired` into its namespace for `publisher`, the same for both kinds: kept as it is
+/// when the watch reports the target at the version `seen` that this instance left it at;
+/// else read, and written when it differs.
+pub(crate) async fn write_target(
     ctx: &Context,
-) -> Result<Result<(Option<Time>, bool), Ready>, Error> {
-    let target = desired
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingMetadata("name"))?;
+    publisher: Publisher<'_>,
+    desired: Secret,
+    seen: Option<String>,
+) -> Result<Written, Error> {
+    let digest = render::digest(&desired);
+    let (Some(ns), Some(target)) = (
+        desired.metadata.namespace.clone(),
+        desired.metadata.name.clone(),
+    ) else {
+        return Err(Error::MissingMetadata("name"));
+    };
+    let known = ctx
+        .tracker
+        .publication(publisher.uid, &ns, &target, seen.as_deref(), &digest);
+    if let Some(known) = known {
+        return Ok(Written::Holds {
+            at: known.at,
+            wrote: false,
+        });
+    }
     // Read even when no watch reports it: a Secret another resource (or anyone) created a
     // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
-    let action = plan::target_action(existing.as_ref(), &desired, &id.uid, &id.name);
-    let (version, written_at, wrote) = match carry_out(secrets, action, existing, desired).await? {
+    let action = plan::target_action(existing.as_ref(), &desired, publisher);
+    let (version, at, wrote) = match carry_out(&secrets, action, existing, desired).await? {
         TargetOutcome::Holds { version, at, wrote } => (version, at, wrote),
-        TargetOutcome::Conflict => return Ok(Err(plan::target_conflict(&target))),
-        TargetOutcome::Refused(e) => return Ok(Err(refused(&e))),
+        TargetOutcome::Conflict => return Ok(Written::Conflict),
+        TargetOutcome::Refused(e) => return Ok(Written::Invalid(refused_target(&e))),
     };
-    ctx.tracker.record_published(
-        &id.uid,
-        Published {
-            target,
-            version,
-            digest,
-            at: written_at.clone(),
-        },
-    );
-    Ok(Ok((written_at, wrote)))
+    let published = Published {
+        target,
+        version,
+        digest,
+        at: at.clone(),
+    };
+    ctx.tracker.record_published(publisher.uid, &ns, published);
+    Ok(Written::Holds { at, wrote })
 }
 
 /// What carrying out a [`TargetAction`] came to.
@@ -285,10 +272,6 @@ pub(crate) async fn carry_out(
             TargetOutcome::Holds { version, at, wrote }
         }
     })
-}
-
-fn refused(e: &Status) -> Ready {
-    Ready::refused(ReadyReason::InvalidSpec, refused_target(e))
 }
 
 /// Turns the entry of our creation (an update) in `managedFields` into an apply entry, so that

@@ -1,9 +1,9 @@
 //! What this operator instance remembers about each resource between reconciles. Everything
 //! here may be lost (a restart): the durable state is the resource's status.
 
-use crate::domain::api::MendixCredentialStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use parking_lot::Mutex;
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,8 +20,8 @@ struct Memory {
     verify_request: Option<VerifyRequest>,
     /// The last status write.
     written: Option<StatusWrite>,
-    /// The target Secret as this instance last wrote or confirmed it.
-    published: Option<Published>,
+    /// The target Secret of each namespace as this instance last wrote or confirmed it.
+    published: HashMap<String, Published>,
 }
 
 struct VerifyRequest {
@@ -41,11 +41,12 @@ pub struct Published {
     pub at: Option<Time>,
 }
 
-/// A status write: the resource version it was based on and the one it produced.
+/// A status write: the resource version it was based on and the one it produced, and the
+/// status written (of either kind).
 struct StatusWrite {
     based_on: Option<String>,
     produced: Option<String>,
-    status: Option<MendixCredentialStatus>,
+    status: Option<Box<dyn Any + Send>>,
     /// When the cache first held the write.
     reached: Option<Instant>,
 }
@@ -102,14 +103,16 @@ impl Tracker {
         });
     }
 
-    /// Remembers a status write based on the object at `based_on` that produced `produced`.
-    pub fn wrote_status(
+    /// Remembers a status write based on the object at `based_on` that produced `produced`,
+    /// with the status it wrote, when there is one to plan from.
+    pub fn wrote_status<S: Send + 'static>(
         &self,
         uid: &str,
         based_on: Option<String>,
         produced: Option<String>,
-        status: Option<MendixCredentialStatus>,
+        status: Option<S>,
     ) {
+        let status = status.map(|s| Box::new(s) as Box<dyn Any + Send>);
         self.with(uid, |m| {
             m.written = Some(StatusWrite {
                 based_on,
@@ -126,13 +129,13 @@ impl Tracker {
     /// write was based on and the one it produced exist: a status write of an instance that
     /// stopped a moment before lands in between.) A reconcile holding our write or later drops
     /// the copy.
-    pub fn newer_status(&self, uid: &str, version: Option<&str>) -> Option<MendixCredentialStatus> {
+    pub fn newer_status<S: Clone + 'static>(&self, uid: &str, version: Option<&str>) -> Option<S> {
         self.with(uid, |m| {
             let w = m.written.as_mut()?;
             if version.is_some_and(|v| reaches(v, w.produced.as_deref())) {
                 w.status = None;
             }
-            w.status.clone()
+            w.status.as_ref()?.downcast_ref::<S>().cloned()
         })
     }
 
@@ -170,25 +173,31 @@ impl Tracker {
         })
     }
 
-    /// Remembers the target as written or confirmed.
-    pub fn record_published(&self, uid: &str, published: Published) {
-        self.with(uid, |m| m.published = Some(published));
+    /// Remembers the target in `namespace` as written or confirmed.
+    pub fn record_published(&self, uid: &str, namespace: &str, published: Published) {
+        self.with(uid, |m| m.published.insert(namespace.to_owned(), published));
     }
 
-    /// The target as last written or confirmed, if it was `target` at `version` holding the
-    /// content with `digest`: then it needs neither a read nor a write.
+    /// The target in `namespace` as last written or confirmed, if it was `target` at `version`
+    /// holding the content with `digest`: then it needs neither a read nor a write.
     pub fn publication(
         &self,
         uid: &str,
+        namespace: &str,
         target: &str,
         version: Option<&str>,
         digest: &[u8; 32],
     ) -> Option<Published> {
         self.with(uid, |m| {
-            m.published.clone().filter(|p| {
+            m.published.get(namespace).cloned().filter(|p| {
                 p.target == target && Some(p.version.as_str()) == version && p.digest == *digest
             })
         })
+    }
+
+    /// Forgets the target in `namespace`: it was deleted.
+    pub fn forget_published(&self, uid: &str, namespace: &str) {
+        self.with(uid, |m| m.published.remove(namespace));
     }
 
     /// Forgets resources that no longer exist.
@@ -213,6 +222,7 @@ fn reaches(version: &str, produced: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::api::MendixCredentialStatus;
 
     #[test]
     fn the_newer_status_wins_over_a_stale_cache() {
@@ -243,7 +253,11 @@ mod tests {
             "not settled yet"
         );
         t.drop_settled(Duration::ZERO);
-        assert_eq!(t.newer_status("u", Some("10")), None, "settled: dropped");
+        assert_eq!(
+            t.newer_status::<MendixCredentialStatus>("u", Some("10")),
+            None,
+            "settled: dropped"
+        );
         // A reconcile holding the write or later drops the copy.
         t.wrote_status(
             "u",
@@ -251,8 +265,15 @@ mod tests {
             Some("15".into()),
             Some(status.clone()),
         );
-        assert_eq!(t.newer_status("u", Some("15")), None);
-        assert_eq!(t.newer_status("u", Some("14")), None, "dropped");
+        assert_eq!(
+            t.newer_status::<MendixCredentialStatus>("u", Some("15")),
+            None
+        );
+        assert_eq!(
+            t.newer_status::<MendixCredentialStatus>("u", Some("14")),
+            None,
+            "dropped"
+        );
         assert!(t.has_written("u", Some("15")));
         assert!(t.has_written("u", Some("13")));
         assert!(!t.has_written("u", Some("14")));
@@ -267,27 +288,38 @@ mod tests {
             digest: [1; 32],
             at: None,
         };
-        assert_eq!(t.publication("u", "t", Some("5"), &[1; 32]), None);
-        t.record_published("u", published.clone());
+        assert_eq!(t.publication("u", "ns", "t", Some("5"), &[1; 32]), None);
+        t.record_published("u", "ns", published.clone());
         assert_eq!(
-            t.publication("u", "t", Some("5"), &[1; 32]),
+            t.publication("u", "ns", "t", Some("5"), &[1; 32]),
             Some(published)
         );
         assert_eq!(
-            t.publication("u", "t", Some("6"), &[1; 32]),
+            t.publication("u", "ns", "t", Some("6"), &[1; 32]),
             None,
             "changed since"
         );
-        assert_eq!(t.publication("u", "t", None, &[1; 32]), None, "gone");
+        assert_eq!(t.publication("u", "ns", "t", None, &[1; 32]), None, "gone");
         assert_eq!(
-            t.publication("u", "t", Some("5"), &[2; 32]),
+            t.publication("u", "ns", "t", Some("5"), &[2; 32]),
             None,
             "new content"
         );
         assert_eq!(
-            t.publication("u", "x", Some("5"), &[1; 32]),
+            t.publication("u", "ns", "x", Some("5"), &[1; 32]),
             None,
             "renamed"
+        );
+        assert_eq!(
+            t.publication("u", "other", "t", Some("5"), &[1; 32]),
+            None,
+            "another namespace"
+        );
+        t.forget_published("u", "ns");
+        assert_eq!(
+            t.publication("u", "ns", "t", Some("5"), &[1; 32]),
+            None,
+            "deleted"
         );
     }
 

@@ -51,6 +51,6 @@ where
         .await
         .map_err(Error::WriteStatus)?;
     let produced = written.meta().resource_version.clone();
-    tracker.wrote_status(&uid, version, produced, None);
+    tracker.wrote_status(&uid, version, produced, None::<()>);
     Ok(())
 }

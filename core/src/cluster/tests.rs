@@ -4,7 +4,7 @@ use super::*;
 use crate::api::condition;
 use crate::classify::{Outcome, Reason};
 use crate::conditions;
-use crate::plan::{Answer, Ready, ReadyReason, Verification as Verif};
+use crate::plan::{self, Answer, Ready, ReadyReason, Verification as Verif};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
@@ -136,11 +136,15 @@ fn a_copy_is_ours_by_owner_or_by_label_and_our_writes_never_by_label_alone() {
     assert!(!is_ours(&secret(None, None, true), "u", "c"));
     let desired = secret(Some("u"), Some("c"), false);
     assert_eq!(
-        copy_action(Some(&secret(None, None, false)), &desired, "u", "c"),
+        plan::target_action(
+            Some(&secret(None, None, false)),
+            &desired,
+            cluster("u", "c")
+        ),
         plan::TargetAction::Conflict
     );
     assert_eq!(
-        copy_action(None, &desired, "u", "c"),
+        plan::target_action(None, &desired, cluster("u", "c")),
         plan::TargetAction::Create
     );
 }
@@ -448,4 +452,13 @@ fn the_spec_resolves_as_a_namespaced_one() {
     assert_eq!(resolved.target_name, "mendix");
     assert_eq!(resolved.source.secret, "raw");
     assert_eq!(resolved.source.token_key, "token");
+}
+
+/// The publisher `uid` of ClusterMendixCredential `name`.
+fn cluster<'a>(uid: &'a str, name: &'a str) -> crate::render::Publisher<'a> {
+    crate::render::Publisher {
+        uid,
+        name,
+        label: LABEL_CLUSTER_CREDENTIAL,
+    }
 }

@@ -389,11 +389,11 @@ fn the_target_decision() {
     }]);
     foreign.metadata.resource_version = Some("5".into());
     assert_eq!(
-        target_action(None, &desired, "uid-1", "c"),
+        target_action(None, &desired, by("uid-1", "c")),
         TargetAction::Create
     );
     assert_eq!(
-        target_action(Some(&foreign), &desired, "uid-1", "c"),
+        target_action(Some(&foreign), &desired, by("uid-1", "c")),
         TargetAction::Conflict
     );
     // Labelled as ours by someone who may patch Secrets: still not ours.
@@ -410,18 +410,18 @@ fn the_target_decision() {
         .into(),
     );
     assert_eq!(
-        target_action(Some(&forged), &desired, "uid-1", "c"),
+        target_action(Some(&forged), &desired, by("uid-1", "c")),
         TargetAction::Conflict
     );
     let mut ours = desired.clone();
     ours.metadata.resource_version = Some("7".into());
     assert_eq!(
-        target_action(Some(&ours), &desired, "uid-1", "c"),
+        target_action(Some(&ours), &desired, by("uid-1", "c")),
         TargetAction::Keep { written_at: None }
     );
     ours.type_ = Some("kubernetes.io/tls".into());
     assert_eq!(
-        target_action(Some(&ours), &desired, "uid-1", "c"),
+        target_action(Some(&ours), &desired, by("uid-1", "c")),
         TargetAction::Apply {
             resource_version: "7".into()
         }
@@ -556,4 +556,13 @@ fn a_credential_with_the_published_fingerprint_but_another_digest_is_a_new_one()
         status.token_digest.as_deref(),
         Some("sha256:262dd65c426c-forged")
     );
+}
+
+/// The publisher `uid` of MendixCredential `name`.
+fn by<'a>(uid: &'a str, name: &'a str) -> crate::render::Publisher<'a> {
+    crate::render::Publisher {
+        uid,
+        name,
+        label: crate::api::LABEL_CREDENTIAL,
+    }
 }

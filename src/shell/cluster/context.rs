@@ -2,9 +2,7 @@
 
 use super::sources::SourceWatches;
 use crate::domain::api::WorkloadRef;
-use crate::domain::cluster::{
-    ClusterMendixCredential, ClusterMendixCredentialStatus, RolloutRestartFailure,
-};
+use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::credential::Credential;
 use crate::shell::context::Context;
 use crate::shell::retries::Retries;
@@ -12,8 +10,6 @@ use crate::shell::secrets::SecretMeta;
 use crate::shell::watch::LIST_PAGE;
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use parking_lot::Mutex;
@@ -23,16 +19,6 @@ use std::sync::atomic::AtomicBool;
 
 /// A namespace as its watch keeps it: metadata only.
 pub type NamespaceMeta = PartialObjectMeta<Namespace>;
-
-/// A copy this instance wrote or found current: its name, version, the digest of the
-/// credential it holds, and when it was written.
-#[derive(Clone)]
-pub(super) struct KnownCopy {
-    pub(super) name: String,
-    pub(super) version: String,
-    pub(super) digest: [u8; 32],
-    pub(super) at: Option<Time>,
-}
 
 /// The credential this instance restarted the workloads of one namespace to, and those workloads.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,8 +37,6 @@ pub struct ClusterContext {
     pub(super) sources: SourceWatches,
     /// Set while each watch's cache is current (namespaces, copies).
     pub(super) current: [Arc<AtomicBool>; 2],
-    /// Per resource (uid) and namespace: the copy this instance wrote or found current.
-    pub(super) known: Mutex<HashMap<String, HashMap<String, KnownCopy>>>,
     /// Per resource (uid) and namespace: the credential this instance brought all the
     /// workloads of `spec.target.rolloutRestart` to.
     pub(super) restarted: Mutex<HashMap<String, HashMap<String, Restarted>>>,
@@ -62,15 +46,6 @@ pub struct ClusterContext {
     pub(super) working: Mutex<HashMap<String, Credential>>,
     /// When the workloads of each resource and namespace are tried again.
     pub(super) retries: Retries<Vec<RolloutRestartFailure>>,
-    /// Per resource (uid): the status last written, and the resource version it was based on,
-    /// until the watch brings a newer version.
-    pub(super) written: Mutex<HashMap<String, (Option<String>, ClusterMendixCredentialStatus)>>,
-}
-
-/// The names of a resource that every step needs.
-pub(super) struct Id {
-    pub(super) name: String,
-    pub(super) uid: String,
 }
 
 impl ClusterContext {
@@ -91,30 +66,11 @@ impl ClusterContext {
             copies,
             sources,
             current,
-            known: Mutex::default(),
             restarted: Mutex::default(),
             working: Mutex::default(),
             retries: Retries::default(),
-            written: Mutex::default(),
         };
         (cc, touched)
-    }
-
-    /// The status to plan from: the one this instance wrote, while the cache still holds the
-    /// version it was based on; else the cached one.
-    pub(super) fn previous_status(
-        &self,
-        cr: &ClusterMendixCredential,
-    ) -> ClusterMendixCredentialStatus {
-        let uid = cr.uid().unwrap_or_default();
-        let mut written = self.written.lock();
-        match written.get(&uid) {
-            Some((based_on, status)) if *based_on == cr.resource_version() => status.clone(),
-            _ => {
-                written.remove(&uid);
-                cr.status.clone().unwrap_or_default()
-            }
-        }
     }
 
     pub(super) fn working(&self, uid: &str) -> Option<Credential> {
@@ -128,10 +84,8 @@ impl ClusterContext {
     }
 
     pub(super) fn retain(&self, live: &HashSet<String>) {
-        self.known.lock().retain(|uid, _| live.contains(uid));
         self.restarted.lock().retain(|uid, _| live.contains(uid));
         self.working.lock().retain(|uid, _| live.contains(uid));
         self.retries.retain(live);
-        self.written.lock().retain(|uid, _| live.contains(uid));
     }
 }

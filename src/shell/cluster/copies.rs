@@ -1,16 +1,19 @@
-//! The copy of each namespace: written only when it differs, and deleted where no longer
-//! selected. A copy whose version the watch reports as the one this instance wrote or found
-//! current is not read again: a resync of many namespaces sends no request.
+//! The copy of each namespace: written as every target is, only when it differs, and deleted
+//! where no longer selected. A copy whose version the watch reports as the one this instance
+//! wrote or found current is not read again: a resync of many namespaces sends no request.
 
-use super::context::{ClusterContext, Id, KnownCopy};
-use crate::domain::cluster::{self, ClusterMendixCredential, CopyOutcome};
+use super::context::ClusterContext;
+use crate::domain::cluster::{
+    self, ClusterMendixCredential, CopyOutcome, LABEL_CLUSTER_CREDENTIAL,
+};
 use crate::domain::credential::Credential;
-use crate::domain::render;
+use crate::domain::render::{self, Publisher};
 use crate::domain::spec::Resolved;
 use crate::shell::api_error::describe;
 use crate::shell::context::Error;
+use crate::shell::context::Id;
 use crate::shell::secrets::SecretMeta;
-use crate::shell::target::{self, TargetOutcome};
+use crate::shell::target::{self, Written};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Preconditions};
@@ -52,44 +55,26 @@ pub(super) async fn write_copies(
     Ok(outcomes)
 }
 
-/// The copy of one namespace: kept when the watch reports it as this instance left it, else
-/// read and written when it differs.
+/// The copy of one namespace, written as every target is ([`target::write_target`]); a
+/// failed read or write is that namespace's outcome, retried.
 async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, desired: Secret) -> CopyOutcome {
-    let digest = render::digest(&desired);
-    let name = desired.metadata.name.clone().unwrap_or_default();
-    if let Some(known) = cc.known_copy(&id.uid, ns, &name, &digest) {
-        return CopyOutcome::Synced {
-            written_at: known.at,
-            wrote: false,
-        };
-    }
-    let secrets: Api<Secret> = Api::namespaced(cc.ctx.client.clone(), ns);
-    let failed = |e: &kube::Error| CopyOutcome::Failed(describe(e));
-    let existing = match secrets.get_opt(&name).await {
-        Ok(existing) => existing,
-        Err(e) => return failed(&e),
+    let name = desired.metadata.name.as_deref().unwrap_or_default();
+    let seen = cc.copy_version(ns, name);
+    let publisher = Publisher {
+        uid: &id.uid,
+        name: &id.name,
+        label: LABEL_CLUSTER_CREDENTIAL,
     };
-    let action = cluster::copy_action(existing.as_ref(), &desired, &id.uid, &id.name);
-    let (version, written_at, wrote) = match target::carry_out(&secrets, action, existing, desired)
-        .await
-    {
-        Ok(TargetOutcome::Holds { version, at, wrote }) => (version, at, wrote),
-        Ok(TargetOutcome::Conflict) => return CopyOutcome::Conflict,
-        Ok(TargetOutcome::Refused(e)) => return CopyOutcome::Invalid(target::refused_target(&e)),
-        Err(Error::ApplyTarget(e)) => return failed(&e),
-        Err(e) => return CopyOutcome::Failed(e.to_string()),
-    };
-    cc.remember_copy(
-        &id.uid,
-        ns,
-        KnownCopy {
-            name,
-            version,
-            digest,
-            at: written_at.clone(),
+    match target::write_target(&cc.ctx, publisher, desired, seen).await {
+        Ok(Written::Holds { at, wrote }) => CopyOutcome::Synced {
+            written_at: at,
+            wrote,
         },
-    );
-    CopyOutcome::Synced { written_at, wrote }
+        Ok(Written::Conflict) => CopyOutcome::Conflict,
+        Ok(Written::Invalid(message)) => CopyOutcome::Invalid(message),
+        Err(Error::ReadTarget(e) | Error::ApplyTarget(e)) => CopyOutcome::Failed(describe(&e)),
+        Err(e) => CopyOutcome::Failed(e.to_string()),
+    }
 }
 
 /// Deletes our copies other than `target` in the `keep` namespaces. Returns false when a
@@ -125,7 +110,7 @@ pub(super) async fn remove_copies(
             match secrets.delete(&name, &params).await {
                 Ok(_) => {
                     info!(cluster_credential = id.name, namespace = ns, secret = name, "deleted a copy no longer selected");
-                    cc.forget_copy(&id.uid, &ns);
+                    cc.ctx.tracker.forget_published(&id.uid, &ns);
                     true
                 }
                 Err(kube::Error::Api(e)) if e.is_not_found() || e.is_conflict() => true,
@@ -142,34 +127,15 @@ pub(super) async fn remove_copies(
 }
 
 impl ClusterContext {
-    /// The copy of `ns` as this instance left it, if the watch still reports that version.
-    fn known_copy(&self, uid: &str, ns: &str, name: &str, digest: &[u8; 32]) -> Option<KnownCopy> {
+    /// The version of the copy `name` in `ns` as the watch reports it, while it is current.
+    fn copy_version(&self, ns: &str, name: &str) -> Option<String> {
         if !self.current[1].load(Ordering::Relaxed) {
             return None;
         }
-        let version = self
-            .copies
+        self.copies
             .get(&ObjectRef::new(name).within(ns))?
             .metadata
             .resource_version
-            .clone()?;
-        let known = self.known.lock();
-        let copy = known.get(uid)?.get(ns)?;
-        (copy.name == name && copy.version == version && copy.digest == *digest)
-            .then(|| copy.clone())
-    }
-
-    fn remember_copy(&self, uid: &str, ns: &str, copy: KnownCopy) {
-        self.known
-            .lock()
-            .entry(uid.to_owned())
-            .or_default()
-            .insert(ns.to_owned(), copy);
-    }
-
-    fn forget_copy(&self, uid: &str, ns: &str) {
-        if let Some(copies) = self.known.lock().get_mut(uid) {
-            copies.remove(ns);
-        }
+            .clone()
     }
 }

@@ -1,13 +1,13 @@
 //! ClusterMendixCredentials, in cluster mode only: the controller ([`run`]) that watches the
 //! resources, namespaces (metadata only), the copies it published (metadata only, by their
 //! label) and sources (metadata only, by their opt-in label, in the namespaces the resources
-//! name: [`sources`]); the reconcile driver ([`driver`]); its publishing step ([`publish`]):
-//! the copies in each namespace ([`copies`]) and the workloads restarted in each
-//! ([`restarts`]).
+//! name: [`sources`]); its steps for the one reconcile driver ([`kind`]); its publishing step
+//! ([`publish`]): the copies in each namespace ([`copies`]) and the workloads restarted in
+//! each ([`restarts`]).
 
 mod context;
 mod copies;
-mod driver;
+mod kind;
 mod publish;
 mod restarts;
 mod rotation;
@@ -15,15 +15,13 @@ mod sources;
 
 pub use crate::shell::ClusterGuarded;
 pub use context::{ClusterContext, NamespaceMeta};
-pub use driver::reconcile;
-
-use driver::error_policy;
 
 use crate::domain::api::MANAGER;
 use crate::domain::cluster::LABEL_CLUSTER_CREDENTIAL;
 use crate::domain::spec;
 use crate::shell::api_error::describe_watch;
 use crate::shell::context::Context;
+use crate::shell::reconcile::{error_policy, reconcile};
 use crate::shell::secrets::SecretMeta;
 use crate::shell::watch::{LIST_PAGE, cached, slim};
 use futures::{StreamExt, TryStreamExt};
@@ -75,6 +73,7 @@ pub async fn run(
     );
     let cc = Arc::new(cc);
 
+    let tracker = ctx.tracker.clone();
     let (reader, writer) = reflector::store();
     let listed = Arc::new(AtomicBool::new(false));
     let listed_flag = listed.clone();
@@ -90,10 +89,15 @@ pub async fn run(
     .inspect_err(
         |e| warn!(error = %describe_watch(e), "cannot watch ClusterMendixCredentials; retrying"),
     )
-    .inspect_ok(move |event| {
-        if let watcher::Event::InitDone = event {
-            listed_flag.store(true, Ordering::Relaxed);
+    .inspect_ok(move |event| match event {
+        watcher::Event::InitDone => listed_flag.store(true, Ordering::Relaxed),
+        // Once the cache holds a resource past a status write, the write's copy can go soon.
+        watcher::Event::Apply(cr) => {
+            if let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version) {
+                tracker.cache_reached(uid, version);
+            }
         }
+        _ => {}
     })
     .default_backoff()
     .applied_objects()

@@ -3,20 +3,20 @@
 //! ([`super::copies`]), and restarts the workloads of the namespaces whose copy holds it
 //! ([`super::restarts`]).
 
-use super::context::{ClusterContext, Id};
+use super::context::ClusterContext;
 use super::copies::write_copies;
 use super::restarts::restart_workloads;
 use super::rotation::CheckedFirst;
 use crate::domain::cluster::restart::Restarts;
 use crate::domain::cluster::{ClusterMendixCredential, ClusterMendixCredentialStatus, CopyOutcome};
 use crate::domain::credential::Credential;
-use crate::domain::plan::{self, Ready, ReadyReason};
+use crate::domain::plan::Ready;
 use crate::domain::restart;
 use crate::domain::rotation::Held;
 use crate::domain::spec::Resolved;
 use crate::shell::context::Error;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use crate::shell::context::Id;
+use crate::shell::source::read_source;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -53,7 +53,6 @@ pub(super) struct Publish<'a> {
     pub(super) cc: &'a ClusterContext,
     pub(super) cr: &'a ClusterMendixCredential,
     pub(super) id: &'a Id,
-    pub(super) source_ns: &'a str,
     pub(super) resolved: &'a Resolved,
     pub(super) forced: Option<SystemTime>,
 }
@@ -68,18 +67,17 @@ impl Publish<'_> {
             cc,
             cr,
             id,
-            source_ns,
             resolved,
             forced,
         } = *self;
-        let credential = match read_source(cc, source_ns, resolved).await? {
+        let seen = cc.sources.version(&id.namespace, &resolved.source.secret);
+        let credential = match read_source(&cc.ctx, &id.namespace, resolved, seen).await? {
             Err(ready) => return Ok(Publication::refused(ready)),
             Ok(credential) => credential,
         };
         let gate = CheckedFirst {
             cc,
             id,
-            source_ns,
             resolved,
             forced,
         };
@@ -118,41 +116,4 @@ impl Publish<'_> {
             restart_again,
         })
     }
-}
-
-/// The credential of the source, or why it cannot be used.
-async fn read_source(
-    cc: &ClusterContext,
-    ns: &str,
-    resolved: &Resolved,
-) -> Result<Result<Credential, Ready>, Error> {
-    let ctx = &cc.ctx;
-    let (credential_type, keys) = (resolved.credential_type, &resolved.source);
-    // The version this controller's own watch reports: a reconcile it woke for a change must
-    // not read the credential from before it.
-    let seen = cc.sources.version(ns, &keys.secret);
-    let cached = seen.and_then(|v| ctx.secrets.credential_at(ns, credential_type, keys, &v));
-    let credential = match cached {
-        Some(cached) => cached,
-        None => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let Some(source) = secrets
-                .get_opt(&keys.secret)
-                .await
-                .map_err(Error::ReadSource)?
-            else {
-                return Ok(Err(Ready::refused(
-                    ReadyReason::SourceNotFound,
-                    format!("Secret {:?} not found in namespace {ns:?}", keys.secret),
-                )));
-            };
-            let credential = Credential::from_secret(credential_type, keys, &source);
-            if let Some(version) = source.metadata.resource_version {
-                ctx.secrets
-                    .remember(ns, credential_type, keys, version, credential.clone());
-            }
-            credential
-        }
-    };
-    Ok(credential.map_err(|problem| plan::source_refused(&problem)))
 }

@@ -7,12 +7,13 @@
 //! namespace whose workloads did not all come to the credential (missing ones are fine) is
 //! tried again after a growing delay, its failures kept meanwhile.
 
-use super::context::{ClusterContext, Id, Restarted};
+use super::context::{ClusterContext, Restarted};
 use super::copies::WRITERS;
 use crate::domain::api::WorkloadRef;
 use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
 use crate::domain::restart;
+use crate::shell::context::Id;
 use crate::shell::restart::{Owner, restart_to};
 use crate::shell::retries::retry_key;
 use futures::StreamExt;

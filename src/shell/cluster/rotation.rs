@@ -2,7 +2,7 @@
 //! working one in every copy only once the platform accepts it (policy VerifyFirst), checked
 //! once for all of them.
 
-use super::context::{ClusterContext, Id};
+use super::context::ClusterContext;
 use crate::domain::api::MendixCredentialStatus;
 use crate::domain::cluster;
 use crate::domain::credential::{self, Credential};
@@ -10,6 +10,7 @@ use crate::domain::render;
 use crate::domain::rotation::{self, Decision, Held};
 use crate::domain::spec::Resolved;
 use crate::shell::context::Error;
+use crate::shell::context::Id;
 use crate::shell::subscribe;
 use crate::shell::verifier::{Slot, Subscription};
 use k8s_openapi::api::core::v1::Secret;
@@ -20,7 +21,6 @@ use kube::Api;
 pub(super) struct CheckedFirst<'a> {
     pub(super) cc: &'a ClusterContext,
     pub(super) id: &'a Id,
-    pub(super) source_ns: &'a str,
     pub(super) resolved: &'a Resolved,
     pub(super) forced: Option<std::time::SystemTime>,
 }
@@ -64,7 +64,7 @@ impl CheckedFirst<'_> {
         let view = ctx.verifier.subscribe_cluster(Subscription {
             uid: &self.id.uid,
             slot: Slot::Pending,
-            namespace: self.source_ns,
+            namespace: &self.id.namespace,
             name: &self.id.name,
             credential: &credential,
             probe: &verification.probe,
