@@ -118,6 +118,7 @@ async fn reconcile_one(
         Ok(selection) => selection.apply(&namespaces),
         Err(_) => Selected::default(),
     };
+    cc.remember_selected(&id.uid, &selected);
 
     // 2. and 3. The source, checked first when it replaces a working credential, then the
     // copies.
