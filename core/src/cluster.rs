@@ -16,7 +16,7 @@ use crate::api::{
 use crate::render;
 use crate::spec::InvalidSpec;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
 use kube_core::{Selector, SelectorExt};
 use kube_derive::CustomResource;
 use schemars::JsonSchema;
@@ -435,7 +435,12 @@ pub struct Selected {
 
 /// Whether `existing` is a copy published by the ClusterMendixCredential `name` with `uid`.
 pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
-    render::is_ours_by(existing, uid, LABEL_CLUSTER_CREDENTIAL, name)
+    is_ours_meta(&existing.metadata, uid, name)
+}
+
+/// As [`is_ours`], from a Secret's metadata alone (what the watch of the copies caches).
+pub fn is_ours_meta(meta: &ObjectMeta, uid: &str, name: &str) -> bool {
+    render::is_ours_by_meta(meta, uid, LABEL_CLUSTER_CREDENTIAL, name)
 }
 
 /// The copy for one namespace: the Secret a MendixCredential would publish, labelled for the

@@ -91,7 +91,7 @@ fn secret_data(credential: &Credential) -> BTreeMap<String, ByteString> {
 
 /// Whether `existing` is controlled by the resource with `uid`.
 pub fn is_controlled_by(existing: &Secret, uid: &str) -> bool {
-    controller(existing).is_some_and(|r| r.uid == uid)
+    controller(&existing.metadata).is_some_and(|r| r.uid == uid)
 }
 
 /// Whether `existing` was published for the credential `name` with `uid`: controlled by it, or,
@@ -122,16 +122,20 @@ impl Publisher<'_> {
 
 /// As [`is_ours`], for a publisher whose Secrets carry `label: name`.
 pub fn is_ours_by(existing: &Secret, uid: &str, label: &str, name: &str) -> bool {
-    match controller(existing) {
+    is_ours_by_meta(&existing.metadata, uid, label, name)
+}
+
+/// As [`is_ours_by`], from a Secret's metadata alone (what a metadata watch caches).
+pub fn is_ours_by_meta(meta: &ObjectMeta, uid: &str, label: &str, name: &str) -> bool {
+    match controller(meta) {
         Some(r) => r.uid == uid,
         None => {
-            let labelled = existing
-                .metadata
+            let labelled = meta
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(label))
                 .is_some_and(|v| *v == label_value(name));
-            labelled && our_entries(existing).next().is_some()
+            labelled && our_entries(meta).next().is_some()
         }
     }
 }
@@ -170,10 +174,8 @@ pub fn needs_claim(secret: &Secret) -> Option<usize> {
         })
 }
 
-fn controller(secret: &Secret) -> Option<&OwnerReference> {
-    secret
-        .metadata
-        .owner_references
+fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))
@@ -237,14 +239,14 @@ pub fn digest(desired: &Secret) -> [u8; 32] {
 
 /// When this operator last wrote changes to `secret`, from `metadata.managedFields`.
 pub fn applied_at(secret: &Secret) -> Option<Time> {
-    our_entries(secret).filter_map(|e| e.time.clone()).max()
+    our_entries(&secret.metadata)
+        .filter_map(|e| e.time.clone())
+        .max()
 }
 
 /// The entries of our field manager, whatever their operation (a creation is an update).
-fn our_entries(secret: &Secret) -> impl Iterator<Item = &ManagedFieldsEntry> {
-    secret
-        .metadata
-        .managed_fields
+fn our_entries(meta: &ObjectMeta) -> impl Iterator<Item = &ManagedFieldsEntry> {
+    meta.managed_fields
         .iter()
         .flatten()
         .filter(|e| e.manager.as_deref() == Some(MANAGER))
@@ -261,7 +263,7 @@ struct ManagedKeys {
 impl ManagedKeys {
     fn of(secret: &Secret) -> Self {
         let mut keys = ManagedKeys::default();
-        for entry in our_entries(secret) {
+        for entry in our_entries(&secret.metadata) {
             let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
                 continue;
             };

@@ -150,6 +150,20 @@ fn a_copy_is_ours_by_owner_or_by_label_and_our_writes_never_by_label_alone() {
 }
 
 #[test]
+fn a_copy_s_metadata_alone_decides_whether_it_is_ours() {
+    let meta = |owner, label, written| secret(owner, label, written).metadata;
+    assert!(is_ours_meta(&meta(Some("u"), None, false), "u", "c"));
+    assert!(!is_ours_meta(
+        &meta(Some("other"), Some("c"), true),
+        "u",
+        "c"
+    ));
+    assert!(is_ours_meta(&meta(None, Some("c"), true), "u", "c"));
+    assert!(!is_ours_meta(&meta(None, Some("c"), false), "u", "c"));
+    assert!(!is_ours_meta(&meta(None, Some("other"), true), "u", "c"));
+}
+
+#[test]
 fn copies_carry_the_cluster_label_not_the_namespaced_one() {
     let mut s = Secret::default();
     s.metadata.labels = Some([(crate::api::LABEL_CREDENTIAL.to_owned(), "c".to_owned())].into());

@@ -87,11 +87,7 @@ pub(super) async fn remove_copies(
 ) -> bool {
     let stale: Vec<Arc<SecretMeta>> = cc.copies.state_filter(|copy| {
         let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
-        let as_secret = Secret {
-            metadata: copy.metadata.clone(),
-            ..Secret::default()
-        };
-        cluster::is_ours(&as_secret, &id.uid, &id.name)
+        cluster::is_ours_meta(&copy.metadata, &id.uid, &id.name)
             && !(keep.contains(ns) && copy.metadata.name.as_deref() == Some(target))
     });
     let results = futures::stream::iter(stale)

@@ -10,7 +10,7 @@
 //! 3. subscribe the credential to the verification loop (shared with MendixCredentials),
 //! 4. plan the status and the Events (pure: [`crate::domain::cluster::plan`]).
 
-use super::context::{ClusterContext, NamespaceMeta};
+use super::context::{ClusterContext, namespace_view};
 use super::copies::remove_copies;
 use super::publish::{Publication, Publish};
 use crate::domain::cluster::restart::{self as cluster_restart};
@@ -90,12 +90,17 @@ impl Kind for ClusterContext {
         // 1. The spec and the selection.
         let resolved = ctx.resolve(&id.name, &cr.spec.as_namespaced(), &cr.metadata);
         let selection = Selection::of(&cr.spec.target);
-        let namespaces: Vec<NamespaceView> =
-            cc.namespaces.state().iter().map(|n| view(n)).collect();
+        let namespaces: Vec<NamespaceView> = cc
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| namespace_view(n))
+            .collect();
         let selected = match &selection {
             Ok(selection) => selection.apply(&namespaces),
             Err(_) => Selected::default(),
         };
+        cc.remember_selected(&id.uid, &selected);
 
         // 2. The source, checked first when it replaces a working credential, then the copies.
         let Publication {
@@ -211,12 +216,4 @@ fn subscribe_published(
         forced,
         known: subscribe::known_verdict(generation, previous, credential),
     }))
-}
-
-fn view(ns: &NamespaceMeta) -> NamespaceView {
-    NamespaceView {
-        name: ns.name_any(),
-        labels: ns.labels().clone(),
-        terminating: ns.metadata.deletion_timestamp.is_some(),
-    }
 }

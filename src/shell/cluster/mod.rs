@@ -16,8 +16,10 @@ mod sources;
 pub use crate::shell::ClusterGuarded;
 pub use context::{ClusterContext, NamespaceMeta};
 
+use context::Selections;
+
 use crate::domain::api::MANAGER;
-use crate::domain::cluster::LABEL_CLUSTER_CREDENTIAL;
+use crate::domain::cluster::{LABEL_CLUSTER_CREDENTIAL, NamespaceView, Selection};
 use crate::domain::spec;
 use crate::shell::api_error::describe_watch;
 use crate::shell::context::Context;
@@ -113,6 +115,7 @@ pub async fn run(
     let all = controller.store();
     *store.lock() = Some(all.clone());
     let for_namespaces = all.clone();
+    let remembered = cc.clone();
     let for_sources = all.clone();
     let answered = ctx
         .verifier
@@ -120,13 +123,8 @@ pub async fn run(
         .map(|answered| ObjectRef::new(&answered.name));
     tokio::spawn(forget_deleted(cc.clone(), all, shutdown.clone()));
     let controller = controller
-        // Any namespace change may change a selection; there are few cluster resources.
-        .watches_stream(namespace_stream, move |_| {
-            for_namespaces
-                .state()
-                .iter()
-                .map(|cr| ObjectRef::from_obj(cr.as_ref()))
-                .collect::<Vec<_>>()
+        .watches_stream(namespace_stream, move |namespace| {
+            concerned(&for_namespaces.state(), &remembered.selections, &namespace)
         })
         .watches_stream(copy_stream, |copy| publisher(&copy))
         .watches_stream(source_stream.map(Ok::<_, watcher::Error>), move |source| {
@@ -197,6 +195,39 @@ fn publisher(copy: &SecretMeta) -> Option<ObjectRef<ClusterGuarded>> {
         .map(|r| r.name.clone());
     let name = owner.or_else(|| copy.labels().get(LABEL_CLUSTER_CREDENTIAL).cloned())?;
     Some(ObjectRef::new(&name))
+}
+
+/// The cluster resources a change of `namespace` concerns: those that select it now (listed, or
+/// matched by their selector; remembered as selecting it, for the reconcile this wakes), and
+/// those that selected it at their last reconcile (its labels no longer match, it is deleted).
+fn concerned(
+    resources: &[Arc<ClusterGuarded>],
+    selections: &Selections,
+    namespace: &NamespaceMeta,
+) -> Vec<ObjectRef<ClusterGuarded>> {
+    let view = context::namespace_view(namespace);
+    let mut concerned = Vec::new();
+    for guard in resources {
+        let uid = guard.meta().uid.as_deref().unwrap_or_default();
+        let now = selects(guard, &view);
+        if now {
+            selections.add(uid, &view.name);
+        }
+        if now || selections.contains(uid, &view.name) {
+            concerned.push(ObjectRef::from_obj(guard.as_ref()));
+        }
+    }
+    concerned
+}
+
+/// Whether the spec of `guard` selects `namespace` (a spec that cannot be read selects none).
+fn selects(guard: &ClusterGuarded, namespace: &NamespaceView) -> bool {
+    guard
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|cr| Selection::of(&cr.spec.target).ok())
+        .is_some_and(|selection| selection.selects(namespace))
 }
 
 /// The cluster resources that read `secret` as their source.
@@ -289,4 +320,89 @@ pub fn token_valid_counts(store: Option<Store<ClusterGuarded>>) -> HashMap<&'sta
         *counts.entry(status).or_default() += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::cluster::{ClusterMendixCredential, ClusterTarget, Selected};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use kube::core::DeserializeGuard;
+
+    fn resource(name: &str, target: ClusterTarget) -> Arc<ClusterGuarded> {
+        let mut cr = ClusterMendixCredential::new(name, Default::default());
+        cr.metadata.uid = Some(format!("uid-{name}"));
+        cr.spec.target = target;
+        Arc::new(DeserializeGuard(Ok(cr)))
+    }
+
+    fn selecting(label: &str) -> ClusterTarget {
+        ClusterTarget {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some([("team".to_owned(), label.to_owned())].into()),
+                ..LabelSelector::default()
+            }),
+            ..ClusterTarget::default()
+        }
+    }
+
+    fn namespace(name: &str, team: Option<&str>) -> NamespaceMeta {
+        NamespaceMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: team.map(|t| [("team".to_owned(), t.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            _phantom: Default::default(),
+        }
+    }
+
+    fn names(refs: Vec<ObjectRef<ClusterGuarded>>) -> Vec<String> {
+        refs.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn a_namespace_change_wakes_only_the_resources_that_select_it_or_did() {
+        let resources = [
+            resource("by-label", selecting("a")),
+            resource(
+                "by-list",
+                ClusterTarget {
+                    namespaces: Some(vec!["listed".into()]),
+                    ..ClusterTarget::default()
+                },
+            ),
+            resource("was", selecting("b")),
+            resource("unrelated", selecting("z")),
+        ];
+        let selections = Selections::default();
+        let was = Selected {
+            active: vec!["deselected".into()],
+            ..Selected::default()
+        };
+        selections.replace("uid-was", &was);
+        let wakes = |ns: &NamespaceMeta| names(concerned(&resources, &selections, ns));
+
+        assert_eq!(wakes(&namespace("matching", Some("a"))), ["by-label"]);
+        assert_eq!(wakes(&namespace("listed", None)), ["by-list"]);
+        assert_eq!(wakes(&namespace("deselected", Some("c"))), ["was"]);
+        assert_eq!(wakes(&namespace("other", Some("c"))), Vec::<String>::new());
+        // Matched once, before its resource's reconcile remembers it: a label removed at once
+        // still wakes that resource.
+        assert_eq!(wakes(&namespace("matching", None)), ["by-label"]);
+        // What a reconcile selected replaces what was remembered.
+        selections.replace("uid-by-label", &Selected::default());
+        assert_eq!(wakes(&namespace("matching", None)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_selections_of_deleted_resources_are_forgotten() {
+        let selections = Selections::default();
+        selections.add("uid-gone", "team-a");
+        selections.add("uid-live", "team-a");
+        selections.retain(&["uid-live".to_owned()].into());
+        assert!(!selections.contains("uid-gone", "team-a"));
+        assert!(selections.contains("uid-live", "team-a"));
+    }
 }
