@@ -25,6 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "shell::namespaced",
             "shell::cluster::kind",
             "shell::source",
+            "shell::rotation",
             "shell::target",
             "shell::subscribe",
             "shell::restart",

@@ -14,7 +14,7 @@ use crate::shell::metrics::Metrics;
 use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
-use crate::shell::verifier::Verifier;
+use crate::shell::verifier::{Scope, Verifier};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PatchParams;
 use kube::core::DeserializeGuard;
@@ -186,6 +186,8 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 /// The names of a resource that every step needs. `namespace` is where its source is read
 /// (a MendixCredential's own namespace).
 pub struct Id {
+    /// The kind's scope: where the verification loop sends its answers.
+    pub scope: Scope,
     pub namespace: String,
     pub name: String,
     pub uid: String,

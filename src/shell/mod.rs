@@ -8,7 +8,7 @@
 //!   controllers' watches ([`controller`], [`cluster`]);
 //! - the one reconcile driver of both kinds: [`reconcile`];
 //! - the steps: each kind's own ([`namespaced`], and [`cluster`]'s), the source ([`source`]), the target ([`target`]),
-//!   the verification loop's subscription ([`subscribe`]), the restarts ([`restart`]), the
+//!   the verification loop's subscription ([`subscribe`]), the rotation gate ([`rotation`]), the restarts ([`restart`]), the
 //!   Events ([`publish`]), the unreadable resource ([`unreadable`]), and [`cluster`]'s copies,
 //!   restarts and rotation gate;
 //! - what the steps share: [`context`], with what differs between the kinds
@@ -31,6 +31,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod restart;
 pub mod retries;
+mod rotation;
 pub mod secrets;
 pub mod server;
 mod source;

@@ -13,6 +13,7 @@ use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
 use crate::domain::restart as restarts;
 use crate::domain::spec::InvalidSpec;
 use crate::shell::context::{Context, Decided, Error, Id, Kind, now};
+use crate::shell::verifier::Scope;
 use crate::shell::{Guarded, restart, subscribe, target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Api, ResourceExt};
@@ -33,6 +34,7 @@ impl Kind for Namespaced {
 
     fn id(cr: &MendixCredential) -> Result<Id, Error> {
         Ok(Id {
+            scope: Scope::Namespaced,
             namespace: cr.namespace().ok_or(Error::MissingMetadata("namespace"))?,
             name: cr.name_any(),
             uid: cr.uid().ok_or(Error::MissingMetadata("uid"))?,
@@ -89,7 +91,7 @@ impl Kind for Namespaced {
         };
         let holding = matches!(sync, Sync::Held { .. });
         let verification = subscribe::subscribe(
-            cr,
+            cr.metadata.generation,
             id,
             resolved.as_ref().ok(),
             (credential.as_ref(), holding),

@@ -2,9 +2,7 @@
 //! uses, the verdict its status already holds (after a restart), and a forced check the
 //! `verify-requested-at` annotation asks for. Never waits for the platform.
 
-use crate::domain::api::{
-    ANNOTATION_VERIFY_REQUESTED_AT, MendixCredential, MendixCredentialStatus, condition,
-};
+use crate::domain::api::{ANNOTATION_VERIFY_REQUESTED_AT, MendixCredentialStatus, condition};
 use crate::domain::classify::{Reason, TokenValid};
 use crate::domain::conditions;
 use crate::domain::credential::{self, Credential};
@@ -19,9 +17,10 @@ use std::time::SystemTime;
 
 /// Tells the verification loop which credential and probe this resource uses (the published
 /// one, and whether a new one still waits for its check); returns what the plan needs of its
-/// answer.
+/// answer. The same for both kinds: `generation` is the resource's, `previous` the credential
+/// half of its status.
 pub(crate) fn subscribe(
-    cr: &MendixCredential,
+    generation: Option<i64>,
     id: &Id,
     resolved: Option<&Resolved>,
     (credential, holding): (Option<&Credential>, bool),
@@ -29,7 +28,8 @@ pub(crate) fn subscribe(
     previous: &MendixCredentialStatus,
     ctx: &Context,
 ) -> plan::Verification {
-    let verification = subscribe_published(cr, id, resolved, credential, forced, previous, ctx);
+    let verification =
+        subscribe_published(generation, id, resolved, credential, forced, previous, ctx);
     // After the published subscription: a credential just published keeps the answer its
     // check as a pending one got.
     if !holding {
@@ -39,7 +39,7 @@ pub(crate) fn subscribe(
 }
 
 fn subscribe_published(
-    cr: &MendixCredential,
+    generation: Option<i64>,
     id: &Id,
     resolved: Option<&Resolved>,
     credential: Option<&Credential>,
@@ -55,7 +55,7 @@ fn subscribe_published(
         ctx.verifier.unsubscribe(&id.uid);
         return plan::Verification::Disabled;
     };
-    let known = known_verdict(cr.metadata.generation, previous, credential);
+    let known = known_verdict(generation, previous, credential);
     let latest = ctx.verifier.subscribe(Subscription {
         known,
         ..subscription(id, Slot::Published, verification, credential, forced, ctx)
@@ -64,7 +64,7 @@ fn subscribe_published(
 }
 
 /// What the plan needs of the loop's view of a credential.
-pub(crate) fn verification_of(latest: View) -> plan::Verification {
+fn verification_of(latest: View) -> plan::Verification {
     match latest {
         View::Scheduled => plan::Verification::Waiting,
         View::Queued { since } => plan::Verification::Queued {
@@ -103,7 +103,7 @@ pub(crate) fn check_pending(
 }
 
 /// What the verification loop knows of a credential waiting to be published.
-pub(crate) fn pending_check(view: View) -> rotation::Check {
+fn pending_check(view: View) -> rotation::Check {
     match view {
         View::Answered(latest) => rotation::Check::Answered(latest.outcome),
         View::Queued { since } => rotation::Check::Queued {
@@ -126,6 +126,7 @@ fn subscription<'a>(
     ctx: &Context,
 ) -> Subscription<'a> {
     Subscription {
+        scope: id.scope,
         uid: &id.uid,
         slot,
         namespace: &id.namespace,
@@ -140,7 +141,7 @@ fn subscription<'a>(
 
 /// What the status says of the checks of this credential at this generation, which a
 /// restarted instance continues from instead of asking again.
-pub(crate) fn known_verdict(
+fn known_verdict(
     generation: Option<i64>,
     previous: &MendixCredentialStatus,
     credential: &Credential,

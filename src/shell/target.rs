@@ -4,14 +4,13 @@
 
 use crate::domain::api::{LABEL_CREDENTIAL, MANAGER};
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
-use crate::domain::credential::{self, Credential};
+use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
 use crate::domain::render::{self, Publisher};
-use crate::domain::rotation::{self, Decision};
 use crate::domain::spec::Resolved;
 use crate::shell::context::{Context, Error, Id, apply_params, now};
+use crate::shell::rotation;
 use crate::shell::source::read_source;
-use crate::shell::subscribe;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -38,12 +37,18 @@ pub(crate) async fn sync(
         Err(ready) => return refused(ready),
         Ok(credential) => credential,
     };
-    let checked_first =
-        match hold_back(id, &secrets, resolved, previous, &credential, forced, ctx).await? {
-            Gate::Held(held) => return Ok(held),
-            Gate::Accepted => true,
-            Gate::Open => false,
+    let working = async |published: &str| working_target(id, &secrets, resolved, published).await;
+    let gated = rotation::pass(ctx, id, resolved, previous, credential, forced, working).await?;
+    if let Some((pending, held)) = gated.held {
+        let sync = Sync::Held {
+            target: resolved.target_name.clone(),
+            published: gated.publish.fingerprint(),
+            pending,
+            held,
         };
+        return Ok((sync, Some(gated.publish)));
+    }
+    let (credential, checked_first) = (gated.publish, gated.checked_first);
 
     let owner = cr
         .controller_owner_ref(&())
@@ -75,63 +80,24 @@ pub(crate) async fn sync(
     Ok((sync, Some(credential)))
 }
 
-/// Whether a credential may be published.
-enum Gate {
-    /// Nothing to protect.
-    Open,
-    /// The platform accepted it before it replaces a working credential.
-    Accepted,
-    /// Held back: what was established, and the credential that stays published.
-    Held((Sync, Option<Credential>)),
-}
-
-/// With rotation policy VerifyFirst, holds a new credential back until the platform accepts it,
-/// while the target holds a credential of ours known to work.
-async fn hold_back(
+/// The published credential (the one whose digest the status recorded), if the target still
+/// holds it. Only a target of ours is protected: one deleted or changed by hand meanwhile has
+/// nothing left to lose.
+async fn working_target(
     id: &Id,
     secrets: &Api<Secret>,
     resolved: &Resolved,
-    previous: &MendixCredentialStatus,
-    credential: &Credential,
-    forced: Option<SystemTime>,
-    ctx: &Context,
-) -> Result<Gate, Error> {
-    let pending = credential.fingerprint();
-    let Some((verification, published)) = resolved.verification.as_ref().zip(rotation::to_protect(
-        resolved.rotation,
-        resolved.verification.is_some(),
-        previous,
-        &credential.digest(),
-    )) else {
-        return Ok(Gate::Open);
-    };
-    // Only a target of ours that holds the published credential is protected: one deleted or
-    // changed by hand meanwhile has nothing left to lose.
-    let target = &resolved.target_name;
-    let working = secrets
-        .get_opt(target)
+    published: &str,
+) -> Result<Option<Credential>, Error> {
+    let target = secrets
+        .get_opt(&resolved.target_name)
         .await
-        .map_err(Error::ReadTarget)?
+        .map_err(Error::ReadTarget)?;
+    Ok(target
         .filter(|existing| render::is_ours(existing, &id.uid, &id.name))
         .and_then(|existing| {
             render::published_credential(&existing, resolved.credential_type, published)
-        });
-    let Some(working) = working else {
-        return Ok(Gate::Open);
-    };
-    let check = subscribe::check_pending(id, verification, credential, forced, ctx);
-    Ok(match rotation::decide(check) {
-        Decision::Publish => Gate::Accepted,
-        Decision::Hold(held) => Gate::Held((
-            Sync::Held {
-                target: target.clone(),
-                published: credential::fingerprint_of(published),
-                pending,
-                held,
-            },
-            Some(working),
-        )),
-    })
+        }))
 }
 
 /// What writing a target came to.

@@ -58,11 +58,13 @@ pub struct Verifier {
     cluster_route: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ClusterMendixCredential>>>>,
 }
 
-/// The kind of a subscriber, which decides where its answers are sent.
+/// The kind of a subscriber, which decides where its answers are sent: a MendixCredential to
+/// the controller of its namespace, a ClusterMendixCredential (by name alone) to the cluster
+/// controller. Both kinds share the check of a credential and probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    MendixCredential,
-    ClusterMendixCredential,
+pub enum Scope {
+    Namespaced,
+    Cluster,
 }
 
 /// The resources of a scope (a namespace, or all) and where to send them.
@@ -104,6 +106,7 @@ pub enum Slot {
 
 /// What a reconcile tells the loop about its resource.
 pub struct Subscription<'a> {
+    pub scope: Scope,
     pub uid: &'a str,
     pub slot: Slot,
     pub namespace: &'a str,
@@ -188,19 +191,9 @@ impl Verifier {
     }
 
     /// Subscribes a resource to the checks of its credential and probe (and from any other it
-    /// used before); returns what is known of its answer.
+    /// used before); returns what is known of its answer. `s.namespace` is the namespace whose
+    /// share of the checks it counts against (a ClusterMendixCredential's source's).
     pub fn subscribe(&self, s: Subscription) -> View {
-        self.subscribe_as(s, Kind::MendixCredential)
-    }
-
-    /// As [`Self::subscribe`], for a ClusterMendixCredential: `s.namespace` is its source's
-    /// namespace, whose share of the checks it counts against. It shares the check of its
-    /// credential and probe with every other subscriber, of either kind.
-    pub fn subscribe_cluster(&self, s: Subscription) -> View {
-        self.subscribe_as(s, Kind::ClusterMendixCredential)
-    }
-
-    fn subscribe_as(&self, s: Subscription, kind: Kind) -> View {
         let key = self.key(s.probe, s.credential);
         let now = SystemTime::now();
         let mut state = self.state.lock();
@@ -237,7 +230,7 @@ impl Verifier {
                 namespace: s.namespace.to_owned(),
                 name: s.name.to_owned(),
                 interval: s.interval,
-                kind,
+                scope: s.scope,
             },
         );
         match (&check.answer, s.known) {
@@ -465,7 +458,7 @@ impl Verifier {
         let routes = self.routes.lock();
         let cluster_route = self.cluster_route.lock();
         for subscriber in told {
-            if subscriber.kind == Kind::ClusterMendixCredential {
+            if subscriber.scope == Scope::Cluster {
                 if let Some(tx) = cluster_route.as_ref() {
                     let _ = tx.unbounded_send(ObjectRef::new(&subscriber.name));
                 }
@@ -545,6 +538,7 @@ mod tests {
         let started = SystemTime::now();
         for credential in &tokens {
             v.subscribe(Subscription {
+                scope: Scope::Namespaced,
                 uid: "rewriter",
                 slot: Slot::Published,
                 namespace: "team-b",
@@ -592,6 +586,7 @@ mod tests {
                 let credential =
                     Credential::personal_access_token(format!("tok-{i}").as_bytes()).unwrap();
                 v.subscribe(Subscription {
+                    scope: Scope::Namespaced,
                     uid: &format!("uid-{i}"),
                     slot: Slot::Published,
                     namespace,
@@ -669,7 +664,8 @@ mod tests {
         let v = verifier();
         let credential = Credential::personal_access_token(b"tok").unwrap();
         let probe = ProbeTarget::Url("https://cloud.home.mendix.com/probe".parse().unwrap());
-        let subscription = |uid: &'static str, namespace: &'static str| Subscription {
+        let subscription = |scope, uid: &'static str, namespace: &'static str| Subscription {
+            scope,
             uid,
             slot: Slot::Published,
             namespace,
@@ -680,18 +676,15 @@ mod tests {
             forced: None,
             known: None,
         };
-        v.subscribe(subscription("namespaced", "team-a"));
-        v.subscribe_cluster(subscription("cluster", "sources"));
+        v.subscribe(subscription(Scope::Namespaced, "namespaced", "team-a"));
+        v.subscribe(subscription(Scope::Cluster, "cluster", "sources"));
         let mut answered = v.cluster_route();
         {
             let state = v.state.lock();
             assert_eq!(state.checks.len(), 1, "one check for both kinds");
             let check = state.checks.values().next().unwrap();
-            let kinds: Vec<_> = check.subscribers.values().map(|s| s.kind).collect();
-            assert_eq!(
-                kinds,
-                [Kind::ClusterMendixCredential, Kind::MendixCredential]
-            );
+            let scopes: Vec<_> = check.subscribers.values().map(|s| s.scope).collect();
+            assert_eq!(scopes, [Scope::Cluster, Scope::Namespaced]);
             assert_eq!(
                 check.subscribers[&("cluster".to_owned(), Slot::Published)].namespace,
                 "sources"

@@ -18,13 +18,12 @@ use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
-use crate::domain::credential::Credential;
-use crate::domain::plan::{self, Ready, ReadyReason};
-use crate::domain::spec::{InvalidSpec, Resolved};
+use crate::domain::plan::{Ready, ReadyReason};
+use crate::domain::spec::InvalidSpec;
 use crate::shell::ClusterGuarded;
 use crate::shell::context::{Context, Decided, Error, Id, Kind, now};
 use crate::shell::subscribe;
-use crate::shell::verifier::{Slot, Subscription};
+use crate::shell::verifier::Scope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Api, ResourceExt};
 use std::collections::BTreeSet;
@@ -46,6 +45,7 @@ impl Kind for ClusterContext {
 
     fn id(cr: &ClusterMendixCredential) -> Result<Id, Error> {
         Ok(Id {
+            scope: Scope::Cluster,
             namespace: cr.spec.source_ref.namespace.clone(),
             name: cr.name_any(),
             uid: cr.uid().ok_or(Error::MissingMetadata("uid"))?,
@@ -135,20 +135,15 @@ impl Kind for ClusterContext {
         }
 
         // 3. The verification loop.
-        let verification = subscribe_published(
-            cc,
-            id,
+        let verification = subscribe::subscribe(
             cr.metadata.generation,
+            id,
             resolved.as_ref().ok(),
-            credential.as_ref(),
+            (credential.as_ref(), held.is_some()),
             forced,
             &credential_half,
+            ctx,
         );
-        // After the published subscription: a credential just published keeps the answer its
-        // check as a pending one got.
-        if held.is_none() {
-            ctx.verifier.unsubscribe_slot(&id.uid, Slot::Pending);
-        }
 
         // 4. The plan.
         let wrote = copies
@@ -183,37 +178,4 @@ impl Kind for ClusterContext {
             wrote,
         })
     }
-}
-
-/// Tells the verification loop which credential the copies hold; returns what the plan needs
-/// of its answer.
-fn subscribe_published(
-    cc: &ClusterContext,
-    id: &Id,
-    generation: Option<i64>,
-    resolved: Option<&Resolved>,
-    credential: Option<&Credential>,
-    forced: Option<SystemTime>,
-    previous: &crate::domain::api::MendixCredentialStatus,
-) -> plan::Verification {
-    let ctx = &cc.ctx;
-    let Some((resolved, credential)) = resolved.zip(credential) else {
-        ctx.verifier.unsubscribe(&id.uid);
-        return plan::Verification::Waiting;
-    };
-    let Some(v) = &resolved.verification else {
-        ctx.verifier.unsubscribe(&id.uid);
-        return plan::Verification::Disabled;
-    };
-    subscribe::verification_of(ctx.verifier.subscribe_cluster(Subscription {
-        uid: &id.uid,
-        slot: Slot::Published,
-        namespace: &id.namespace,
-        name: &id.name,
-        credential,
-        probe: &v.probe,
-        interval: ctx.settings.test_interval.unwrap_or(v.interval),
-        forced,
-        known: subscribe::known_verdict(generation, previous, credential),
-    }))
 }

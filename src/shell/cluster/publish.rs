@@ -1,12 +1,12 @@
 //! The publishing step of a ClusterMendixCredential: reads the source, checks a new credential
-//! first when it replaces a working one ([`super::rotation`]), writes the copies
+//! first when it replaces a working one ([`crate::shell::rotation`]), writes the copies
 //! ([`super::copies`]), and restarts the workloads of the namespaces whose copy holds it
 //! ([`super::restarts`]).
 
 use super::context::ClusterContext;
 use super::copies::write_copies;
 use super::restarts::restart_workloads;
-use super::rotation::CheckedFirst;
+use super::rotation::working_copy;
 use crate::domain::cluster::restart::Restarts;
 use crate::domain::cluster::{ClusterMendixCredential, ClusterMendixCredentialStatus, CopyOutcome};
 use crate::domain::credential::Credential;
@@ -16,6 +16,7 @@ use crate::domain::rotation::Held;
 use crate::domain::spec::Resolved;
 use crate::shell::context::Error;
 use crate::shell::context::Id;
+use crate::shell::rotation;
 use crate::shell::source::read_source;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -75,13 +76,18 @@ impl Publish<'_> {
             Err(ready) => return Ok(Publication::refused(ready)),
             Ok(credential) => credential,
         };
-        let gate = CheckedFirst {
-            cc,
+        let working =
+            async |published: &str| working_copy(cc, id, resolved, published, active).await;
+        let gated = rotation::pass(
+            &cc.ctx,
             id,
             resolved,
+            &previous.core(),
+            credential,
             forced,
-        };
-        let gated = gate.pass(&previous.core(), credential, active).await?;
+            working,
+        )
+        .await?;
         let published = gated.publish;
         let copies = write_copies(cc, cr, id, resolved, &published, active).await?;
         let (mut restarted, mut restart_again) = (None, None);

@@ -1,7 +1,7 @@
 //! One check of the verification loop: a credential and probe, who subscribed to it, what the
 //! platform last said, and when it is due next.
 
-use super::{Key, Kind, Slot};
+use super::{Key, Scope, Slot};
 use crate::domain::classify::Outcome;
 use crate::domain::credential::Credential;
 use crate::domain::probe::ProbeTarget;
@@ -41,7 +41,7 @@ pub(super) struct Subscriber {
     pub(super) namespace: String,
     pub(super) name: String,
     pub(super) interval: Duration,
-    pub(super) kind: Kind,
+    pub(super) scope: Scope,
 }
 
 impl Check {
@@ -176,7 +176,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: (*uid).into(),
                 interval: *interval,
-                kind: Kind::MendixCredential,
+                scope: Scope::Namespaced,
             };
             check
                 .subscribers
@@ -224,7 +224,7 @@ mod tests {
                 namespace: ns.into(),
                 name: uid.into(),
                 interval,
-                kind: Kind::MendixCredential,
+                scope: Scope::Namespaced,
             };
             c.subscribers.insert((uid.to_owned(), Slot::Published), s);
         };
