@@ -250,16 +250,22 @@ fn get_source(token: &str) -> Step {
     ))
 }
 
-/// The copy of `ns` is not there, and is created.
+/// The copy of `ns` is not there (the watch of copies reports none), and is created at once.
 fn created(ns: &str) -> Vec<Expect> {
+    vec![expect(Method::POST, &secrets_path(ns), 201, None)]
+}
+
+/// The watch of copies reports none in `ns`, but `existing` is there: the create is refused,
+/// and the Secret is read.
+fn in_the_way(ns: &str, existing: &Value) -> Vec<Expect> {
     vec![
         expect(
-            Method::GET,
-            &copy_path(ns),
-            404,
-            Some(status_body(404, "NotFound")),
+            Method::POST,
+            &secrets_path(ns),
+            409,
+            Some(status_body(409, "AlreadyExists")),
         ),
-        expect(Method::POST, &secrets_path(ns), 201, None),
+        expect(Method::GET, &copy_path(ns), 200, Some(existing.clone())),
     ]
 }
 
@@ -613,7 +619,7 @@ async fn a_new_resource_creates_a_copy_in_each_selected_namespace() {
 async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
     let world = three_selected();
     let cr = resource();
-    let in_the_way = foreign("team-b", json!({"app": "theirs"}));
+    let foreign_secret = foreign("team-b", json!({"app": "theirs"}));
 
     let done = world
         .reconcile(
@@ -622,12 +628,7 @@ async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
                 get_source(TOKEN),
                 vec![
                     created("team-a"),
-                    vec![expect(
-                        Method::GET,
-                        &copy_path("team-b"),
-                        200,
-                        Some(in_the_way.clone()),
-                    )],
+                    in_the_way("team-b", &foreign_secret),
                     created("team-c"),
                 ],
                 write_status(),
@@ -670,8 +671,9 @@ async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
     let encoded = base64("hunter2");
     assert!(!sent.contains("hunter2") && !sent.contains(encoded.as_str().unwrap()));
 
-    // Still there on the next reconcile: read again, still not written, and not announced
-    // again; the copies of the others are read (the watch has not reported them) and kept.
+    // Still there on the next reconcile: tried and read again, still not written, and not
+    // announced again; the copies of the others are read (the watch has not reported them,
+    // and this instance wrote them: they are not created again) and kept.
     let stored = done.stored(&["team-a", "team-c"]);
     let cr = with_status(cr, status, "11");
     let again = world
@@ -686,12 +688,7 @@ async fn a_foreign_secret_in_one_namespace_is_never_written_and_is_reported() {
                         200,
                         Some(stored["team-a"].clone()),
                     )],
-                    vec![expect(
-                        Method::GET,
-                        &copy_path("team-b"),
-                        200,
-                        Some(in_the_way),
-                    )],
+                    in_the_way("team-b", &foreign_secret),
                     vec![expect(
                         Method::GET,
                         &copy_path("team-c"),
@@ -825,12 +822,7 @@ async fn a_deselected_namespace_loses_our_copy_and_keeps_a_foreign_one() {
             vec![
                 get_source(TOKEN),
                 each(&["team-a", "team-b", "team-c", "team-d"], |ns| match ns {
-                    "team-d" => vec![expect(
-                        Method::GET,
-                        &copy_path(ns),
-                        200,
-                        Some(forged.clone()),
-                    )],
+                    "team-d" => in_the_way(ns, &forged),
                     _ => created(ns),
                 }),
                 write_status(),

@@ -406,6 +406,58 @@ async fn a_cached_resource_sends_nothing() {
 }
 
 #[tokio::test]
+async fn a_target_the_watch_does_not_report_is_created_without_a_read() {
+    // The watches are current and report the source, not the target.
+    let (mut ctx, _) = context("http://127.0.0.1:9", cache_holding(&[("raw", "1")]));
+    let cr = resource(json!({"enabled": false}));
+    let (result, bodies) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            get_source(),
+            expect(Method::POST, &secrets_path(), 201, None),
+            expect(Method::PATCH, &status_path(), 200, None),
+            expect(Method::POST, &events_path(), 201, None),
+        ],
+    )
+    .await;
+    result.unwrap();
+    let target: Secret = serde_json::from_value(bodies[1].clone()).unwrap();
+    assert_eq!(
+        target.metadata.resource_version, None,
+        "created, not applied"
+    );
+    assert_eq!(bodies[2]["status"]["conditions"][0]["reason"], "Synced");
+}
+
+#[tokio::test]
+async fn a_foreign_target_the_watch_does_not_report_refuses_the_create_and_is_left_alone() {
+    let (mut ctx, _) = context("http://127.0.0.1:9", cache_holding(&[("raw", "1")]));
+    let cr = resource(json!({"enabled": false}));
+    let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "AlreadyExists", "code": 409, "message": "secrets \"c\" already exists"});
+    let foreign = foreign_target(json!({"app": "theirs"}));
+    let (result, bodies) = scenario(
+        &mut ctx,
+        &cr,
+        vec![
+            get_source(),
+            expect(Method::POST, &secrets_path(), 409, Some(exists)),
+            expect(Method::GET, &target_path(), 200, Some(foreign)),
+            expect(Method::PATCH, &status_path(), 200, None),
+            expect(Method::POST, &events_path(), 201, None),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        bodies[3]["status"]["conditions"][0]["reason"],
+        "TargetConflict"
+    );
+    assert_eq!(reasons_of(&bodies[4..]), ["TargetConflict"]);
+}
+
+#[tokio::test]
 async fn a_foreign_target_is_a_conflict_and_is_left_alone() {
     let (mut ctx, _) = context("http://127.0.0.1:9", SecretCache::default());
     let cr = resource(json!({"enabled": false}));

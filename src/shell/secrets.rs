@@ -48,6 +48,36 @@ pub fn slim_event(event: &watcher::Event<SecretMeta>) -> watcher::Event<SecretMe
     }
 }
 
+/// What a current cache says of a Secret: that it does not exist, or its version; or nothing,
+/// while the cache is not current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Unknown,
+    Absent,
+    At(String),
+}
+
+impl Seen {
+    /// What a current cache holding `secret` (or not) says of it.
+    pub fn of(secret: Option<&SecretMeta>) -> Self {
+        match secret {
+            None => Seen::Absent,
+            Some(secret) => secret
+                .metadata
+                .resource_version
+                .clone()
+                .map_or(Seen::Unknown, Seen::At),
+        }
+    }
+
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            Seen::At(version) => Some(version),
+            Seen::Unknown | Seen::Absent => None,
+        }
+    }
+}
+
 /// What a credential was read from: a source Secret and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reading {
@@ -84,6 +114,21 @@ impl SecretCache {
     /// (listed, and no error since).
     pub fn watch(&self, store: Store<SecretMeta>, current: Arc<AtomicBool>) {
         self.stores.lock().push((store, current));
+    }
+
+    /// What the watches last reported of Secret `name`, while they are current.
+    pub fn seen(&self, namespace: &str, name: &str) -> Seen {
+        let stores = self.stores.lock();
+        if !all_current(&stores) {
+            return Seen::Unknown;
+        }
+        let key = ObjectRef::new(name).within(namespace);
+        Seen::of(
+            stores
+                .iter()
+                .find_map(|(store, _)| store.get(&key))
+                .as_deref(),
+        )
     }
 
     /// The version of Secret `name` as the watches last reported it, while they are current.

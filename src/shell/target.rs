@@ -10,6 +10,7 @@ use crate::domain::render::{self, Publisher};
 use crate::domain::spec::Resolved;
 use crate::shell::context::{Context, Error, Id, apply_params, now};
 use crate::shell::rotation;
+use crate::shell::secrets::Seen;
 use crate::shell::source::read_source;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
@@ -55,7 +56,7 @@ pub(crate) async fn sync(
         .ok_or(Error::MissingMetadata("uid"))?;
     let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
     let target = &resolved.target_name;
-    let seen = ctx.secrets.version(&id.namespace, target);
+    let seen = ctx.secrets.seen(&id.namespace, target);
     let publisher = Publisher {
         uid: &id.uid,
         name: &id.name,
@@ -112,13 +113,13 @@ pub(crate) enum Written {
 }
 
 /// Writes `desired` into its namespace for `publisher`, the same for both kinds: kept as it is
-/// when the watch reports the target at the version `seen` that this instance left it at;
-/// else read, and written when it differs.
+/// when the watch reports the target at the version that this instance left it at; created at
+/// once when the watch reports none; else read, and written when it differs.
 pub(crate) async fn write_target(
     ctx: &Context,
     publisher: Publisher<'_>,
     desired: Secret,
-    seen: Option<String>,
+    seen: Seen,
 ) -> Result<Written, Error> {
     let digest = render::digest(&desired);
     let (Some(ns), Some(target)) = (
@@ -129,19 +130,32 @@ pub(crate) async fn write_target(
     };
     let known = ctx
         .tracker
-        .publication(publisher.uid, &ns, &target, seen.as_deref(), &digest);
+        .publication(publisher.uid, &ns, &target, seen.version(), &digest);
     if let Some(known) = known {
         return Ok(Written::Holds {
             at: known.at,
             wrote: false,
         });
     }
-    // Read even when no watch reports it: a Secret another resource (or anyone) created a
-    // moment ago must be refused as a conflict, not taken over; the watch may lag by more.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
-    let action = plan::target_action(existing.as_ref(), &desired, publisher);
-    let (version, at, wrote) = match carry_out(&secrets, action, existing, desired).await? {
+    // A target the watch does not report is created at once, unless this instance wrote it
+    // (the watch has not caught up). A create never takes over a Secret that exists: it
+    // answers 409, and the Secret is then read and decided on as any other.
+    let absent = seen == Seen::Absent && !ctx.tracker.has_published(publisher.uid, &ns, &target);
+    let created = if absent {
+        create(&secrets, &desired).await?.ok()
+    } else {
+        None
+    };
+    let outcome = match created {
+        Some(outcome) => outcome,
+        None => {
+            let existing = secrets.get_opt(&target).await.map_err(Error::ReadTarget)?;
+            let action = plan::target_action(existing.as_ref(), &desired, publisher);
+            carry_out(&secrets, action, existing, desired).await?
+        }
+    };
+    let (version, at, wrote) = match outcome {
         TargetOutcome::Holds { version, at, wrote } => (version, at, wrote),
         TargetOutcome::Conflict => return Ok(Written::Conflict),
         TargetOutcome::Refused(e) => return Ok(Written::Invalid(refused_target(&e))),
@@ -154,6 +168,28 @@ pub(crate) async fn write_target(
     };
     ctx.tracker.record_published(publisher.uid, &ns, published);
     Ok(Written::Holds { at, wrote })
+}
+
+/// Creates `desired`; the server's answer when a Secret of its name exists.
+async fn create(
+    secrets: &Api<Secret>,
+    desired: &Secret,
+) -> Result<Result<TargetOutcome, Box<Status>>, Error> {
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    let created = match secrets.create(&params, desired).await {
+        Ok(created) => created,
+        Err(kube::Error::Api(e)) if e.is_already_exists() => return Ok(Err(e)),
+        Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(Ok(TargetOutcome::Refused(e))),
+        Err(e) => return Err(Error::ApplyTarget(e)),
+    };
+    Ok(Ok(TargetOutcome::Holds {
+        version: created.resource_version().unwrap_or_default(),
+        at: render::applied_at(&created).or_else(|| Some(now())),
+        wrote: true,
+    }))
 }
 
 /// What carrying out a [`TargetAction`] came to.
@@ -189,24 +225,12 @@ pub(crate) async fn carry_out(
             at: written_at,
             wrote: false,
         },
-        TargetAction::Create => {
-            let params = PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..PostParams::default()
-            };
-            // A Secret created by someone else since the read makes this fail (409), and the
-            // retry reports the conflict: it is never taken over.
-            let created = match secrets.create(&params, &desired).await {
-                Ok(created) => created,
-                Err(kube::Error::Api(e)) if e.is_invalid() => return Ok(TargetOutcome::Refused(e)),
-                Err(e) => return Err(Error::ApplyTarget(e)),
-            };
-            TargetOutcome::Holds {
-                version: created.resource_version().unwrap_or_default(),
-                at: render::applied_at(&created).or_else(|| Some(now())),
-                wrote: true,
-            }
-        }
+        // A Secret created by someone else since the read makes this fail (409), and the
+        // retry reports the conflict: it is never taken over.
+        TargetAction::Create => match create(secrets, &desired).await? {
+            Ok(outcome) => outcome,
+            Err(exists) => return Err(Error::ApplyTarget(kube::Error::Api(exists))),
+        },
         TargetAction::Apply { resource_version } => {
             // Once in a Secret's life, after its creation: what the creation set becomes the
             // apply's to change and remove.

@@ -195,6 +195,15 @@ impl Tracker {
         })
     }
 
+    /// Whether this instance wrote or confirmed `target` in `namespace`, at any version.
+    pub fn has_published(&self, uid: &str, namespace: &str, target: &str) -> bool {
+        self.with(uid, |m| {
+            m.published
+                .get(namespace)
+                .is_some_and(|p| p.target == target)
+        })
+    }
+
     /// Forgets the target in `namespace`: it was deleted.
     pub fn forget_published(&self, uid: &str, namespace: &str) {
         self.with(uid, |m| m.published.remove(namespace));
@@ -315,7 +324,10 @@ mod tests {
             None,
             "another namespace"
         );
+        assert!(t.has_published("u", "ns", "t"));
+        assert!(!t.has_published("u", "ns", "x"));
         t.forget_published("u", "ns");
+        assert!(!t.has_published("u", "ns", "t"));
         assert_eq!(
             t.publication("u", "ns", "t", Some("5"), &[1; 32]),
             None,

@@ -12,7 +12,7 @@ use crate::domain::spec::Resolved;
 use crate::shell::api_error::describe;
 use crate::shell::context::Error;
 use crate::shell::context::Id;
-use crate::shell::secrets::SecretMeta;
+use crate::shell::secrets::{SecretMeta, Seen};
 use crate::shell::target::{self, Written};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -59,7 +59,7 @@ pub(super) async fn write_copies(
 /// failed read or write is that namespace's outcome, retried.
 async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, desired: Secret) -> CopyOutcome {
     let name = desired.metadata.name.as_deref().unwrap_or_default();
-    let seen = cc.copy_version(ns, name);
+    let seen = cc.copy_seen(ns, name);
     let publisher = Publisher {
         uid: &id.uid,
         name: &id.name,
@@ -123,15 +123,11 @@ pub(super) async fn remove_copies(
 }
 
 impl ClusterContext {
-    /// The version of the copy `name` in `ns` as the watch reports it, while it is current.
-    fn copy_version(&self, ns: &str, name: &str) -> Option<String> {
+    /// What the watch reports of the copy `name` in `ns`, while it is current.
+    fn copy_seen(&self, ns: &str, name: &str) -> Seen {
         if !self.current[1].load(Ordering::Relaxed) {
-            return None;
+            return Seen::Unknown;
         }
-        self.copies
-            .get(&ObjectRef::new(name).within(ns))?
-            .metadata
-            .resource_version
-            .clone()
+        Seen::of(self.copies.get(&ObjectRef::new(name).within(ns)).as_deref())
     }
 }
