@@ -14,6 +14,29 @@ use std::collections::BTreeMap;
 pub const MANAGER: &str = "mxcred-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_CREDENTIAL: &str = "mxcred.io/credential";
+/// The label naming, on each copy, the ClusterMendixCredential that published it.
+pub const LABEL_CLUSTER_CREDENTIAL: &str = "mxcred.io/cluster-credential";
+
+/// The two kinds of resource, by their scope: what sets apart the marks each leaves (the label
+/// of its targets, the annotation and field manager of its restarts) and where the answers of
+/// the verification loop go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A MendixCredential: one target, in its own namespace.
+    Namespaced,
+    /// A ClusterMendixCredential: one target in each selected namespace.
+    Cluster,
+}
+
+impl Scope {
+    /// The label that names, on each target, the resource that published it.
+    pub fn target_label(self) -> &'static str {
+        match self {
+            Scope::Namespaced => LABEL_CREDENTIAL,
+            Scope::Cluster => LABEL_CLUSTER_CREDENTIAL,
+        }
+    }
+}
 /// The label by which a Secret opts in as a source (value `"true"`).
 pub const LABEL_SOURCE: &str = "mxcred.io/source";
 pub const ANNOTATION_FINGERPRINT: &str = "mxcred.io/token-fingerprint";

@@ -23,8 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The label naming, on each copy, the ClusterMendixCredential that published it.
-pub const LABEL_CLUSTER_CREDENTIAL: &str = "mxcred.io/cluster-credential";
+pub use crate::api::LABEL_CLUSTER_CREDENTIAL;
 /// How many namespaces `status.failedNamespaces` lists; `failedNamespaceCount` counts them all.
 pub const MAX_FAILED_NAMESPACES: usize = 20;
 /// How many workloads `status.rolloutRestartFailures` lists.

@@ -104,19 +104,19 @@ pub fn is_ours(existing: &Secret, uid: &str, name: &str) -> bool {
     is_ours_by(existing, uid, LABEL_CREDENTIAL, name)
 }
 
-/// Who publishes a target, as its Secrets tell: the resource's uid and name, and the label its
-/// kind marks them with (each kind has its own).
+/// Who publishes a target, as its Secrets tell: the resource's kind (whose label marks them),
+/// uid and name.
 #[derive(Clone, Copy, Debug)]
 pub struct Publisher<'a> {
+    pub scope: crate::api::Scope,
     pub uid: &'a str,
     pub name: &'a str,
-    pub label: &'a str,
 }
 
 impl Publisher<'_> {
     /// Whether `existing` is a Secret this publisher wrote: [`is_ours_by`].
     pub fn owns(&self, existing: &Secret) -> bool {
-        is_ours_by(existing, self.uid, self.label, self.name)
+        is_ours_by(existing, self.uid, self.scope.target_label(), self.name)
     }
 }
 

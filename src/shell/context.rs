@@ -3,10 +3,12 @@
 //! reconcile ends with.
 
 use crate::domain::api::MANAGER;
+use crate::domain::api::Scope;
 use crate::domain::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, MendixCredentialSpec, RolloutRestartStatus,
 };
 use crate::domain::plan::Announcement;
+use crate::domain::render::Publisher;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::api_error::describe;
 use crate::shell::events::EventLimiter;
@@ -14,7 +16,7 @@ use crate::shell::metrics::Metrics;
 use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretCache;
 use crate::shell::tracker::Tracker;
-use crate::shell::verifier::{Scope, Verifier};
+use crate::shell::verifier::Verifier;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PatchParams;
 use kube::core::DeserializeGuard;
@@ -191,6 +193,17 @@ pub struct Id {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+}
+
+impl Id {
+    /// The resource as the publisher of its targets.
+    pub fn publisher(&self) -> Publisher<'_> {
+        Publisher {
+            scope: self.scope,
+            uid: &self.uid,
+            name: &self.name,
+        }
+    }
 }
 
 /// What differs between the two kinds of resource, for the one reconcile driver

@@ -8,12 +8,12 @@
 //! 3. subscribe the credential to the verification loop (memory; never waits for the platform),
 //! 4. plan the status and the Events (pure: [`crate::domain::plan`]).
 
+use crate::domain::api::Scope;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
 use crate::domain::restart as restarts;
 use crate::domain::spec::InvalidSpec;
 use crate::shell::context::{Context, Decided, Error, Id, Kind, now};
-use crate::shell::verifier::Scope;
 use crate::shell::{Guarded, restart, subscribe, target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Api, ResourceExt};

@@ -8,7 +8,7 @@
 //! growing delay ([`Retries`](crate::shell::retries::Retries)), not at every reconcile.
 
 use crate::domain::api::{MendixCredentialStatus, RolloutRestartStatus, WorkloadRef};
-use crate::domain::restart::{self, Outcome, Step};
+use crate::domain::restart::{self, Marks, Outcome, Step};
 use crate::shell::context::{Context, Id};
 use crate::shell::retries::retry_key;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -42,31 +42,26 @@ pub(crate) async fn ensure(
         };
     }
     let credential = format!("{}/{}", id.namespace, id.name);
-    let (key, manager, consent) = (
-        restart::annotation_key(&id.name),
-        restart::field_manager(&id.name),
-        restart::consent_entry(&id.name),
-    );
+    let marks = Marks::of(id.scope, &id.name);
     let owner = Owner {
         namespace: &id.namespace,
-        key: &key,
-        manager: &manager,
-        consent: &consent,
+        marks: &marks,
         credential: &credential,
         missing_is_normal: false,
         min_interval: ctx.settings.restart_min_interval,
     };
-    let mut entries = Vec::with_capacity(workloads.len());
-    let mut outcomes = Vec::with_capacity(workloads.len());
-    for workload in workloads {
-        let (outcome, _) = restart_to(&ctx.client, &owner, workload, fingerprint).await;
-        entries.push(restart::entry(
-            workload,
-            &outcome,
-            restart::previous_entry(previous, workload),
-        ));
-        outcomes.push(outcome);
-    }
+    let restarts = restart_in(&ctx.client, &owner, workloads, fingerprint).await;
+    let entries: Vec<RolloutRestartStatus> = restarts
+        .iter()
+        .map(|r| {
+            restart::entry(
+                &r.workload,
+                &r.outcome,
+                restart::previous_entry(previous, &r.workload),
+            )
+        })
+        .collect();
+    let outcomes: Vec<Outcome> = restarts.into_iter().map(|r| r.outcome).collect();
     let pending = restart::pending(&outcomes, false);
     let first = ctx.settings.restart_retry;
     let again_in = ctx.retries.record(
@@ -82,12 +77,8 @@ pub(crate) async fn ensure(
 /// Whose annotation the workloads get, and in which namespace.
 pub(crate) struct Owner<'a> {
     pub namespace: &'a str,
-    /// The pod-template annotation, the resource's alone.
-    pub key: &'a str,
-    /// The server-side apply field manager, the resource's alone.
-    pub manager: &'a str,
-    /// The entry of the workload's consent annotation that names the resource.
-    pub consent: &'a str,
+    /// The pod-template annotation, field manager and consent entry: the resource's alone.
+    pub marks: &'a Marks,
     /// The resource, for the logs.
     pub credential: &'a str,
     /// Whether a workload that does not exist is as expected (a cluster resource's, in a
@@ -97,8 +88,35 @@ pub(crate) struct Owner<'a> {
     pub min_interval: Duration,
 }
 
+/// What restarting one workload came to, and whether it was patched (and so restarted).
+pub(crate) struct Restart {
+    pub workload: WorkloadRef,
+    pub outcome: Outcome,
+    pub patched: bool,
+}
+
+/// The restart step of one namespace, for both kinds: brings each of `workloads` in the
+/// namespace of `owner` to `fingerprint`, one after another.
+pub(crate) async fn restart_in(
+    client: &Client,
+    owner: &Owner<'_>,
+    workloads: &[WorkloadRef],
+    fingerprint: &str,
+) -> Vec<Restart> {
+    let mut restarts = Vec::with_capacity(workloads.len());
+    for workload in workloads {
+        let (outcome, patched) = restart_to(client, owner, workload, fingerprint).await;
+        restarts.push(Restart {
+            workload: workload.clone(),
+            outcome,
+            patched,
+        });
+    }
+    restarts
+}
+
 /// Restarts one workload to `fingerprint` (its pod template annotated with it); says whether it was patched (and so restarted).
-pub(crate) async fn restart_to(
+async fn restart_to(
     client: &Client,
     owner: &Owner<'_>,
     workload: &WorkloadRef,
@@ -117,7 +135,7 @@ pub(crate) async fn restart_to(
         Ok(current) => current,
         Err(error) => return (failed(owner, workload, Step::Read, &error), false),
     };
-    if !restart::consents(current.metadata.annotations.as_ref(), owner.consent) {
+    if !restart::consents(current.metadata.annotations.as_ref(), &owner.marks.consent) {
         debug!(
             credential,
             namespace = owner.namespace,
@@ -125,13 +143,13 @@ pub(crate) async fn restart_to(
             name,
             "the workload does not consent to restarts by this credential: left alone"
         );
-        let entry = owner.consent.to_owned();
+        let entry = owner.marks.consent.clone();
         return (Outcome::NoConsent { entry }, false);
     }
     let annotations: Option<BTreeMap<String, String>> =
         serde_json::from_value(current.data["spec"]["template"]["metadata"]["annotations"].clone())
             .ok();
-    let held = restart::held(annotations.as_ref(), owner.key);
+    let held = restart::held(annotations.as_ref(), &owner.marks.key);
     if !restart::needs_patch(held, fingerprint) {
         return (holds(), false);
     }
@@ -164,8 +182,8 @@ pub(crate) async fn restart_to(
     }
     // Forced: the key is this resource's alone, whoever touched it since. No `create` is
     // granted, so a workload deleted since the read is not created by this apply.
-    let params = PatchParams::apply(owner.manager).force();
-    let body = restart::apply_body(workload, owner.key, fingerprint);
+    let params = PatchParams::apply(&owner.marks.manager).force();
+    let body = restart::apply_body(workload, &owner.marks.key, fingerprint);
     match api.patch(name, &params, &Patch::Apply(&body)).await {
         Ok(_) => {
             info!(

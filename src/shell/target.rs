@@ -2,7 +2,7 @@
 //! the target, and writes it only when what is there differs. The decisions are pure
 //! ([`crate::domain::plan::target_action`]); this is their IO.
 
-use crate::domain::api::{LABEL_CREDENTIAL, MANAGER};
+use crate::domain::api::MANAGER;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
 use crate::domain::credential::Credential;
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
@@ -57,11 +57,7 @@ pub(crate) async fn sync(
     let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
     let target = &resolved.target_name;
     let seen = ctx.secrets.seen(&id.namespace, target);
-    let publisher = Publisher {
-        uid: &id.uid,
-        name: &id.name,
-        label: LABEL_CREDENTIAL,
-    };
+    let publisher = id.publisher();
     let (written_at, wrote) = match write_target(ctx, publisher, desired, seen).await? {
         Written::Holds { at, wrote } => (at, wrote),
         Written::Conflict => return refused(plan::target_conflict(target)),

@@ -7,6 +7,7 @@
 //! with many due or slow checks takes no more than its share of workers and of the platform's
 //! rate limit. Forced checks of one credential are merged within a cooldown.
 
+use crate::domain::api::Scope;
 use crate::domain::classify::{Outcome, Reason};
 use crate::domain::cluster::ClusterMendixCredential;
 use crate::domain::credential::Credential;
@@ -56,15 +57,6 @@ pub struct Verifier {
     routes: Mutex<Vec<Route>>,
     /// Where to send the ClusterMendixCredentials whose answer changed (cluster mode only).
     cluster_route: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ClusterMendixCredential>>>>,
-}
-
-/// The kind of a subscriber, which decides where its answers are sent: a MendixCredential to
-/// the controller of its namespace, a ClusterMendixCredential (by name alone) to the cluster
-/// controller. Both kinds share the check of a credential and probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Namespaced,
-    Cluster,
 }
 
 /// The resources of a scope (a namespace, or all) and where to send them.

@@ -471,8 +471,8 @@ fn the_spec_resolves_as_a_namespaced_one() {
 /// The publisher `uid` of ClusterMendixCredential `name`.
 fn cluster<'a>(uid: &'a str, name: &'a str) -> crate::render::Publisher<'a> {
     crate::render::Publisher {
+        scope: crate::api::Scope::Cluster,
         uid,
         name,
-        label: LABEL_CLUSTER_CREDENTIAL,
     }
 }

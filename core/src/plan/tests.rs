@@ -561,8 +561,8 @@ fn a_credential_with_the_published_fingerprint_but_another_digest_is_a_new_one()
 /// The publisher `uid` of MendixCredential `name`.
 fn by<'a>(uid: &'a str, name: &'a str) -> crate::render::Publisher<'a> {
     crate::render::Publisher {
+        scope: crate::api::Scope::Namespaced,
         uid,
         name,
-        label: crate::api::LABEL_CREDENTIAL,
     }
 }

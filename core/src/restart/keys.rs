@@ -1,6 +1,7 @@
 //! What names a resource's restarts: the pod-template annotation and field manager of each
 //! kind, and the workload's own consent annotation.
 
+use crate::api::Scope;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -41,39 +42,67 @@ fn name_part(credential: &str) -> String {
     format!("{head}-{hash}")
 }
 
+/// The marks one resource's restarts leave on a workload, its kind's own: the pod-template
+/// annotation holding the credential's fingerprint, the field manager that sets it, and the
+/// entry of the workload's [`CONSENT_ANNOTATION`] that names the resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marks {
+    pub key: String,
+    pub manager: String,
+    pub consent: String,
+}
+
+impl Marks {
+    /// The marks of the resource `credential` of kind `scope`.
+    pub fn of(scope: Scope, credential: &str) -> Self {
+        match scope {
+            Scope::Namespaced => Marks {
+                key: annotation_key(credential),
+                manager: field_manager(credential),
+                consent: consent_entry(credential),
+            },
+            Scope::Cluster => Marks {
+                key: cluster_annotation_key(credential),
+                manager: cluster_field_manager(credential),
+                consent: cluster_consent_entry(credential),
+            },
+        }
+    }
+}
+
 /// The pod-template annotation holding the fingerprint of the credential a workload was last
 /// restarted for: `restart.mxcred.io/<resource name>`.
-pub fn annotation_key(credential: &str) -> String {
+pub(crate) fn annotation_key(credential: &str) -> String {
     format!("{ANNOTATION_DOMAIN}/{}", name_part(credential))
 }
 
 /// The server-side apply field manager of this resource's annotations on workloads.
-pub fn field_manager(credential: &str) -> String {
+pub(crate) fn field_manager(credential: &str) -> String {
     format!("mxcred-operator/restart/{}", name_part(credential))
 }
 
 /// The pod-template annotation of the ClusterMendixCredential `credential`:
 /// `cluster.restart.mxcred.io/<resource name>`.
-pub fn cluster_annotation_key(credential: &str) -> String {
+pub(crate) fn cluster_annotation_key(credential: &str) -> String {
     format!("{CLUSTER_ANNOTATION_DOMAIN}/{}", name_part(credential))
 }
 
 /// The server-side apply field manager of the ClusterMendixCredential `credential`'s
 /// annotations: distinct from a namespaced resource's of the same name, whose apply would
 /// otherwise remove this one's annotation.
-pub fn cluster_field_manager(credential: &str) -> String {
+pub(crate) fn cluster_field_manager(credential: &str) -> String {
     format!("mxcred-operator/cluster-restart/{}", name_part(credential))
 }
 
 /// The entry of [`CONSENT_ANNOTATION`] that consents to restarts by the MendixCredential
 /// `credential` of the workload's namespace.
-pub fn consent_entry(credential: &str) -> String {
+pub(crate) fn consent_entry(credential: &str) -> String {
     credential.to_owned()
 }
 
 /// The entry of [`CONSENT_ANNOTATION`] that consents to restarts by the
 /// ClusterMendixCredential `credential`.
-pub fn cluster_consent_entry(credential: &str) -> String {
+pub(crate) fn cluster_consent_entry(credential: &str) -> String {
     format!("cluster/{credential}")
 }
 

@@ -3,11 +3,9 @@
 //! wrote or found current is not read again: a resync of many namespaces sends no request.
 
 use super::context::ClusterContext;
-use crate::domain::cluster::{
-    self, ClusterMendixCredential, CopyOutcome, LABEL_CLUSTER_CREDENTIAL,
-};
+use crate::domain::cluster::{self, ClusterMendixCredential, CopyOutcome};
 use crate::domain::credential::Credential;
-use crate::domain::render::{self, Publisher};
+use crate::domain::render;
 use crate::domain::spec::Resolved;
 use crate::shell::api_error::describe;
 use crate::shell::context::Error;
@@ -60,11 +58,7 @@ pub(super) async fn write_copies(
 async fn write_copy(cc: &ClusterContext, id: &Id, ns: &str, desired: Secret) -> CopyOutcome {
     let name = desired.metadata.name.as_deref().unwrap_or_default();
     let seen = cc.copy_seen(ns, name);
-    let publisher = Publisher {
-        uid: &id.uid,
-        name: &id.name,
-        label: LABEL_CLUSTER_CREDENTIAL,
-    };
+    let publisher = id.publisher();
     match target::write_target(&cc.ctx, publisher, desired, seen).await {
         Ok(Written::Holds { at, wrote }) => CopyOutcome::Synced {
             written_at: at,

@@ -13,6 +13,7 @@
 use super::context::{ClusterContext, namespace_view};
 use super::copies::remove_copies;
 use super::publish::{Publication, Publish};
+use crate::domain::api::Scope;
 use crate::domain::cluster::restart::{self as cluster_restart};
 use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
@@ -23,7 +24,6 @@ use crate::domain::spec::InvalidSpec;
 use crate::shell::ClusterGuarded;
 use crate::shell::context::{Context, Decided, Error, Id, Kind, now};
 use crate::shell::subscribe;
-use crate::shell::verifier::Scope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Api, ResourceExt};
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! The restart step of a ClusterMendixCredential: the workloads of `spec.target.rolloutRestart`
 //! in every namespace whose copy holds the current credential, each brought to it as a
-//! MendixCredential brings its own ([`crate::shell::restart::restart_to`]), a few namespaces at a
+//! MendixCredential brings its own ([`crate::shell::restart::restart_in`]), a few namespaces at a
 //! time. A namespace whose workloads this instance already brought to the credential is not
 //! read again: a resync of many namespaces sends no request, and after a restart of the
 //! operator one read per workload finds the annotation in place and patches nothing. A
@@ -12,9 +12,9 @@ use super::copies::WRITERS;
 use crate::domain::api::WorkloadRef;
 use crate::domain::cluster::RolloutRestartFailure;
 use crate::domain::cluster::restart::{self as cluster_restart, Restarts};
-use crate::domain::restart;
+use crate::domain::restart::{self, Marks};
 use crate::shell::context::Id;
-use crate::shell::restart::{Owner, restart_to};
+use crate::shell::restart::{Owner, Restart, restart_in};
 use crate::shell::retries::retry_key;
 use futures::StreamExt;
 use std::time::Duration;
@@ -37,17 +37,13 @@ pub(super) async fn restart_workloads(
     if workloads.is_empty() {
         return (restarts, None);
     }
-    let (key, manager, consent) = (
-        restart::cluster_annotation_key(&id.name),
-        restart::cluster_field_manager(&id.name),
-        restart::cluster_consent_entry(&id.name),
-    );
+    let marks = Marks::of(id.scope, &id.name);
     let due_key = retry_key(fingerprint, generation);
     let restarted = Restarted {
         fingerprint: fingerprint.to_owned(),
         workloads: workloads.to_vec(),
     };
-    let (key, manager, consent, restarted) = (&key, &manager, &consent, &restarted);
+    let (marks, restarted) = (&marks, &restarted);
     let retries = &cc.retries;
     let mut again_in: Option<Duration> = None;
     let mut sooner = |wait: Option<Duration>| {
@@ -73,19 +69,12 @@ pub(super) async fn restart_workloads(
         .map(|ns| async move {
             let owner = Owner {
                 namespace: &ns,
-                key,
-                manager,
-                consent,
+                marks,
                 credential: &id.name,
                 missing_is_normal: true,
                 min_interval: cc.ctx.settings.restart_min_interval,
             };
-            let mut outcomes = Vec::with_capacity(workloads.len());
-            for workload in workloads {
-                let (outcome, patched) =
-                    restart_to(&cc.ctx.client, &owner, workload, fingerprint).await;
-                outcomes.push((workload.clone(), outcome, patched));
-            }
+            let outcomes = restart_in(&cc.ctx.client, &owner, workloads, fingerprint).await;
             (ns, outcomes)
         })
         .buffer_unordered(WRITERS)
@@ -94,13 +83,18 @@ pub(super) async fn restart_workloads(
     for (ns, outcomes) in results {
         let settled: Vec<_> = outcomes
             .iter()
-            .map(|(w, o, _)| (w.clone(), o.clone()))
+            .map(|r| (r.workload.clone(), r.outcome.clone()))
             .collect();
         if cluster_restart::settled(&settled) {
             cc.remember_restarted(&id.uid, &ns, restarted.clone());
         }
         let mut failures: Vec<RolloutRestartFailure> = vec![];
-        for (workload, outcome, patched) in outcomes {
+        for Restart {
+            workload,
+            outcome,
+            patched,
+        } in outcomes
+        {
             if patched {
                 restarts.restarted.push((ns.clone(), workload.clone()));
             }

@@ -1,7 +1,8 @@
 //! One check of the verification loop: a credential and probe, who subscribed to it, what the
 //! platform last said, and when it is due next.
 
-use super::{Key, Scope, Slot};
+use super::{Key, Slot};
+use crate::domain::api::Scope;
 use crate::domain::classify::Outcome;
 use crate::domain::credential::Credential;
 use crate::domain::probe::ProbeTarget;
