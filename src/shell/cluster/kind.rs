@@ -19,8 +19,9 @@ use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
+use crate::domain::plan::Verification;
 use crate::domain::plan::{Ready, ReadyReason};
-use crate::domain::spec::InvalidSpec;
+use crate::domain::spec::{InvalidSpec, Resolved};
 use crate::shell::ClusterGuarded;
 use crate::shell::context::{Context, Decided, Error, Id, Kind, now};
 use crate::shell::subscribe;
@@ -83,14 +84,75 @@ impl Kind for ClusterContext {
         previous: &ClusterMendixCredentialStatus,
         forced: Option<SystemTime>,
     ) -> Result<Decided<ClusterMendixCredentialStatus>, Error> {
-        let cc = self;
-        let ctx = &cc.ctx;
+        let ctx = &self.ctx;
         let credential_half = previous.core();
 
         // 1. The spec and the selection.
         let resolved = ctx.resolve(&id.name, &cr.spec.as_namespaced(), &cr.metadata);
+        let (selection, selected) = self.select(cr, id);
+        let spec = match (&resolved, &selection) {
+            (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => Err(m.clone()),
+            (Ok(resolved), Ok(_)) => Ok(resolved),
+        };
+
+        // 2. The source, checked first when it replaces a working credential, then the copies;
+        // our copies outside the selection go, whatever the source says. With a spec that
+        // cannot be read, nothing is selected: the copies stay until it is fixed.
+        let (publication, removed) = match spec {
+            Err(message) => (
+                Publication::refused(Ready::refused(ReadyReason::InvalidSpec, message)),
+                true,
+            ),
+            Ok(resolved) => {
+                let step = Publish {
+                    cc: self,
+                    cr,
+                    id,
+                    resolved,
+                    forced,
+                };
+                let publication = step.run(&credential_half, &selected.active).await?;
+                let keep: BTreeSet<&str> = selected.active.iter().map(String::as_str).collect();
+                let removed = remove_copies(self, id, &resolved.target_name, &keep).await;
+                (publication, removed)
+            }
+        };
+
+        // 3. The verification loop.
+        let verification = subscribe::subscribe(
+            cr.metadata.generation,
+            id,
+            resolved.as_ref().ok(),
+            (publication.credential.as_ref(), publication.held.is_some()),
+            forced,
+            &credential_half,
+            ctx,
+        );
+
+        // 4. The plan.
+        let observed = Observed {
+            cr,
+            previous,
+            resolved: resolved.as_ref().ok(),
+            selected,
+            verification,
+        };
+        let mut decided = decide(observed, publication);
+        decided.blocked |= !removed;
+        Ok(decided)
+    }
+}
+
+impl ClusterContext {
+    /// The selection the spec asks for, and the namespaces it selects now (remembered, so that
+    /// a later change of one of them wakes this resource even once it is deselected).
+    fn select(
+        &self,
+        cr: &ClusterMendixCredential,
+        id: &Id,
+    ) -> (Result<Selection, InvalidSpec>, Selected) {
         let selection = Selection::of(&cr.spec.target);
-        let namespaces: Vec<NamespaceView> = cc
+        let namespaces: Vec<NamespaceView> = self
             .namespaces
             .state()
             .iter()
@@ -100,82 +162,64 @@ impl Kind for ClusterContext {
             Ok(selection) => selection.apply(&namespaces),
             Err(_) => Selected::default(),
         };
-        cc.remember_selected(&id.uid, &selected);
+        self.remember_selected(&id.uid, &selected);
+        (selection, selected)
+    }
+}
 
-        // 2. The source, checked first when it replaces a working credential, then the copies.
-        let Publication {
-            source,
-            credential,
-            held,
-            checked_first,
-            copies,
-            restarted,
-            restart_again,
-        } = match (&resolved, &selection) {
-            (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => {
-                Publication::refused(Ready::refused(ReadyReason::InvalidSpec, m.clone()))
-            }
-            (Ok(resolved), Ok(_)) => {
-                let step = Publish {
-                    cc,
-                    cr,
-                    id,
-                    resolved,
-                    forced,
-                };
-                step.run(previous, &selected.active).await?
-            }
-        };
-        // Our copies outside the selection go, whatever the source says. With a spec that
-        // cannot be read, nothing is selected: the copies stay until it is fixed.
-        let mut blocked = false;
-        if let (Ok(resolved), Ok(_)) = (&resolved, &selection) {
-            let keep: BTreeSet<&str> = selected.active.iter().map(String::as_str).collect();
-            blocked |= !remove_copies(cc, id, &resolved.target_name, &keep).await;
-        }
+/// What the plan of a reconcile reads beside the publication.
+struct Observed<'a> {
+    cr: &'a ClusterMendixCredential,
+    previous: &'a ClusterMendixCredentialStatus,
+    resolved: Option<&'a Resolved>,
+    selected: Selected,
+    verification: Verification,
+}
 
-        // 3. The verification loop.
-        let verification = subscribe::subscribe(
-            cr.metadata.generation,
-            id,
-            resolved.as_ref().ok(),
-            (credential.as_ref(), held.is_some()),
-            forced,
-            &credential_half,
-            ctx,
-        );
-
-        // 4. The plan.
-        let wrote = copies
-            .values()
-            .filter(|c| matches!(c, CopyOutcome::Synced { wrote: true, .. }))
-            .count();
-        let plan = cluster::plan(ClusterObserved {
-            generation: cr.metadata.generation,
-            credential_type: resolved.as_ref().ok().map(|r| r.credential_type),
-            previous,
-            target: resolved
-                .as_ref()
-                .map(|r| r.target_name.clone())
-                .unwrap_or_default(),
-            source,
-            held,
-            checked_first,
-            copies,
-            selected,
-            verification,
-            now: now(),
-        });
-        let plan = cluster_restart::amend(plan, previous, restarted);
-        Ok(Decided {
-            status: plan.status,
-            events: plan.events,
-            ready: plan.ready,
-            request_served: plan.request_served,
-            hold: plan.hold,
-            blocked: blocked || plan.retry,
-            restart_again,
-            wrote,
-        })
+/// The plan of the status and the Events (pure), with the restarts amended in.
+fn decide(observed: Observed, publication: Publication) -> Decided<ClusterMendixCredentialStatus> {
+    let Observed {
+        cr,
+        previous,
+        resolved,
+        selected,
+        verification,
+    } = observed;
+    let Publication {
+        source,
+        held,
+        checked_first,
+        copies,
+        restarted,
+        restart_again,
+        credential: _,
+    } = publication;
+    let wrote = copies
+        .values()
+        .filter(|c| matches!(c, CopyOutcome::Synced { wrote: true, .. }))
+        .count();
+    let plan = cluster::plan(ClusterObserved {
+        generation: cr.metadata.generation,
+        credential_type: resolved.map(|r| r.credential_type),
+        previous,
+        target: resolved.map(|r| r.target_name.clone()).unwrap_or_default(),
+        source,
+        held,
+        checked_first,
+        copies,
+        selected,
+        verification,
+        now: now(),
+    });
+    let plan = cluster_restart::amend(plan, previous, restarted);
+    Decided {
+        status: plan.status,
+        events: plan.events,
+        ready: plan.ready,
+        request_served: plan.request_served,
+        hold: plan.hold,
+        blocked: plan.retry,
+        restart_again,
+        wrote,
     }
 }

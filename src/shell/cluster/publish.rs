@@ -7,8 +7,9 @@ use super::context::ClusterContext;
 use super::copies::write_copies;
 use super::restarts::restart_workloads;
 use super::rotation::working_copy;
+use crate::domain::api::MendixCredentialStatus;
 use crate::domain::cluster::restart::Restarts;
-use crate::domain::cluster::{ClusterMendixCredential, ClusterMendixCredentialStatus, CopyOutcome};
+use crate::domain::cluster::{ClusterMendixCredential, CopyOutcome};
 use crate::domain::credential::Credential;
 use crate::domain::plan::Ready;
 use crate::domain::restart;
@@ -61,7 +62,7 @@ pub(super) struct Publish<'a> {
 impl Publish<'_> {
     pub(super) async fn run(
         &self,
-        previous: &ClusterMendixCredentialStatus,
+        previous: &MendixCredentialStatus,
         active: &[String],
     ) -> Result<Publication, Error> {
         let Publish {
@@ -78,16 +79,8 @@ impl Publish<'_> {
         };
         let working =
             async |published: &str| working_copy(cc, id, resolved, published, active).await;
-        let gated = rotation::pass(
-            &cc.ctx,
-            id,
-            resolved,
-            &previous.core(),
-            credential,
-            forced,
-            working,
-        )
-        .await?;
+        let gated =
+            rotation::pass(&cc.ctx, id, resolved, previous, credential, forced, working).await?;
         let published = gated.publish;
         let copies = write_copies(cc, cr, id, resolved, &published, active).await?;
         let (mut restarted, mut restart_again) = (None, None);
