@@ -75,40 +75,9 @@ pub async fn run(
     );
     let cc = Arc::new(cc);
 
-    let tracker = ctx.tracker.clone();
     let (reader, writer) = reflector::store();
     let listed = Arc::new(AtomicBool::new(false));
-    let listed_flag = listed.clone();
-    let resources = reflector(
-        writer,
-        watcher(
-            Api::<ClusterGuarded>::all(client.clone()),
-            watcher::Config::default().page_size(LIST_PAGE),
-        )
-        .modify(slim),
-    )
-    // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
-    .inspect_err(
-        |e| warn!(error = %describe_watch(e), "cannot watch ClusterMendixCredentials; retrying"),
-    )
-    .inspect_ok(move |event| match event {
-        watcher::Event::InitDone => listed_flag.store(true, Ordering::Relaxed),
-        // Once the cache holds a resource past a status write, the write's copy can go soon.
-        watcher::Event::Apply(cr) => {
-            if let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version) {
-                tracker.cache_reached(uid, version);
-            }
-        }
-        _ => {}
-    })
-    .default_backoff()
-    .applied_objects()
-    // Only spec and annotation (verify-requested-at) changes start a reconcile: the operator's
-    // own status writes would otherwise each cause another one.
-    .predicate_filter(
-        predicates::generation.combine(predicates::annotations),
-        Default::default(),
-    );
+    let resources = resources(&ctx, writer, listed.clone());
     let controller = Controller::for_stream(resources, reader).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
     );
@@ -148,6 +117,45 @@ pub async fn run(
         () = dropped => warn!("the controller of ClusterMendixCredentials did not stop in time: dropped"),
     }
     *store.lock() = None;
+}
+
+/// The ClusterMendixCredentials that start a reconcile, cached in `writer`: on a change of
+/// spec or annotations (`verify-requested-at`), not on the operator's own status writes, which
+/// would otherwise each cause another one. `listed` is set once they were listed.
+fn resources(
+    ctx: &Context,
+    writer: reflector::store::Writer<ClusterGuarded>,
+    listed: Arc<AtomicBool>,
+) -> impl futures::Stream<Item = Result<ClusterGuarded, watcher::Error>> + use<> {
+    let tracker = ctx.tracker.clone();
+    reflector(
+        writer,
+        watcher(
+            Api::<ClusterGuarded>::all(ctx.client.clone()),
+            watcher::Config::default().page_size(LIST_PAGE),
+        )
+        .modify(slim),
+    )
+    // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
+    .inspect_err(
+        |e| warn!(error = %describe_watch(e), "cannot watch ClusterMendixCredentials; retrying"),
+    )
+    .inspect_ok(move |event| match event {
+        watcher::Event::InitDone => listed.store(true, Ordering::Relaxed),
+        // Once the cache holds a resource past a status write, the write's copy can go soon.
+        watcher::Event::Apply(cr) => {
+            if let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version) {
+                tracker.cache_reached(uid, version);
+            }
+        }
+        _ => {}
+    })
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    )
 }
 
 /// How long reconciles under way may take to finish once the operator stops.
