@@ -394,7 +394,7 @@ async fn a_second_instance_agrees_and_writes_nothing() {
         "status rewritten"
     );
     assert!(
-        second.logs().contains("\"wrote\":false"),
+        second.logs().contains("\"wrote\":0"),
         "{}",
         second.logs()
     );
