@@ -492,6 +492,7 @@ fn context(client: Client) -> Arc<Context> {
         retries: Arc::default(),
         events: Arc::default(),
         status_writes: Default::default(),
+        streaming_lists: false,
     })
 }
 

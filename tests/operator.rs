@@ -393,11 +393,7 @@ async fn a_second_instance_agrees_and_writes_nothing() {
         cr_after.metadata.resource_version, cr.metadata.resource_version,
         "status rewritten"
     );
-    assert!(
-        second.logs().contains("\"wrote\":0"),
-        "{}",
-        second.logs()
-    );
+    assert!(second.logs().contains("\"wrote\":0"), "{}", second.logs());
     let synced = env
         .events()
         .await

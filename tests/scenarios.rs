@@ -242,6 +242,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
         retries: Arc::default(),
         events: Arc::default(),
         status_writes: Default::default(),
+        streaming_lists: false,
     };
     (Arc::new(ctx), verifier)
 }

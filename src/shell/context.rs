@@ -59,6 +59,9 @@ pub struct Context {
     /// The bound on the Events of each object.
     pub events: Arc<EventLimiter>,
     pub status_writes: StatusWrites,
+    /// Whether the API server streams the initial state of watches
+    /// ([`crate::shell::watch::streams_initial_events`]); else they list it in pages.
+    pub streaming_lists: bool,
 }
 
 /// Status writes under way at once. The API server answers each with the whole resource, whose

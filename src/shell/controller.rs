@@ -13,7 +13,7 @@ use crate::shell::namespaced::Namespaced;
 use crate::shell::reconcile::{error_policy, reconcile};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
 use crate::shell::verifier::Verifier;
-use crate::shell::watch::{LIST_PAGE, slim};
+use crate::shell::watch::{self, slim};
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
@@ -167,6 +167,22 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let probe = api::<crate::domain::api::MendixCredential>(&client, scopes[0].as_deref());
+    let streaming_lists = watch::streams_initial_events(&probe).await;
+    info!(
+        streaming_lists,
+        "the watches receive their initial state {}",
+        if streaming_lists {
+            "streamed (sendInitialEvents)"
+        } else {
+            "as paginated lists"
+        }
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         reporter: Reporter {
@@ -181,12 +197,8 @@ pub async fn run(
         retries: Arc::default(),
         events: Arc::default(),
         status_writes: Default::default(),
+        streaming_lists,
     });
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
     let answered = verifier.routes(&scopes);
     let mut stores = vec![];
     let controllers: Vec<_> = scopes
@@ -316,9 +328,10 @@ where
 /// their publisher, and sources by their opt-in label, mapped to the credentials that read
 /// them. No other Secret is watched or listed, so however many and however large the other
 /// Secrets of the cluster are, they cost nothing. (A foreign Secret blocking a target is
-/// therefore not watched: that conflict is retried on a timer.) Initial lists come in pages of
-/// [`LIST_PAGE`] (not in one answer from the API server's watch cache, which at 5000 resources
-/// raised the peak after a restart by 9 MiB and did not shorten start-up).
+/// therefore not watched: that conflict is retried on a timer.) The initial state is streamed
+/// by the watch where the API server offers it, else listed in small pages
+/// ([`watch::config`]), never in one answer from the API server's watch cache (which at 5000
+/// resources raised the peak after a restart by 9 MiB and did not shorten start-up).
 fn controller(
     client: &Client,
     namespace: Option<&str>,
@@ -335,7 +348,7 @@ fn controller(
         writer,
         watcher(
             api::<Guarded>(client, namespace),
-            watcher::Config::default().page_size(LIST_PAGE),
+            watch::config(ctx.streaming_lists),
         )
         .modify(slim)
         .inspect_ok(lists("MendixCredentials"))
@@ -372,9 +385,7 @@ fn controller(
         ctx.secrets.watch(reader, current.clone());
         watcher(
             api::<SecretMeta>(client, namespace),
-            watcher::Config::default()
-                .labels(selector)
-                .page_size(LIST_PAGE),
+            watch::config(ctx.streaming_lists).labels(selector),
         )
         .inspect_ok(lists(what))
         .inspect_ok(move |event| writer.apply_watcher_event(&secrets::slim_event(event)))

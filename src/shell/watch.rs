@@ -8,10 +8,13 @@ use crate::shell::api_error::describe_watch;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::Resource;
+use kube::api::{Api, WatchEvent, WatchParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// Objects per page of an initial list: a page is held whole while it is read, and a tenant
@@ -19,6 +22,50 @@ use tracing::{info, warn};
 /// Secrets and 100 resources of 250 KB annotations, pages of 10 raised the peak after a
 /// restart by 18 MiB in cluster mode, pages of 2 by 7 MiB.
 pub(crate) const LIST_PAGE: u32 = 2;
+
+/// How a watch receives its initial state: streamed by the watch itself where the API server
+/// offers it (`sendInitialEvents`: each object an event of its own, served from the watch
+/// cache), else listed in pages of [`LIST_PAGE`].
+pub(crate) fn config(streaming: bool) -> watcher::Config {
+    let config = watcher::Config::default();
+    if streaming {
+        config.streaming_lists()
+    } else {
+        config.page_size(LIST_PAGE)
+    }
+}
+
+/// Whether the API server streams the initial state of a watch (`sendInitialEvents`, the
+/// WatchList feature): asked with one watch of `api` that selects nothing, which then ends
+/// with the bookmark that marks the end of the initial events. A server that refuses the
+/// parameter, or answers anything else, is served by paginated lists.
+pub async fn streams_initial_events<K>(api: &Api<K>) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let params = WatchParams::streaming_lists()
+        .fields("metadata.name=mxcred-operator.streaming-lists-probe")
+        .timeout(PROBE_TIMEOUT_SECONDS);
+    let Ok(stream) = api.watch(&params, "0").await else {
+        return false;
+    };
+    let mut stream = std::pin::pin!(stream);
+    let first = tokio::time::timeout(
+        Duration::from_secs(u64::from(PROBE_TIMEOUT_SECONDS) + 1),
+        stream.next(),
+    )
+    .await;
+    matches!(
+        first,
+        Ok(Some(Ok(WatchEvent::Bookmark(bookmark))))
+            if bookmark.metadata.annotations.get(INITIAL_EVENTS_END).map(String::as_str) == Some("true")
+    )
+}
+
+/// The annotation of the bookmark that ends the initial events of a streaming list.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+const PROBE_TIMEOUT_SECONDS: u32 = 5;
 
 /// What the cache keeps of a resource: of its metadata, besides identity, only the
 /// verify-requested-at annotation (a mark in place of a value too long to honour) and, of the

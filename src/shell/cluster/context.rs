@@ -7,7 +7,6 @@ use crate::domain::credential::Credential;
 use crate::shell::context::Context;
 use crate::shell::retries::Retries;
 use crate::shell::secrets::SecretMeta;
-use crate::shell::watch::LIST_PAGE;
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -63,7 +62,7 @@ impl ClusterContext {
         copies: Store<SecretMeta>,
         current: [Arc<AtomicBool>; 2],
     ) -> (Self, UnboundedReceiver<SecretMeta>) {
-        let (sources, touched) = SourceWatches::new(ctx.client.clone(), LIST_PAGE);
+        let (sources, touched) = SourceWatches::new(ctx.client.clone(), ctx.streaming_lists);
         let cc = ClusterContext {
             ctx,
             namespaces,

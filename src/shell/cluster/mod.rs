@@ -25,7 +25,7 @@ use crate::shell::api_error::describe_watch;
 use crate::shell::context::Context;
 use crate::shell::reconcile::{error_policy, reconcile};
 use crate::shell::secrets::SecretMeta;
-use crate::shell::watch::{LIST_PAGE, cached, slim};
+use crate::shell::watch::{self, cached, slim};
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -50,7 +50,7 @@ pub async fn run(
     let (namespaces, namespace_stream) = cached(
         watcher(
             Api::<NamespaceMeta>::all(client.clone()),
-            watcher::Config::default().page_size(LIST_PAGE),
+            watch::config(ctx.streaming_lists),
         )
         .modify(slim_namespace),
         "namespaces",
@@ -58,9 +58,7 @@ pub async fn run(
     let (copies, copy_stream) = cached(
         watcher(
             Api::<SecretMeta>::all(client.clone()),
-            watcher::Config::default()
-                .labels(LABEL_CLUSTER_CREDENTIAL)
-                .page_size(LIST_PAGE),
+            watch::config(ctx.streaming_lists).labels(LABEL_CLUSTER_CREDENTIAL),
         )
         .modify(slim_copy),
         "cluster credential copies",
@@ -132,7 +130,7 @@ fn resources(
         writer,
         watcher(
             Api::<ClusterGuarded>::all(ctx.client.clone()),
-            watcher::Config::default().page_size(LIST_PAGE),
+            watch::config(ctx.streaming_lists),
         )
         .modify(slim),
     )

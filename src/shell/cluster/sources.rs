@@ -4,7 +4,7 @@
 
 use crate::domain::api::LABEL_SOURCE;
 use crate::shell::secrets::SecretMeta;
-use crate::shell::watch::cached;
+use crate::shell::watch::{self, cached};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -18,18 +18,22 @@ use tracing::info;
 /// One watch per source namespace, their caches, and one stream of the sources they touched.
 pub struct SourceWatches {
     client: Client,
-    page_size: u32,
+    /// Whether the watches stream their initial state ([`watch::config`]).
+    streaming_lists: bool,
     watches: Mutex<HashMap<String, (Store<SecretMeta>, AbortHandle)>>,
     touched: mpsc::UnboundedSender<SecretMeta>,
 }
 
 impl SourceWatches {
     /// No watch yet, and the stream every later watch sends the sources it touched to.
-    pub fn new(client: Client, page_size: u32) -> (Self, mpsc::UnboundedReceiver<SecretMeta>) {
+    pub fn new(
+        client: Client,
+        streaming_lists: bool,
+    ) -> (Self, mpsc::UnboundedReceiver<SecretMeta>) {
         let (touched, stream) = mpsc::unbounded();
         let watches = SourceWatches {
             client,
-            page_size,
+            streaming_lists,
             watches: Mutex::default(),
             touched,
         };
@@ -53,9 +57,7 @@ impl SourceWatches {
         let ((store, _), stream) = cached(
             watcher(
                 Api::<SecretMeta>::namespaced(self.client.clone(), ns),
-                watcher::Config::default()
-                    .labels(&format!("{LABEL_SOURCE}=true"))
-                    .page_size(self.page_size),
+                watch::config(self.streaming_lists).labels(&format!("{LABEL_SOURCE}=true")),
             )
             .modify(slim_source),
             "sources of cluster credentials",
@@ -124,7 +126,7 @@ mod tests {
             http::Response<kube::client::Body>,
         >();
         let client = Client::new(service, "default");
-        let (watches, _touched) = SourceWatches::new(client, 2);
+        let (watches, _touched) = SourceWatches::new(client, false);
         assert_eq!(watches.version("sources", "admin-token"), None);
         assert_eq!(watches.version("sources", "other-token"), None);
         assert_eq!(watches.version("more-sources", "admin-token"), None);
