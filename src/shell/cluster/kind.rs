@@ -19,6 +19,7 @@ use crate::domain::cluster::{
     NamespaceView, Selected, Selection,
 };
 use crate::domain::credential::Credential;
+use crate::domain::due;
 use crate::domain::plan::{self, Ready, ReadyReason};
 use crate::domain::spec::{InvalidSpec, Resolved};
 use crate::shell::ClusterGuarded;
@@ -111,6 +112,7 @@ impl Kind for ClusterContext {
             copies,
             restarted,
             restart_again,
+            stamps,
         } = match (&resolved, &selection) {
             (Err(InvalidSpec(m)), _) | (_, Err(InvalidSpec(m))) => {
                 Publication::refused(Ready::refused(ReadyReason::InvalidSpec, m.clone()))
@@ -169,6 +171,10 @@ impl Kind for ClusterContext {
             copies,
             selected,
             verification,
+            due: due::Inputs {
+                policy: resolved.as_ref().map(|r| r.due).unwrap_or_default(),
+                stamps,
+            },
             now: now(),
         });
         let plan = cluster_restart::amend(plan, previous, restarted);
@@ -180,6 +186,7 @@ impl Kind for ClusterContext {
             hold: plan.hold,
             blocked: blocked || plan.retry,
             restart_again,
+            due_in: plan.due_in,
             wrote,
         })
     }

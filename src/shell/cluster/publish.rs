@@ -10,6 +10,7 @@ use super::rotation::CheckedFirst;
 use crate::domain::cluster::restart::Restarts;
 use crate::domain::cluster::{ClusterMendixCredential, ClusterMendixCredentialStatus, CopyOutcome};
 use crate::domain::credential::Credential;
+use crate::domain::due::Stamps;
 use crate::domain::plan::Ready;
 use crate::domain::restart;
 use crate::domain::rotation::Held;
@@ -30,6 +31,8 @@ pub(super) struct Publication {
     pub(super) copies: BTreeMap<String, CopyOutcome>,
     pub(super) restarted: Option<Restarts>,
     pub(super) restart_again: Option<Duration>,
+    /// The source's time annotations (default when the source could not be used).
+    pub(super) stamps: Stamps,
 }
 
 impl Publication {
@@ -42,6 +45,7 @@ impl Publication {
             copies: BTreeMap::new(),
             restarted: None,
             restart_again: None,
+            stamps: Stamps::default(),
         }
     }
 }
@@ -71,9 +75,10 @@ impl Publish<'_> {
             forced,
         } = *self;
         let seen = cc.sources.version(&id.namespace, &resolved.source.secret);
-        let credential = match read_source(&cc.ctx, &id.namespace, resolved, seen).await? {
+        let (credential, stamps) = match read_source(&cc.ctx, &id.namespace, resolved, seen).await?
+        {
             Err(ready) => return Ok(Publication::refused(ready)),
-            Ok(credential) => credential,
+            Ok(read) => read,
         };
         let gate = CheckedFirst {
             cc,
@@ -114,6 +119,7 @@ impl Publish<'_> {
             copies,
             restarted,
             restart_again,
+            stamps,
         })
     }
 }
