@@ -302,6 +302,27 @@ mod tests {
     use kube::core::Status;
 
     #[test]
+    fn a_synced_resource_comes_back_when_it_falls_due_within_the_resync() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            requeue(None, false, true, None, Some(minute)),
+            Action::requeue(minute)
+        );
+        assert_eq!(
+            requeue(None, false, true, Some(2 * minute), Some(3 * minute)),
+            Action::requeue(2 * minute)
+        );
+        assert_eq!(
+            requeue(None, false, true, None, Some(RESYNC * 24)),
+            Action::requeue(RESYNC)
+        );
+        assert_eq!(
+            requeue(None, false, false, None, Some(minute)),
+            Action::await_change()
+        );
+    }
+
+    #[test]
     fn backoff_grows_and_caps() {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(2), Duration::from_secs(2));
