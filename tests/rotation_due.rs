@@ -4,8 +4,9 @@
 //! status.rotateBy); a new credential without the annotation and a maxAge of 1h is not due; a
 //! malformed annotation is reported in the condition's message while Ready stays True.
 //!
-//! One operator in cluster mode serves both kinds; the cluster tests' operators would serve this
-//! test's ClusterMendixCredential too, so this binary runs apart from them (the lead's order).
+//! One operator in cluster mode serves both kinds. A cluster-mode operator of another test binary
+//! (tests/cluster.rs) would serve this test's ClusterMendixCredential too: run them one after
+//! the other.
 
 mod common;
 
@@ -26,7 +27,7 @@ enum Resource {
 
 struct Case<'a> {
     env: &'a TestEnv,
-    name: &'static str,
+    name: String,
     source: &'static str,
     resource: Resource,
 }
@@ -77,12 +78,12 @@ impl Case<'_> {
         match &self.resource {
             Resource::Namespaced { env_ns } => {
                 Api::<MendixCredential>::namespaced(self.client(), env_ns)
-                    .patch(self.name, &params, &Patch::Apply(cr))
+                    .patch(&self.name, &params, &Patch::Apply(cr))
                     .await
                     .map(|_| ())
             }
             Resource::Cluster { .. } => Api::<ClusterMendixCredential>::all(self.client())
-                .patch(self.name, &params, &Patch::Apply(cr))
+                .patch(&self.name, &params, &Patch::Apply(cr))
                 .await
                 .map(|_| ()),
         }
@@ -94,14 +95,14 @@ impl Case<'_> {
         let status = match &self.resource {
             Resource::Namespaced { env_ns } => {
                 let cr = Api::<MendixCredential>::namespaced(self.client(), env_ns)
-                    .get(self.name)
+                    .get(&self.name)
                     .await
                     .ok()?;
                 serde_json::to_value(cr.status?).unwrap()
             }
             Resource::Cluster { .. } => {
                 let cr = Api::<ClusterMendixCredential>::all(self.client())
-                    .get(self.name)
+                    .get(&self.name)
                     .await
                     .ok()?;
                 serde_json::to_value(cr.status?).unwrap()
@@ -140,7 +141,7 @@ impl Case<'_> {
         all.into_iter()
             .filter(|e| {
                 e.regarding.as_ref().is_some_and(|r| {
-                    r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(self.name)
+                    r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(self.name.as_str())
                 })
             })
             .map(common::describe_event)
@@ -261,16 +262,16 @@ async fn expiry_and_age_are_reported_for_both_kinds() {
 
     let namespaced = Case {
         env: &env,
-        name: "due-ns",
+        name: "due-ns".into(),
         source: "due-raw-ns",
         resource: Resource::Namespaced {
             env_ns: env.ns.clone(),
         },
     };
-    let cluster_name: &'static str = Box::leak(format!("{}-cluster", env.ns).into_boxed_str());
+    let cluster_name = format!("{}-cluster", env.ns);
     let cluster = Case {
         env: &env,
-        name: cluster_name,
+        name: cluster_name.clone(),
         source: "due-raw-cluster",
         resource: Resource::Cluster {
             copies_in: copies_in.clone(),
@@ -284,7 +285,7 @@ async fn expiry_and_age_are_reported_for_both_kinds() {
     }
 
     let _ = Api::<ClusterMendixCredential>::all(env.client.clone())
-        .delete(cluster_name, &DeleteParams::default())
+        .delete(&cluster_name, &DeleteParams::default())
         .await;
     for ns in [&copies_in, &env.ns] {
         let _ = Api::<Namespace>::all(env.client.clone())
