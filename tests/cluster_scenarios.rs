@@ -480,6 +480,7 @@ fn context(client: Client) -> Arc<Context> {
         settings: Settings {
             namespaces: vec![],
             default_interval: Duration::from_secs(3600),
+            default_max_age: None,
             concurrency: 1,
             test_interval: None,
             denied_metadata_prefixes: vec![],

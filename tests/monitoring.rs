@@ -1,7 +1,7 @@
 //! Monitoring on a real Prometheus (Debian's `prometheus`, started here): it scrapes the
 //! operator, loads the alerts the chart renders (with `for` shortened through chart values), and
-//! each alert fires for the reason it exists: a token deleted on the platform, a platform that
-//! stops answering, an operator that stops. Every query of every panel of the chart's Grafana
+//! each alert fires for the reason it exists: a token deleted on the platform, a credential
+//! past its expiry, a platform that stops answering, an operator that stops. Every query of every panel of the chart's Grafana
 //! dashboard returns data from that Prometheus.
 
 mod common;
@@ -28,6 +28,8 @@ fn rules() -> String {
             "prometheusRule.alerts.verificationFailing.noVerdictFor=1s",
             "--set",
             "prometheusRule.alerts.operatorDown.for=2s",
+            "--set",
+            "prometheusRule.alerts.rotationDue.for=2s",
         ])
         .output()
         .expect("run hack/rules.sh");
@@ -238,6 +240,7 @@ async fn alerts_fire_on_a_real_prometheus_and_every_dashboard_query_has_data() {
             "ClusterMendixCredentialInvalid",
             "MendixCredentialInvalid",
             "MendixCredentialOperatorDown",
+            "MendixCredentialRotationDue",
             "MendixCredentialRotationRejected",
             "MendixCredentialVerificationFailing"
         ]
@@ -262,6 +265,27 @@ async fn alerts_fire_on_a_real_prometheus_and_every_dashboard_query_has_data() {
     let invalid = deleted.elapsed();
     assert_eq!(labels["namespace"], NAMESPACE);
     assert_eq!(labels["job"], format!("{RELEASE}-metrics"));
+
+    // A credential whose source Secret says it expired: due for rotation.
+    sim.set("mon-c", State::Valid);
+    env.put_source("raw-c", &[("token", "mon-c")]).await;
+    let expired =
+        json!({"metadata": {"annotations": {"mxcred.io/expires-at": "2020-01-01T00:00:00Z"}}});
+    env.secrets()
+        .patch(
+            "raw-c",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&expired),
+        )
+        .await
+        .unwrap();
+    env.put_credential("c", json!({"sourceRef": {"name": "raw-c"}}))
+        .await;
+    env.wait_reason("c", "RotationDue", "Expired").await;
+    let labels = prometheus
+        .wait_firing("MendixCredentialRotationDue", Duration::from_secs(60))
+        .await;
+    assert_eq!(labels["namespace"], NAMESPACE);
 
     // The platform stops answering for token b: no verdict since, and the latest attempt failed.
     let outage = Instant::now();

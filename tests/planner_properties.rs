@@ -6,6 +6,9 @@
 //!
 //! - Planning its own output again writes nothing: once the plan's status is written and the
 //!   target holds what was written, the next plan has no status to write and no Event.
+//! - The age and expiry of the credential (`RotationDue`) are among the observations, with
+//!   limits that fall between the reconciles of a history, never within the ten minutes the
+//!   properties look on.
 //! - Events only on transitions: a later check that comes to the same verdict publishes no
 //!   Event.
 //! - A failed status write planned again is the same plan: the retry starts from the same
@@ -23,6 +26,7 @@ use mxcred_operator::domain::cluster::{
     MAX_FAILED_NAMESPACES, Selected,
 };
 use mxcred_operator::domain::credential::{self, Problem, SourceError};
+use mxcred_operator::domain::due::{self, Policy, Stamp, Stamps};
 use mxcred_operator::domain::plan::{
     self, Answer, Observed, Plan, Ready, ReadyReason, Sync, Verification,
 };
@@ -31,6 +35,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 const TARGET: &str = "mendix";
 
@@ -183,6 +188,8 @@ struct Seen {
     written_at: i64,
     /// When the reconcile before wrote the targets it wrote.
     wrote_at: i64,
+    /// The rotation policy and the source's time annotations.
+    due: due::Inputs,
     now: i64,
 }
 
@@ -191,6 +198,36 @@ impl Seen {
     fn write_time(&self) -> i64 {
         self.now - 1
     }
+}
+
+/// The age limits of a resource and the time annotations of its source. Every limit falls
+/// between two reconciles (at 10 000 + 1 000 i), never in the ten minutes after one.
+fn due_inputs() -> impl Strategy<Value = due::Inputs> {
+    let renew = Duration::from_secs(1_000);
+    let policy = |max_age: Option<u64>| Policy {
+        max_age: max_age.map(Duration::from_secs),
+        renew_before: renew,
+    };
+    let stamp = |s: i64| Stamp::At(at(s).0);
+    let inputs = |policy: Policy, issued_at: Stamp, expires_at: Stamp| due::Inputs {
+        policy,
+        stamps: Stamps {
+            issued_at,
+            expires_at,
+        },
+    };
+    prop_oneof![
+        2 => Just(due::Inputs::default()),
+        1 => Just(inputs(policy(Some(1_000_000)), Stamp::Absent, Stamp::Absent)),
+        1 => Just(inputs(policy(Some(2_700)), stamp(9_000), Stamp::Absent)),
+        1 => Just(inputs(policy(None), Stamp::Absent, stamp(12_800))),
+        1 => Just(inputs(policy(Some(1_000_000)), Stamp::Absent, stamp(14_800))),
+        1 => Just(inputs(
+            policy(None),
+            Stamp::Malformed("annotation mxcred.io/issued-at is malformed".into()),
+            Stamp::Absent
+        )),
+    ]
 }
 
 /// The `i`-th reconcile of a history: its times are later than those of the ones before.
@@ -204,9 +241,19 @@ fn seen(i: i64, targets: impl Strategy<Value = Vec<Target>>) -> impl Strategy<Va
         verification(now),
         1i64..=3,
         now - 500..now - 200,
+        due_inputs(),
     )
         .prop_map(
-            move |(source, targets, held, checked_first, verification, generation, written_at)| {
+            move |(
+                source,
+                targets,
+                held,
+                checked_first,
+                verification,
+                generation,
+                written_at,
+                due,
+            )| {
                 Seen {
                     source,
                     targets,
@@ -216,6 +263,7 @@ fn seen(i: i64, targets: impl Strategy<Value = Vec<Target>>) -> impl Strategy<Va
                     generation,
                     written_at,
                     wrote_at: 0,
+                    due,
                     now,
                 }
             },
@@ -307,6 +355,7 @@ fn plan_namespaced(seen: &Seen, previous: &MendixCredentialStatus) -> Plan {
         previous,
         sync: sync_of(seen, previous),
         verification: seen.verification.clone(),
+        due: seen.due.clone(),
         now: at(seen.now),
     })
 }
@@ -496,6 +545,7 @@ fn cluster_observed<'a>(
         copies,
         selected,
         verification: seen.verification.clone(),
+        due: seen.due.clone(),
         now: at(seen.now),
     }
 }
@@ -587,6 +637,7 @@ fn valid(targets: Vec<Target>, now: i64) -> Seen {
         generation: 1,
         written_at: 100,
         wrote_at: 0,
+        due: Default::default(),
         now,
     }
 }

@@ -335,6 +335,7 @@ fn resolved(
         target_annotations: annotations,
         verification: None,
         rotation: Default::default(),
+        due: Default::default(),
     }
 }
 

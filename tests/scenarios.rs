@@ -230,6 +230,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
         settings: Settings {
             namespaces: vec![],
             default_interval: Duration::from_secs(3600),
+            default_max_age: None,
             concurrency: 1,
             test_interval: None,
             denied_metadata_prefixes: vec![],

@@ -41,6 +41,10 @@ impl Scope {
 pub const LABEL_SOURCE: &str = "mxcred.io/source";
 pub const ANNOTATION_FINGERPRINT: &str = "mxcred.io/token-fingerprint";
 pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at";
+/// On the source Secret: when the credential was issued (RFC 3339); its age counts from then.
+pub const ANNOTATION_ISSUED_AT: &str = "mxcred.io/issued-at";
+/// On the source Secret: when the credential expires (RFC 3339).
+pub const ANNOTATION_EXPIRES_AT: &str = "mxcred.io/expires-at";
 
 /// A Mendix platform credential, published as a Secret that CI runners use as HTTP headers or
 /// environment variables, and verified against the platform at an interval.
@@ -66,6 +70,7 @@ pub const ANNOTATION_VERIFY_REQUESTED_AT: &str = "mxcred.io/verify-requested-at"
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
     printcolumn = r#"{"name":"Last Verified","type":"date","jsonPath":".status.lastVerifiedTime"}"#,
+    printcolumn = r#"{"name":"Rotate-By","type":"string","format":"date-time","jsonPath":".status.rotateBy"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Checked at apply time; the operator refuses the same specs in status (`domain::spec`), for
     // objects written before a rule existed. Here, not on the spec, because only the root sees
@@ -112,6 +117,20 @@ pub struct Rotation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = enum_without_null)]
     pub policy: Option<RotationPolicy>,
+    /// How old the published credential may grow, as a duration such as "90d" or "2160h":
+    /// older, it is reported due for rotation (condition RotationDue True, reason
+    /// MaxAgeExceeded). Its age counts from the source Secret's annotation mxcred.io/issued-at
+    /// (RFC 3339), or else from when the operator first published it (status.publishedTime).
+    /// Defaults to the operator's --default-max-age (none by default: no maximum age).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub max_age: Option<String>,
+    /// How long before the expiry the source Secret's annotation mxcred.io/expires-at gives
+    /// (RFC 3339) the credential is reported due for rotation (condition RotationDue True,
+    /// reason ExpiresSoon; Expired once past), as a duration such as "14d". Defaults to 14d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub renew_before: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -301,6 +320,14 @@ pub struct MendixCredentialStatus {
     /// When the target Secret's data was last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced_time: Option<Time>,
+    /// When the operator first published the credential of tokenFingerprint: its age counts
+    /// from then, unless the source Secret's annotation mxcred.io/issued-at says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_time: Option<Time>,
+    /// The date by which to publish a new credential: the earlier of the end of
+    /// spec.rotation.maxAge and the expiry of mxcred.io/expires-at. Absent when neither applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_by: Option<Time>,
     /// When the platform last gave a definitive answer about the credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
@@ -311,7 +338,10 @@ pub struct MendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verification_error: Option<String>,
     /// Ready: the target Secret holds the current source credential. TokenValid: the platform
-    /// accepted the credential at the last definitive check.
+    /// accepted the credential at the last definitive check. RotationDue: the published
+    /// credential is older than spec.rotation.maxAge (MaxAgeExceeded), expires within
+    /// spec.rotation.renewBefore (ExpiresSoon) or has expired (Expired); absent when neither a
+    /// maximum age nor an expiry applies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -494,4 +524,5 @@ pub(crate) fn enum_without_null(schema: &mut schemars::Schema) {
 pub mod condition {
     pub const READY: &str = "Ready";
     pub const TOKEN_VALID: &str = "TokenValid";
+    pub const ROTATION_DUE: &str = "RotationDue";
 }

@@ -48,6 +48,7 @@ pub const MAX_RESTART_FAILURES: usize = 20;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
+    printcolumn = r#"{"name":"Rotate-By","type":"string","format":"date-time","jsonPath":".status.rotateBy"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -184,6 +185,14 @@ pub struct ClusterMendixCredentialStatus {
     /// When a Secret's data was last written, in any namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_synced_time: Option<Time>,
+    /// When the operator first published the credential of tokenFingerprint: its age counts
+    /// from then, unless the source Secret's annotation mxcred.io/issued-at says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_time: Option<Time>,
+    /// The date by which to publish a new credential: the earlier of the end of
+    /// spec.rotation.maxAge and the expiry of mxcred.io/expires-at. Absent when neither applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_by: Option<Time>,
     /// When the platform last gave a definitive answer about the credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
@@ -221,7 +230,10 @@ pub struct ClusterMendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_restart_failure_count: Option<i32>,
     /// Ready: every selected namespace holds the current source credential. TokenValid: the
-    /// platform accepted the credential at the last definitive check.
+    /// platform accepted the credential at the last definitive check. RotationDue: the
+    /// published credential is older than spec.rotation.maxAge (MaxAgeExceeded), expires
+    /// within spec.rotation.renewBefore (ExpiresSoon) or has expired (Expired); absent when
+    /// neither a maximum age nor an expiry applies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -13,6 +13,7 @@ pub mod classify;
 pub mod cluster;
 pub mod conditions;
 pub mod credential;
+pub mod due;
 pub mod plan;
 pub mod probe;
 pub mod ready;

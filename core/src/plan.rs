@@ -11,6 +11,7 @@ use crate::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::classify::{Outcome, Reason, TokenValid};
 use crate::conditions::{self, Verdict};
 use crate::credential::{self, SourceError};
+use crate::due;
 pub use crate::ready::{Ready, ReadyReason};
 use crate::render;
 use crate::rotation::{self, Held};
@@ -93,6 +94,8 @@ pub struct Observed<'a> {
     pub previous: &'a MendixCredentialStatus,
     pub sync: Sync,
     pub verification: Verification,
+    /// How to judge the published credential's age, and the source's time annotations.
+    pub due: due::Inputs,
     pub now: Time,
 }
 
@@ -116,6 +119,8 @@ pub struct Plan {
     /// The status is held back this long for the first answer about a new credential, so that
     /// a new resource, or a rotation, costs one status write instead of two.
     pub hold: Option<std::time::Duration>,
+    /// How long until `RotationDue` changes by the clock alone: the reconcile comes back then.
+    pub due_in: Option<std::time::Duration>,
 }
 
 /// The Event that announces a new published credential replacing another.
@@ -133,6 +138,7 @@ pub fn reconcile(observed: Observed) -> Plan {
         previous,
         sync,
         verification,
+        due,
         now,
     } = observed;
     let mut status = previous.clone();
@@ -162,6 +168,11 @@ pub fn reconcile(observed: Observed) -> Plan {
             // instance, or after a restart) changes nothing.
             if rotated || written_since(written_at.as_ref(), previous.last_synced_time.as_ref()) {
                 status.last_synced_time = written_at.clone().or(previous.last_synced_time.clone());
+            }
+            // The API server's time of the write, which the retry of a failed status write
+            // finds the same; none while no target records one.
+            if rotated || status.published_time.is_none() {
+                status.published_time = written_at.clone();
             }
             status.token_fingerprint = Some(fingerprint.clone());
             status.token_digest = Some(digest.clone());
@@ -197,6 +208,10 @@ pub fn reconcile(observed: Observed) -> Plan {
         generation,
         now.clone(),
     );
+    let due_in = match &sync {
+        Sync::Published { .. } => judge_due(&mut status, &due, generation, &now),
+        _ => None,
+    };
     let mut request_served = false;
     let mut hold = match &sync {
         Sync::Held {
@@ -239,6 +254,7 @@ pub fn reconcile(observed: Observed) -> Plan {
             ready: ready.reason,
             request_served,
             hold,
+            due_in: None,
         };
     }
     Plan {
@@ -258,7 +274,38 @@ pub fn reconcile(observed: Observed) -> Plan {
         ready: ready.reason,
         request_served,
         hold,
+        due_in,
     }
+}
+
+/// Sets `RotationDue` and `rotateBy` for the credential published since
+/// `status.publishedTime`; returns how long until the judgement changes by the clock alone.
+fn judge_due(
+    status: &mut MendixCredentialStatus,
+    inputs: &due::Inputs,
+    generation: Option<i64>,
+    now: &Time,
+) -> Option<std::time::Duration> {
+    let Some(judged) = due::judge(inputs, status.published_time.as_ref(), now) else {
+        status
+            .conditions
+            .retain(|c| c.type_ != condition::ROTATION_DUE);
+        status.rotate_by = None;
+        return None;
+    };
+    status.rotate_by = judged.rotate_by;
+    conditions::set(
+        &mut status.conditions,
+        Verdict {
+            type_: condition::ROTATION_DUE,
+            status: judged.reason.status(),
+            reason: judged.reason.as_str(),
+            message: judged.message,
+        },
+        generation,
+        now.clone(),
+    );
+    judged.changes_in
 }
 
 /// Whether a target last written at `written_at` was written since the status recorded a write
@@ -343,6 +390,17 @@ fn announcements(
             warning: true,
             reason: ready.reason.as_str(),
             note: ready.message.clone(),
+        });
+    }
+    if let Some(due) = conditions::find(&status.conditions, condition::ROTATION_DUE)
+        && due.status == "True"
+        && conditions::find(&previous.conditions, condition::ROTATION_DUE)
+            .is_none_or(|c| c.status != "True" || c.reason != due.reason)
+    {
+        events.push(Announcement {
+            warning: true,
+            reason: condition::ROTATION_DUE,
+            note: format!("{}: {}", due.reason, due.message),
         });
     }
     if let Some(valid) = conditions::find(&status.conditions, condition::TOKEN_VALID) {

@@ -310,6 +310,7 @@ mod tests {
             target_annotations: [("note".to_string(), "x".to_string())].into(),
             verification: None,
             rotation: Default::default(),
+            due: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@ use crate::api::{
     ANNOTATION_VERIFY_REQUESTED_AT, CredentialType, DENIED_METADATA_DOMAINS, LABEL_MANAGED_BY,
     MendixCredentialSpec, Platform, RotationPolicy,
 };
+use crate::due;
 use crate::probe::ProbeTarget;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub struct Resolved {
     pub target_annotations: BTreeMap<String, String>,
     pub verification: Option<VerificationPlan>,
     pub rotation: RotationPolicy,
+    /// How the published credential's age is judged; `max_age` is the spec's, to which the
+    /// operator adds its default.
+    pub due: due::Policy,
 }
 
 /// The source Secret and the keys to read from it.
@@ -121,7 +125,55 @@ pub fn resolve(
             .as_ref()
             .and_then(|r| r.policy)
             .unwrap_or_default(),
+        due: resolve_due(spec)?,
     })
+}
+
+/// The longest `spec.rotation.maxAge` and `renewBefore`: ten years.
+const MAX_AGE_LIMIT: Duration = Duration::from_secs(3660 * 24 * 3600);
+
+fn resolve_due(spec: &MendixCredentialSpec) -> Result<due::Policy, InvalidSpec> {
+    let rotation = spec.rotation.clone().unwrap_or_default();
+    let max_age = rotation
+        .max_age
+        .as_deref()
+        .map(|text| parse_rotation_duration("maxAge", text, MIN_INTERVAL))
+        .transpose()?;
+    let renew_before = rotation
+        .renew_before
+        .as_deref()
+        .map(|text| parse_rotation_duration("renewBefore", text, Duration::ZERO))
+        .transpose()?
+        .unwrap_or(due::DEFAULT_RENEW_BEFORE);
+    Ok(due::Policy {
+        max_age,
+        renew_before,
+    })
+}
+
+/// Parses `spec.rotation.<field>`: a humantime duration of at least `min` and at most ten years.
+pub fn parse_rotation_duration(
+    field: &str,
+    text: &str,
+    min: Duration,
+) -> Result<Duration, InvalidSpec> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|_| {
+        InvalidSpec(format!(
+            "spec.rotation.{field} {text:?} is not a duration such as \"90d\" or \"2160h\""
+        ))
+    })?;
+    if duration < min {
+        return Err(InvalidSpec(format!(
+            "spec.rotation.{field} {text:?} is shorter than the minimum of {}",
+            humantime::format_duration(min)
+        )));
+    }
+    if duration > MAX_AGE_LIMIT {
+        return Err(InvalidSpec(format!(
+            "spec.rotation.{field} {text:?} is longer than the maximum of 3660d"
+        )));
+    }
+    Ok(duration)
 }
 
 /// The domain of Kubernetes' recommended labels (`app.kubernetes.io/name`, `part-of`, ...).
@@ -335,6 +387,37 @@ mod tests {
         for bad in ["0s", "59s", "-1h", "abc", "", "1y 1d", "10000d"] {
             let err = parse_interval(bad).unwrap_err();
             assert!(err.0.contains("spec.verification.interval"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn rotation_durations() {
+        use crate::api::Rotation;
+        let r = resolve("a", &spec(), HOUR).unwrap();
+        assert_eq!(r.due, due::Policy::default());
+        assert_eq!(r.due.renew_before, 14 * 24 * HOUR);
+        let mut s = spec();
+        s.rotation = Some(Rotation {
+            max_age: Some("90d".into()),
+            renew_before: Some("0s".into()),
+            ..Default::default()
+        });
+        let r = resolve("a", &s, HOUR).unwrap();
+        assert_eq!(r.due.max_age, Some(90 * 24 * HOUR));
+        assert_eq!(r.due.renew_before, Duration::ZERO);
+        for (max_age, renew_before) in [
+            ("30s", "1d"),
+            ("abc", "1d"),
+            ("1d", "soon"),
+            ("1d", "20000d"),
+        ] {
+            s.rotation = Some(Rotation {
+                max_age: Some(max_age.into()),
+                renew_before: Some(renew_before.into()),
+                ..Default::default()
+            });
+            let err = resolve("a", &s, HOUR).unwrap_err();
+            assert!(err.0.starts_with("spec.rotation."), "{err}");
         }
     }
 

@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// Verification interval of resources that do not set one.
     #[arg(long, env = "MXCRED_DEFAULT_INTERVAL", default_value = "1h", value_parser = parse_default_interval)]
     pub default_interval: Duration,
+    /// The maximum age of the credentials of resources that set no spec.rotation.maxAge, as a
+    /// duration such as "90d"; none by default (no maximum age).
+    #[arg(long, env = "MXCRED_DEFAULT_MAX_AGE", value_parser = parse_default_max_age)]
+    pub default_max_age: Option<Duration>,
     /// Forced checks (changes of mxcred.io/verify-requested-at) of one credential closer
     /// together than this become one check at the end of the cooldown.
     #[arg(long, env = "MXCRED_FORCED_CHECK_COOLDOWN", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -254,6 +258,7 @@ impl RunArgs {
         Settings {
             namespaces: self.namespaces.clone(),
             default_interval: self.default_interval,
+            default_max_age: self.default_max_age,
             concurrency: self.concurrency,
             test_interval: self.test_interval,
             denied_metadata_prefixes: self.denied_metadata_prefixes.clone(),
@@ -272,6 +277,11 @@ fn parse_restart_retry(text: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be above zero".into()),
         d => Ok(d),
     }
+}
+
+fn parse_default_max_age(text: &str) -> Result<Duration, String> {
+    crate::domain::spec::parse_rotation_duration("maxAge", text, crate::domain::spec::MIN_INTERVAL)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_default_interval(text: &str) -> Result<Duration, String> {
@@ -303,6 +313,7 @@ mod tests {
         };
         assert_eq!(args.namespaces, ["a", "b"]);
         assert_eq!(args.default_interval, Duration::from_secs(3600));
+        assert_eq!(args.default_max_age, None);
         assert_eq!(
             args.platform.config().allowed_hosts,
             PlatformConfig::default_allowed_hosts()

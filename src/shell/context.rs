@@ -34,6 +34,8 @@ pub struct Settings {
     /// Namespaces to serve; empty means all.
     pub namespaces: Vec<String>,
     pub default_interval: Duration,
+    /// `spec.rotation.maxAge` of resources that set none; `None`: no maximum age.
+    pub default_max_age: Option<Duration>,
     pub concurrency: u16,
     /// Replaces every resource's interval (tests only).
     pub test_interval: Option<Duration>,
@@ -124,17 +126,23 @@ const RESYNC: Duration = Duration::from_secs(3600);
 /// When a reconcile comes back, for both kinds, in this order: a held rotation at the end of
 /// its hold; a target blocked by a foreign Secret (not watched) after [`CONFLICT_RETRY`]; a
 /// synced resource at its next resync, or sooner when its workloads are tried again (they are
-/// not watched); any other only on a change.
+/// not watched) or its `RotationDue` changes by the clock (`due_in`); any other only on a change.
 pub fn requeue(
     hold: Option<Duration>,
     blocked: bool,
     synced: bool,
     restart_again: Option<Duration>,
+    due_in: Option<Duration>,
 ) -> Action {
     match hold {
         Some(hold) => Action::requeue(hold),
         None if blocked => Action::requeue(CONFLICT_RETRY),
-        None if synced => Action::requeue(restart_again.map_or(RESYNC, |again| again.min(RESYNC))),
+        None if synced => Action::requeue(
+            [restart_again, due_in]
+                .into_iter()
+                .flatten()
+                .fold(RESYNC, Duration::min),
+        ),
         None => Action::await_change(),
     }
 }
@@ -163,7 +171,8 @@ impl Context {
         spec: &MendixCredentialSpec,
         meta: &ObjectMeta,
     ) -> Result<Resolved, InvalidSpec> {
-        let resolved = spec::resolve(name, spec, self.settings.default_interval)?;
+        let mut resolved = spec::resolve(name, spec, self.settings.default_interval)?;
+        resolved.due.max_age = resolved.due.max_age.or(self.settings.default_max_age);
         spec::check_target_metadata(&resolved, &self.settings.denied_metadata_prefixes)?;
         let requested = meta
             .annotations
@@ -285,6 +294,8 @@ pub struct Decided<S> {
     pub blocked: bool,
     /// When the workloads not all restarted are tried again.
     pub restart_again: Option<Duration>,
+    /// When `RotationDue` changes by the clock alone.
+    pub due_in: Option<Duration>,
     /// How many targets this reconcile wrote.
     pub wrote: usize,
 }
@@ -307,6 +318,27 @@ pub(crate) fn api_time(t: jiff::Timestamp) -> Time {
 mod tests {
     use super::*;
     use kube::core::Status;
+
+    #[test]
+    fn a_synced_resource_comes_back_when_it_falls_due_within_the_resync() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            requeue(None, false, true, None, Some(minute)),
+            Action::requeue(minute)
+        );
+        assert_eq!(
+            requeue(None, false, true, Some(2 * minute), Some(3 * minute)),
+            Action::requeue(2 * minute)
+        );
+        assert_eq!(
+            requeue(None, false, true, None, Some(RESYNC * 24)),
+            Action::requeue(RESYNC)
+        );
+        assert_eq!(
+            requeue(None, false, false, None, Some(minute)),
+            Action::await_change()
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

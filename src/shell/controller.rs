@@ -84,10 +84,22 @@ impl Shared {
         let mut held: HashMap<ReadyReason, i64> = HashMap::new();
         // Rotations held back, of both kinds.
         let cluster = self.cluster_store().map(|s| s.state()).unwrap_or_default();
+        let resources = self.resources();
+        let due_cluster = cluster
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
+            .filter(|s| rotation_due(&s.conditions))
+            .count();
+        let due_namespaced = resources
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
+            .filter(|s| rotation_due(&s.conditions))
+            .count();
+        self.metrics
+            .set_rotation_due(count(due_namespaced), count(due_cluster));
         let cluster = cluster
             .iter()
             .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
-        let resources = self.resources();
         let namespaced = resources
             .iter()
             .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
@@ -157,6 +169,15 @@ impl Shared {
     pub fn set_role(&self, role: Role) {
         *self.role.lock() = role;
     }
+}
+
+/// Whether a status's RotationDue condition is True.
+fn rotation_due(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    conditions::find(conditions, condition::ROTATION_DUE).is_some_and(|c| c.status == "True")
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Runs the controller until `shutdown` is cancelled.

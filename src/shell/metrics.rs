@@ -74,6 +74,10 @@ pub struct Metrics {
     encoding: Mutex<()>,
     /// ClusterMendixCredentials by TokenValid status.
     cluster_credentials: Family<TokenValidLabel, Gauge>,
+    /// MendixCredentials whose RotationDue is True.
+    rotation_due: Gauge,
+    /// ClusterMendixCredentials whose RotationDue is True.
+    cluster_rotation_due: Gauge,
 }
 
 /// The steps of a reconcile that can fail, as the error metric labels them.
@@ -204,6 +208,20 @@ impl Default for Metrics {
             "ClusterMendixCredentials by TokenValid status (true, false, unknown)",
             cluster_credentials.clone(),
         );
+        let rotation_due = Gauge::default();
+        registry.register(
+            "credentials_rotation_due",
+            "MendixCredentials whose RotationDue condition is True (MaxAgeExceeded, ExpiresSoon, \
+             Expired)",
+            rotation_due.clone(),
+        );
+        let cluster_rotation_due = Gauge::default();
+        registry.register(
+            "cluster_credentials_rotation_due",
+            "ClusterMendixCredentials whose RotationDue condition is True (MaxAgeExceeded, \
+             ExpiresSoon, Expired)",
+            cluster_rotation_due.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -218,6 +236,8 @@ impl Default for Metrics {
             rotations_held,
             encoding: Mutex::default(),
             cluster_credentials,
+            rotation_due,
+            cluster_rotation_due,
         }
     }
 }
@@ -326,6 +346,14 @@ impl Metrics {
         out
     }
 
+    /// Sets the counts of MendixCredentials and of ClusterMendixCredentials whose RotationDue is
+    /// True, read from the controller's cache, before an [`Self::encode`].
+    pub fn set_rotation_due(&self, namespaced: i64, cluster: i64) {
+        let _guard = self.encoding.lock();
+        self.rotation_due.set(namespaced);
+        self.cluster_rotation_due.set(cluster);
+    }
+
     /// Sets the count of ClusterMendixCredentials per TokenValid status ("True", "False",
     /// "Unknown"), read from the controller's cache, before an [`Self::encode`].
     pub fn set_cluster_credentials(
@@ -384,6 +412,21 @@ mod tests {
             let text = m.encode([], []);
             assert!(last(&text, "definitive") > 1_700_000_000, "{outcome:?}");
             assert_eq!(last(&text, "transient"), 0, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_due_are_counted_per_kind() {
+        let m = Metrics::default();
+        let text = m.encode([], []);
+        assert!(text.contains("mxcred_credentials_rotation_due 0"), "{text}");
+        m.set_rotation_due(3, 1);
+        let text = m.encode([], []);
+        for line in [
+            "mxcred_credentials_rotation_due 3",
+            "mxcred_cluster_credentials_rotation_due 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
         }
     }
 

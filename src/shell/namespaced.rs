@@ -10,6 +10,7 @@
 
 use crate::domain::api::Scope;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
+use crate::domain::due::{self, Stamps};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
 use crate::domain::restart as restarts;
 use crate::domain::spec::InvalidSpec;
@@ -82,11 +83,12 @@ impl Kind for Namespaced {
     ) -> Result<Decided<MendixCredentialStatus>, Error> {
         let ctx = self.ctx();
         let resolved = ctx.resolve(&id.name, &cr.spec, &cr.metadata);
-        let (sync, credential) = match &resolved {
+        let (sync, credential, stamps) = match &resolved {
             Ok(resolved) => target::sync(cr, id, resolved, previous, forced, ctx).await?,
             Err(InvalidSpec(message)) => (
                 Sync::Refused(Ready::refused(ReadyReason::InvalidSpec, message.clone())),
                 None,
+                Stamps::default(),
             ),
         };
         let holding = matches!(sync, Sync::Held { .. });
@@ -117,6 +119,10 @@ impl Kind for Namespaced {
             previous,
             sync,
             verification,
+            due: due::Inputs {
+                policy: resolved.as_ref().map(|r| r.due).unwrap_or_default(),
+                stamps,
+            },
             now: now(),
         });
         let Plan {
@@ -125,6 +131,7 @@ impl Kind for Namespaced {
             ready,
             request_served,
             hold,
+            due_in,
         } = restarts::amend(plan, previous, restarted);
         Ok(Decided {
             status,
@@ -134,6 +141,7 @@ impl Kind for Namespaced {
             hold,
             blocked: ready == ReadyReason::TargetConflict,
             restart_again,
+            due_in,
             wrote,
         })
     }

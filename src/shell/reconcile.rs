@@ -101,6 +101,7 @@ async fn reconcile_valid<K: Kind>(
         hold,
         blocked,
         restart_again,
+        due_in,
         wrote,
     } = kind.steps(cr, &id, &previous, forced).await?;
 
@@ -124,7 +125,7 @@ async fn reconcile_valid<K: Kind>(
         "reconciled"
     );
     let synced = ready == ReadyReason::Synced.as_str();
-    Ok((requeue(hold, blocked, synced, restart_again), ready))
+    Ok((requeue(hold, blocked, synced, restart_again, due_in), ready))
 }
 
 /// The status to plan from: the one this instance wrote, while the object the reconcile holds

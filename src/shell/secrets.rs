@@ -6,6 +6,7 @@
 
 use crate::domain::api::CredentialType;
 use crate::domain::credential::{Credential, SourceError};
+use crate::domain::due::Stamps;
 use crate::domain::spec::SourceKeys;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -96,10 +97,13 @@ impl Reading {
     }
 }
 
+/// What a source Secret yielded: its credential and time annotations, or why it cannot be used.
+pub type SourceRead = Result<(Credential, Stamps), SourceError>;
+
 /// A credential read from a source Secret at `version`.
 struct Read {
     version: String,
-    credential: Result<Credential, SourceError>,
+    credential: SourceRead,
 }
 
 #[derive(Default)]
@@ -152,7 +156,7 @@ impl SecretCache {
         namespace: &str,
         credential_type: CredentialType,
         keys: &SourceKeys,
-    ) -> Option<Result<Credential, SourceError>> {
+    ) -> Option<SourceRead> {
         let current = self.version(namespace, &keys.secret)?;
         let reads = self.reads.lock();
         let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
@@ -168,7 +172,7 @@ impl SecretCache {
         credential_type: CredentialType,
         keys: &SourceKeys,
         version: &str,
-    ) -> Option<Result<Credential, SourceError>> {
+    ) -> Option<SourceRead> {
         let reads = self.reads.lock();
         let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
         (read.version == version).then(|| read.credential.clone())
@@ -181,7 +185,7 @@ impl SecretCache {
         credential_type: CredentialType,
         keys: &SourceKeys,
         version: String,
-        credential: Result<Credential, SourceError>,
+        credential: SourceRead,
     ) {
         self.reads.lock().insert(
             Reading::new(namespace, credential_type, keys),
@@ -265,7 +269,13 @@ mod tests {
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
 
         let token = Credential::personal_access_token(b"token-1").unwrap();
-        secrets.remember("ns", pat, &keys("src"), "1".into(), Ok(token));
+        secrets.remember(
+            "ns",
+            pat,
+            &keys("src"),
+            "1".into(),
+            Ok((token, Stamps::default())),
+        );
         assert!(secrets.credential("ns", pat, &keys("src")).is_some());
         assert!(secrets.credential("other", pat, &keys("src")).is_none());
         assert!(
@@ -282,7 +292,13 @@ mod tests {
 
         // A read newer than the watch is not used until the watch catches up.
         let token = Credential::personal_access_token(b"token-3").unwrap();
-        secrets.remember("ns", pat, &keys("src"), "3".into(), Ok(token));
+        secrets.remember(
+            "ns",
+            pat,
+            &keys("src"),
+            "3".into(),
+            Ok((token, Stamps::default())),
+        );
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
         writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "3")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_some());
@@ -297,7 +313,13 @@ mod tests {
             "no longer read"
         );
         let token = Credential::personal_access_token(b"token-3").unwrap();
-        secrets.remember("ns", pat, &keys("src"), "3".into(), Ok(token));
+        secrets.remember(
+            "ns",
+            pat,
+            &keys("src"),
+            "3".into(),
+            Ok((token, Stamps::default())),
+        );
 
         current.store(false, Ordering::Relaxed);
         assert!(

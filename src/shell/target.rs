@@ -5,6 +5,7 @@
 use crate::domain::api::MANAGER;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
 use crate::domain::credential::Credential;
+use crate::domain::due::Stamps;
 use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
 use crate::domain::render::{self, Publisher};
 use crate::domain::spec::Resolved;
@@ -22,7 +23,8 @@ use std::time::SystemTime;
 use tracing::info;
 
 /// Reads the source, renders the target and writes it when it differs from what is there.
-/// Returns what was established, and the credential published.
+/// Returns what was established, the credential published and, when it is the source's, the
+/// source's time annotations.
 pub(crate) async fn sync(
     cr: &MendixCredential,
     id: &Id,
@@ -30,13 +32,13 @@ pub(crate) async fn sync(
     previous: &MendixCredentialStatus,
     forced: Option<SystemTime>,
     ctx: &Context,
-) -> Result<(Sync, Option<Credential>), Error> {
-    let refused = |ready| Ok((Sync::Refused(ready), None));
+) -> Result<(Sync, Option<Credential>, Stamps), Error> {
+    let refused = |ready| Ok((Sync::Refused(ready), None, Stamps::default()));
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
     let seen = ctx.secrets.version(&id.namespace, &resolved.source.secret);
-    let credential = match read_source(ctx, &id.namespace, resolved, seen).await? {
+    let (credential, stamps) = match read_source(ctx, &id.namespace, resolved, seen).await? {
         Err(ready) => return refused(ready),
-        Ok(credential) => credential,
+        Ok(read) => read,
     };
     let working = async |published: &str| working_target(id, &secrets, resolved, published).await;
     let gated = rotation::pass(ctx, id, resolved, previous, credential, forced, working).await?;
@@ -47,7 +49,7 @@ pub(crate) async fn sync(
             pending,
             held,
         };
-        return Ok((sync, Some(gated.publish)));
+        return Ok((sync, Some(gated.publish), Stamps::default()));
     }
     let (credential, checked_first) = (gated.publish, gated.checked_first);
 
@@ -74,7 +76,7 @@ pub(crate) async fn sync(
         wrote,
         checked_first,
     };
-    Ok((sync, Some(credential)))
+    Ok((sync, Some(credential), stamps))
 }
 
 /// The published credential (the one whose digest the status recorded), if the target still

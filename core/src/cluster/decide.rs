@@ -6,6 +6,7 @@ use super::{ClusterMendixCredentialStatus, FailedNamespace, MAX_FAILED_NAMESPACE
 use crate::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::conditions::{self, Verdict};
 use crate::credential;
+use crate::due;
 use crate::plan::{self, Announcement, Observed, Ready, ReadyReason, Sync};
 use crate::rotation::Held;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -75,6 +76,8 @@ pub struct ClusterObserved<'a> {
     pub copies: BTreeMap<String, CopyOutcome>,
     pub selected: Selected,
     pub verification: plan::Verification,
+    /// How to judge the published credential's age, and the source's time annotations.
+    pub due: due::Inputs,
     pub now: Time,
 }
 
@@ -89,6 +92,8 @@ pub struct ClusterPlan {
     pub hold: Option<std::time::Duration>,
     /// Some namespace failed for a reason that may pass (a conflict, a failed write).
     pub retry: bool,
+    /// How long until `RotationDue` changes by the clock alone.
+    pub due_in: Option<std::time::Duration>,
 }
 
 /// Decides the status and Events of one reconcile. The credential half is decided as for a
@@ -105,6 +110,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         copies,
         selected,
         verification,
+        due,
         now,
     } = observed;
     let core_previous = previous.core();
@@ -138,6 +144,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         previous: &core_previous,
         sync,
         verification,
+        due,
         now: now.clone(),
     });
     if core_plan.hold.is_some() {
@@ -148,6 +155,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
             request_served: core_plan.request_served,
             hold: core_plan.hold,
             retry: false,
+            due_in: None,
         };
     }
     let mut core = core_plan.status.unwrap_or(core_previous);
@@ -248,6 +256,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         request_served: core_plan.request_served,
         hold: None,
         retry,
+        due_in: core_plan.due_in,
     }
 }
 
@@ -368,6 +377,8 @@ impl ClusterMendixCredentialStatus {
             token_digest: self.token_digest.clone(),
             pending_fingerprint: self.pending_fingerprint.clone(),
             last_synced_time: self.last_synced_time.clone(),
+            published_time: self.published_time.clone(),
+            rotate_by: self.rotate_by.clone(),
             last_verified_time: self.last_verified_time.clone(),
             next_verification_time: self.next_verification_time.clone(),
             last_verification_error: self.last_verification_error.clone(),
@@ -386,6 +397,8 @@ impl ClusterMendixCredentialStatus {
             token_digest: core.token_digest,
             pending_fingerprint: core.pending_fingerprint,
             last_synced_time: core.last_synced_time,
+            published_time: core.published_time,
+            rotate_by: core.rotate_by,
             last_verified_time: core.last_verified_time,
             next_verification_time: core.next_verification_time,
             last_verification_error: core.last_verification_error,

@@ -218,6 +218,7 @@ fn observed<'a>(
             ..Default::default()
         },
         verification: verified(11),
+        due: Default::default(),
         now: at(100),
     }
 }

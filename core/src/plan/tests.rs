@@ -47,6 +47,7 @@ fn run(previous: &MendixCredentialStatus, sync: Sync, verification: Verification
         previous,
         sync,
         verification,
+        due: Default::default(),
         now: at(100),
     })
 }
@@ -564,5 +565,139 @@ fn by<'a>(uid: &'a str, name: &'a str) -> crate::render::Publisher<'a> {
         scope: crate::api::Scope::Namespaced,
         uid,
         name,
+    }
+}
+
+mod rotation_due {
+    use super::*;
+    use crate::due::{Inputs, Policy, Stamp, Stamps};
+
+    const HOUR: u64 = 3600;
+
+    fn plan_at(previous: &MendixCredentialStatus, sync: Sync, due: &Inputs, now: i64) -> Plan {
+        reconcile(Observed {
+            generation: Some(1),
+            credential_type: Some(CredentialType::PersonalAccessToken),
+            previous,
+            sync,
+            verification: answered(Reason::Verified, 11),
+            due: due.clone(),
+            now: at(now),
+        })
+    }
+
+    fn max_age(hours: u64) -> Inputs {
+        Inputs {
+            policy: Policy {
+                max_age: Some(Duration::from_secs(hours * HOUR)),
+                ..Policy::default()
+            },
+            stamps: Stamps::default(),
+        }
+    }
+
+    fn due_events(plan: &Plan) -> usize {
+        plan.events
+            .iter()
+            .filter(|e| e.reason == condition::ROTATION_DUE && e.warning)
+            .count()
+    }
+
+    #[test]
+    fn due_is_announced_once_and_keeps_ready() {
+        let due = max_age(1);
+        let first = plan_at(&Default::default(), published("fp-a", 10, true), &due, 10);
+        let fresh = after(&Default::default(), &first);
+        assert_eq!(fresh.published_time, Some(at(10)));
+        assert_eq!(fresh.rotate_by, Some(at(3610)));
+        assert_eq!(
+            condition_of(&fresh, "RotationDue"),
+            ("False".into(), "NotDue".into())
+        );
+        assert_eq!(first.due_in, Some(Duration::from_secs(3601)));
+        let late = plan_at(&fresh, published("fp-a", 10, false), &due, 3611);
+        let aged = after(&fresh, &late);
+        assert_eq!(
+            condition_of(&aged, "RotationDue"),
+            ("True".into(), "MaxAgeExceeded".into())
+        );
+        assert_eq!(
+            condition_of(&aged, "Ready"),
+            ("True".into(), "Synced".into())
+        );
+        assert_eq!(due_events(&late), 1);
+        // Planning its own output writes nothing and announces nothing.
+        let again = plan_at(&aged, published("fp-a", 10, false), &due, 3700);
+        assert_eq!(again.status, None);
+        assert_eq!(due_events(&again), 0);
+        // A change of reason is announced again.
+        let expiring = Inputs {
+            stamps: Stamps {
+                expires_at: Stamp::At(at(4000).0),
+                ..Stamps::default()
+            },
+            ..due
+        };
+        let soon = plan_at(&aged, published("fp-a", 10, false), &expiring, 3700);
+        assert_eq!(due_events(&soon), 1);
+        assert_eq!(
+            condition_of(&after(&aged, &soon), "RotationDue").1,
+            "ExpiresSoon"
+        );
+    }
+
+    #[test]
+    fn a_new_credential_resets_the_age_and_a_restart_keeps_it() {
+        let due = max_age(1);
+        let first = plan_at(&Default::default(), published("fp-a", 10, true), &due, 10);
+        let fresh = after(&Default::default(), &first);
+        // Another instance (or a restart) reads the status: the age still counts from 10.
+        let later = plan_at(&fresh, published("fp-a", 10, false), &due, 5000);
+        assert_eq!(after(&fresh, &later).published_time, Some(at(10)));
+        let aged = after(&fresh, &later);
+        let rotated = plan_at(&aged, published("fp-b", 5000, true), &due, 5000);
+        let new = after(&aged, &rotated);
+        assert_eq!(new.published_time, Some(at(5000)));
+        assert_eq!(
+            condition_of(&new, "RotationDue"),
+            ("False".into(), "NotDue".into())
+        );
+        assert_eq!(due_events(&rotated), 0);
+    }
+
+    #[test]
+    fn without_max_age_or_expiry_there_is_no_condition() {
+        let first = plan_at(
+            &Default::default(),
+            published("fp-a", 10, true),
+            &max_age(1),
+            10,
+        );
+        let with = after(&Default::default(), &first);
+        let plan = plan_at(&with, published("fp-a", 10, false), &Inputs::default(), 20);
+        let without = after(&with, &plan);
+        assert!(conditions::find(&without.conditions, "RotationDue").is_none());
+        assert_eq!(without.rotate_by, None);
+        assert_eq!(plan.due_in, None);
+    }
+
+    #[test]
+    fn a_malformed_annotation_is_reported_not_refused() {
+        let due = Inputs {
+            policy: Policy::default(),
+            stamps: Stamps {
+                expires_at: Stamp::Malformed("annotation mxcred.io/expires-at is bad".into()),
+                ..Stamps::default()
+            },
+        };
+        let plan = plan_at(&Default::default(), published("fp-a", 10, true), &due, 10);
+        let status = after(&Default::default(), &plan);
+        assert_eq!(
+            condition_of(&status, "Ready"),
+            ("True".into(), "Synced".into())
+        );
+        let c = conditions::find(&status.conditions, "RotationDue").unwrap();
+        assert_eq!(c.status, "False");
+        assert!(c.message.contains("expires-at"), "{}", c.message);
     }
 }

@@ -33,6 +33,7 @@ fn unchanged() -> Plan {
         ready: ReadyReason::Synced,
         request_served: false,
         hold: None,
+        due_in: None,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
+use crate::domain::due;
 use crate::domain::plan::Verification;
 use crate::domain::plan::{Ready, ReadyReason};
 use crate::domain::spec::{InvalidSpec, Resolved};
@@ -192,6 +193,7 @@ fn decide(observed: Observed, publication: Publication) -> Decided<ClusterMendix
         copies,
         restarted,
         restart_again,
+        stamps,
         credential: _,
     } = publication;
     let wrote = copies
@@ -209,6 +211,10 @@ fn decide(observed: Observed, publication: Publication) -> Decided<ClusterMendix
         copies,
         selected,
         verification,
+        due: due::Inputs {
+            policy: resolved.map(|r| r.due).unwrap_or_default(),
+            stamps,
+        },
         now: now(),
     });
     let plan = cluster_restart::amend(plan, previous, restarted);
@@ -220,6 +226,7 @@ fn decide(observed: Observed, publication: Publication) -> Decided<ClusterMendix
         hold: plan.hold,
         blocked: plan.retry,
         restart_again,
+        due_in: plan.due_in,
         wrote,
     }
 }

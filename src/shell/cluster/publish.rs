@@ -11,6 +11,7 @@ use crate::domain::api::MendixCredentialStatus;
 use crate::domain::cluster::restart::Restarts;
 use crate::domain::cluster::{ClusterMendixCredential, CopyOutcome};
 use crate::domain::credential::Credential;
+use crate::domain::due::Stamps;
 use crate::domain::plan::Ready;
 use crate::domain::restart;
 use crate::domain::rotation::Held;
@@ -32,6 +33,8 @@ pub(super) struct Publication {
     pub(super) copies: BTreeMap<String, CopyOutcome>,
     pub(super) restarted: Option<Restarts>,
     pub(super) restart_again: Option<Duration>,
+    /// The source's time annotations (default when the source could not be used).
+    pub(super) stamps: Stamps,
 }
 
 impl Publication {
@@ -44,6 +47,7 @@ impl Publication {
             copies: BTreeMap::new(),
             restarted: None,
             restart_again: None,
+            stamps: Stamps::default(),
         }
     }
 }
@@ -73,9 +77,10 @@ impl Publish<'_> {
             forced,
         } = *self;
         let seen = cc.sources.version(&id.namespace, &resolved.source.secret);
-        let credential = match read_source(&cc.ctx, &id.namespace, resolved, seen).await? {
+        let (credential, stamps) = match read_source(&cc.ctx, &id.namespace, resolved, seen).await?
+        {
             Err(ready) => return Ok(Publication::refused(ready)),
-            Ok(credential) => credential,
+            Ok(read) => read,
         };
         let working =
             async |published: &str| working_copy(cc, id, resolved, published, active).await;
@@ -113,6 +118,7 @@ impl Publish<'_> {
             copies,
             restarted,
             restart_again,
+            stamps,
         })
     }
 }

@@ -28,6 +28,7 @@ fn unchanged() -> ClusterPlan {
         request_served: false,
         hold: None,
         retry: false,
+        due_in: None,
     }
 }
 
