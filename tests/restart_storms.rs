@@ -69,6 +69,13 @@ impl Workloads {
     /// Each Deployment's generation (it goes up by one with each change of its pod template,
     /// and so with each restart) and the fingerprint under the resource's annotation.
     async fn observed(&self) -> Vec<(i64, Option<String>)> {
+        let observed = self.observed_with_times().await;
+        observed.into_iter().map(|(g, held, _)| (g, held)).collect()
+    }
+
+    /// As [`Self::observed`], with the time of each one's last restart: the API server's time
+    /// (to the second) of the latest change by a restart field manager.
+    async fn observed_with_times(&self) -> Vec<(i64, Option<String>, Option<jiff::Timestamp>)> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
         let mut observed = vec![];
         for name in self.names {
@@ -79,7 +86,15 @@ impl Workloads {
                 .metadata
                 .and_then(|m| m.annotations)
                 .and_then(|a| a.get(&self.key).cloned());
-            observed.push((d.metadata.generation.unwrap(), held));
+            let restarted = d
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter(|m| m.manager.as_deref().is_some_and(|m| m.contains("restart/")))
+                .filter_map(|m| m.time.as_ref().map(|t| t.0))
+                .max();
+            observed.push((d.metadata.generation.unwrap(), held, restarted));
         }
         observed
     }
@@ -103,6 +118,19 @@ impl Workloads {
                 last.lock().unwrap()
             )
         })
+    }
+}
+
+impl Workloads {
+    /// Waits until every Deployment holds `fingerprint`; returns each one's generation and
+    /// the time of its last restart.
+    async fn at(&self, fingerprint: &str, timeout: Duration) -> Vec<(i64, jiff::Timestamp)> {
+        self.wait_all(fingerprint, timeout).await;
+        self.observed_with_times()
+            .await
+            .into_iter()
+            .map(|(g, _, restarted)| (g, restarted.expect("restarted")))
+            .collect()
     }
 }
 
@@ -262,6 +290,31 @@ async fn flips_restart_each_workload_once_per_interval(policy: &str) {
         g2
     );
     assert_eq!(patches(&op), total);
+
+    // Once the interval is over, a change restarts at once; another right after it waits for
+    // the interval's end, when the reconcile comes back for it (no other event wakes it).
+    tokio::time::sleep(INTERVAL).await;
+    let back = tokens[usize::from(latest == tokens[0])];
+    env.put_source("raw", &[("token", back)]).await;
+    let other = published(&client, &env.ns, "bot", back).await;
+    let restarted = [
+        namespaced.at(&other, timeout).await,
+        clustered.at(&other, timeout).await,
+    ];
+    env.put_source("raw", &[("token", latest)]).await;
+    published(&client, &env.ns, "bot", latest).await;
+    let deferred = [
+        namespaced.at(&fingerprint, settle).await,
+        clustered.at(&fingerprint, settle).await,
+    ];
+    for (before, after) in restarted.iter().flatten().zip(deferred.iter().flatten()) {
+        assert_eq!(after.0, before.0 + 1, "one restart for the change back");
+        let waited = after.1.duration_since(before.1);
+        assert!(
+            waited >= jiff::SignedDuration::try_from(INTERVAL - Duration::from_secs(1)).unwrap(),
+            "{policy}: restarted {waited:?} after the previous restart"
+        );
+    }
     let _ = clusters.delete(&cluster, &DeleteParams::default()).await;
     for ns in [&copies, &env.ns] {
         let _ = Api::<Namespace>::all(client.clone())
