@@ -347,14 +347,7 @@ fn only_the_readme_names_warden_once() {
     );
     let mut others = vec![];
     markdown_files(&Path::new(ROOT).join("docs"), "docs/", &mut others);
-    others.extend(
-        [
-            "SECURITY.md",
-            "hack/demo.sh",
-            "hack/demo-credentials.yaml",
-        ]
-        .map(String::from),
-    );
+    others.extend(["SECURITY.md", "hack/demo.sh", "hack/demo-credentials.yaml"].map(String::from));
     assert!(others.len() > 10, "the pages are found: {others:?}");
     let stale: Vec<&String> = others.iter().filter(|p| says(p) > 0).collect();
     assert!(stale.is_empty(), "these still say Warden: {stale:?}");

@@ -3,6 +3,8 @@
 //! MendixCredential and of a ClusterMendixCredential at most as often as
 //! `--restart-min-interval` allows, and each ends on the latest credential, restarted at the
 //! end of its interval (the reconcile comes back then: nothing else would wake it for an hour).
+//! Then, the interval over, a change restarts at once and a change back right after it waits
+//! for the interval's end.
 //!
 //! One cluster-mode operator serves both resources, which read the same source; it serves
 //! every namespace, so the tests of this binary take turns.
@@ -190,8 +192,14 @@ async fn flips_restart_each_workload_once_per_interval(policy: &str) {
         common::grant_workload_restarts(&client, ns, &["deployments"]).await;
     }
     let cluster = env.ns.clone();
-    let namespaced =
-        Workloads::create(&client, &env.ns, "bot", "bot", "restart.mxcred.io/bot".into()).await;
+    let namespaced = Workloads::create(
+        &client,
+        &env.ns,
+        "bot",
+        "bot",
+        "restart.mxcred.io/bot".into(),
+    )
+    .await;
     let clustered = Workloads::create(
         &client,
         &copies,
@@ -336,6 +344,10 @@ async fn a_storm_of_verified_rotations_restarts_each_workload_once_per_interval(
 #[test]
 fn the_bound_allows_one_restart_per_interval_and_one_more() {
     assert_eq!(bound(Duration::from_secs(10)), 1);
-    assert_eq!(bound(Duration::from_secs(31)), 2, "twice for 20 changes in 30 seconds");
+    assert_eq!(
+        bound(Duration::from_secs(31)),
+        2,
+        "twice for 20 changes in 30 seconds"
+    );
     assert_eq!(bound(Duration::from_secs(40)), 3);
 }
