@@ -152,7 +152,7 @@ echo "\$ kubectl -n ci get events --field-selector type=Warning"
 k -n ci get events.events.k8s.io --field-selector type=Warning
 
 echo
-echo "== rotating rotating-bot to a token deleted in Warden (rotation policy VerifyFirst)"
+echo "== rotating rotating-bot to a token deleted in the Mendix Portal (rotation policy VerifyFirst)"
 fingerprint() { k -n ci get secret rotating-bot -o jsonpath='{.metadata.annotations.mxcred\.io/token-fingerprint}'; }
 before=$(fingerprint)
 k -n ci patch secret rotating-bot-raw --type merge -p '{"stringData":{"token":"deleted-token"}}' >/dev/null

@@ -850,6 +850,23 @@ fn operator_flags_and_monitoring_from_values() {
 }
 
 #[test]
+fn the_restart_interval_is_a_value() {
+    let flag = |args: &[String]| -> Vec<String> {
+        args.iter()
+            .filter(|a| a.starts_with("--restart-min-interval="))
+            .cloned()
+            .collect()
+    };
+    let default = render(&[]).args();
+    assert_operator_accepts(&default);
+    assert_eq!(flag(&default), ["--restart-min-interval=1m"]);
+    let set = render(&["--set", "rolloutRestart.minInterval=10m"]).args();
+    assert_operator_accepts(&set);
+    assert_eq!(flag(&set), ["--restart-min-interval=10m"]);
+    assert!(refusal(&["--set", "rolloutRestart.minInterval=soon"]).contains("minInterval"));
+}
+
+#[test]
 fn values_are_checked() {
     assert!(refusal(&["--set", "replica=2"]).contains("replica"));
     assert!(refusal(&["--set", "probeUrls.Nope=https://x.example.com"]).contains("Nope"));

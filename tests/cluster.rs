@@ -850,7 +850,7 @@ async fn a_rejected_rotation_keeps_the_working_token_in_every_copy() {
     )
     .await;
 
-    // A token deleted in Warden: checked once for all copies, and held back.
+    // A token deleted in the Mendix Portal: checked once for all copies, and held back.
     w.sim.set("CANARY-cl-deleted", State::Deleted);
     let rotated = Instant::now();
     w.env

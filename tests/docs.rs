@@ -330,6 +330,29 @@ fn book_lists_every_page() {
     }
 }
 
+/// Mendix retired the name Warden: tokens are made under User Settings → Developer Settings in
+/// the Mendix Portal. The README names the old one once, for those who remember it; no other
+/// page, nor the demo, says it.
+#[test]
+fn only_the_readme_names_warden_once() {
+    let says = |path: &str| {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap();
+        text.matches("Warden").count()
+    };
+    assert_eq!(says("README.md"), 1, "README.md says Warden exactly once");
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    assert!(
+        readme.contains("formerly Warden"),
+        "README.md says Warden only as the former name"
+    );
+    let mut others = vec![];
+    markdown_files(&Path::new(ROOT).join("docs"), "docs/", &mut others);
+    others.extend(["SECURITY.md", "hack/demo.sh", "hack/demo-credentials.yaml"].map(String::from));
+    assert!(others.len() > 10, "the pages are found: {others:?}");
+    let stale: Vec<&String> = others.iter().filter(|p| says(p) > 0).collect();
+    assert!(stale.is_empty(), "these still say Warden: {stale:?}");
+}
+
 /// The links of an HTML page: `href` values.
 fn hrefs(html: &str) -> Vec<&str> {
     html.match_indices("href=\"")

@@ -199,7 +199,8 @@ pub fn classify(
             Reason::TokenRejected,
             format!(
                 "the platform rejected the credential ({facts}): it was deleted, revoked or \
-                 never existed"
+                 never existed; make a new token under User Settings → Developer Settings in \
+                 the Mendix Portal and put it into the source Secret"
             ),
         )
     };
@@ -208,7 +209,8 @@ pub fn classify(
             Reason::UserDeactivated,
             format!(
                 "the platform says the credential's user is not active ({facts}): reactivate \
-                 the user or use a credential of an active user"
+                 the user, or make a new token of an active user under User Settings → \
+                 Developer Settings in the Mendix Portal and put it into the source Secret"
             ),
         )
     };
