@@ -575,3 +575,41 @@ async fn a_new_resource_costs_one_target_write_one_status_write_and_two_events()
     assert_eq!(after.len(), 1, "annotated, and no status write: {after:?}");
     assert_eq!(env.events().await.len(), 2);
 }
+
+#[tokio::test]
+async fn watches_stream_their_initial_state_where_the_api_server_offers_it() {
+    let env = TestEnv::new("streaming").await;
+    // What the API server offers, asked as a plain client: a streamed watch that selects
+    // nothing ends its initial state with the bookmark that says so.
+    let params = kube::api::WatchParams::streaming_lists()
+        .fields("metadata.name=none")
+        .timeout(5);
+    let offered = match env.credentials().watch(&params, "0").await {
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            matches!(
+                futures::StreamExt::next(&mut stream).await,
+                Some(Ok(kube::api::WatchEvent::Bookmark(b)))
+                    if b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str) == Some("true")
+            )
+        }
+        Err(_) => false,
+    };
+    let op = env.start_operator(&[]);
+    env.put_source("raw", &[("token", PAT)]).await;
+    env.put_credential("c", json!({"sourceRef": {"name": "raw"}}))
+        .await;
+    env.wait_reason("c", "Ready", "Synced").await;
+    let said = format!("\"streaming_lists\":{offered}");
+    assert!(op.logs().contains(&said), "expected {said}: {}", op.logs());
+    // The newest supported version offers it: the operator's start-up there is streamed.
+    let version = env.client.apiserver_version().await.unwrap();
+    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap();
+    if minor >= 34 {
+        assert!(
+            offered,
+            "Kubernetes {}.{minor} streams watches",
+            version.major
+        );
+    }
+}
