@@ -284,23 +284,29 @@ fn foreign_target(labels: Value) -> Value {
 /// A reconcile that finds `foreign` under the target's name reports `TargetConflict`, with its
 /// Warning Event, and writes nothing to the Secret.
 async fn conflict_is_reported(ctx: &mut Arc<Context>, cr: &MendixCredential, foreign: Value) {
-    let (result, bodies) = scenario(
-        ctx,
-        cr,
-        vec![
-            get_source(),
-            expect(Method::GET, &target_path(), 200, Some(foreign)),
-            expect(Method::PATCH, &status_path(), 200, None),
-            expect(Method::POST, &events_path(), 201, None),
-        ],
-    )
-    .await;
+    let found = vec![expect(Method::GET, &target_path(), 200, Some(foreign))];
+    conflict_is_reported_after(ctx, cr, found).await;
+}
+
+/// A reconcile that finds a foreign Secret by `finding` it reports `TargetConflict`, with its
+/// Event, and writes nothing to the target.
+async fn conflict_is_reported_after(
+    ctx: &mut Arc<Context>,
+    cr: &MendixCredential,
+    finding: Vec<Expect>,
+) {
+    let at = finding.len() + 1;
+    let mut expects = vec![get_source()];
+    expects.extend(finding);
+    expects.push(expect(Method::PATCH, &status_path(), 200, None));
+    expects.push(expect(Method::POST, &events_path(), 201, None));
+    let (result, bodies) = scenario(ctx, cr, expects).await;
     result.unwrap();
     assert_eq!(
-        bodies[2]["status"]["conditions"][0]["reason"],
+        bodies[at]["status"]["conditions"][0]["reason"],
         "TargetConflict"
     );
-    assert_eq!(reasons_of(&bodies[3..]), ["TargetConflict"]);
+    assert_eq!(reasons_of(&bodies[at + 1..]), ["TargetConflict"]);
 }
 
 /// A Secret cache whose watches are current and report `secrets` at their versions.
@@ -439,24 +445,11 @@ async fn a_foreign_target_the_watch_does_not_report_refuses_the_create_and_is_le
     let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
         "reason": "AlreadyExists", "code": 409, "message": "secrets \"c\" already exists"});
     let foreign = foreign_target(json!({"app": "theirs"}));
-    let (result, bodies) = scenario(
-        &mut ctx,
-        &cr,
-        vec![
-            get_source(),
-            expect(Method::POST, &secrets_path(), 409, Some(exists)),
-            expect(Method::GET, &target_path(), 200, Some(foreign)),
-            expect(Method::PATCH, &status_path(), 200, None),
-            expect(Method::POST, &events_path(), 201, None),
-        ],
-    )
-    .await;
-    result.unwrap();
-    assert_eq!(
-        bodies[3]["status"]["conditions"][0]["reason"],
-        "TargetConflict"
-    );
-    assert_eq!(reasons_of(&bodies[4..]), ["TargetConflict"]);
+    let finding = vec![
+        expect(Method::POST, &secrets_path(), 409, Some(exists)),
+        expect(Method::GET, &target_path(), 200, Some(foreign)),
+    ];
+    conflict_is_reported_after(&mut ctx, &cr, finding).await;
 }
 
 #[tokio::test]
