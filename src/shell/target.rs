@@ -16,7 +16,7 @@ use crate::shell::source::read_source;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::Status;
 use kube::{Api, Resource, ResourceExt};
 use std::time::SystemTime;
@@ -67,7 +67,7 @@ pub(crate) async fn sync(
             return refused(Ready::refused(ReadyReason::InvalidSpec, message));
         }
     };
-    remove_previous_target(previous, &secrets, target, &id.uid).await?;
+    remove_previous_target(ctx, id, previous, &secrets, target).await?;
     let sync = Sync::Published {
         target: target.clone(),
         fingerprint: credential.fingerprint(),
@@ -319,12 +319,14 @@ fn spec_field(secret_field: &str) -> &str {
     }
 }
 
-/// After `spec.target.name` changed, deletes the Secret published under the old name.
+/// After `spec.target.name` changed, deletes the Secret published under the old name
+/// ([`remove_target`]), if it is ours.
 async fn remove_previous_target(
+    ctx: &Context,
+    id: &Id,
     previous: &MendixCredentialStatus,
     secrets: &Api<Secret>,
     target: &str,
-    uid: &str,
 ) -> Result<(), Error> {
     let Some(old) = previous.secret_name.as_deref().filter(|old| *old != target) else {
         return Ok(());
@@ -333,16 +335,46 @@ async fn remove_previous_target(
         .get_opt(old)
         .await
         .map_err(Error::DeletePreviousTarget)?;
-    if let Some(secret) = existing
-        && render::is_controlled_by(&secret, uid)
-    {
-        secrets
-            .delete(old, &DeleteParams::default())
+    match existing.filter(|secret| render::is_controlled_by(secret, &id.uid)) {
+        Some(secret) => remove_target(ctx, id, &id.namespace, old, secret.metadata.uid)
             .await
-            .map_err(Error::DeletePreviousTarget)?;
-        info!(secret = old, "deleted the previous target Secret");
+            .map_err(Error::DeletePreviousTarget),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Deletes `name` in `ns`, a target of `id` no longer wanted, the same for both kinds: a
+/// renamed target, or a copy in a namespace no longer selected. Only the very Secret seen as
+/// ours (its uid `secret`): one replaced meanwhile stays, and one gone already is fine.
+pub(crate) async fn remove_target(
+    ctx: &Context,
+    id: &Id,
+    ns: &str,
+    name: &str,
+    secret: Option<String>,
+) -> Result<(), kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret,
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match secrets.delete(name, &params).await {
+        Ok(_) => {
+            info!(
+                credential = id.name,
+                namespace = ns,
+                secret = name,
+                "deleted a target no longer wanted"
+            );
+            ctx.tracker.forget_published(&id.uid, ns, name);
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.is_not_found() || e.is_conflict() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

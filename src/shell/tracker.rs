@@ -204,9 +204,16 @@ impl Tracker {
         })
     }
 
-    /// Forgets the target in `namespace`: it was deleted.
-    pub fn forget_published(&self, uid: &str, namespace: &str) {
-        self.with(uid, |m| m.published.remove(namespace));
+    /// Forgets `target` in `namespace`: it was deleted.
+    pub fn forget_published(&self, uid: &str, namespace: &str, target: &str) {
+        self.with(uid, |m| {
+            if m.published
+                .get(namespace)
+                .is_some_and(|p| p.target == target)
+            {
+                m.published.remove(namespace);
+            }
+        });
     }
 
     /// Forgets resources that no longer exist.
@@ -326,7 +333,9 @@ mod tests {
         );
         assert!(t.has_published("u", "ns", "t"));
         assert!(!t.has_published("u", "ns", "x"));
-        t.forget_published("u", "ns");
+        t.forget_published("u", "ns", "x");
+        assert!(t.has_published("u", "ns", "t"), "another name: kept");
+        t.forget_published("u", "ns", "t");
         assert!(!t.has_published("u", "ns", "t"));
         assert_eq!(
             t.publication("u", "ns", "t", Some("5"), &[1; 32]),

@@ -14,13 +14,12 @@ use crate::shell::secrets::{SecretMeta, Seen};
 use crate::shell::target::{self, Written};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Copies written or read at once, per resource.
 pub(super) const WRITERS: usize = 16;
@@ -88,27 +87,10 @@ pub(super) async fn remove_copies(
         .map(|copy| async move {
             let ns = copy.metadata.namespace.clone().unwrap_or_default();
             let name = copy.name_any();
-            let secrets: Api<Secret> = Api::namespaced(cc.ctx.client.clone(), &ns);
-            // Only the very Secret seen as ours: one replaced meanwhile is not deleted.
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: copy.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match secrets.delete(&name, &params).await {
-                Ok(_) => {
-                    info!(cluster_credential = id.name, namespace = ns, secret = name, "deleted a copy no longer selected");
-                    cc.ctx.tracker.forget_published(&id.uid, &ns);
-                    true
-                }
-                Err(kube::Error::Api(e)) if e.is_not_found() || e.is_conflict() => true,
-                Err(e) => {
-                    warn!(cluster_credential = id.name, namespace = ns, error = %describe(&e), "could not delete a copy");
-                    false
-                }
-            }
+            let removed = target::remove_target(&cc.ctx, id, &ns, &name, copy.metadata.uid.clone()).await;
+            removed
+                .inspect_err(|e| warn!(cluster_credential = id.name, namespace = ns, error = %describe(e), "could not delete a copy"))
+                .is_ok()
         })
         .buffer_unordered(WRITERS)
         .collect::<Vec<bool>>()
