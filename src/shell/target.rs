@@ -1,6 +1,8 @@
-//! The sync step: reads the source Secret (from the cache while its version holds), renders
-//! the target, and writes it only when what is there differs. The decisions are pure
-//! ([`crate::domain::plan::target_action`]); this is their IO.
+//! The targets. What both kinds share: writing one target in one namespace, only when it
+//! differs ([`write_target`]; the decision is pure: [`crate::domain::plan::target_action`]),
+//! and deleting one no longer wanted ([`remove_target`]). And a MendixCredential's sync step
+//! ([`sync`]): its source, the rotation gate, its one target, and the target it had under a
+//! previous name.
 
 use crate::domain::api::MANAGER;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
