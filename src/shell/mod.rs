@@ -7,10 +7,11 @@
 //! - the process and its wiring: [`cli`], [`verify_cmd`], [`leader`], [`server`], the
 //!   controllers' watches ([`controller`], [`cluster`]);
 //! - the one reconcile driver of both kinds: [`reconcile`];
-//! - the steps: each kind's own ([`namespaced`], and [`cluster`]'s), the source ([`source`]), the target ([`target`]),
-//!   the verification loop's subscription ([`subscribe`]), the rotation gate ([`rotation`]), the restarts ([`restart`]), the
-//!   Events ([`publish`]), the unreadable resource ([`unreadable`]), and [`cluster`]'s copies,
-//!   restarts and rotation gate;
+//! - the steps: each kind's own ([`namespaced`], and [`cluster`]'s), and those both share: the
+//!   source ([`source`]), the rotation gate ([`rotation`]), a target in one namespace
+//!   ([`target`]), the verification loop's subscription ([`subscribe`]), the restarts of one
+//!   namespace ([`restart`]), the Events ([`publish`]) and the unreadable resource
+//!   ([`unreadable`]);
 //! - what the steps share: [`context`], with what differs between the kinds
 //!   ([`context::Kind`]) (and [`cluster`]'s own context);
 //! - services: [`tracker`], [`secrets`], [`verifier`], [`platform`], [`metrics`], [`events`],
