@@ -130,7 +130,9 @@ pub const ROTATED: &str = "Rotated";
 /// `Pending`.
 pub const FIRST_ANSWER_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Decides the status and the Events of one reconcile.
+/// Decides the status and the Events of one reconcile: the target's part of the status and
+/// `Ready`, then `RotationDue`, then what the verification loop knows; then the Events, from
+/// the difference with the previous status.
 pub fn reconcile(observed: Observed) -> Plan {
     let Observed {
         generation,
@@ -146,7 +148,71 @@ pub fn reconcile(observed: Observed) -> Plan {
     if credential_type.is_some() {
         status.credential_type = credential_type;
     }
-    let ready = match &sync {
+    let ready = record_sync(&mut status, previous, &sync);
+    conditions::set(
+        &mut status.conditions,
+        Verdict {
+            type_: condition::READY,
+            status: ready.reason.status(),
+            reason: ready.reason.as_str(),
+            message: ready.message.clone(),
+        },
+        generation,
+        now.clone(),
+    );
+    let due_in = match &sync {
+        Sync::Published { .. } => judge_due(&mut status, &due, generation, &now),
+        _ => None,
+    };
+    let held_since = match &sync {
+        Sync::Held {
+            held: Held::Queued { since },
+            ..
+        } => remaining_hold(since, &now),
+        _ => None,
+    };
+    let (request_served, queued) = record_verification(
+        &mut status,
+        verification,
+        sync.publishes(),
+        generation,
+        &now,
+    );
+    let hold = held_since.or(queued);
+    if hold.is_some() {
+        return Plan {
+            status: None,
+            events: vec![],
+            ready: ready.reason,
+            request_served,
+            hold,
+            due_in: None,
+        };
+    }
+    let checked_first = matches!(
+        sync,
+        Sync::Published {
+            checked_first: true,
+            ..
+        }
+    );
+    Plan {
+        events: announcements(previous, &status, &ready, checked_first),
+        status: (status != *previous).then_some(status),
+        ready: ready.reason,
+        request_served,
+        hold,
+        due_in,
+    }
+}
+
+/// Records in `status` what the sync step established about the target; returns `Ready`.
+fn record_sync(
+    status: &mut MendixCredentialStatus,
+    previous: &MendixCredentialStatus,
+    sync: &Sync,
+) -> Ready {
+    match sync {
         Sync::Published {
             target,
             fingerprint,
@@ -159,7 +225,7 @@ pub fn reconcile(observed: Observed) -> Plan {
                 .published_digest()
                 .is_some_and(|d| credential::is_recorded(d, digest));
             if rotated {
-                forget_verdict(&mut status);
+                forget_verdict(status);
             }
             // The time of the write, when the target was written since the status recorded one.
             // Decided from the times alone, not from whether this reconcile wrote it: the retry
@@ -196,85 +262,44 @@ pub fn reconcile(observed: Observed) -> Plan {
             status.pending_fingerprint = None;
             ready.clone()
         }
-    };
-    conditions::set(
-        &mut status.conditions,
-        Verdict {
-            type_: condition::READY,
-            status: ready.reason.status(),
-            reason: ready.reason.as_str(),
-            message: ready.message.clone(),
-        },
-        generation,
-        now.clone(),
-    );
-    let due_in = match &sync {
-        Sync::Published { .. } => judge_due(&mut status, &due, generation, &now),
-        _ => None,
-    };
-    let mut request_served = false;
-    let mut hold = match &sync {
-        Sync::Held {
-            held: Held::Queued { since },
-            ..
-        } => remaining_hold(since, &now),
-        _ => None,
+    }
+}
+
+/// Records in `status` what the verification loop knows of the credential the target holds
+/// (`publishes`: whether it holds one of this resource); returns whether the pending forced
+/// check was served, and how long the status waits for the first answer.
+fn record_verification(
+    status: &mut MendixCredentialStatus,
+    verification: Verification,
+    publishes: bool,
+    generation: Option<i64>,
+    now: &Time,
+) -> (bool, Option<std::time::Duration>) {
+    let pending_unless_known = |status: &mut MendixCredentialStatus| {
+        if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
+            record(status, &Outcome::pending(), generation, now.clone());
+        }
     };
     match verification {
         Verification::Disabled => {
-            record(
-                &mut status,
-                &Outcome::verification_disabled(),
-                generation,
-                now,
-            );
+            let outcome = Outcome::verification_disabled();
+            record(status, &outcome, generation, now.clone());
             status.next_verification_time = None;
+            (false, None)
         }
-        Verification::Answered(answer) if sync.publishes() => {
-            record(&mut status, &answer.outcome, generation, answer.answered_at);
+        Verification::Answered(answer) if publishes => {
+            record(status, &answer.outcome, generation, answer.answered_at);
             status.next_verification_time = answer.next;
-            request_served = answer.serves_request;
+            (answer.serves_request, None)
         }
-        Verification::Queued { since } if sync.publishes() => {
-            hold = hold.or(remaining_hold(&since, &now));
-            if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
-                record(&mut status, &Outcome::pending(), generation, now);
-            }
+        Verification::Queued { since } if publishes => {
+            pending_unless_known(status);
+            (false, remaining_hold(&since, now))
         }
         Verification::Answered(_) | Verification::Queued { .. } | Verification::Waiting => {
-            if conditions::find(&status.conditions, condition::TOKEN_VALID).is_none() {
-                record(&mut status, &Outcome::pending(), generation, now);
-            }
+            pending_unless_known(status);
+            (false, None)
         }
-    }
-    if hold.is_some() {
-        return Plan {
-            status: None,
-            events: vec![],
-            ready: ready.reason,
-            request_served,
-            hold,
-            due_in: None,
-        };
-    }
-    Plan {
-        events: announcements(
-            previous,
-            &status,
-            &ready,
-            matches!(
-                sync,
-                Sync::Published {
-                    checked_first: true,
-                    ..
-                }
-            ),
-        ),
-        status: (status != *previous).then_some(status),
-        ready: ready.reason,
-        request_served,
-        hold,
-        due_in,
     }
 }
 

@@ -114,35 +114,18 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         now,
     } = observed;
     let core_previous = previous.core();
-    let synced: Vec<(&String, &Option<Time>, bool)> = copies
+    let synced: Vec<Synced> = copies
         .iter()
         .filter_map(|(ns, c)| match c {
-            CopyOutcome::Synced { written_at, wrote } => Some((ns, written_at, *wrote)),
+            CopyOutcome::Synced { written_at, wrote } => Some((ns.as_str(), written_at, *wrote)),
             _ => None,
         })
         .collect();
-    let sync = match (&source, &held) {
-        (Ok(published), Some((pending, held))) => Sync::Held {
-            target: target.clone(),
-            published: credential::fingerprint_of(published),
-            pending: pending.clone(),
-            held: held.clone(),
-        },
-        (Ok(digest), None) => Sync::Published {
-            target: target.clone(),
-            fingerprint: credential::fingerprint_of(digest),
-            digest: digest.clone(),
-            written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
-            wrote: synced.iter().any(|(_, _, wrote)| *wrote),
-            checked_first,
-        },
-        (Err(ready), _) => Sync::Refused(ready.clone()),
-    };
     let core_plan = plan::reconcile(Observed {
         generation,
         credential_type,
         previous: &core_previous,
-        sync,
+        sync: credential_sync(&target, &source, &held, checked_first, &synced),
         verification,
         due,
         now: now.clone(),
@@ -159,52 +142,16 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         };
     }
     let mut core = core_plan.status.unwrap_or(core_previous);
-
-    let failures = failures(&copies, &selected);
-    let selected_count = selected.active.len();
-    let synced_count = synced.len();
+    let (selected_count, synced_count) = (selected.active.len(), synced.len());
+    // A rotation held back: the credential half said why.
     let held_ready = conditions::find(&core.conditions, condition::READY)
         .filter(|_| held.is_some())
-        .map(|c| c.message.clone());
-    let (ready_status, ready_reason, message) = match (&source, held_ready) {
-        (Err(ready), _) => ("False", ready.reason.as_str(), ready.message.clone()),
-        // A rotation held back: the credential half said why.
-        (Ok(_), Some(message)) => (core_plan.ready.status(), core_plan.ready.as_str(), message),
-        (Ok(_), None) if synced_count == selected_count => (
-            "True",
-            ReadyReason::Synced.as_str(),
-            format!(
-                "Secret {target:?} holds the current credential in all {selected_count} selected namespaces"
-            ),
-        ),
-        (Ok(_), None) => (
-            "False",
-            NAMESPACES_FAILED,
-            format!(
-                "{} of {selected_count} selected namespaces do not hold the current credential; see status.failedNamespaces",
-                selected_count - synced_count
-            ),
-        ),
-    };
-    // Ready is decided here, from the previous Ready, not from the one the credential half set.
-    core.conditions.retain(|c| c.type_ != condition::READY);
-    if let Some(c) = conditions::find(&previous.conditions, condition::READY) {
-        core.conditions.insert(0, c.clone());
-    }
-    conditions::set(
-        &mut core.conditions,
-        Verdict {
-            type_: condition::READY,
-            status: ready_status,
-            reason: ready_reason,
-            message: message.clone(),
-        },
-        generation,
-        now,
-    );
-    // Ready first, as a MendixCredential's status has it.
-    core.conditions.sort_by_key(|c| c.type_ != condition::READY);
+        .map(|c| (core_plan.ready, c.message.clone()));
+    let verdict = cluster_ready(&source, held_ready, &target, selected_count, synced_count);
+    let ready_reason = verdict.reason;
+    set_ready(&mut core, previous, verdict, generation, now);
 
+    let failures = failures(&copies, &selected);
     let mut status = ClusterMendixCredentialStatus::from_core(core);
     if source.is_ok() {
         status.selected = Some(count(selected_count));
@@ -217,35 +164,13 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
             .cloned()
             .collect();
     }
-
-    // The namespaces whose copy was written since the status recorded a write, as the credential
-    // half decides whether there was one: the retry of a failed status write names the same.
-    let written: Vec<&str> = synced
-        .iter()
-        .filter(|(_, at, _)| plan::written_since(at.as_ref(), previous.last_synced_time.as_ref()))
-        .map(|(ns, _, _)| ns.as_str())
-        .collect();
-    let mut events: Vec<Announcement> = core_plan
-        .events
-        .into_iter()
-        .map(|mut e| {
-            if e.reason == ReadyReason::Synced.as_str() {
-                e.note = format!("wrote Secret {target} in {}", listed(&written));
-            }
-            e
-        })
-        .collect();
-    let new_conflicts = new_conflicts(&copies, &failures, previous);
-    if !new_conflicts.is_empty() {
-        events.push(Announcement {
-            warning: true,
-            reason: ReadyReason::TargetConflict.as_str(),
-            note: format!(
-                "Secret {target} exists and is not managed by this ClusterMendixCredential in {}; left untouched",
-                listed(&new_conflicts)
-            ),
-        });
-    }
+    let events = announcements(
+        core_plan.events,
+        &target,
+        &synced,
+        &new_conflicts(&copies, &failures, previous),
+        previous,
+    );
     let retry = copies
         .values()
         .any(|c| matches!(c, CopyOutcome::Conflict | CopyOutcome::Failed(_)));
@@ -258,6 +183,128 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         retry,
         due_in: core_plan.due_in,
     }
+}
+
+/// A namespace whose copy holds the credential: when it was written, and whether this
+/// reconcile wrote it.
+type Synced<'a> = (&'a str, &'a Option<Time>, bool);
+
+/// What the copies came to, as the credential half of the plan sees one target: the latest
+/// write of any copy.
+fn credential_sync(
+    target: &str,
+    source: &Result<String, Ready>,
+    held: &Option<(String, Held)>,
+    checked_first: bool,
+    synced: &[Synced],
+) -> Sync {
+    match (source, held) {
+        (Ok(published), Some((pending, held))) => Sync::Held {
+            target: target.to_owned(),
+            published: credential::fingerprint_of(published),
+            pending: pending.clone(),
+            held: held.clone(),
+        },
+        (Ok(digest), None) => Sync::Published {
+            target: target.to_owned(),
+            fingerprint: credential::fingerprint_of(digest),
+            digest: digest.clone(),
+            written_at: synced.iter().filter_map(|(_, at, _)| (*at).clone()).max(),
+            wrote: synced.iter().any(|(_, _, wrote)| *wrote),
+            checked_first,
+        },
+        (Err(ready), _) => Sync::Refused(ready.clone()),
+    }
+}
+
+/// `Ready` of the resource: the source's refusal, a rotation held back (`held`: the credential
+/// half's reason and message), or whether every selected namespace holds the credential.
+fn cluster_ready(
+    source: &Result<String, Ready>,
+    held: Option<(ReadyReason, String)>,
+    target: &str,
+    selected: usize,
+    synced: usize,
+) -> Verdict {
+    let (status, reason, message) = match (source, held) {
+        (Err(ready), _) => ("False", ready.reason.as_str(), ready.message.clone()),
+        (Ok(_), Some((reason, message))) => (reason.status(), reason.as_str(), message),
+        (Ok(_), None) if synced == selected => (
+            "True",
+            ReadyReason::Synced.as_str(),
+            format!(
+                "Secret {target:?} holds the current credential in all {selected} selected namespaces"
+            ),
+        ),
+        (Ok(_), None) => (
+            "False",
+            NAMESPACES_FAILED,
+            format!(
+                "{} of {selected} selected namespaces do not hold the current credential; see status.failedNamespaces",
+                selected - synced
+            ),
+        ),
+    };
+    Verdict {
+        type_: condition::READY,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// Sets `Ready` in the credential half `core`, from the previous Ready (not from the one the
+/// credential half set), and first, as a MendixCredential's status has it.
+fn set_ready(
+    core: &mut MendixCredentialStatus,
+    previous: &ClusterMendixCredentialStatus,
+    verdict: Verdict,
+    generation: Option<i64>,
+    now: Time,
+) {
+    core.conditions.retain(|c| c.type_ != condition::READY);
+    if let Some(c) = conditions::find(&previous.conditions, condition::READY) {
+        core.conditions.insert(0, c.clone());
+    }
+    conditions::set(&mut core.conditions, verdict, generation, now);
+    core.conditions.sort_by_key(|c| c.type_ != condition::READY);
+}
+
+/// The Events: the credential half's, its `Synced` naming the namespaces whose copy was written
+/// since the status recorded a write (as the credential half decides whether there was one: the
+/// retry of a failed status write names the same), and the conflicts that are new.
+fn announcements(
+    credential_half: Vec<Announcement>,
+    target: &str,
+    synced: &[Synced],
+    new_conflicts: &[&str],
+    previous: &ClusterMendixCredentialStatus,
+) -> Vec<Announcement> {
+    let written: Vec<&str> = synced
+        .iter()
+        .filter(|(_, at, _)| plan::written_since(at.as_ref(), previous.last_synced_time.as_ref()))
+        .map(|(ns, _, _)| *ns)
+        .collect();
+    let mut events: Vec<Announcement> = credential_half
+        .into_iter()
+        .map(|mut e| {
+            if e.reason == ReadyReason::Synced.as_str() {
+                e.note = format!("wrote Secret {target} in {}", listed(&written));
+            }
+            e
+        })
+        .collect();
+    if !new_conflicts.is_empty() {
+        events.push(Announcement {
+            warning: true,
+            reason: ReadyReason::TargetConflict.as_str(),
+            note: format!(
+                "Secret {target} exists and is not managed by this ClusterMendixCredential in {}; left untouched",
+                listed(new_conflicts)
+            ),
+        });
+    }
+    events
 }
 
 /// The namespaces whose copy conflicts and did not before, as far as the previous status tells.
