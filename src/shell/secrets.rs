@@ -158,9 +158,7 @@ impl SecretCache {
         keys: &SourceKeys,
     ) -> Option<SourceRead> {
         let current = self.version(namespace, &keys.secret)?;
-        let reads = self.reads.lock();
-        let read = reads.get(&Reading::new(namespace, credential_type, keys))?;
-        (read.version == current).then(|| read.credential.clone())
+        self.credential_at(namespace, credential_type, keys, &current)
     }
 
     /// The credential read earlier from the source at `version`, as a watch of its own reported
