@@ -20,10 +20,19 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("the reconcile driver", &["shell::reconcile"]),
     (
-        "the steps of a reconcile",
+        "each kind's steps",
         &[
             "shell::namespaced",
             "shell::cluster::kind",
+            "shell::cluster::publish",
+            "shell::cluster::copies",
+            "shell::cluster::restarts",
+            "shell::cluster::rotation",
+        ],
+    ),
+    (
+        "the steps both kinds share",
+        &[
             "shell::source",
             "shell::rotation",
             "shell::target",
@@ -31,10 +40,6 @@ const LAYERS: &[(&str, &[&str])] = &[
             "shell::restart",
             "shell::publish",
             "shell::unreadable",
-            "shell::cluster::copies",
-            "shell::cluster::publish",
-            "shell::cluster::restarts",
-            "shell::cluster::rotation",
         ],
     ),
     (

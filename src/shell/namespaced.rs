@@ -2,7 +2,9 @@
 //! one target, in the resource's own namespace.
 //!
 //! 1. resolve the spec (pure),
-//! 2. read the source Secret and write the target Secret ([`crate::shell::target`]), then
+//! 2. read the source Secret ([`crate::shell::source`]), pass the rotation gate
+//!    ([`crate::shell::rotation`]), write the target Secret ([`crate::shell::target`]) and
+//!    delete the one published under a previous name, then
 //!    restart the workloads of `spec.target.rolloutRestart` to the credential it holds
 //!    ([`crate::shell::restart`]; never fails the reconcile),
 //! 3. subscribe the credential to the verification loop (memory; never waits for the platform),
@@ -10,13 +12,21 @@
 
 use crate::domain::api::Scope;
 use crate::domain::api::{MendixCredential, MendixCredentialStatus};
+use crate::domain::credential::Credential;
 use crate::domain::due::{self, Stamps};
 use crate::domain::plan::{self, Observed, Plan, Ready, ReadyReason, Sync};
+use crate::domain::render;
 use crate::domain::restart as restarts;
 use crate::domain::spec::InvalidSpec;
+use crate::domain::spec::Resolved;
 use crate::shell::context::{Context, Decided, Error, Id, Kind, now};
-use crate::shell::{Guarded, restart, subscribe, target};
+use crate::shell::rotation;
+use crate::shell::source::read_source;
+use crate::shell::target::{Written, remove_target, write_target};
+use crate::shell::{Guarded, restart, subscribe};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Resource;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -84,7 +94,7 @@ impl Kind for Namespaced {
         let ctx = self.ctx();
         let resolved = ctx.resolve(&id.name, &cr.spec, &cr.metadata);
         let (sync, credential, stamps) = match &resolved {
-            Ok(resolved) => target::sync(cr, id, resolved, previous, forced, ctx).await?,
+            Ok(resolved) => sync(cr, id, resolved, previous, forced, ctx).await?,
             Err(InvalidSpec(message)) => (
                 Sync::Refused(Ready::refused(ReadyReason::InvalidSpec, message.clone())),
                 None,
@@ -144,5 +154,106 @@ impl Kind for Namespaced {
             due_in,
             wrote,
         })
+    }
+}
+
+/// Reads the source, renders the target and writes it when it differs from what is there.
+/// Returns what was established, the credential published and, when it is the source's, the
+/// source's time annotations.
+async fn sync(
+    cr: &MendixCredential,
+    id: &Id,
+    resolved: &Resolved,
+    previous: &MendixCredentialStatus,
+    forced: Option<SystemTime>,
+    ctx: &Context,
+) -> Result<(Sync, Option<Credential>, Stamps), Error> {
+    let refused = |ready| Ok((Sync::Refused(ready), None, Stamps::default()));
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
+    let seen = ctx.secrets.version(&id.namespace, &resolved.source.secret);
+    let (credential, stamps) = match read_source(ctx, &id.namespace, resolved, seen).await? {
+        Err(ready) => return refused(ready),
+        Ok(read) => read,
+    };
+    let working = async |published: &str| working_target(id, &secrets, resolved, published).await;
+    let gated = rotation::pass(ctx, id, resolved, previous, credential, forced, working).await?;
+    if let Some((pending, held)) = gated.held {
+        let sync = Sync::Held {
+            target: resolved.target_name.clone(),
+            published: gated.publish.fingerprint(),
+            pending,
+            held,
+        };
+        return Ok((sync, Some(gated.publish), Stamps::default()));
+    }
+    let (credential, checked_first) = (gated.publish, gated.checked_first);
+
+    let owner = cr
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
+    let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
+    let target = &resolved.target_name;
+    let seen = ctx.secrets.seen(&id.namespace, target);
+    let publisher = id.publisher();
+    let (written_at, wrote) = match write_target(ctx, publisher, desired, seen).await? {
+        Written::Holds { at, wrote } => (at, wrote),
+        Written::Conflict => return refused(plan::target_conflict(target)),
+        Written::Invalid(message) => {
+            return refused(Ready::refused(ReadyReason::InvalidSpec, message));
+        }
+    };
+    remove_previous_target(ctx, id, previous, &secrets, target).await?;
+    let sync = Sync::Published {
+        target: target.clone(),
+        fingerprint: credential.fingerprint(),
+        digest: credential.digest(),
+        written_at,
+        wrote,
+        checked_first,
+    };
+    Ok((sync, Some(credential), stamps))
+}
+
+/// The published credential (the one whose digest the status recorded), if the target still
+/// holds it. Only a target of ours is protected: one deleted or changed by hand meanwhile has
+/// nothing left to lose.
+async fn working_target(
+    id: &Id,
+    secrets: &Api<Secret>,
+    resolved: &Resolved,
+    published: &str,
+) -> Result<Option<Credential>, Error> {
+    let target = secrets
+        .get_opt(&resolved.target_name)
+        .await
+        .map_err(Error::ReadTarget)?;
+    Ok(target
+        .filter(|existing| render::is_ours(existing, &id.uid, &id.name))
+        .and_then(|existing| {
+            render::published_credential(&existing, resolved.credential_type, published)
+        }))
+}
+
+/// After `spec.target.name` changed, deletes the Secret published under the old name
+/// ([`remove_target`]), if it is ours.
+async fn remove_previous_target(
+    ctx: &Context,
+    id: &Id,
+    previous: &MendixCredentialStatus,
+    secrets: &Api<Secret>,
+    target: &str,
+) -> Result<(), Error> {
+    let Some(old) = previous.secret_name.as_deref().filter(|old| *old != target) else {
+        return Ok(());
+    };
+    let existing = secrets
+        .get_opt(old)
+        .await
+        .map_err(Error::DeletePreviousTarget)?;
+    match existing.filter(|secret| render::is_controlled_by(secret, &id.uid)) {
+        Some(secret) => remove_target(ctx, id, &id.namespace, old, secret.metadata.uid)
+            .await
+            .map_err(Error::DeletePreviousTarget),
+        None => Ok(()),
     }
 }

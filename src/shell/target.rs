@@ -1,105 +1,19 @@
 //! The targets. What both kinds share: writing one target in one namespace, only when it
 //! differs ([`write_target`]; the decision is pure: [`crate::domain::plan::target_action`]),
-//! and deleting one no longer wanted ([`remove_target`]). And a MendixCredential's sync step
-//! ([`sync`]): its source, the rotation gate, its one target, and the target it had under a
-//! previous name.
+//! and deleting one no longer wanted ([`remove_target`]).
 
 use crate::domain::api::MANAGER;
-use crate::domain::api::{MendixCredential, MendixCredentialStatus};
-use crate::domain::credential::Credential;
-use crate::domain::due::Stamps;
-use crate::domain::plan::{self, Ready, ReadyReason, Sync, TargetAction};
+use crate::domain::plan::{self, TargetAction};
 use crate::domain::render::{self, Publisher};
-use crate::domain::spec::Resolved;
 use crate::shell::context::{Context, Error, Id, apply_params, now};
-use crate::shell::rotation;
 use crate::shell::secrets::Seen;
-use crate::shell::source::read_source;
 use crate::shell::tracker::Published;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::Status;
-use kube::{Api, Resource, ResourceExt};
-use std::time::SystemTime;
+use kube::{Api, ResourceExt};
 use tracing::info;
-
-/// Reads the source, renders the target and writes it when it differs from what is there.
-/// Returns what was established, the credential published and, when it is the source's, the
-/// source's time annotations.
-pub(crate) async fn sync(
-    cr: &MendixCredential,
-    id: &Id,
-    resolved: &Resolved,
-    previous: &MendixCredentialStatus,
-    forced: Option<SystemTime>,
-    ctx: &Context,
-) -> Result<(Sync, Option<Credential>, Stamps), Error> {
-    let refused = |ready| Ok((Sync::Refused(ready), None, Stamps::default()));
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &id.namespace);
-    let seen = ctx.secrets.version(&id.namespace, &resolved.source.secret);
-    let (credential, stamps) = match read_source(ctx, &id.namespace, resolved, seen).await? {
-        Err(ready) => return refused(ready),
-        Ok(read) => read,
-    };
-    let working = async |published: &str| working_target(id, &secrets, resolved, published).await;
-    let gated = rotation::pass(ctx, id, resolved, previous, credential, forced, working).await?;
-    if let Some((pending, held)) = gated.held {
-        let sync = Sync::Held {
-            target: resolved.target_name.clone(),
-            published: gated.publish.fingerprint(),
-            pending,
-            held,
-        };
-        return Ok((sync, Some(gated.publish), Stamps::default()));
-    }
-    let (credential, checked_first) = (gated.publish, gated.checked_first);
-
-    let owner = cr
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingMetadata("uid"))?;
-    let desired = render::target_secret(&id.namespace, &id.name, owner, resolved, &credential);
-    let target = &resolved.target_name;
-    let seen = ctx.secrets.seen(&id.namespace, target);
-    let publisher = id.publisher();
-    let (written_at, wrote) = match write_target(ctx, publisher, desired, seen).await? {
-        Written::Holds { at, wrote } => (at, wrote),
-        Written::Conflict => return refused(plan::target_conflict(target)),
-        Written::Invalid(message) => {
-            return refused(Ready::refused(ReadyReason::InvalidSpec, message));
-        }
-    };
-    remove_previous_target(ctx, id, previous, &secrets, target).await?;
-    let sync = Sync::Published {
-        target: target.clone(),
-        fingerprint: credential.fingerprint(),
-        digest: credential.digest(),
-        written_at,
-        wrote,
-        checked_first,
-    };
-    Ok((sync, Some(credential), stamps))
-}
-
-/// The published credential (the one whose digest the status recorded), if the target still
-/// holds it. Only a target of ours is protected: one deleted or changed by hand meanwhile has
-/// nothing left to lose.
-async fn working_target(
-    id: &Id,
-    secrets: &Api<Secret>,
-    resolved: &Resolved,
-    published: &str,
-) -> Result<Option<Credential>, Error> {
-    let target = secrets
-        .get_opt(&resolved.target_name)
-        .await
-        .map_err(Error::ReadTarget)?;
-    Ok(target
-        .filter(|existing| render::is_ours(existing, &id.uid, &id.name))
-        .and_then(|existing| {
-            render::published_credential(&existing, resolved.credential_type, published)
-        }))
-}
 
 /// What writing a target came to.
 pub(crate) enum Written {
@@ -318,30 +232,6 @@ fn spec_field(secret_field: &str) -> &str {
         "metadata.annotations" => "spec.target.annotations",
         "metadata.name" => "spec.target.name",
         _ => secret_field,
-    }
-}
-
-/// After `spec.target.name` changed, deletes the Secret published under the old name
-/// ([`remove_target`]), if it is ours.
-async fn remove_previous_target(
-    ctx: &Context,
-    id: &Id,
-    previous: &MendixCredentialStatus,
-    secrets: &Api<Secret>,
-    target: &str,
-) -> Result<(), Error> {
-    let Some(old) = previous.secret_name.as_deref().filter(|old| *old != target) else {
-        return Ok(());
-    };
-    let existing = secrets
-        .get_opt(old)
-        .await
-        .map_err(Error::DeletePreviousTarget)?;
-    match existing.filter(|secret| render::is_controlled_by(secret, &id.uid)) {
-        Some(secret) => remove_target(ctx, id, &id.namespace, old, secret.metadata.uid)
-            .await
-            .map_err(Error::DeletePreviousTarget),
-        None => Ok(()),
     }
 }
 
