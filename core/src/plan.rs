@@ -10,12 +10,10 @@
 use crate::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::classify::{Outcome, Reason, TokenValid};
 use crate::conditions::{self, Verdict};
-use crate::credential::{self, SourceError};
+use crate::credential;
 use crate::due;
 pub use crate::ready::{Ready, ReadyReason};
-use crate::render;
 use crate::rotation::{self, Held};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// What the sync step established about the target Secret.
@@ -361,94 +359,6 @@ fn forget_verdict(status: &mut MendixCredentialStatus) {
     status.next_verification_time = None;
 }
 
-/// The Events that tell of the difference between two statuses: a write of the target, and
-/// transitions into a reason people must hear about.
-fn announcements(
-    previous: &MendixCredentialStatus,
-    status: &MendixCredentialStatus,
-    ready: &Ready,
-    checked_first: bool,
-) -> Vec<Announcement> {
-    let mut events = vec![];
-    let reason_of = |s: &MendixCredentialStatus, type_| {
-        conditions::find(&s.conditions, type_).map(|c| c.reason.clone())
-    };
-    if ready.reason == ReadyReason::Synced
-        && status.last_synced_time.is_some()
-        && status.last_synced_time != previous.last_synced_time
-    {
-        let target = status.secret_name.clone().unwrap_or_default();
-        events.push(Announcement {
-            warning: false,
-            reason: ReadyReason::Synced.as_str(),
-            note: format!("wrote Secret {target}"),
-        });
-    }
-    if let (Some(old), Some(new), Some(published)) = (
-        &previous.token_fingerprint,
-        &status.token_fingerprint,
-        previous.published_digest(),
-    ) && !status
-        .token_digest
-        .as_deref()
-        .is_some_and(|d| credential::is_recorded(published, d))
-    {
-        let target = status.secret_name.clone().unwrap_or_default();
-        let checked = if checked_first {
-            " after the platform accepted it"
-        } else {
-            ""
-        };
-        events.push(Announcement {
-            warning: false,
-            reason: ROTATED,
-            note: format!("published {new} in Secret {target}{checked}, replacing {old}"),
-        });
-    }
-    // A new rejected credential is announced too, though the reason stays the same.
-    let ready_changed = reason_of(previous, condition::READY).as_deref()
-        != Some(ready.reason.as_str())
-        || (ready.reason == ReadyReason::RotationRejected
-            && previous.pending_fingerprint != status.pending_fingerprint);
-    if ready.reason.warns() && ready_changed {
-        events.push(Announcement {
-            warning: true,
-            reason: ready.reason.as_str(),
-            note: ready.message.clone(),
-        });
-    }
-    if let Some(due) = conditions::find(&status.conditions, condition::ROTATION_DUE)
-        && due.status == "True"
-        && conditions::find(&previous.conditions, condition::ROTATION_DUE)
-            .is_none_or(|c| c.status != "True" || c.reason != due.reason)
-    {
-        events.push(Announcement {
-            warning: true,
-            reason: condition::ROTATION_DUE,
-            note: format!("{}: {}", due.reason, due.message),
-        });
-    }
-    if let Some(valid) = conditions::find(&status.conditions, condition::TOKEN_VALID) {
-        let announced = [
-            Reason::Verified,
-            Reason::TokenRejected,
-            Reason::UserDeactivated,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == valid.reason);
-        if let Some(reason) = announced
-            && reason_of(previous, condition::TOKEN_VALID).as_deref() != Some(reason.as_str())
-        {
-            events.push(Announcement {
-                warning: reason != Reason::Verified,
-                reason: reason.as_str(),
-                note: valid.message.clone(),
-            });
-        }
-    }
-    events
-}
-
 /// Whether a reason is a verdict on the credential rather than on the attempt.
 pub fn is_definitive(reason: Reason) -> bool {
     reason.status() != TokenValid::Unknown || reason == Reason::VerificationDisabled
@@ -487,68 +397,10 @@ pub fn record(
     changed.then_some(outcome.reason)
 }
 
-/// What to do with the target Secret, given what exists under its name.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TargetAction {
-    /// Someone else's Secret holds the name: leave it alone.
-    Conflict,
-    /// It already holds the desired content, as written at this time.
-    Keep { written_at: Option<Time> },
-    /// Create the desired Secret: there is none under its name. A create, not an apply, so
-    /// that a Secret someone else creates meanwhile makes it fail instead of being taken over.
-    Create,
-    /// Apply the desired Secret, on condition that the target is still at `resource_version`.
-    Apply { resource_version: String },
-}
-
-/// Decides what to do with the target, given the Secret found under its name (`None`: none).
-pub fn target_action(
-    existing: Option<&Secret>,
-    desired: &Secret,
-    publisher: render::Publisher,
-) -> TargetAction {
-    match existing {
-        Some(existing) if !publisher.owns(existing) => TargetAction::Conflict,
-        Some(existing) if render::is_current(existing, desired) => TargetAction::Keep {
-            written_at: render::applied_at(existing),
-        },
-        Some(existing) => TargetAction::Apply {
-            resource_version: existing
-                .metadata
-                .resource_version
-                .clone()
-                .unwrap_or_default(),
-        },
-        None => TargetAction::Create,
-    }
-}
-
-/// The condition for a source whose values cannot be used.
-pub fn source_refused(problem: &SourceError) -> Ready {
-    match problem {
-        SourceError::NotAllowed { .. } => {
-            Ready::refused(ReadyReason::SourceNotAllowed, problem.to_string())
-        }
-        SourceError::KeyMissing { .. } => {
-            Ready::refused(ReadyReason::SourceKeyMissing, problem.to_string())
-        }
-        SourceError::Invalid { .. } => Ready::refused(
-            ReadyReason::InvalidSource,
-            format!("{problem}; the target Secret was left as it was"),
-        ),
-    }
-}
-
-/// The condition that a target which cannot be written is reported with.
-pub fn target_conflict(target: &str) -> Ready {
-    Ready::refused(
-        ReadyReason::TargetConflict,
-        format!(
-            "Secret {target:?} exists and is not managed by this MendixCredential; delete or \
-             rename it, or choose another spec.target.name"
-        ),
-    )
-}
+mod announce;
+mod target;
+use announce::announcements;
+pub use target::{TargetAction, source_refused, target_action, target_conflict};
 
 #[cfg(test)]
 mod tests;

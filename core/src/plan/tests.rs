@@ -4,6 +4,7 @@
 use super::*;
 use crate::api::CredentialType;
 use crate::classify::Reason;
+use k8s_openapi::api::core::v1::Secret;
 use std::time::Duration;
 
 fn at(s: i64) -> Time {
