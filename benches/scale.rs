@@ -317,8 +317,13 @@ async fn round(n: usize, sim: &Simulator) -> Row {
 
     // An idle minute after convergence.
     let before = api_writes(&env).await;
+    let costs_before = request_costs(&env).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let idle_writes = api_writes(&env).await - before;
+    eprintln!(
+        "N = {n}: the API server served, in the idle minute:\n{}",
+        profile(&costs_before, &request_costs(&env).await)
+    );
 
     let calls: usize = (0..TOKENS)
         .map(|t| sim.requests(&format!("bench-{n}-{t}")))

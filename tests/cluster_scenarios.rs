@@ -21,6 +21,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use mxcred_operator::domain::cluster::{ClusterMendixCredential, ClusterMendixCredentialStatus};
 use mxcred_operator::shell::cluster::{ClusterContext, NamespaceMeta};
+use mxcred_operator::shell::consumers::ConsumerIndex;
 use mxcred_operator::shell::context::{CONFLICT_RETRY, Context, Settings};
 use mxcred_operator::shell::metrics::Metrics;
 use mxcred_operator::shell::platform::{Platform, PlatformConfig};
@@ -486,6 +487,7 @@ fn context(client: Client) -> Arc<Context> {
             denied_metadata_prefixes: vec![],
             restart_min_interval: Duration::from_secs(60),
             restart_retry: Duration::from_secs(60),
+            discover_consumers: true,
         },
         verifier,
         tracker: Arc::default(),
@@ -493,6 +495,7 @@ fn context(client: Client) -> Arc<Context> {
         retries: Arc::default(),
         events: Arc::default(),
         status_writes: Default::default(),
+        consumers: Arc::new(ConsumerIndex::new(true)),
         streaming_lists: false,
     })
 }

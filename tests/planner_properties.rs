@@ -26,6 +26,7 @@ use mxcred_operator::domain::cluster::{
     MAX_FAILED_NAMESPACES, Selected,
 };
 use mxcred_operator::domain::credential::{self, Problem, SourceError};
+use mxcred_operator::domain::consumers::{Consumer, Consumers};
 use mxcred_operator::domain::due::{self, Policy, Stamp, Stamps};
 use mxcred_operator::domain::plan::{
     self, Answer, Observed, Plan, Ready, ReadyReason, Sync, Verification,
@@ -190,6 +191,8 @@ struct Seen {
     wrote_at: i64,
     /// The rotation policy and the source's time annotations.
     due: due::Inputs,
+    /// The workloads that use the targets, when known.
+    consumers: Option<Consumers>,
     now: i64,
 }
 
@@ -230,6 +233,29 @@ fn due_inputs() -> impl Strategy<Value = due::Inputs> {
     ]
 }
 
+/// What the index knows of the consumers: not yet listed, none, some, or that it may not know.
+fn consumers() -> impl Strategy<Value = Option<Consumers>> {
+    let some = |names: &[&str]| {
+        Consumers::of(
+            names
+                .iter()
+                .map(|name| Consumer {
+                    namespace: None,
+                    kind: "Deployment".into(),
+                    name: (*name).into(),
+                })
+                .collect(),
+        )
+    };
+    prop_oneof![
+        Just(None),
+        Just(Some(some(&[]))),
+        Just(Some(some(&["runner"]))),
+        Just(Some(some(&["a", "b", "c", "d"]))),
+        Just(Some(Consumers::unknown("the operator may not list Pods"))),
+    ]
+}
+
 /// The `i`-th reconcile of a history: its times are later than those of the ones before.
 fn seen(i: i64, targets: impl Strategy<Value = Vec<Target>>) -> impl Strategy<Value = Seen> {
     let now = 10_000 + 1_000 * i;
@@ -242,6 +268,7 @@ fn seen(i: i64, targets: impl Strategy<Value = Vec<Target>>) -> impl Strategy<Va
         1i64..=3,
         now - 500..now - 200,
         due_inputs(),
+        consumers(),
     )
         .prop_map(
             move |(
@@ -253,6 +280,7 @@ fn seen(i: i64, targets: impl Strategy<Value = Vec<Target>>) -> impl Strategy<Va
                 generation,
                 written_at,
                 due,
+                consumers,
             )| {
                 Seen {
                     source,
@@ -264,6 +292,7 @@ fn seen(i: i64, targets: impl Strategy<Value = Vec<Target>>) -> impl Strategy<Va
                     written_at,
                     wrote_at: 0,
                     due,
+                    consumers,
                     now,
                 }
             },
@@ -356,6 +385,7 @@ fn plan_namespaced(seen: &Seen, previous: &MendixCredentialStatus) -> Plan {
         sync: sync_of(seen, previous),
         verification: seen.verification.clone(),
         due: seen.due.clone(),
+        consumers: seen.consumers.clone(),
         now: at(seen.now),
     })
 }
@@ -546,6 +576,7 @@ fn cluster_observed<'a>(
         selected,
         verification: seen.verification.clone(),
         due: seen.due.clone(),
+        consumers: seen.consumers.clone(),
         now: at(seen.now),
     }
 }
@@ -638,6 +669,7 @@ fn valid(targets: Vec<Target>, now: i64) -> Seen {
         written_at: 100,
         wrote_at: 0,
         due: Default::default(),
+        consumers: None,
         now,
     }
 }

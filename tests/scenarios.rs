@@ -15,6 +15,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use mendix_simulator::{Simulator, State};
 use mxcred_operator::domain::api::{MendixCredential, MendixCredentialStatus};
+use mxcred_operator::shell::consumers::ConsumerIndex;
 use mxcred_operator::shell::context::{Context, Settings};
 use mxcred_operator::shell::metrics::Metrics;
 use mxcred_operator::shell::namespaced::Namespaced;
@@ -236,6 +237,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
             denied_metadata_prefixes: vec![],
             restart_min_interval: Duration::from_secs(60),
             restart_retry: Duration::from_secs(60),
+            discover_consumers: true,
         },
         verifier: verifier.clone(),
         tracker: Arc::default(),
@@ -243,6 +245,7 @@ fn context(platform: &str, secrets: SecretCache) -> (Arc<Context>, Arc<Verifier>
         retries: Arc::default(),
         events: Arc::default(),
         status_writes: Default::default(),
+        consumers: Arc::new(ConsumerIndex::new(true)),
         streaming_lists: false,
     };
     (Arc::new(ctx), verifier)

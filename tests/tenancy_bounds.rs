@@ -399,7 +399,7 @@ async fn rewriting_a_source_again_and_again_costs_one_check_per_cooldown() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_namespace_spends_no_more_than_its_share_of_the_platform_rate() {
     use mendix_simulator::{Simulator, State};
-    const FLOOD: usize = 30;
+    const FLOOD: usize = 40;
     let _turn = TURN.lock().await;
     let sim = Simulator::start().await;
     let env = TestEnv::new("share-a").await;
@@ -471,9 +471,9 @@ async fn one_namespace_spends_no_more_than_its_share_of_the_platform_rate() {
          {calls} platform calls in {elapsed:.1} s; another namespace's first verdict after {:.1} s",
         other_verdict.as_secs_f64()
     );
-    // Two a second, and the two of the first instant (the limiter's burst).
+    // Two a second, after the ten of the first instant (the namespace's burst).
     assert!(
-        calls as f64 <= 2.0 * elapsed + 2.0,
+        calls as f64 <= 2.0 * elapsed + 10.0,
         "{calls} calls in {elapsed:.1} s"
     );
     assert_eq!(sim.requests("tok-share-other"), 1);

@@ -71,6 +71,7 @@ pub const ANNOTATION_EXPIRES_AT: &str = "mxcred.io/expires-at";
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
     printcolumn = r#"{"name":"Last Verified","type":"date","jsonPath":".status.lastVerifiedTime"}"#,
     printcolumn = r#"{"name":"Rotate-By","type":"string","format":"date-time","jsonPath":".status.rotateBy"}"#,
+    printcolumn = r#"{"name":"Consumers","type":"integer","description":"workloads that use the Secret","jsonPath":".status.consumers.count"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Checked at apply time; the operator refuses the same specs in status (`domain::spec`), for
     // objects written before a rule existed. Here, not on the spec, because only the root sees
@@ -352,6 +353,9 @@ pub struct MendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub rollout_restart: Vec<RolloutRestartStatus>,
+    /// The workloads that use the target Secret: how many, and the first 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<crate::consumers::Consumers>,
 }
 
 impl MendixCredentialStatus {

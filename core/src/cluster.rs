@@ -49,6 +49,7 @@ pub const MAX_RESTART_FAILURES: usize = 20;
     printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"TokenValid\")].reason"}"#,
     printcolumn = r#"{"name":"Rotate-By","type":"string","format":"date-time","jsonPath":".status.rotateBy"}"#,
+    printcolumn = r#"{"name":"Consumers","type":"integer","description":"workloads that use the Secrets","jsonPath":".status.consumers.count"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -237,6 +238,10 @@ pub struct ClusterMendixCredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The workloads that use the Secret, in all selected namespaces: how many, and the first
+    /// 20 by namespace, kind and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<crate::consumers::Consumers>,
 }
 
 /// A namespace that does not hold the credential.

@@ -12,6 +12,7 @@ pub mod api;
 pub mod classify;
 pub mod cluster;
 pub mod conditions;
+pub mod consumers;
 pub mod credential;
 pub mod due;
 pub mod plan;

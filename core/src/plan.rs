@@ -10,6 +10,7 @@
 use crate::api::{CredentialType, MendixCredentialStatus, condition};
 use crate::classify::{Outcome, Reason, TokenValid};
 use crate::conditions::{self, Verdict};
+use crate::consumers::{Consumers, with_affected};
 use crate::credential;
 use crate::due;
 pub use crate::ready::{Ready, ReadyReason};
@@ -94,6 +95,9 @@ pub struct Observed<'a> {
     pub verification: Verification,
     /// How to judge the published credential's age, and the source's time annotations.
     pub due: due::Inputs,
+    /// The workloads that use the target; `None` while they are not known yet (the status
+    /// keeps what it recorded).
+    pub consumers: Option<Consumers>,
     pub now: Time,
 }
 
@@ -139,6 +143,7 @@ pub fn reconcile(observed: Observed) -> Plan {
         sync,
         verification,
         due,
+        consumers,
         now,
     } = observed;
     let mut status = previous.clone();
@@ -146,7 +151,13 @@ pub fn reconcile(observed: Observed) -> Plan {
     if credential_type.is_some() {
         status.credential_type = credential_type;
     }
-    let ready = record_sync(&mut status, previous, &sync);
+    if consumers.is_some() {
+        status.consumers = consumers;
+    }
+    let mut ready = record_sync(&mut status, previous, &sync);
+    if ready.reason == ReadyReason::RotationRejected {
+        ready.message = with_affected(&ready.message, status.consumers.as_ref());
+    }
     conditions::set(
         &mut status.conditions,
         Verdict {
@@ -176,6 +187,7 @@ pub fn reconcile(observed: Observed) -> Plan {
         generation,
         &now,
     );
+    name_affected(&mut status);
     let hold = held_since.or(queued);
     if hold.is_some() {
         return Plan {
@@ -298,6 +310,18 @@ fn record_verification(
             pending_unless_known(status);
             (false, None)
         }
+    }
+}
+
+/// Names the workloads a rejected credential breaks in TokenValid's message, as they are now.
+fn name_affected(status: &mut MendixCredentialStatus) {
+    let consumers = status.consumers.clone();
+    if let Some(valid) = status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == condition::TOKEN_VALID && c.status == "False")
+    {
+        valid.message = with_affected(&valid.message, consumers.as_ref());
     }
 }
 

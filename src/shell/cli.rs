@@ -154,6 +154,11 @@ pub struct RunArgs {
     /// consent or could not be patched are tried again; it doubles with each try, up to 1h.
     #[arg(long, env = "MXCRED_RESTART_RETRY", default_value = "1m", value_parser = parse_restart_retry)]
     pub restart_retry: Duration,
+    /// Look for the workloads that use each target Secret (status.consumers; needs list and
+    /// watch on Pods, ReplicaSets, Deployments, StatefulSets, DaemonSets, Jobs and CronJobs).
+    /// `--discover-consumers=false` turns it off.
+    #[arg(long, env = "MXCRED_DISCOVER_CONSUMERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub discover_consumers: bool,
     #[command(flatten)]
     pub platform: RunPlatformArgs,
     /// For tests only: verify at this interval, whatever the resources ask. Their own minimum
@@ -264,6 +269,7 @@ impl RunArgs {
             denied_metadata_prefixes: self.denied_metadata_prefixes.clone(),
             restart_min_interval: self.restart_min_interval,
             restart_retry: self.restart_retry,
+            discover_consumers: self.discover_consumers,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::domain::plan::Announcement;
 use crate::domain::render::Publisher;
 use crate::domain::spec::{self, InvalidSpec, Resolved};
 use crate::shell::api_error::describe;
+use crate::shell::consumers::ConsumerIndex;
 use crate::shell::events::EventLimiter;
 use crate::shell::metrics::Metrics;
 use crate::shell::retries::Retries;
@@ -45,6 +46,8 @@ pub struct Settings {
     pub restart_min_interval: Duration,
     /// The first wait before workloads not all brought to the credential are tried again.
     pub restart_retry: Duration,
+    /// Whether the workloads that use each target are looked for (`status.consumers`).
+    pub discover_consumers: bool,
 }
 
 /// What every reconcile shares.
@@ -61,6 +64,8 @@ pub struct Context {
     /// The bound on the Events of each object.
     pub events: Arc<EventLimiter>,
     pub status_writes: StatusWrites,
+    /// The workloads that use each target Secret.
+    pub consumers: Arc<ConsumerIndex>,
     /// Whether the API server streams the initial state of watches
     /// ([`crate::shell::watch::streams_initial_events`]); else they list it in pages.
     pub streaming_lists: bool,

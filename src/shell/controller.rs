@@ -4,9 +4,11 @@
 
 use crate::domain::api::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER, condition};
 use crate::domain::conditions;
+use crate::domain::consumers::Consumers;
 use crate::domain::ready::ReadyReason;
 use crate::domain::spec;
 use crate::shell::Guarded;
+use crate::shell::consumers::{self, ConsumerIndex};
 use crate::shell::context::{Context, Settings};
 use crate::shell::metrics::{HELD_REASONS, Metrics};
 use crate::shell::namespaced::Namespaced;
@@ -15,6 +17,7 @@ use crate::shell::secrets::{self, SecretCache, SecretMeta};
 use crate::shell::verifier::Verifier;
 use crate::shell::watch::{self, slim};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -97,6 +100,28 @@ impl Shared {
             .count();
         self.metrics
             .set_rotation_due(count(due_namespaced), count(due_cluster));
+        let affected =
+            |statuses: &mut dyn Iterator<Item = (&Vec<Condition>, Option<&Consumers>)>| {
+                statuses
+                    .filter(|(conditions, _)| rejected(conditions))
+                    .filter_map(|(_, consumers)| consumers?.count)
+                    .map(i64::from)
+                    .sum::<i64>()
+            };
+        self.metrics.set_affected_workloads(
+            affected(
+                &mut resources
+                    .iter()
+                    .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
+                    .map(|s| (&s.conditions, s.consumers.as_ref())),
+            ),
+            affected(
+                &mut cluster
+                    .iter()
+                    .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
+                    .map(|s| (&s.conditions, s.consumers.as_ref())),
+            ),
+        );
         let cluster = cluster
             .iter()
             .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
@@ -171,8 +196,13 @@ impl Shared {
     }
 }
 
+/// Whether a status's TokenValid condition is False: the platform rejects the credential.
+fn rejected(conditions: &[Condition]) -> bool {
+    conditions::find(conditions, condition::TOKEN_VALID).is_some_and(|c| c.status == "False")
+}
+
 /// Whether a status's RotationDue condition is True.
-fn rotation_due(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+fn rotation_due(conditions: &[Condition]) -> bool {
     conditions::find(conditions, condition::ROTATION_DUE).is_some_and(|c| c.status == "True")
 }
 
@@ -218,8 +248,10 @@ pub async fn run(
         retries: Arc::default(),
         events: Arc::default(),
         status_writes: Default::default(),
+        consumers: Arc::new(ConsumerIndex::new(settings.discover_consumers)),
         streaming_lists,
     });
+    consumers::start(&ctx.consumers, &client, &scopes, streaming_lists);
     let answered = verifier.routes(&scopes);
     let mut stores = vec![];
     let controllers: Vec<_> = scopes
@@ -227,8 +259,15 @@ pub async fn run(
         .zip(answered)
         .map(|(ns, answered)| {
             let listed = Arc::new(AtomicBool::new(false));
-            let controller =
-                controller(&client, ns.as_deref(), &ctx, listed.clone()).reconcile_on(answered);
+            let controller = controller(&client, ns.as_deref(), &ctx, listed.clone());
+            let store = controller.store();
+            let used = ctx
+                .consumers
+                .changes(ns.as_deref())
+                .flat_map(move |(ns, secret)| {
+                    futures::stream::iter(publishing(&store, &ns, &secret))
+                });
+            let controller = controller.reconcile_on(answered).reconcile_on(used);
             stores.push((controller.store(), listed));
             controller
         })
@@ -447,6 +486,28 @@ fn publisher(secret: &SecretMeta) -> Option<ObjectRef<Guarded>> {
         .map(|r| r.name.clone());
     let name = owner.or_else(|| secret.labels().get(LABEL_CREDENTIAL).cloned())?;
     Some(ObjectRef::new(&name).within(ns))
+}
+
+/// The credentials that publish Secret `target` in `ns` (their `spec.target.name`, else their
+/// own name).
+fn publishing(store: &Store<Guarded>, ns: &str, target: &str) -> Vec<ObjectRef<Guarded>> {
+    store
+        .state_filter(|guard| match &guard.0 {
+            Ok(cr) => {
+                cr.metadata.namespace.as_deref() == Some(ns)
+                    && cr
+                        .spec
+                        .target
+                        .as_ref()
+                        .and_then(|t| t.name.as_deref())
+                        .or(cr.metadata.name.as_deref())
+                        == Some(target)
+            }
+            _ => false,
+        })
+        .iter()
+        .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+        .collect()
 }
 
 /// The credentials that read `secret` as their source.

@@ -78,6 +78,10 @@ pub struct Metrics {
     rotation_due: Gauge,
     /// ClusterMendixCredentials whose RotationDue is True.
     cluster_rotation_due: Gauge,
+    /// The consumers of MendixCredentials whose credential is rejected.
+    affected_workloads: Gauge,
+    /// The consumers of ClusterMendixCredentials whose credential is rejected.
+    cluster_affected_workloads: Gauge,
 }
 
 /// The steps of a reconcile that can fail, as the error metric labels them.
@@ -208,19 +212,30 @@ impl Default for Metrics {
             "ClusterMendixCredentials by TokenValid status (true, false, unknown)",
             cluster_credentials.clone(),
         );
-        let rotation_due = Gauge::default();
-        registry.register(
+        let mut gauge = |name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let rotation_due = gauge(
             "credentials_rotation_due",
             "MendixCredentials whose RotationDue condition is True (MaxAgeExceeded, ExpiresSoon, \
              Expired)",
-            rotation_due.clone(),
         );
-        let cluster_rotation_due = Gauge::default();
-        registry.register(
+        let cluster_rotation_due = gauge(
             "cluster_credentials_rotation_due",
             "ClusterMendixCredentials whose RotationDue condition is True (MaxAgeExceeded, \
              ExpiresSoon, Expired)",
-            cluster_rotation_due.clone(),
+        );
+        let affected_workloads = gauge(
+            "affected_workloads",
+            "Workloads that use the Secret of a MendixCredential whose credential the platform \
+             rejects (TokenValid False: TokenRejected, UserDeactivated)",
+        );
+        let cluster_affected_workloads = gauge(
+            "cluster_affected_workloads",
+            "Workloads that use a Secret of a ClusterMendixCredential whose credential the \
+             platform rejects (TokenValid False: TokenRejected, UserDeactivated)",
         );
         Metrics {
             registry,
@@ -238,6 +253,8 @@ impl Default for Metrics {
             cluster_credentials,
             rotation_due,
             cluster_rotation_due,
+            affected_workloads,
+            cluster_affected_workloads,
         }
     }
 }
@@ -348,6 +365,13 @@ impl Metrics {
 
     /// Sets the counts of MendixCredentials and of ClusterMendixCredentials whose RotationDue is
     /// True, read from the controller's cache, before an [`Self::encode`].
+    /// Sets the workloads that use a rejected credential, of each kind.
+    pub fn set_affected_workloads(&self, namespaced: i64, cluster: i64) {
+        let _guard = self.encoding.lock();
+        self.affected_workloads.set(namespaced);
+        self.cluster_affected_workloads.set(cluster);
+    }
+
     pub fn set_rotation_due(&self, namespaced: i64, cluster: i64) {
         let _guard = self.encoding.lock();
         self.rotation_due.set(namespaced);
@@ -421,10 +445,13 @@ mod tests {
         let text = m.encode([], []);
         assert!(text.contains("mxcred_credentials_rotation_due 0"), "{text}");
         m.set_rotation_due(3, 1);
+        m.set_affected_workloads(7, 2);
         let text = m.encode([], []);
         for line in [
             "mxcred_credentials_rotation_due 3",
             "mxcred_cluster_credentials_rotation_due 1",
+            "mxcred_affected_workloads 7",
+            "mxcred_cluster_affected_workloads 2",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -20,6 +20,7 @@
 pub mod api_error;
 pub mod cli;
 pub mod cluster;
+pub mod consumers;
 pub mod context;
 pub mod controller;
 pub mod events;

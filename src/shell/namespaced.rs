@@ -43,6 +43,10 @@ impl Kind for Namespaced {
         &self.0
     }
 
+    fn caches_current(&self) -> bool {
+        self.0.consumers.current()
+    }
+
     fn id(cr: &MendixCredential) -> Result<Id, Error> {
         Ok(Id {
             scope: Scope::Namespaced,
@@ -133,6 +137,10 @@ impl Kind for Namespaced {
                 policy: resolved.as_ref().map(|r| r.due).unwrap_or_default(),
                 stamps,
             },
+            consumers: resolved.as_ref().ok().and_then(|r| {
+                ctx.consumers
+                    .of([id.namespace.as_str()], &r.target_name, false)
+            }),
             now: now(),
         });
         let Plan {

@@ -78,6 +78,8 @@ pub struct ClusterObserved<'a> {
     pub verification: plan::Verification,
     /// How to judge the published credential's age, and the source's time annotations.
     pub due: due::Inputs,
+    /// The workloads that use the copies, in all namespaces; `None` while not known yet.
+    pub consumers: Option<crate::consumers::Consumers>,
     pub now: Time,
 }
 
@@ -111,6 +113,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         selected,
         verification,
         due,
+        consumers,
         now,
     } = observed;
     let core_previous = previous.core();
@@ -128,6 +131,7 @@ pub fn plan(observed: ClusterObserved) -> ClusterPlan {
         sync: credential_sync(&target, &source, &held, checked_first, &synced),
         verification,
         due,
+        consumers,
         now: now.clone(),
     });
     if core_plan.hold.is_some() {
@@ -431,6 +435,7 @@ impl ClusterMendixCredentialStatus {
             last_verification_error: self.last_verification_error.clone(),
             conditions: self.conditions.clone(),
             rollout_restart: Vec::new(),
+            consumers: self.consumers.clone(),
         }
     }
 
@@ -450,6 +455,7 @@ impl ClusterMendixCredentialStatus {
             next_verification_time: core.next_verification_time,
             last_verification_error: core.last_verification_error,
             conditions: core.conditions,
+            consumers: core.consumers,
             ..Default::default()
         }
     }

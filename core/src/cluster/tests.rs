@@ -219,6 +219,7 @@ fn observed<'a>(
         },
         verification: verified(11),
         due: Default::default(),
+        consumers: None,
         now: at(100),
     }
 }

@@ -49,6 +49,7 @@ fn run(previous: &MendixCredentialStatus, sync: Sync, verification: Verification
         sync,
         verification,
         due: Default::default(),
+        consumers: None,
         now: at(100),
     })
 }
@@ -583,6 +584,7 @@ mod rotation_due {
             sync,
             verification: answered(Reason::Verified, 11),
             due: due.clone(),
+            consumers: None,
             now: at(now),
         })
     }

@@ -19,6 +19,7 @@ use crate::domain::cluster::{
     self, ClusterMendixCredential, ClusterMendixCredentialStatus, ClusterObserved, CopyOutcome,
     NamespaceView, Selected, Selection,
 };
+use crate::domain::consumers::Consumers;
 use crate::domain::due;
 use crate::domain::plan::Verification;
 use crate::domain::plan::{Ready, ReadyReason};
@@ -42,7 +43,7 @@ impl Kind for ClusterContext {
     }
 
     fn caches_current(&self) -> bool {
-        self.current.iter().all(|c| c.load(Ordering::Relaxed))
+        self.current.iter().all(|c| c.load(Ordering::Relaxed)) && self.ctx.consumers.current()
     }
 
     fn id(cr: &ClusterMendixCredential) -> Result<Id, Error> {
@@ -130,13 +131,18 @@ impl Kind for ClusterContext {
             ctx,
         );
 
-        // 4. The plan.
+        // 4. The plan, with the workloads that use the copies.
+        let consumers = resolved.as_ref().ok().and_then(|r| {
+            let namespaces = selected.active.iter().map(String::as_str);
+            ctx.consumers.of(namespaces, &r.target_name, true)
+        });
         let observed = Observed {
             cr,
             previous,
             resolved: resolved.as_ref().ok(),
             selected,
             verification,
+            consumers,
         };
         let mut decided = decide(observed, publication);
         decided.blocked |= !removed;
@@ -175,6 +181,7 @@ struct Observed<'a> {
     resolved: Option<&'a Resolved>,
     selected: Selected,
     verification: Verification,
+    consumers: Option<Consumers>,
 }
 
 /// The plan of the status and the Events (pure), with the restarts amended in.
@@ -185,6 +192,7 @@ fn decide(observed: Observed, publication: Publication) -> Decided<ClusterMendix
         resolved,
         selected,
         verification,
+        consumers,
     } = observed;
     let Publication {
         source,
@@ -215,6 +223,7 @@ fn decide(observed: Observed, publication: Publication) -> Decided<ClusterMendix
             policy: resolved.map(|r| r.due).unwrap_or_default(),
             stamps,
         },
+        consumers,
         now: now(),
     });
     let plan = cluster_restart::amend(plan, previous, restarted);

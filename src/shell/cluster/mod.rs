@@ -88,6 +88,12 @@ pub async fn run(
         .verifier
         .cluster_route()
         .map(|answered| ObjectRef::new(&answered.name));
+    // A change of who uses a copy wakes the resource that published it.
+    let copies = cc.copies.clone();
+    let used = ctx.consumers.changes(None).filter_map(move |(ns, secret)| {
+        let copy = copies.get(&ObjectRef::new(&secret).within(&ns));
+        std::future::ready(copy.and_then(|copy| publisher(&copy)))
+    });
     tokio::spawn(forget_deleted(cc.clone(), all, shutdown.clone()));
     let controller = controller
         .watches_stream(namespace_stream, move |namespace| {
@@ -98,6 +104,7 @@ pub async fn run(
             reading(&for_sources, &source)
         })
         .reconcile_on(answered)
+        .reconcile_on(used)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, cc)
         .for_each(|_| std::future::ready(()));

@@ -1,0 +1,471 @@
+//! The consumers of target Secrets, found by watching Pods and the workload objects that make
+//! them ([`crate::domain::consumers::KINDS`]). Each object is cut down as it is read to its
+//! controller and the names of the Secrets its pod spec references
+//! ([`crate::domain::consumers::WorkloadSpec`]): nothing else of a pod spec is ever kept, logged
+//! or written, and the index holds a few names per object. A change of who uses a Secret wakes
+//! the resources that publish it.
+
+use crate::domain::consumers::{self, Consumer, Consumers, Key, Owner, WorkloadSpec};
+use crate::shell::api_error::describe_watch;
+use crate::shell::watch;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::core::{ApiResource, DynamicResourceScope};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// An object of one of the watched kinds, as the index reads it: its name, namespace, version
+/// and controller, and the Secrets its pod spec names.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "Raw")]
+pub struct Workload {
+    metadata: ObjectMeta,
+    secrets: BTreeSet<String>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    #[serde(default)]
+    metadata: RawMeta,
+    #[serde(default)]
+    spec: WorkloadSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    resource_version: Option<String>,
+    #[serde(default)]
+    owner_references: Vec<OwnerReference>,
+}
+
+impl From<Raw> for Workload {
+    fn from(raw: Raw) -> Self {
+        let controller = raw
+            .metadata
+            .owner_references
+            .into_iter()
+            .find(|r| r.controller == Some(true));
+        Workload {
+            metadata: ObjectMeta {
+                name: raw.metadata.name,
+                namespace: raw.metadata.namespace,
+                resource_version: raw.metadata.resource_version,
+                owner_references: controller.map(|c| vec![c]),
+                ..ObjectMeta::default()
+            },
+            secrets: raw.spec.secrets(),
+        }
+    }
+}
+
+impl Resource for Workload {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The API resource of each watched kind.
+fn api_resource(kind: &str) -> ApiResource {
+    match kind {
+        "Pod" => ApiResource::erase::<Pod>(&()),
+        "ReplicaSet" => ApiResource::erase::<ReplicaSet>(&()),
+        "Deployment" => ApiResource::erase::<Deployment>(&()),
+        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+        "DaemonSet" => ApiResource::erase::<DaemonSet>(&()),
+        "Job" => ApiResource::erase::<Job>(&()),
+        _ => ApiResource::erase::<CronJob>(&()),
+    }
+}
+
+/// What one object of a namespace contributes: its controller and the Secrets it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    owner: Option<Owner>,
+    secrets: BTreeSet<String>,
+}
+
+/// The objects of one namespace.
+#[derive(Default)]
+struct Namespace {
+    entries: HashMap<Key, Entry>,
+    /// Each Secret's name, and the objects that name it.
+    named_by: HashMap<String, HashSet<Key>>,
+}
+
+impl Namespace {
+    /// The workloads that use `secret`, each counted as its top controller.
+    fn users(&self, secret: &str) -> BTreeSet<(String, String)> {
+        let Some(keys) = self.named_by.get(secret) else {
+            return BTreeSet::new();
+        };
+        let owners = Owners(&self.entries);
+        keys.iter().map(|key| owners.top(key)).collect()
+    }
+
+    /// Sets (or with `None` removes) the entry of `key`; returns the Secrets whose users may
+    /// have changed.
+    fn set(&mut self, key: Key, entry: Option<Entry>) -> BTreeSet<String> {
+        let old = match &entry {
+            Some(entry) => self.entries.insert(key.clone(), entry.clone()),
+            None => self.entries.remove(&key),
+        };
+        if old == entry {
+            return BTreeSet::new();
+        }
+        let old_names = old.map(|e| e.secrets).unwrap_or_default();
+        let new_names = entry.map(|e| e.secrets).unwrap_or_default();
+        for name in old_names.difference(&new_names) {
+            if let Some(keys) = self.named_by.get_mut(name) {
+                keys.remove(&key);
+                if keys.is_empty() {
+                    self.named_by.remove(name);
+                }
+            }
+        }
+        for name in &new_names {
+            self.named_by
+                .entry(name.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        old_names.union(&new_names).cloned().collect()
+    }
+}
+
+/// The controllers of a namespace's objects, for [`consumers::top`].
+struct Owners<'a>(&'a HashMap<Key, Entry>);
+
+impl Owners<'_> {
+    fn top(&self, key: &Key) -> (String, String) {
+        consumers::top(key, &|k: &Key| self.0.get(k).map(|e| e.owner.clone()))
+    }
+}
+
+/// Where the index stands.
+#[derive(Default)]
+struct State {
+    namespaces: HashMap<String, Namespace>,
+    /// The watches that have not listed their objects yet.
+    listing: usize,
+    /// The objects seen by each watch's current list, until it is done.
+    relisting: HashMap<Watch, HashSet<(String, Key)>>,
+    /// Why the consumers cannot be known, once a watch was refused.
+    unknown: Option<String>,
+}
+
+/// One watch: a kind, in a namespace or all.
+type Watch = (&'static str, Option<String>);
+
+/// The consumers of every target Secret, and the wakes of their publishers.
+pub struct ConsumerIndex {
+    state: Mutex<State>,
+    /// Whether consumers are looked for at all (`--discover-consumers`).
+    enabled: bool,
+    wakes: Mutex<Vec<(Option<String>, mpsc::UnboundedSender<(String, String)>)>>,
+}
+
+impl ConsumerIndex {
+    pub fn new(enabled: bool) -> Self {
+        ConsumerIndex {
+            state: Mutex::default(),
+            enabled,
+            wakes: Mutex::default(),
+        }
+    }
+
+    /// Whether the index has listed all it watches (or knows it cannot): until then a reconcile
+    /// waits, so that its first status already counts the consumers.
+    pub fn current(&self) -> bool {
+        !self.enabled || self.state.lock().listing == 0
+    }
+
+    /// The consumers of Secret `secret` in `namespaces`, named with their namespace when
+    /// `with_namespace` (a ClusterMendixCredential's); `None` while not listed yet.
+    pub fn of<'a>(
+        &self,
+        namespaces: impl IntoIterator<Item = &'a str>,
+        secret: &str,
+        with_namespace: bool,
+    ) -> Option<Consumers> {
+        if !self.enabled {
+            return Some(Consumers::unknown(
+                "not looked for: the operator runs with --discover-consumers=false",
+            ));
+        }
+        let state = self.state.lock();
+        if let Some(why) = &state.unknown {
+            return Some(Consumers::unknown(why.clone()));
+        }
+        if state.listing > 0 {
+            return None;
+        }
+        let mut all = BTreeSet::new();
+        for ns in namespaces {
+            let Some(objects) = state.namespaces.get(ns) else {
+                continue;
+            };
+            all.extend(
+                objects
+                    .users(secret)
+                    .into_iter()
+                    .map(|(kind, name)| Consumer {
+                        namespace: with_namespace.then(|| ns.to_owned()),
+                        kind,
+                        name,
+                    }),
+            );
+        }
+        Some(Consumers::of(all))
+    }
+
+    /// The Secrets, as (namespace, name), whose users changed in `scope` (a namespace, or all).
+    pub fn changes(
+        &self,
+        scope: Option<&str>,
+    ) -> impl futures::Stream<Item = (String, String)> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.wakes.lock().push((scope.map(str::to_owned), tx));
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|change| (change, rx))
+        })
+    }
+
+    fn wake(&self, namespace: &str, secrets: impl IntoIterator<Item = String>) {
+        let mut wakes = self.wakes.lock();
+        wakes.retain(|(_, tx)| !tx.is_closed());
+        for secret in secrets {
+            for (scope, tx) in wakes.iter() {
+                if scope.as_deref().is_none_or(|s| s == namespace) {
+                    let _ = tx.send((namespace.to_owned(), secret.clone()));
+                }
+            }
+        }
+    }
+
+    /// Takes in one event of watch `watch`.
+    fn apply(&self, watch: &Watch, event: watcher::Event<Workload>) {
+        let kind = watch.0;
+        let changed = {
+            let mut state = self.state.lock();
+            match event {
+                watcher::Event::Init => {
+                    state.relisting.insert(watch.clone(), HashSet::new());
+                    vec![]
+                }
+                watcher::Event::InitApply(object) => {
+                    let (ns, key, entry) = parts(kind, object);
+                    if let Some(seen) = state.relisting.get_mut(watch) {
+                        seen.insert((ns.clone(), key.clone()));
+                    }
+                    let touched = state
+                        .namespaces
+                        .entry(ns.clone())
+                        .or_default()
+                        .set(key, Some(entry));
+                    // The first list wakes nobody: the reconciles wait for it.
+                    touched.into_iter().map(|s| (ns.clone(), s)).collect()
+                }
+                watcher::Event::InitDone => {
+                    let seen = state.relisting.remove(watch).unwrap_or_default();
+                    let gone = stale(&state, watch, &seen);
+                    let mut touched = vec![];
+                    for (ns, key) in gone {
+                        if let Some(objects) = state.namespaces.get_mut(&ns) {
+                            touched.extend(
+                                objects.set(key, None).into_iter().map(|s| (ns.clone(), s)),
+                            );
+                        }
+                    }
+                    state.listing = state.listing.saturating_sub(1);
+                    touched
+                }
+                watcher::Event::Apply(object) => update(&mut state, kind, object, true),
+                watcher::Event::Delete(object) => update(&mut state, kind, object, false),
+            }
+        };
+        for (ns, secret) in changed {
+            self.wake(&ns, [secret]);
+        }
+    }
+
+    /// A watch the operator may not make: the consumers are unknown, said once.
+    fn refuse(&self, watch: &Watch, why: String) {
+        let mut state = self.state.lock();
+        if state.unknown.is_none() {
+            warn!(
+                kind = watch.0,
+                namespace = watch.1,
+                reason = why,
+                "consumers are not counted"
+            );
+            state.unknown = Some(why);
+        }
+        state.listing = state.listing.saturating_sub(1);
+    }
+}
+
+/// The objects of `watch` that its list just done did not see.
+fn stale(state: &State, watch: &Watch, seen: &HashSet<(String, Key)>) -> Vec<(String, Key)> {
+    state
+        .namespaces
+        .iter()
+        .filter(|(ns, _)| watch.1.as_ref().is_none_or(|scope| scope == *ns))
+        .flat_map(|(ns, objects)| {
+            objects
+                .entries
+                .keys()
+                .filter(|key| key.kind == watch.0)
+                .map(|key| (ns.clone(), key.clone()))
+        })
+        .filter(|object| !seen.contains(object))
+        .collect()
+}
+
+/// A change after the list: the Secrets whose users changed (compared by top controller, so
+/// that a pod replaced by its ReplicaSet wakes nobody).
+fn update(
+    state: &mut State,
+    kind: &'static str,
+    object: Workload,
+    present: bool,
+) -> Vec<(String, String)> {
+    let (ns, key, entry) = parts(kind, object);
+    let objects = state.namespaces.entry(ns.clone()).or_default();
+    let before: HashMap<String, _> = entry
+        .secrets
+        .iter()
+        .chain(
+            objects
+                .entries
+                .get(&key)
+                .map(|e| &e.secrets)
+                .into_iter()
+                .flatten(),
+        )
+        .map(|s| (s.clone(), objects.users(s)))
+        .collect();
+    let touched = objects.set(key, present.then_some(entry));
+    touched
+        .into_iter()
+        .filter(|s| before.get(s).is_none_or(|users| *users != objects.users(s)))
+        .map(|s| (ns.clone(), s))
+        .collect()
+}
+
+fn parts(kind: &'static str, object: Workload) -> (String, Key, Entry) {
+    let Workload { metadata, secrets } = object;
+    let owner = metadata
+        .owner_references
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|r| Owner {
+            kind: r.kind,
+            name: r.name,
+        });
+    (
+        metadata.namespace.unwrap_or_default(),
+        Key {
+            kind,
+            name: metadata.name.unwrap_or_default(),
+        },
+        Entry { owner, secrets },
+    )
+}
+
+/// Whether a watch error is the API server's refusal (the operator may not list the kind).
+fn refused(error: &watcher::Error) -> bool {
+    let code = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => 0,
+    };
+    code == 403
+}
+
+/// Starts the watches of every kind in each of `scopes` (a namespace, or all); they run until
+/// the process ends or one is refused.
+pub fn start(
+    index: &std::sync::Arc<ConsumerIndex>,
+    client: &Client,
+    scopes: &[Option<String>],
+    streaming: bool,
+) {
+    if !index.enabled {
+        return;
+    }
+    index.state.lock().listing = scopes.len() * consumers::KINDS.len();
+    for scope in scopes {
+        for kind in consumers::KINDS {
+            let resource = api_resource(kind);
+            let api: Api<Workload> = match scope {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            let watch: Watch = (kind, scope.clone());
+            let index = index.clone();
+            let stream = watcher(api, watch::config(streaming)).default_backoff();
+            tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(event) => index.apply(&watch, event),
+                        Err(e) if refused(&e) => {
+                            let why = match &watch.1 {
+                                Some(ns) => format!(
+                                    "the operator may not list {}s in namespace {ns}",
+                                    watch.0
+                                ),
+                                None => format!("the operator may not list {}s", watch.0),
+                            };
+                            index.refuse(&watch, format!("{why} (chart value consumers.enabled)"));
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(kind, error = %describe_watch(&e), "cannot watch workloads; retrying")
+                        }
+                    }
+                }
+            });
+        }
+    }
+    info!(
+        watches = scopes.len() * consumers::KINDS.len(),
+        "watching workloads for the consumers of targets"
+    );
+}
