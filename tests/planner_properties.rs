@@ -25,8 +25,8 @@ use mxcred_operator::domain::cluster::{
     self, ClusterMendixCredentialStatus, ClusterObserved, ClusterPlan, CopyOutcome,
     MAX_FAILED_NAMESPACES, Selected,
 };
-use mxcred_operator::domain::credential::{self, Problem, SourceError};
 use mxcred_operator::domain::consumers::{Consumer, Consumers};
+use mxcred_operator::domain::credential::{self, Problem, SourceError};
 use mxcred_operator::domain::due::{self, Policy, Stamp, Stamps};
 use mxcred_operator::domain::plan::{
     self, Answer, Observed, Plan, Ready, ReadyReason, Sync, Verification,

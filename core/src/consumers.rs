@@ -81,11 +81,11 @@ impl Consumers {
             .unwrap_or(0)
             .saturating_sub(named.len());
         Some(match (count, more) {
-            (0, _) => format!("{AFFECTED}no workload uses it."),
-            (1, _) => format!("{AFFECTED}1 workload, {}.", named.join(", ")),
-            (n, 0) => format!("{AFFECTED}{n} workloads, {}.", named.join(", ")),
+            (0, _) => format!("{AFFECTED}no workload uses the Secret."),
+            (1, _) => format!("{AFFECTED}1 workload ({}).", named.join(", ")),
+            (n, 0) => format!("{AFFECTED}{n} workloads ({}).", named.join(", ")),
             (n, more) => format!(
-                "{AFFECTED}{n} workloads, {} and {more} more.",
+                "{AFFECTED}{n} workloads ({} and {more} more).",
                 named.join(", ")
             ),
         })
@@ -93,14 +93,18 @@ impl Consumers {
 }
 
 /// Where a message's account of the consumers starts.
-const AFFECTED: &str = " Affected: ";
+const AFFECTED: &str = "Affected: ";
 
 /// `message` with its account of the consumers replaced by that of `consumers` (removed when
 /// they are unknown): the message of a verdict that holds is amended as they change.
 pub fn with_affected(message: &str, consumers: Option<&Consumers>) -> String {
-    let base = message.split(AFFECTED).next().unwrap_or(message);
+    let base = match message.find(AFFECTED) {
+        Some(at) => message[..at].trim_end(),
+        None => message,
+    };
     match consumers.and_then(Consumers::affected) {
-        Some(affected) => format!("{base}{affected}"),
+        Some(affected) if base.ends_with('.') => format!("{base} {affected}"),
+        Some(affected) => format!("{base}. {affected}"),
         None => base.to_owned(),
     }
 }
@@ -397,19 +401,21 @@ mod tests {
         let message = with_affected("The platform rejected the token.", Some(&four));
         assert_eq!(
             message,
-            "The platform rejected the token. Affected: 4 workloads, CronJob nightly, \
-             Deployment runner, Job smoke and 1 more."
+            "The platform rejected the token. Affected: 4 workloads (CronJob nightly, \
+             Deployment runner, Job smoke and 1 more)."
         );
         let one = Consumers::of(BTreeSet::from([consumer("Job", "smoke")]));
         assert_eq!(
             with_affected(&message, Some(&one)),
-            "The platform rejected the token. Affected: 1 workload, Job smoke."
+            "The platform rejected the token. Affected: 1 workload (Job smoke)."
         );
         let none = Consumers::of(BTreeSet::new());
         assert_eq!(
             with_affected(&message, Some(&none)),
-            "The platform rejected the token. Affected: no workload uses it."
+            "The platform rejected the token. Affected: no workload uses the Secret."
         );
+        // Amending an amended message changes nothing.
+        assert_eq!(with_affected(&message, Some(&four)), message);
         let unknown = Consumers::unknown("forbidden");
         assert_eq!(
             with_affected(&message, Some(&unknown)),
@@ -421,8 +427,8 @@ mod tests {
             name: "runner".into(),
         }]));
         assert_eq!(
-            with_affected("Rejected.", Some(&cluster)),
-            "Rejected. Affected: 1 workload, Deployment team-a/runner."
+            with_affected("rejected", Some(&cluster)),
+            "rejected. Affected: 1 workload (Deployment team-a/runner)."
         );
     }
 

@@ -77,6 +77,22 @@ rolloutRestart.namespaces, these rights are in a Role of each of those namespace
 {{- if and .Values.rolloutRestart.enabled (not .Values.rolloutRestart.namespaces) }}
 {{ include "mxcred-operator.workloadRules" . }}
 {{- end }}
+{{- if .Values.consumers.enabled }}
+{{ include "mxcred-operator.consumerRules" . }}
+{{- end }}
+{{- end }}
+
+{{/* Finding the consumers of the targets: list and watch the kinds that run pods, read only. */}}
+{{- define "mxcred-operator.consumerRules" -}}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["replicasets", "deployments", "statefulsets", "daemonsets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/* Restarting workloads: read one by name, and patch it (server-side apply). */}}

@@ -4,6 +4,7 @@
 use super::*;
 use crate::api::CredentialType;
 use crate::classify::Reason;
+use crate::consumers::Consumer;
 use k8s_openapi::api::core::v1::Secret;
 use std::time::Duration;
 
@@ -703,4 +704,115 @@ mod rotation_due {
         assert_eq!(c.status, "False");
         assert!(c.message.contains("expires-at"), "{}", c.message);
     }
+}
+
+/// A plan of `sync` and `verification` with `consumers` known.
+fn run_used_by(
+    previous: &MendixCredentialStatus,
+    sync: Sync,
+    verification: Verification,
+    consumers: Option<Consumers>,
+) -> Plan {
+    reconcile(Observed {
+        generation: Some(1),
+        credential_type: Some(CredentialType::PersonalAccessToken),
+        previous,
+        sync,
+        verification,
+        due: Default::default(),
+        consumers,
+        now: at(100),
+    })
+}
+
+fn used_by(names: &[&str]) -> Consumers {
+    Consumers::of(
+        names
+            .iter()
+            .map(|name| Consumer {
+                namespace: None,
+                kind: "Deployment".into(),
+                name: (*name).into(),
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_rejected_credential_names_the_workloads_it_breaks_in_its_condition_and_event() {
+    let previous = settled();
+    let plan = run_used_by(
+        &previous,
+        published("fp-a", 10, false),
+        answered(Reason::TokenRejected, 95),
+        Some(used_by(&["a", "b", "c", "d"])),
+    );
+    let status = plan.status.clone().unwrap();
+    let affected = "Affected: 4 workloads (Deployment a, Deployment b, Deployment c and 1 more).";
+    let valid = conditions::find(&status.conditions, "TokenValid").unwrap();
+    assert!(valid.message.ends_with(affected), "{}", valid.message);
+    let event = plan
+        .events
+        .iter()
+        .find(|e| e.reason == "TokenRejected")
+        .unwrap();
+    assert!(event.note.ends_with(affected), "{}", event.note);
+    assert_eq!(status.consumers.as_ref().and_then(|c| c.count), Some(4));
+
+    // One goes: the message follows, without another Event; while the index is not current,
+    // the status keeps what it recorded.
+    let plan = run_used_by(
+        &status,
+        published("fp-a", 10, false),
+        Verification::Waiting,
+        Some(used_by(&["a"])),
+    );
+    let later = plan.status.clone().unwrap();
+    let valid = conditions::find(&later.conditions, "TokenValid").unwrap();
+    assert!(
+        valid
+            .message
+            .ends_with("Affected: 1 workload (Deployment a)."),
+        "{}",
+        valid.message
+    );
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+    let plan = run_used_by(
+        &later,
+        published("fp-a", 10, false),
+        Verification::Waiting,
+        None,
+    );
+    assert_eq!(plan.status, None);
+}
+
+#[test]
+fn a_rejected_rotation_names_the_workloads_that_keep_the_old_credential() {
+    let plan = run_used_by(
+        &settled(),
+        held(Held::Rejected(Outcome::of(Reason::TokenRejected))),
+        answered(Reason::Verified, 90),
+        Some(used_by(&["runner"])),
+    );
+    let status = plan.status.unwrap();
+    let ready = conditions::find(&status.conditions, "Ready").unwrap();
+    assert!(
+        ready
+            .message
+            .ends_with("Affected: 1 workload (Deployment runner)."),
+        "{}",
+        ready.message
+    );
+    let event = plan
+        .events
+        .iter()
+        .find(|e| e.reason == "RotationRejected")
+        .unwrap();
+    assert!(
+        event
+            .note
+            .ends_with("Affected: 1 workload (Deployment runner)."),
+        "{}",
+        event.note
+    );
 }
