@@ -20,6 +20,24 @@ use std::time::{Duration, Instant};
 const TOKENS: usize = 10;
 const CLIENT_CONCURRENCY: usize = 16;
 const UNRELATED: usize = 3000;
+/// Pods and workload objects (Deployments) beside the resources, for the cost of finding the
+/// consumers of the targets.
+const PODS: usize = 5000;
+const WORKLOADS: usize = 1000;
+
+/// What finding the consumers costs at one size: with PODS pods and WORKLOADS Deployments
+/// naming the targets, a restart and full pass with the discovery on, against the same with
+/// `--discover-consumers=false`.
+struct ConsumersCost {
+    rss_with_mib: f64,
+    rss_without_mib: f64,
+    /// Requests the API server served per minute, idle after the pass (all clients; the same
+    /// control plane, so the difference is the operator's).
+    requests_with: u64,
+    requests_without: u64,
+    startup_with: Duration,
+    startup_without: Duration,
+}
 
 struct Row {
     n: usize,
@@ -41,6 +59,7 @@ struct Row {
     kubectl: Duration,
     /// `kubectl apply -f` of one file of N plain Secrets.
     kubectl_plain: Duration,
+    consumers: Option<ConsumersCost>,
 }
 
 fn peak_rss_mib(op: &Operator) -> f64 {
@@ -129,6 +148,120 @@ fn cpu_seconds(pid: u32) -> f64 {
         .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
+}
+
+/// Requests of every verb the API server has served so far (apiserver_request_total).
+async fn api_requests(env: &TestEnv) -> u64 {
+    apiserver_metrics(env)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Creates PODS bare pods and WORKLOADS Deployments in the namespace of `env`, each naming the
+/// target of one of the `n` resources (by env, envFrom and a projected volume in turn).
+async fn create_workloads(env: &TestEnv, n: usize) {
+    let spec = |i: usize| {
+        let secret = format!("c{}", i % n);
+        let container = match i % 3 {
+            0 => {
+                json!({"name": "ci", "image": "registry.invalid/ci:1", "env": [{"name": "MENDIX_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": "MENDIX_TOKEN"}}}]})
+            }
+            1 => {
+                json!({"name": "ci", "image": "registry.invalid/ci:1", "envFrom": [{"secretRef": {"name": secret}}]})
+            }
+            _ => json!({"name": "ci", "image": "registry.invalid/ci:1"}),
+        };
+        let volumes = if i % 3 == 2 {
+            json!([{"name": "mx", "projected": {"sources": [{"secret": {"name": secret}}]}}])
+        } else {
+            json!([])
+        };
+        json!({"containers": [container], "volumes": volumes})
+    };
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    futures::stream::iter(0..PODS + WORKLOADS)
+        .map(|i| {
+            let (pods, deployments, spec) = (pods.clone(), deployments.clone(), spec(i));
+            async move {
+                if i < PODS {
+                    let pod = json!({"metadata": {"name": format!("pod{i}")}, "spec": spec});
+                    pods.create(
+                        &PostParams::default(),
+                        &serde_json::from_value(pod).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                } else {
+                    let name = format!("deploy{i}");
+                    let d = json!({"metadata": {"name": name}, "spec": {"replicas": 0,
+                        "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}});
+                    deployments
+                        .create(&PostParams::default(), &serde_json::from_value(d).unwrap())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .buffer_unordered(CLIENT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// A restart over everything in place, with `extra` flags: start-up to the first reconcile, the
+/// peak RSS once all `n` are reconciled, and the requests the API server served in the idle
+/// minute after.
+async fn restart_pass(
+    env: &TestEnv,
+    sim: &Simulator,
+    n: usize,
+    extra: &[&str],
+) -> (Duration, f64, u64) {
+    let started = Instant::now();
+    let op = env.start_operator_as(&sim.base_url(), extra, &[("RUST_LOG", "info")]);
+    wait_until(Duration::from_secs(120), "the first reconcile", || async {
+        op.logs().contains("\"message\":\"reconciled\"")
+    })
+    .await;
+    let startup = started.elapsed();
+    wait_until(Duration::from_secs(600), "a full pass", || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        op.logs().matches("\"message\":\"reconciled\"").count() >= n
+    })
+    .await;
+    // The status writes of the pass settle (each resource's consumers recorded).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = api_requests(env).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let requests = api_requests(env).await - before;
+    (startup, peak_rss_mib(&op), requests)
+}
+
+/// The cost of finding the consumers at size `n` (see [`ConsumersCost`]).
+async fn consumers_cost(env: &TestEnv, sim: &Simulator, n: usize) -> ConsumersCost {
+    let started = Instant::now();
+    create_workloads(env, n).await;
+    eprintln!(
+        "N = {n}: the bench created {PODS} pods and {WORKLOADS} Deployments in {:?}",
+        started.elapsed()
+    );
+    let (startup_without, rss_without_mib, requests_without) =
+        restart_pass(env, sim, n, &["--discover-consumers=false"]).await;
+    let (startup_with, rss_with_mib, requests_with) = restart_pass(env, sim, n, &[]).await;
+    ConsumersCost {
+        rss_with_mib,
+        rss_without_mib,
+        requests_with,
+        requests_without,
+        startup_with,
+        startup_without,
+    }
 }
 
 /// Write requests the API server has served so far (apiserver_request_total).
@@ -378,6 +511,12 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         .await;
         rss_restart_unrelated_mib = Some(peak_rss_mib(&op));
     }
+    let consumers =
+        if n == *SIZES.last().unwrap() || std::env::var("MXCRED_BENCH_CONSUMERS").is_ok() {
+            Some(consumers_cost(&env, sim, n).await)
+        } else {
+            None
+        };
     let (kubectl, kubectl_plain) = user_level(n, sim).await;
     Row {
         n,
@@ -392,6 +531,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         startup,
         kubectl,
         kubectl_plain,
+        consumers,
     }
 }
 
@@ -598,6 +738,22 @@ async fn main() {
     }
     print!("{table}");
     println!("{}", memory_slope(&rows));
+    for r in &rows {
+        if let Some(c) = &r.consumers {
+            println!(
+                "consumers at N = {}, {PODS} pods and {WORKLOADS} Deployments beside: peak RSS after a restart {:.1} MiB (without discovery {:.1} MiB: +{:.1} MiB); API requests in an idle minute {} (without {}: +{}); start-up to the first reconcile {:.2} s (without {:.2} s)",
+                r.n,
+                c.rss_with_mib,
+                c.rss_without_mib,
+                c.rss_with_mib - c.rss_without_mib,
+                c.requests_with,
+                c.requests_without,
+                c.requests_with as i64 - c.requests_without as i64,
+                c.startup_with.as_secs_f64(),
+                c.startup_without.as_secs_f64()
+            );
+        }
+    }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("scale.csv"), csv).unwrap();

@@ -191,7 +191,25 @@ fn operator_grants() -> BTreeSet<Grant> {
     ]
     .concat()
     .into_iter()
+    .chain(consumer_grants())
     .collect()
+}
+
+/// `consumers.enabled` (on by default): the kinds that run pods, listed and watched, read only.
+fn consumer_grants() -> BTreeSet<Grant> {
+    let kinds = [
+        ("", "pods"),
+        ("apps", "replicasets"),
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("batch", "jobs"),
+        ("batch", "cronjobs"),
+    ];
+    kinds
+        .into_iter()
+        .flat_map(|(group, r)| grant(group, r, &["list", "watch"]))
+        .collect()
 }
 
 /// `rolloutRestart.enabled`: workloads read by name and patched (server-side apply of one
@@ -416,6 +434,46 @@ fn namespace_scoped_mode_has_one_role_per_namespace_and_no_cluster_role() {
 }
 
 #[test]
+fn consumers_are_read_only_and_turned_off_with_their_value() {
+    let on = render(&[]);
+    assert!(
+        on.args().contains(&"--discover-consumers=true".to_owned()),
+        "{:?}",
+        on.args()
+    );
+    let off = render(&["--set", "consumers.enabled=false"]);
+    let granted = grants(
+        off.one::<ClusterRole>("ClusterRole")
+            .rules
+            .as_deref()
+            .unwrap_or_default(),
+    );
+    let without: BTreeSet<Grant> = operator_grants()
+        .difference(&consumer_grants())
+        .cloned()
+        .chain(cluster_grants())
+        .collect();
+    assert_eq!(granted, without);
+    let args = off.args();
+    assert!(
+        args.contains(&"--discover-consumers=false".to_owned()),
+        "{args:?}"
+    );
+    assert_operator_accepts(&args);
+    let scoped = render(&[
+        "--set",
+        "consumers.enabled=false",
+        "--set",
+        "watchNamespaces={team-a}",
+    ]);
+    let role = scoped.role("team-a", FULLNAME).unwrap();
+    assert!(
+        grants(role.rules.as_deref().unwrap_or_default()).is_disjoint(&consumer_grants()),
+        "no workload read in team-a"
+    );
+}
+
+#[test]
 fn workloads_are_granted_only_with_rollout_restart_enabled() {
     let with_restarts: BTreeSet<Grant> = operator_grants()
         .union(&workload_grants())
@@ -429,8 +487,10 @@ fn workloads_are_granted_only_with_rollout_restart_enabled() {
             .unwrap_or_default(),
     );
     assert!(
-        granted.iter().all(|g| g.0 != "apps"),
-        "nothing on workloads by default: {granted:?}"
+        granted
+            .iter()
+            .all(|g| g.0 != "apps" || ["list", "watch"].contains(&g.2.as_str())),
+        "workloads are only listed and watched by default: {granted:?}"
     );
 
     let on = render(&["--set", "rolloutRestart.enabled=true"]);
