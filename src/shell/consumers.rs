@@ -186,6 +186,9 @@ struct State {
     unknown: Option<String>,
 }
 
+/// Where the changes of a scope (a namespace, or all) go, as (namespace, Secret).
+type Wake = (Option<String>, mpsc::UnboundedSender<(String, String)>);
+
 /// One watch: a kind, in a namespace or all.
 type Watch = (&'static str, Option<String>);
 
@@ -194,7 +197,7 @@ pub struct ConsumerIndex {
     state: Mutex<State>,
     /// Whether consumers are looked for at all (`--discover-consumers`).
     enabled: bool,
-    wakes: Mutex<Vec<(Option<String>, mpsc::UnboundedSender<(String, String)>)>>,
+    wakes: Mutex<Vec<Wake>>,
 }
 
 impl ConsumerIndex {
