@@ -142,6 +142,10 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("list", "", "namespaces", None),
         ("watch", "", "namespaces", None),
         ("create", "events.k8s.io", "events", Some("default")),
+        // The consumers of the targets (consumers.enabled, the default), read only.
+        ("list", "", "pods", ns),
+        ("watch", "apps", "replicasets", None),
+        ("list", "batch", "cronjobs", ns),
     ] {
         assert!(
             can(&sa, verb, group, resource, where_).await,
@@ -160,7 +164,7 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("delete", "mxcred.io", "mendixcredentials", ns),
         ("patch", "mxcred.io", "mendixcredentials", ns),
         ("get", "", "configmaps", ns),
-        ("list", "", "pods", ns),
+        ("get", "", "pods", ns),
         ("create", "", "pods", ns),
         ("create", "", "serviceaccounts/token", ns),
         ("create", "coordination.k8s.io", "leases", Some("default")),
@@ -168,8 +172,9 @@ async fn the_charts_rbac_is_enough_and_no_more() {
         ("create", "rbac.authorization.k8s.io", "clusterroles", None),
         ("impersonate", "", "users", None),
         ("create", "", "events", ns),
-        // Without rolloutRestart.enabled, nothing on workloads.
+        // Without rolloutRestart.enabled, nothing on workloads but list and watch.
         ("get", "apps", "deployments", ns),
+        ("create", "batch", "jobs", ns),
         ("patch", "apps", "deployments", ns),
         ("patch", "apps", "statefulsets", ns),
     ] {
@@ -227,7 +232,10 @@ async fn namespace_scoped_mode_grants_only_the_watched_namespaces() {
         assert!(can(&sa, "patch", "apps", resource, Some(&watched.ns)).await);
         assert!(!can(&sa, "patch", "apps", resource, Some(&other.ns)).await);
     }
-    assert!(!can(&sa, "list", "apps", "deployments", Some(&watched.ns)).await);
+    // consumers.enabled: listed and watched in the watched namespace only.
+    assert!(can(&sa, "list", "apps", "deployments", Some(&watched.ns)).await);
+    assert!(!can(&sa, "list", "apps", "deployments", Some(&other.ns)).await);
+    assert!(!can(&sa, "list", "", "pods", None).await);
     assert!(!can(&sa, "create", "apps", "deployments", Some(&watched.ns)).await);
     assert!(!can(&sa, "update", "apps", "deployments", Some(&watched.ns)).await);
 
