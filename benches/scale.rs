@@ -408,7 +408,14 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         "N = {n}: the bench applied the resources in {:?}",
         applied.elapsed()
     );
-    let floor = fair_floor(n).await;
+    // `MXCRED_BENCH_ONLY=memory`: the operator's own figures only (converging, a restart),
+    // for comparing changes quickly.
+    let memory_only = std::env::var("MXCRED_BENCH_ONLY").as_deref() == Ok("memory");
+    let floor = if memory_only {
+        Duration::from_secs(1)
+    } else {
+        fair_floor(n).await
+    };
 
     let converged = tokio::spawn(all_verified(api.clone(), n));
     let costs_before = request_costs(&env).await;
@@ -431,7 +438,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     let plain_env = TestEnv::new(&format!("plain{n}")).await;
     let secrets = plain_env.secrets();
     let started = Instant::now();
-    futures::stream::iter(0..n)
+    futures::stream::iter(0..if memory_only { 0 } else { n })
         .map(|i| {
             let secrets = secrets.clone();
             async move {
@@ -451,7 +458,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     // An idle minute after convergence.
     let before = api_writes(&env).await;
     let costs_before = request_costs(&env).await;
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(if memory_only { 0 } else { 60 })).await;
     let idle_writes = api_writes(&env).await - before;
     eprintln!(
         "N = {n}: the API server served, in the idle minute:\n{}",
@@ -482,7 +489,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     drop(op);
 
     let mut rss_restart_unrelated_mib = None;
-    if n == *SIZES.last().unwrap() {
+    if n == *SIZES.last().unwrap() && !memory_only {
         // Unrelated Secrets of 16 KiB in the same namespace: watched metadata-only, so they
         // should barely show.
         let filler = "x".repeat(16 * 1024);
@@ -511,13 +518,18 @@ async fn round(n: usize, sim: &Simulator) -> Row {
         .await;
         rss_restart_unrelated_mib = Some(peak_rss_mib(&op));
     }
-    let consumers =
-        if n == *SIZES.last().unwrap() || std::env::var("MXCRED_BENCH_CONSUMERS").is_ok() {
-            Some(consumers_cost(&env, sim, n).await)
-        } else {
-            None
-        };
-    let (kubectl, kubectl_plain) = user_level(n, sim).await;
+    let consumers = if !memory_only
+        && (n == *SIZES.last().unwrap() || std::env::var("MXCRED_BENCH_CONSUMERS").is_ok())
+    {
+        Some(consumers_cost(&env, sim, n).await)
+    } else {
+        None
+    };
+    let (kubectl, kubectl_plain) = if memory_only {
+        (Duration::ZERO, Duration::from_secs(1))
+    } else {
+        user_level(n, sim).await
+    };
     Row {
         n,
         converge,

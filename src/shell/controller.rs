@@ -406,19 +406,21 @@ fn controller(
     let tracker = ctx.tracker.clone();
     let credentials = reflector(
         writer,
-        watcher(
-            api::<Guarded>(client, namespace),
-            watch::config(ctx.streaming_lists),
-        )
-        .modify(slim)
-        .inspect_ok(lists("MendixCredentials"))
-        // Readiness is not read from the store: its signal wakes only its last waiter, and that
-        // must remain the controller.
-        .inspect_ok(move |event| {
-            if let watcher::Event::InitDone = event {
-                listed.store(true, Ordering::Relaxed);
-            }
-        }),
+        watch::first_list_as_it_arrives(
+            watcher(
+                api::<Guarded>(client, namespace),
+                watch::config(ctx.streaming_lists),
+            )
+            .modify(slim)
+            .inspect_ok(lists("MendixCredentials"))
+            // Readiness is not read from the store: its signal wakes only its last waiter, and
+            // that must remain the controller.
+            .inspect_ok(move |event| {
+                if let watcher::Event::InitDone = event {
+                    listed.store(true, Ordering::Relaxed);
+                }
+            }),
+        ),
     )
     // Once the cache holds a resource past a status write, the write's copy can go soon.
     .inspect_ok(move |event| {

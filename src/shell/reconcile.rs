@@ -80,8 +80,9 @@ async fn reconcile_valid<K: Kind>(
         return Ok((Action::await_change(), "Deleting"));
     }
     // Until the caches are current, what is selected and what we hold is not known: a target
-    // must never be deleted for a namespace the cache has not listed yet.
-    if !kind.caches_current() {
+    // must never be deleted for a namespace the cache has not listed yet. At start-up they
+    // stream in beside the resources: a reconcile waits a moment for them before it comes back.
+    if !caches_current_soon(kind).await {
         debug!(
             kind = K::KIND,
             credential = cr.name_any(),
@@ -126,6 +127,18 @@ async fn reconcile_valid<K: Kind>(
     );
     let synced = ready == ReadyReason::Synced.as_str();
     Ok((requeue(hold, blocked, synced, restart_again, due_in), ready))
+}
+
+/// Whether the kind's caches are current, or become so within a moment.
+async fn caches_current_soon<K: Kind>(kind: &K) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !kind.caches_current() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// The status to plan from: the one this instance wrote, while the object the reconcile holds

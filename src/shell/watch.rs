@@ -67,6 +67,39 @@ const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 const PROBE_TIMEOUT_SECONDS: u32 = 5;
 
+/// The first list of a watch as its objects arrive: the cache it feeds is ready at once and
+/// takes each object as it comes, so that reconciles start while the initial state still
+/// streams in. A list after an error (or a first list cut short) keeps its meaning: the cache
+/// swaps in what it listed at its end, which drops what went meanwhile.
+pub fn first_list_as_it_arrives<K>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Send,
+{
+    use watcher::Event::{Apply, Init, InitApply, InitDone};
+    let (mut first, mut started) = (true, false);
+    stream.flat_map(move |event| {
+        let events = match event {
+            Ok(Init) if first && !started => {
+                started = true;
+                vec![Ok(Init), Ok(InitDone)]
+            }
+            Ok(Init) if first => {
+                first = false;
+                vec![Ok(Init)]
+            }
+            Ok(InitApply(object)) if first => vec![Ok(Apply(object))],
+            Ok(InitDone) if first => {
+                first = false;
+                vec![]
+            }
+            other => vec![other],
+        };
+        futures::stream::iter(events)
+    })
+}
+
 /// What the cache keeps of a resource: of its metadata, besides identity, only the
 /// verify-requested-at annotation (a mark in place of a value too long to honour) and, of the
 /// managed fields that set it, their manager and time. Labels, other annotations (kubectl's
@@ -158,4 +191,39 @@ pub fn sets_annotation(entry: &ManagedFieldsEntry, key: &str) -> bool {
             .and_then(|a| a.get(format!("f:{key}")))
             .is_some()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+
+    fn through(events: Vec<watcher::Event<&'static str>>) -> Vec<String> {
+        let stream = futures::stream::iter(events.into_iter().map(Ok));
+        futures::executor::block_on(first_list_as_it_arrives(stream).collect::<Vec<_>>())
+            .into_iter()
+            .map(|e| format!("{:?}", e.unwrap()))
+            .collect()
+    }
+
+    fn names(events: &[watcher::Event<&'static str>]) -> Vec<String> {
+        events.iter().map(|e| format!("{e:?}")).collect()
+    }
+
+    #[test]
+    fn the_first_list_is_taken_as_it_arrives_and_later_ones_as_lists() {
+        let relist = vec![Init, InitApply("b"), InitDone, Apply("c"), Delete("b")];
+        let mut events = vec![Init, InitApply("a"), InitApply("b"), InitDone];
+        events.extend(relist.clone());
+        let mut want = names(&[Init, InitDone, Apply("a"), Apply("b")]);
+        want.extend(names(&relist));
+        assert_eq!(through(events), want);
+    }
+
+    #[test]
+    fn a_first_list_cut_short_is_listed_again_as_a_list() {
+        let events = vec![Init, InitApply("a"), Init, InitApply("b"), InitDone];
+        let want = names(&[Init, InitDone, Apply("a"), Init, InitApply("b"), InitDone]);
+        assert_eq!(through(events), want);
+    }
 }

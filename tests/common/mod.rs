@@ -624,7 +624,19 @@ impl Operator {
             OPERATORS.fetch_add(1, Ordering::Relaxed)
         ));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mxcred-operator"))
+        // `MXCRED_OPERATOR_WRAPPER` runs the operator under a profiler (`heaptrack -o FILE`).
+        let wrapper = std::env::var("MXCRED_OPERATOR_WRAPPER").unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let binary = env!("CARGO_BIN_EXE_mxcred-operator");
+        let mut command = match wrapper.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(wrapper).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["run", "--metrics-addr", "127.0.0.1:0"])
             .args(if ns.is_empty() {
                 vec![]

@@ -135,25 +135,30 @@ fn resources(
     let tracker = ctx.tracker.clone();
     reflector(
         writer,
-        watcher(
-            Api::<ClusterGuarded>::all(ctx.client.clone()),
-            watch::config(ctx.streaming_lists),
-        )
-        .modify(slim),
+        watch::first_list_as_it_arrives(
+            watcher(
+                Api::<ClusterGuarded>::all(ctx.client.clone()),
+                watch::config(ctx.streaming_lists),
+            )
+            .modify(slim)
+            .inspect_ok(move |event| {
+                if let watcher::Event::InitDone = event {
+                    listed.store(true, Ordering::Relaxed);
+                }
+            }),
+        ),
     )
     // Before their CRD is applied (an upgrade), or without RBAC for them: say so, and retry.
     .inspect_err(
         |e| warn!(error = %describe_watch(e), "cannot watch ClusterMendixCredentials; retrying"),
     )
-    .inspect_ok(move |event| match event {
-        watcher::Event::InitDone => listed.store(true, Ordering::Relaxed),
+    .inspect_ok(move |event| {
         // Once the cache holds a resource past a status write, the write's copy can go soon.
-        watcher::Event::Apply(cr) => {
-            if let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version) {
-                tracker.cache_reached(uid, version);
-            }
+        if let watcher::Event::Apply(cr) = event
+            && let (Some(uid), Some(version)) = (&cr.meta().uid, &cr.meta().resource_version)
+        {
+            tracker.cache_reached(uid, version);
         }
-        _ => {}
     })
     .default_backoff()
     .applied_objects()
