@@ -5,110 +5,19 @@
 //! or written, and the index holds a few names per object. A change of who uses a Secret wakes
 //! the resources that publish it.
 
-use crate::domain::consumers::{self, Consumer, Consumers, Key, Owner, WorkloadSpec};
+use crate::domain::consumers::{self, Consumer, Consumers, Key, Owner};
 use crate::shell::api_error::describe_watch;
 use crate::shell::watch;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::core::{ApiResource, DynamicResourceScope};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use parking_lot::Mutex;
-use serde::Deserialize;
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+use workload::{Workload, api_resource};
 
-/// An object of one of the watched kinds, as the index reads it: its name, namespace, version
-/// and controller, and the Secrets its pod spec names.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(from = "Raw")]
-pub struct Workload {
-    metadata: ObjectMeta,
-    secrets: BTreeSet<String>,
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    #[serde(default)]
-    metadata: RawMeta,
-    #[serde(default)]
-    spec: WorkloadSpec,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawMeta {
-    name: Option<String>,
-    namespace: Option<String>,
-    resource_version: Option<String>,
-    #[serde(default)]
-    owner_references: Vec<OwnerReference>,
-}
-
-impl From<Raw> for Workload {
-    fn from(raw: Raw) -> Self {
-        let controller = raw
-            .metadata
-            .owner_references
-            .into_iter()
-            .find(|r| r.controller == Some(true));
-        Workload {
-            metadata: ObjectMeta {
-                name: raw.metadata.name,
-                namespace: raw.metadata.namespace,
-                resource_version: raw.metadata.resource_version,
-                owner_references: controller.map(|c| vec![c]),
-                ..ObjectMeta::default()
-            },
-            secrets: raw.spec.secrets(),
-        }
-    }
-}
-
-impl Resource for Workload {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
-
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        dt.kind.as_str().into()
-    }
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        dt.group.as_str().into()
-    }
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.version.as_str().into()
-    }
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.api_version.as_str().into()
-    }
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        dt.plural.as_str().into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// The API resource of each watched kind.
-fn api_resource(kind: &str) -> ApiResource {
-    match kind {
-        "Pod" => ApiResource::erase::<Pod>(&()),
-        "ReplicaSet" => ApiResource::erase::<ReplicaSet>(&()),
-        "Deployment" => ApiResource::erase::<Deployment>(&()),
-        "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
-        "DaemonSet" => ApiResource::erase::<DaemonSet>(&()),
-        "Job" => ApiResource::erase::<Job>(&()),
-        _ => ApiResource::erase::<CronJob>(&()),
-    }
-}
+mod workload;
 
 /// What one object of a namespace contributes: its controller and the Secrets it names.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,34 +2,32 @@
 //! Secret to the resources it concerns, the verification loop beside them, and what the HTTP
 //! endpoints read. The reconcile itself is [`crate::shell::reconcile`].
 
-use crate::domain::api::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER, condition};
-use crate::domain::conditions;
-use crate::domain::consumers::Consumers;
-use crate::domain::ready::ReadyReason;
+use crate::domain::api::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER};
 use crate::domain::spec;
 use crate::shell::Guarded;
 use crate::shell::consumers::{self, ConsumerIndex};
 use crate::shell::context::{Context, Settings};
-use crate::shell::metrics::{HELD_REASONS, Metrics};
+use crate::shell::metrics::Metrics;
 use crate::shell::namespaced::Namespaced;
 use crate::shell::reconcile::{error_policy, reconcile};
 use crate::shell::secrets::{self, SecretCache, SecretMeta};
 use crate::shell::verifier::Verifier;
 use crate::shell::watch::{self, slim};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
+
+mod gauges;
 
 /// What the controller shares with the HTTP endpoints: metrics, and its caches of resources,
 /// from which the `mxcred_credentials` gauge is counted at scrape time.
@@ -83,79 +81,13 @@ impl Shared {
                 self.cluster_store(),
             ));
 
-        let mut counts: HashMap<&'static str, i64> = HashMap::new();
-        let mut held: HashMap<ReadyReason, i64> = HashMap::new();
-        // Rotations held back, of both kinds.
         let cluster = self.cluster_store().map(|s| s.state()).unwrap_or_default();
-        let resources = self.resources();
-        let due_cluster = cluster
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
-            .filter(|s| rotation_due(&s.conditions))
-            .count();
-        let due_namespaced = resources
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
-            .filter(|s| rotation_due(&s.conditions))
-            .count();
-        self.metrics
-            .set_rotation_due(count(due_namespaced), count(due_cluster));
-        let affected =
-            |statuses: &mut dyn Iterator<Item = (&Vec<Condition>, Option<&Consumers>)>| {
-                statuses
-                    .filter(|(conditions, _)| rejected(conditions))
-                    .filter_map(|(_, consumers)| consumers?.count)
-                    .map(i64::from)
-                    .sum::<i64>()
-            };
-        self.metrics.set_affected_workloads(
-            affected(
-                &mut resources
-                    .iter()
-                    .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
-                    .map(|s| (&s.conditions, s.consumers.as_ref())),
-            ),
-            affected(
-                &mut cluster
-                    .iter()
-                    .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
-                    .map(|s| (&s.conditions, s.consumers.as_ref())),
-            ),
-        );
-        let cluster = cluster
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
-        let namespaced = resources
-            .iter()
-            .filter_map(|g| g.0.as_ref().ok()?.status.as_ref());
-        let readies = namespaced
-            .map(|s| &s.conditions)
-            .chain(cluster.map(|s| &s.conditions))
-            .filter_map(|c| conditions::find(c, condition::READY));
-        for ready in readies {
-            if let Some(reason) = HELD_REASONS
-                .into_iter()
-                .find(|r| r.as_str() == ready.reason)
-            {
-                *held.entry(reason).or_default() += 1;
-            }
-        }
-        for guard in resources {
-            let status = match &guard.0 {
-                Ok(cr) => cr
-                    .status
-                    .as_ref()
-                    .and_then(|s| conditions::find(&s.conditions, condition::TOKEN_VALID))
-                    .map_or("Unknown", |c| match c.status.as_str() {
-                        "True" => "True",
-                        "False" => "False",
-                        _ => "Unknown",
-                    }),
-                Err(_) => "Unknown",
-            };
-            *counts.entry(status).or_default() += 1;
-        }
-        self.metrics.encode(counts, held)
+        let counts = gauges::count(&self.resources(), &cluster);
+        let (namespaced, cluster) = counts.rotation_due;
+        self.metrics.set_rotation_due(namespaced, cluster);
+        let (namespaced, cluster) = counts.affected_workloads;
+        self.metrics.set_affected_workloads(namespaced, cluster);
+        self.metrics.encode(counts.token_valid, counts.held)
     }
 
     /// What this instance is doing, for `/readyz`: `None` while it is not ready (starting,
@@ -194,20 +126,6 @@ impl Shared {
     pub fn set_role(&self, role: Role) {
         *self.role.lock() = role;
     }
-}
-
-/// Whether a status's TokenValid condition is False: the platform rejects the credential.
-fn rejected(conditions: &[Condition]) -> bool {
-    conditions::find(conditions, condition::TOKEN_VALID).is_some_and(|c| c.status == "False")
-}
-
-/// Whether a status's RotationDue condition is True.
-fn rotation_due(conditions: &[Condition]) -> bool {
-    conditions::find(conditions, condition::ROTATION_DUE).is_some_and(|c| c.status == "True")
-}
-
-fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Runs the controller until `shutdown` is cancelled.

@@ -101,6 +101,29 @@ const ROTATION_RESULTS: [&str; 2] = ["published", "rejected"];
 pub const HELD_REASONS: [ReadyReason; 2] =
     [ReadyReason::RotationRejected, ReadyReason::RotationPending];
 
+/// A family of counters with each of `labels` from zero, so that increase() sees the first
+/// count after a start.
+fn zeroed<L, const N: usize>(labels: [L; N]) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    for label in &labels {
+        family.get_or_create(label).inc_by(0);
+    }
+    family
+}
+
+/// The operator's version, as a gauge of 1.
+fn build_info() -> Family<VersionLabel, Gauge> {
+    let info = Family::<VersionLabel, Gauge>::default();
+    info.get_or_create(&VersionLabel {
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+    .set(1);
+    info
+}
+
 fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
@@ -120,27 +143,15 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             reconcile_duration.clone(),
         );
-        let errors = Family::<StepLabel, Counter>::default();
-        // Every step from zero, so that increase() sees the first failure after a start.
-        for step in STEPS {
-            errors
-                .get_or_create(&StepLabel { step: step.into() })
-                .inc_by(0);
-        }
+        let errors = zeroed(STEPS.map(|step| StepLabel { step: step.into() }));
         registry.register(
             "reconcile_errors",
             "Failed reconcile steps, by step (read_source, read_target, apply_target, delete_previous_target, write_status, publish_event, read_resource)",
             errors.clone(),
         );
-        let verifications = Family::<OutcomeLabel, Counter>::default();
-        // Every outcome from zero, so that increase() sees the first one after a start.
-        for reason in Reason::OUTCOMES {
-            verifications
-                .get_or_create(&OutcomeLabel {
-                    outcome: reason.as_str().into(),
-                })
-                .inc_by(0);
-        }
+        let verifications = zeroed(Reason::OUTCOMES.map(|reason| OutcomeLabel {
+            outcome: reason.as_str().into(),
+        }));
         registry.register(
             "verifications",
             "Verification attempts by outcome (the TokenValid reason)",
@@ -178,14 +189,9 @@ impl Default for Metrics {
             "MendixCredentials by TokenValid status (true, false, unknown)",
             credentials.clone(),
         );
-        let rotations = Family::<ResultLabel, Counter>::default();
-        for result in ROTATION_RESULTS {
-            rotations
-                .get_or_create(&ResultLabel {
-                    result: result.into(),
-                })
-                .inc_by(0);
-        }
+        let rotations = zeroed(ROTATION_RESULTS.map(|result| ResultLabel {
+            result: result.into(),
+        }));
         registry.register(
             "rotations",
             "New credentials from a source Secret by result: published (replacing another), or \
@@ -199,13 +205,7 @@ impl Default for Metrics {
              (RotationRejected, RotationPending)",
             rotations_held.clone(),
         );
-        let build_info = Family::<VersionLabel, Gauge>::default();
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
-            })
-            .set(1);
-        registry.register("build_info", "The operator's version", build_info);
+        registry.register("build_info", "The operator's version", build_info());
         let cluster_credentials = Family::<TokenValidLabel, Gauge>::default();
         registry.register(
             "cluster_credentials",
