@@ -16,6 +16,18 @@ pub fn describe(error: &kube::Error) -> String {
             };
             format!("HTTP {} {}{hint}", status.code, status.reason)
         }
+        // A connection that failed (refused, TLS): its causes, which say why and carry no
+        // object.
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            let mut text = error.to_string();
+            let mut cause = std::error::Error::source(error);
+            while let Some(e) = cause {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                cause = e.source();
+            }
+            text
+        }
         other => other.to_string(),
     }
 }

@@ -5,6 +5,7 @@
 use crate::domain::api::{LABEL_CREDENTIAL, LABEL_MANAGED_BY, LABEL_SOURCE, MANAGER};
 use crate::domain::spec;
 use crate::shell::Guarded;
+use crate::shell::api_error::describe_watch;
 use crate::shell::consumers::{self, ConsumerIndex};
 use crate::shell::context::{Context, Settings};
 use crate::shell::metrics::Metrics;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 mod gauges;
 
@@ -340,6 +341,7 @@ fn controller(
             }),
         ),
     )
+    .inspect_err(|e| warn!(error = %describe_watch(e), "cannot watch MendixCredentials; retrying"))
     // Once the cache holds a resource past a status write, the write's copy can go soon.
     .inspect_ok(move |event| {
         if let watcher::Event::Apply(cr) = event

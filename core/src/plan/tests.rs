@@ -43,16 +43,7 @@ fn answered(reason: Reason, when: i64) -> Verification {
 }
 
 fn run(previous: &MendixCredentialStatus, sync: Sync, verification: Verification) -> Plan {
-    reconcile(Observed {
-        generation: Some(1),
-        credential_type: Some(CredentialType::PersonalAccessToken),
-        previous,
-        sync,
-        verification,
-        due: Default::default(),
-        consumers: None,
-        now: at(100),
-    })
+    run_used_by(previous, sync, verification, None)
 }
 
 /// The status a plan writes, or the previous one when it writes nothing.

@@ -16,6 +16,15 @@ struct Status<'a> {
     consumers: Option<&'a Consumers>,
 }
 
+impl<'a> Status<'a> {
+    fn of(conditions: &'a [Condition], consumers: Option<&'a Consumers>) -> Self {
+        Status {
+            conditions,
+            consumers,
+        }
+    }
+}
+
 /// The counts, of MendixCredentials and (second) of ClusterMendixCredentials where both are
 /// counted apart.
 pub(super) struct Counts {
@@ -32,18 +41,12 @@ pub(super) fn count(namespaced: &[Arc<Guarded>], cluster: &[Arc<ClusterGuarded>]
     let ns: Vec<Status> = namespaced
         .iter()
         .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
-        .map(|s| Status {
-            conditions: &s.conditions,
-            consumers: s.consumers.as_ref(),
-        })
+        .map(|s| Status::of(&s.conditions, s.consumers.as_ref()))
         .collect();
     let cl: Vec<Status> = cluster
         .iter()
         .filter_map(|g| g.0.as_ref().ok()?.status.as_ref())
-        .map(|s| Status {
-            conditions: &s.conditions,
-            consumers: s.consumers.as_ref(),
-        })
+        .map(|s| Status::of(&s.conditions, s.consumers.as_ref()))
         .collect();
     let due = |all: &[Status]| {
         let n = all
