@@ -223,18 +223,7 @@ async fn restart_pass(
     n: usize,
     extra: &[&str],
 ) -> (Duration, f64, u64) {
-    let started = Instant::now();
-    let op = env.start_operator_as(&sim.base_url(), extra, &[("RUST_LOG", "info")]);
-    wait_until(Duration::from_secs(120), "the first reconcile", || async {
-        op.logs().contains("\"message\":\"reconciled\"")
-    })
-    .await;
-    let startup = started.elapsed();
-    wait_until(Duration::from_secs(600), "a full pass", || async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        op.logs().matches("\"message\":\"reconciled\"").count() >= n
-    })
-    .await;
+    let (startup, op) = full_pass(env, sim, n, extra).await;
     // The status writes of the pass settle (each resource's consumers recorded).
     tokio::time::sleep(Duration::from_secs(10)).await;
     let before = api_requests(env).await;
@@ -386,9 +375,37 @@ async fn fair_floor(n: usize) -> Duration {
 
 /// Starts the operator; `MXCRED_BENCH_ARGS` adds flags (e.g. `--concurrency 32`).
 fn start(env: &TestEnv, sim: &Simulator) -> Operator {
+    start_with(env, sim, &[])
+}
+
+fn start_with(env: &TestEnv, sim: &Simulator, flags: &[&str]) -> Operator {
     let extra = std::env::var("MXCRED_BENCH_ARGS").unwrap_or_default();
-    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let mut extra: Vec<&str> = extra.split_whitespace().collect();
+    extra.extend(flags);
     env.start_operator_as(&sim.base_url(), &extra, &[("RUST_LOG", "info")])
+}
+
+/// Starts the operator with `flags` over the `n` resources in place: how long until its first
+/// reconcile, once it has reconciled each of them.
+async fn full_pass(
+    env: &TestEnv,
+    sim: &Simulator,
+    n: usize,
+    flags: &[&str],
+) -> (Duration, Operator) {
+    let started = Instant::now();
+    let op = start_with(env, sim, flags);
+    wait_until(Duration::from_secs(120), "the first reconcile", || async {
+        op.logs().contains("\"message\":\"reconciled\"")
+    })
+    .await;
+    let startup = started.elapsed();
+    wait_until(Duration::from_secs(600), "a full pass", || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        op.logs().matches("\"message\":\"reconciled\"").count() >= n
+    })
+    .await;
+    (startup, op)
 }
 
 async fn round(n: usize, sim: &Simulator) -> Row {
@@ -473,18 +490,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
     // A restart with everything in place: start-up to first reconcile, and the peak after a
     // full pass.
     drop(op);
-    let started = Instant::now();
-    let op = start(&env, sim);
-    wait_until(Duration::from_secs(60), "the first reconcile", || async {
-        op.logs().contains("\"message\":\"reconciled\"")
-    })
-    .await;
-    let startup = started.elapsed();
-    wait_until(Duration::from_secs(600), "a full pass", || async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        op.logs().matches("\"message\":\"reconciled\"").count() >= n
-    })
-    .await;
+    let (startup, op) = full_pass(&env, sim, n, &[]).await;
     let rss_restart_mib = peak_rss_mib(&op);
     drop(op);
 
@@ -506,16 +512,7 @@ async fn round(n: usize, sim: &Simulator) -> Row {
             .buffer_unordered(CLIENT_CONCURRENCY)
             .collect::<Vec<_>>()
             .await;
-        let op = start(&env, sim);
-        wait_until(
-            Duration::from_secs(600),
-            "a full pass with unrelated Secrets",
-            || async {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                op.logs().matches("\"message\":\"reconciled\"").count() >= n
-            },
-        )
-        .await;
+        let (_, op) = full_pass(&env, sim, n, &[]).await;
         rss_restart_unrelated_mib = Some(peak_rss_mib(&op));
     }
     let consumers = if !memory_only

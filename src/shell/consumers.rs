@@ -89,6 +89,8 @@ struct State {
     namespaces: HashMap<String, Namespace>,
     /// The watches that have not listed their objects yet.
     listing: usize,
+    /// The watches that have listed their objects once.
+    listed: HashSet<Watch>,
     /// The objects seen by each watch's current list, until it is done.
     relisting: HashMap<Watch, HashSet<(String, Key)>>,
     /// Why the consumers cannot be known, once a watch was refused.
@@ -206,9 +208,13 @@ impl ConsumerIndex {
                         .namespaces
                         .entry(ns.clone())
                         .or_default()
-                        .set(key, Some(entry));
+                        .set(key, entry);
                     // The first list wakes nobody: the reconciles wait for it.
-                    touched.into_iter().map(|s| (ns.clone(), s)).collect()
+                    if state.listed.contains(watch) {
+                        touched.into_iter().map(|s| (ns.clone(), s)).collect()
+                    } else {
+                        vec![]
+                    }
                 }
                 watcher::Event::InitDone => {
                     let seen = state.relisting.remove(watch).unwrap_or_default();
@@ -221,7 +227,9 @@ impl ConsumerIndex {
                             );
                         }
                     }
-                    state.listing = state.listing.saturating_sub(1);
+                    if state.listed.insert(watch.clone()) {
+                        state.listing = state.listing.saturating_sub(1);
+                    }
                     touched
                 }
                 watcher::Event::Apply(object) => update(&mut state, kind, object, true),
@@ -245,7 +253,9 @@ impl ConsumerIndex {
             );
             state.unknown = Some(why);
         }
-        state.listing = state.listing.saturating_sub(1);
+        if state.listed.insert(watch.clone()) {
+            state.listing = state.listing.saturating_sub(1);
+        }
     }
 }
 
@@ -277,8 +287,8 @@ fn update(
     let (ns, key, entry) = parts(kind, object);
     let objects = state.namespaces.entry(ns.clone()).or_default();
     let before: HashMap<String, _> = entry
-        .secrets
         .iter()
+        .flat_map(|e| &e.secrets)
         .chain(
             objects
                 .entries
@@ -289,7 +299,7 @@ fn update(
         )
         .map(|s| (s.clone(), objects.users(s)))
         .collect();
-    let touched = objects.set(key, present.then_some(entry));
+    let touched = objects.set(key, entry.filter(|_| present));
     touched
         .into_iter()
         .filter(|s| before.get(s).is_none_or(|users| *users != objects.users(s)))
@@ -297,7 +307,12 @@ fn update(
         .collect()
 }
 
-fn parts(kind: &'static str, object: Workload) -> (String, Key, Entry) {
+/// An object's namespace, key and entry; no entry when the index has no use for it: a Pod that
+/// names no Secret, or an object that names none and has no controller (the reference of a
+/// child it controls names it all the same). One that names none but has a controller is kept,
+/// to lead from pods that name one (say, by a volume a webhook added) up to their top
+/// controller.
+fn parts(kind: &'static str, object: Workload) -> (String, Key, Option<Entry>) {
     let Workload { metadata, secrets } = object;
     let owner = metadata
         .owner_references
@@ -314,12 +329,15 @@ fn parts(kind: &'static str, object: Workload) -> (String, Key, Entry) {
             kind,
             name: metadata.name.unwrap_or_default(),
         },
-        Entry { owner, secrets },
+        (!secrets.is_empty() || (owner.is_some() && kind != "Pod"))
+            .then_some(Entry { owner, secrets }),
     )
 }
 
-/// Whether a watch error is the API server's refusal (the operator may not list the kind).
-fn refused(error: &watcher::Error) -> bool {
+/// Whether a watch error is the API server's refusal: the operator may not list the kind (403),
+/// or the server does not serve it (404). Either stays so: the consumers are unknown, and the
+/// reconciles do not wait for that list.
+fn refused(error: &watcher::Error) -> Option<u16> {
     let code = match error {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
@@ -327,7 +345,22 @@ fn refused(error: &watcher::Error) -> bool {
         watcher::Error::WatchError(s) => s.code,
         _ => 0,
     };
-    code == 403
+    [403, 404].contains(&code).then_some(code)
+}
+
+/// What the status says of a watch refused with `code`.
+fn refusal(watch: &Watch, code: u16) -> String {
+    let kind = watch.0;
+    let within = watch
+        .1
+        .as_ref()
+        .map(|ns| format!(" in namespace {ns}"))
+        .unwrap_or_default();
+    if code == 404 {
+        format!("the API server does not serve {kind}s{within}")
+    } else {
+        format!("the operator may not list {kind}s{within} (chart value consumers.enabled)")
+    }
 }
 
 /// Starts the watches of every kind in each of `scopes` (a namespace, or all); they run until
@@ -357,15 +390,8 @@ pub fn start(
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(event) => index.apply(&watch, event),
-                        Err(e) if refused(&e) => {
-                            let why = match &watch.1 {
-                                Some(ns) => format!(
-                                    "the operator may not list {}s in namespace {ns}",
-                                    watch.0
-                                ),
-                                None => format!("the operator may not list {}s", watch.0),
-                            };
-                            index.refuse(&watch, format!("{why} (chart value consumers.enabled)"));
+                        Err(e) if let Some(code) = refused(&e) => {
+                            index.refuse(&watch, refusal(&watch, code));
                             return;
                         }
                         Err(e) => {
@@ -380,4 +406,115 @@ pub fn start(
         watches = scopes.len() * consumers::KINDS.len(),
         "watching workloads for the consumers of targets"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn object(json: serde_json::Value) -> Workload {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn pod(name: &str, owner: Option<(&str, &str)>, secret: Option<&str>) -> Workload {
+        let owners: Vec<serde_json::Value> = owner
+            .map(|(kind, name)| {
+                serde_json::json!({"apiVersion": "apps/v1", "kind": kind, "name": name,
+                    "uid": "u", "controller": true})
+            })
+            .into_iter()
+            .collect();
+        let env: Vec<serde_json::Value> = secret
+            .map(|s| serde_json::json!({"secretRef": {"name": s}}))
+            .into_iter()
+            .collect();
+        object(
+            serde_json::json!({"metadata": {"name": name, "namespace": "ns",
+            "ownerReferences": owners},
+            "spec": {"containers": [{"name": "c", "envFrom": env,
+                "env": [{"name": "PLAIN", "value": "never kept"}]}]}}),
+        )
+    }
+
+    fn listed(index: &ConsumerIndex, secret: &str) -> Vec<String> {
+        let consumers = index.of(["ns"], secret, false).unwrap();
+        consumers
+            .workloads
+            .iter()
+            .map(|w| format!("{} {}", w.kind, w.name))
+            .collect()
+    }
+
+    #[test]
+    fn pods_count_as_their_controller_and_only_a_change_of_users_wakes() {
+        let index = ConsumerIndex::new(true);
+        index.state.lock().listing = 2;
+        let mut changes = Box::pin(index.changes(None));
+        let pods: Watch = ("Pod", None);
+        let sets: Watch = ("ReplicaSet", None);
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(pod("web-1", Some(("ReplicaSet", "web-a")), Some("ci"))),
+            watcher::Event::InitApply(pod("plain", None, None)),
+            watcher::Event::InitDone,
+        ] {
+            index.apply(&pods, event);
+        }
+        assert!(!index.current(), "a list is still under way");
+        index.apply(&sets, watcher::Event::Init);
+        index.apply(
+            &sets,
+            watcher::Event::InitApply(pod("web-a", Some(("Deployment", "web")), Some("ci"))),
+        );
+        index.apply(&sets, watcher::Event::InitDone);
+        assert!(index.current());
+        assert!(
+            changes.next().now_or_never().is_none(),
+            "the first lists wake nobody"
+        );
+        assert_eq!(listed(&index, "ci"), ["Deployment web"]);
+        // A pod that names no Secret is not kept.
+        let state = index.state.lock();
+        assert_eq!(state.namespaces["ns"].entries.len(), 2);
+        drop(state);
+
+        // The ReplicaSet's next pod: the same users, no wake.
+        index.apply(
+            &pods,
+            watcher::Event::Apply(pod("web-2", Some(("ReplicaSet", "web-a")), Some("ci"))),
+        );
+        assert!(changes.next().now_or_never().is_none());
+        // A bare pod that starts using it: a wake.
+        index.apply(&pods, watcher::Event::Apply(pod("debug", None, Some("ci"))));
+        assert_eq!(
+            changes.next().now_or_never(),
+            Some(Some(("ns".to_owned(), "ci".to_owned())))
+        );
+        assert_eq!(listed(&index, "ci"), ["Deployment web", "Pod debug"]);
+        index.apply(
+            &pods,
+            watcher::Event::Delete(pod("debug", None, Some("ci"))),
+        );
+        assert!(changes.next().now_or_never().is_some());
+        assert_eq!(listed(&index, "ci"), ["Deployment web"]);
+    }
+
+    #[test]
+    fn a_refused_watch_makes_the_consumers_unknown_and_waits_for_nothing() {
+        let index = ConsumerIndex::new(true);
+        index.state.lock().listing = 1;
+        let watch: Watch = ("Pod", Some("team-a".into()));
+        index.refuse(&watch, refusal(&watch, 403));
+        assert!(index.current());
+        let unknown = index.of(["team-a"], "ci", false).unwrap().unknown.unwrap();
+        assert_eq!(
+            unknown,
+            "the operator may not list Pods in namespace team-a (chart value consumers.enabled)"
+        );
+        assert_eq!(
+            refusal(&("CronJob", None), 404),
+            "the API server does not serve CronJobs"
+        );
+    }
 }
