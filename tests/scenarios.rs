@@ -315,8 +315,8 @@ async fn conflict_is_reported_after(
 /// A Secret cache whose watches are current and report `secrets` at their versions.
 fn cache_holding(secrets: &[(&str, &str)]) -> SecretCache {
     let cache = SecretCache::default();
-    let (reader, mut writer) = kube::runtime::reflector::store::<SecretMeta>();
-    writer.apply_watcher_event(&watcher::Event::Init);
+    let mut writer = mxcred_operator::shell::secrets::Versions::default();
+    writer.apply(&watcher::Event::Init);
     for (name, version) in secrets {
         let meta = SecretMeta {
             types: None,
@@ -328,10 +328,10 @@ fn cache_holding(secrets: &[(&str, &str)]) -> SecretCache {
             },
             _phantom: Default::default(),
         };
-        writer.apply_watcher_event(&watcher::Event::InitApply(meta));
+        writer.apply(&watcher::Event::InitApply(meta));
     }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    cache.watch(reader, Arc::new(AtomicBool::new(true)));
+    writer.apply(&watcher::Event::InitDone);
+    cache.watch(writer.reader(), Arc::new(AtomicBool::new(true)));
     cache
 }
 

@@ -303,7 +303,7 @@ where
 }
 
 /// The controller for one scope (a namespace, or all). Secrets are watched metadata-only, never
-/// their data, and cached slimmed to name and version: target Secrets by our label, mapped to
+/// their data, and cached as name and version only ([`secrets::Versions`]): target Secrets by our label, mapped to
 /// their publisher, and sources by their opt-in label, mapped to the credentials that read
 /// them. No other Secret is watched or listed, so however many and however large the other
 /// Secrets of the cluster are, they cost nothing. (A foreign Secret blocking a target is
@@ -362,15 +362,15 @@ fn controller(
     let store = controller.store();
     // The cache keeps slim copies; the mappings see the Secrets' links (owner, labels) first.
     let watch_secrets = |selector: &str, what: &'static str| {
-        let (reader, mut writer) = reflector::store();
+        let mut versions = secrets::Versions::default();
         let current = Arc::new(AtomicBool::new(false));
-        ctx.secrets.watch(reader, current.clone());
+        ctx.secrets.watch(versions.reader(), current.clone());
         watcher(
             api::<SecretMeta>(client, namespace),
             watch::config(ctx.streaming_lists).labels(selector),
         )
         .inspect_ok(lists(what))
-        .inspect_ok(move |event| writer.apply_watcher_event(&secrets::slim_event(event)))
+        .inspect_ok(move |event| versions.apply(event))
         // The cache is current from the end of a list until an error or the next re-list; after
         // a reconnect, from the first event that arrives. (Until then reconciles read what they
         // need, as they would without a cache.)

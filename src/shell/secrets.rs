@@ -1,5 +1,5 @@
-//! What the operator knows of Secrets without asking the API server: the metadata of every
-//! Secret it can see, slimmed to what lookups and mappings need, and the credentials it read from
+//! What the operator knows of Secrets without asking the API server: the version of every
+//! Secret its watches see, and the credentials it read from
 //! source Secrets, each kept for as long as the watch reports the version it was read at.
 //!
 //! A reconcile that finds its source unchanged and its target as it left it sends no request.
@@ -9,43 +9,93 @@ use crate::domain::credential::{Credential, SourceError};
 use crate::domain::due::Stamps;
 use crate::domain::spec::SourceKeys;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
-/// What the cache keeps of a Secret: its name, namespace and version. Labels, owners, managed
-/// fields and the rest would cost memory for every Secret of the cluster and serve no lookup.
-fn slimmed(secret: &SecretMeta) -> SecretMeta {
-    let meta = &secret.metadata;
-    SecretMeta {
-        types: None,
-        metadata: ObjectMeta {
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            resource_version: meta.resource_version.clone(),
-            ..ObjectMeta::default()
-        },
-        _phantom: Default::default(),
+/// The versions of the Secrets one watch reports: for each namespace (held once, however many
+/// Secrets it has), each Secret's name and resource version, all that lookups need. A
+/// reflector's store of the metadata would keep an `ObjectMeta` and a key of four strings per
+/// Secret: at 5000 target Secrets, about 3 MiB more.
+type VersionMap = HashMap<Box<str>, HashMap<Box<str>, Box<str>>>;
+
+/// The reading side of a [`Versions`] cache.
+#[derive(Clone, Default)]
+pub struct VersionsReader(Arc<RwLock<VersionMap>>);
+
+impl VersionsReader {
+    fn get(&self, namespace: &str, name: &str) -> Option<Box<str>> {
+        self.0.read().get(namespace)?.get(name).cloned()
     }
 }
 
-/// A watch event as the cache keeps it (copying only what [`slimmed`] keeps, not the whole
-/// Secret's metadata: this runs for every Secret event).
-pub fn slim_event(event: &watcher::Event<SecretMeta>) -> watcher::Event<SecretMeta> {
-    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
-    match event {
-        Apply(secret) => Apply(slimmed(secret)),
-        Delete(secret) => Delete(slimmed(secret)),
-        InitApply(secret) => InitApply(slimmed(secret)),
-        Init => Init,
-        InitDone => InitDone,
+/// The cache of one watch of Secrets, applying its events as a reflector would: a list fills a
+/// new map that replaces the old one at its end (so what went meanwhile is dropped), and other
+/// events change the current map.
+#[derive(Default)]
+pub struct Versions {
+    reader: VersionsReader,
+    listing: Option<VersionMap>,
+}
+
+impl Versions {
+    pub fn reader(&self) -> VersionsReader {
+        self.reader.clone()
+    }
+
+    pub fn apply(&mut self, event: &watcher::Event<SecretMeta>) {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        match event {
+            Init => self.listing = Some(VersionMap::new()),
+            InitApply(secret) => {
+                if let Some(listing) = self.listing.as_mut() {
+                    insert(listing, secret);
+                }
+            }
+            InitDone => {
+                if let Some(listed) = self.listing.take() {
+                    *self.reader.0.write() = listed;
+                }
+            }
+            Apply(secret) => insert(&mut self.reader.0.write(), secret),
+            Delete(secret) => {
+                let (Some(ns), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name)
+                else {
+                    return;
+                };
+                let mut map = self.reader.0.write();
+                if let Some(names) = map.get_mut(ns.as_str()) {
+                    names.remove(name.as_str());
+                    if names.is_empty() {
+                        map.remove(ns.as_str());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn insert(map: &mut VersionMap, secret: &SecretMeta) {
+    let meta = &secret.metadata;
+    let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
+        return;
+    };
+    let version = meta.resource_version.as_deref().unwrap_or_default().into();
+    match map.get_mut(ns.as_str()) {
+        Some(names) => {
+            names.insert(name.as_str().into(), version);
+        }
+        None => {
+            map.insert(
+                ns.as_str().into(),
+                HashMap::from([(name.as_str().into(), version)]),
+            );
+        }
     }
 }
 
@@ -61,13 +111,16 @@ pub enum Seen {
 impl Seen {
     /// What a current cache holding `secret` (or not) says of it.
     pub fn of(secret: Option<&SecretMeta>) -> Self {
-        match secret {
+        Seen::of_version(secret.map(|s| s.metadata.resource_version.as_deref().unwrap_or_default()))
+    }
+
+    /// What a current cache holding `version` of a Secret (or no Secret) says of it; an empty
+    /// version is one the API server did not give.
+    fn of_version(version: Option<&str>) -> Self {
+        match version {
             None => Seen::Absent,
-            Some(secret) => secret
-                .metadata
-                .resource_version
-                .clone()
-                .map_or(Seen::Unknown, Seen::At),
+            Some("") => Seen::Unknown,
+            Some(version) => Seen::At(version.to_owned()),
         }
     }
 
@@ -109,14 +162,14 @@ struct Read {
 #[derive(Default)]
 pub struct SecretCache {
     /// The cache of each watch, with the flag the watch keeps set while that cache is current.
-    stores: Mutex<Vec<(Store<SecretMeta>, Arc<AtomicBool>)>>,
+    stores: Mutex<Vec<(VersionsReader, Arc<AtomicBool>)>>,
     reads: Mutex<HashMap<Reading, Read>>,
 }
 
 impl SecretCache {
     /// Adds the cache of one watch, and the flag its watch keeps set while the cache is current
     /// (listed, and no error since).
-    pub fn watch(&self, store: Store<SecretMeta>, current: Arc<AtomicBool>) {
+    pub fn watch(&self, store: VersionsReader, current: Arc<AtomicBool>) {
         self.stores.lock().push((store, current));
     }
 
@@ -126,11 +179,10 @@ impl SecretCache {
         if !all_current(&stores) {
             return Seen::Unknown;
         }
-        let key = ObjectRef::new(name).within(namespace);
-        Seen::of(
+        Seen::of_version(
             stores
                 .iter()
-                .find_map(|(store, _)| store.get(&key))
+                .find_map(|(store, _)| store.get(namespace, name))
                 .as_deref(),
         )
     }
@@ -141,11 +193,11 @@ impl SecretCache {
         if !all_current(&stores) {
             return None;
         }
-        let key = ObjectRef::new(name).within(namespace);
         stores
             .iter()
-            .find_map(|(store, _)| store.get(&key))
-            .and_then(|secret| secret.metadata.resource_version.clone())
+            .find_map(|(store, _)| store.get(namespace, name))
+            .filter(|version| !version.is_empty())
+            .map(String::from)
     }
 
     /// The credential read earlier from the source, if the watches are current and still report
@@ -210,7 +262,7 @@ impl SecretCache {
 
 /// Whether every watch has listed its Secrets and had no error since: only then is a version the
 /// caches hold the latest seen.
-fn all_current(stores: &[(Store<SecretMeta>, Arc<AtomicBool>)]) -> bool {
+fn all_current(stores: &[(VersionsReader, Arc<AtomicBool>)]) -> bool {
     !stores.is_empty()
         && stores
             .iter()
@@ -220,27 +272,19 @@ fn all_current(stores: &[(Store<SecretMeta>, Arc<AtomicBool>)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
-    use kube::runtime::reflector::store;
-    use kube::runtime::watcher;
-    use std::collections::BTreeMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn secret(name: &str, version: &str) -> SecretMeta {
-        let secret = SecretMeta {
+        SecretMeta {
             types: None,
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
                 resource_version: Some(version.into()),
-                labels: Some(BTreeMap::from([("a".into(), "b".into())])),
-                annotations: Some(BTreeMap::from([("c".into(), "d".into())])),
-                owner_references: Some(vec![OwnerReference::default()]),
-                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
                 ..ObjectMeta::default()
             },
             _phantom: Default::default(),
-        };
-        slimmed(&secret)
+        }
     }
 
     fn keys(secret: &str) -> SourceKeys {
@@ -248,22 +292,53 @@ mod tests {
     }
 
     #[test]
-    fn slim_keeps_only_identity() {
-        let other = secret("s", "1");
-        assert_eq!(other.metadata.name.as_deref(), Some("s"));
-        assert_eq!(other.metadata.resource_version.as_deref(), Some("1"));
-        assert!(other.metadata.labels.is_none() && other.metadata.owner_references.is_none());
-        assert!(other.metadata.annotations.is_none() && other.metadata.managed_fields.is_none());
+    fn a_list_replaces_the_versions_at_its_end() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let (secrets, mut versions) = (SecretCache::default(), Versions::default());
+        secrets.watch(versions.reader(), Arc::new(AtomicBool::new(true)));
+        for event in [
+            Init,
+            InitApply(secret("a", "1")),
+            InitApply(secret("b", "2")),
+        ] {
+            versions.apply(&event);
+        }
+        assert_eq!(
+            secrets.seen("ns", "a"),
+            Seen::Absent,
+            "not before the list ends"
+        );
+        versions.apply(&InitDone);
+        assert_eq!(secrets.seen("ns", "a"), Seen::At("1".into()));
+        assert_eq!(secrets.version("ns", "b").as_deref(), Some("2"));
+        assert_eq!(secrets.seen("other", "a"), Seen::Absent);
+
+        versions.apply(&Apply(secret("a", "3")));
+        assert_eq!(secrets.version("ns", "a").as_deref(), Some("3"));
+        versions.apply(&Delete(secret("a", "3")));
+        assert_eq!(secrets.seen("ns", "a"), Seen::Absent);
+
+        // A list after an error: what it did not list is gone at its end.
+        for event in [Init, InitApply(secret("c", "4")), InitDone] {
+            versions.apply(&event);
+        }
+        assert_eq!(secrets.seen("ns", "b"), Seen::Absent);
+        assert_eq!(secrets.seen("ns", "c"), Seen::At("4".into()));
+        versions.apply(&Delete(secret("c", "4")));
+        assert!(
+            versions.reader.0.read().is_empty(),
+            "an empty namespace is dropped"
+        );
     }
 
     #[test]
     fn a_credential_is_used_only_at_the_version_it_was_read_at() {
-        let (reader, mut writer) = store();
+        let mut writer = Versions::default();
         let secrets = SecretCache::default();
         let current = Arc::new(AtomicBool::new(true));
-        secrets.watch(reader, current.clone());
+        secrets.watch(writer.reader(), current.clone());
         let pat = CredentialType::PersonalAccessToken;
-        writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "1")));
+        writer.apply(&watcher::Event::Apply(secret("src", "1")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
 
         let token = Credential::personal_access_token(b"token-1").unwrap();
@@ -282,7 +357,7 @@ mod tests {
                 .is_none()
         );
 
-        writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "2")));
+        writer.apply(&watcher::Event::Apply(secret("src", "2")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
         let wanted = HashSet::from([Reading::new("ns", pat, &keys("src"))]);
         secrets.forget_unwanted(&wanted);
@@ -298,7 +373,7 @@ mod tests {
             Ok((token, Stamps::default())),
         );
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
-        writer.apply_watcher_event(&watcher::Event::Apply(secret("src", "3")));
+        writer.apply(&watcher::Event::Apply(secret("src", "3")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_some());
         secrets.forget_unwanted(&wanted);
         assert!(
@@ -325,7 +400,7 @@ mod tests {
             "not while the watch may have missed a change"
         );
         current.store(true, Ordering::Relaxed);
-        writer.apply_watcher_event(&watcher::Event::Delete(secret("src", "3")));
+        writer.apply(&watcher::Event::Delete(secret("src", "3")));
         assert!(secrets.credential("ns", pat, &keys("src")).is_none());
     }
 }

@@ -16,12 +16,15 @@ pub struct Tracker {
 struct Memory {
     /// Failed reconciles in a row (API errors).
     api_failures: u32,
-    /// The last `verify-requested-at` value seen, and whether a check has served it.
-    verify_request: Option<VerifyRequest>,
+    /// The last `verify-requested-at` value seen, and whether a check has served it (boxed:
+    /// few resources ever have one, and every resource's entry would carry its room).
+    verify_request: Option<Box<VerifyRequest>>,
     /// The last status write.
     written: Option<StatusWrite>,
-    /// The target Secret of each namespace as this instance last wrote or confirmed it.
-    published: HashMap<String, Published>,
+    /// The target Secret of each namespace as this instance last wrote or confirmed it. A
+    /// list, not a map: a MendixCredential publishes into one namespace, and an empty hash map
+    /// allocates room for several entries on its first insert (at 5000 resources, 2.4 MiB).
+    published: Vec<(String, Published)>,
 }
 
 struct VerifyRequest {
@@ -49,6 +52,15 @@ struct StatusWrite {
     status: Option<Box<dyn Any + Send>>,
     /// When the cache first held the write.
     reached: Option<Instant>,
+}
+
+impl Memory {
+    fn published_in(&mut self, namespace: &str) -> Option<&mut Published> {
+        self.published
+            .iter_mut()
+            .find(|(ns, _)| ns == namespace)
+            .map(|(_, p)| p)
+    }
 }
 
 impl Tracker {
@@ -83,11 +95,11 @@ impl Tracker {
                 Some(request) if request.value == value => request,
                 other => {
                     let served = other.is_none() && served_before();
-                    other.insert(VerifyRequest {
+                    other.insert(Box::new(VerifyRequest {
                         value: value.to_owned(),
                         seen: SystemTime::now(),
                         served,
-                    })
+                    }))
                 }
             };
             (!request.served).then_some(request.seen)
@@ -175,7 +187,14 @@ impl Tracker {
 
     /// Remembers the target in `namespace` as written or confirmed.
     pub fn record_published(&self, uid: &str, namespace: &str, published: Published) {
-        self.with(uid, |m| m.published.insert(namespace.to_owned(), published));
+        self.with(uid, |m| match m.published_in(namespace) {
+            Some(entry) => *entry = published,
+            None => {
+                // Room for this one only: a first push would make room for four.
+                m.published.reserve_exact(1);
+                m.published.push((namespace.to_owned(), published));
+            }
+        });
     }
 
     /// The target in `namespace` as last written or confirmed, if it was `target` at `version`
@@ -189,7 +208,7 @@ impl Tracker {
         digest: &[u8; 32],
     ) -> Option<Published> {
         self.with(uid, |m| {
-            m.published.get(namespace).cloned().filter(|p| {
+            m.published_in(namespace).cloned().filter(|p| {
                 p.target == target && Some(p.version.as_str()) == version && p.digest == *digest
             })
         })
@@ -198,8 +217,7 @@ impl Tracker {
     /// Whether this instance wrote or confirmed `target` in `namespace`, at any version.
     pub fn has_published(&self, uid: &str, namespace: &str, target: &str) -> bool {
         self.with(uid, |m| {
-            m.published
-                .get(namespace)
+            m.published_in(namespace)
                 .is_some_and(|p| p.target == target)
         })
     }
@@ -207,12 +225,8 @@ impl Tracker {
     /// Forgets `target` in `namespace`: it was deleted.
     pub fn forget_published(&self, uid: &str, namespace: &str, target: &str) {
         self.with(uid, |m| {
-            if m.published
-                .get(namespace)
-                .is_some_and(|p| p.target == target)
-            {
-                m.published.remove(namespace);
-            }
+            m.published
+                .retain(|(ns, p)| ns != namespace || p.target != target);
         });
     }
 
