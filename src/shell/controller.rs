@@ -303,9 +303,9 @@ where
 }
 
 /// The controller for one scope (a namespace, or all). Secrets are watched metadata-only, never
-/// their data, and cached as name and version only ([`secrets::Versions`]): target Secrets by our label, mapped to
-/// their publisher, and sources by their opt-in label, mapped to the credentials that read
-/// them. No other Secret is watched or listed, so however many and however large the other
+/// their data, and cached as name and version only ([`secrets::Versions`]): target Secrets by
+/// our label, mapped to their publisher, and sources by their opt-in label, mapped to the
+/// credentials that read them. No other Secret is watched or listed, so however many and however large the other
 /// Secrets of the cluster are, they cost nothing. (A foreign Secret blocking a target is
 /// therefore not watched: that conflict is retried on a timer.) The initial state is streamed
 /// by the watch where the API server offers it, else listed in small pages
@@ -360,7 +360,7 @@ fn controller(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
     );
     let store = controller.store();
-    // The cache keeps slim copies; the mappings see the Secrets' links (owner, labels) first.
+    // The cache keeps versions only; the mappings see the Secrets' links (owner, labels).
     let watch_secrets = |selector: &str, what: &'static str| {
         let mut versions = secrets::Versions::default();
         let current = Arc::new(AtomicBool::new(false));

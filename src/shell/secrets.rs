@@ -1,6 +1,6 @@
 //! What the operator knows of Secrets without asking the API server: the version of every
-//! Secret its watches see, and the credentials it read from
-//! source Secrets, each kept for as long as the watch reports the version it was read at.
+//! Secret its watches see, and the credentials it read from source Secrets, each kept for as
+//! long as the watch reports the version it was read at.
 //!
 //! A reconcile that finds its source unchanged and its target as it left it sends no request.
 
@@ -19,17 +19,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub type SecretMeta = PartialObjectMeta<Secret>;
 
 /// The versions of the Secrets one watch reports: for each namespace (held once, however many
-/// Secrets it has), each Secret's name and resource version, all that lookups need. A
+/// Secrets it has), each Secret's name and resource version (if the API server gave one), all
+/// that lookups need. A
 /// reflector's store of the metadata would keep an `ObjectMeta` and a key of four strings per
 /// Secret: at 5000 target Secrets, about 3 MiB more.
-type VersionMap = HashMap<Box<str>, HashMap<Box<str>, Box<str>>>;
+type VersionMap = HashMap<Box<str>, HashMap<Box<str>, Option<Box<str>>>>;
 
 /// The reading side of a [`Versions`] cache.
 #[derive(Clone, Default)]
 pub struct VersionsReader(Arc<RwLock<VersionMap>>);
 
 impl VersionsReader {
-    fn get(&self, namespace: &str, name: &str) -> Option<Box<str>> {
+    /// The version of Secret `name` if the cache holds it.
+    fn get(&self, namespace: &str, name: &str) -> Option<Option<Box<str>>> {
         self.0.read().get(namespace)?.get(name).cloned()
     }
 }
@@ -85,7 +87,7 @@ fn insert(map: &mut VersionMap, secret: &SecretMeta) {
     let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
         return;
     };
-    let version = meta.resource_version.as_deref().unwrap_or_default().into();
+    let version = meta.resource_version.as_deref().map(Box::from);
     match map.get_mut(ns.as_str()) {
         Some(names) => {
             names.insert(name.as_str().into(), version);
@@ -111,16 +113,15 @@ pub enum Seen {
 impl Seen {
     /// What a current cache holding `secret` (or not) says of it.
     pub fn of(secret: Option<&SecretMeta>) -> Self {
-        Seen::of_version(secret.map(|s| s.metadata.resource_version.as_deref().unwrap_or_default()))
+        Seen::of_version(secret.map(|s| s.metadata.resource_version.as_deref()))
     }
 
-    /// What a current cache holding `version` of a Secret (or no Secret) says of it; an empty
-    /// version is one the API server did not give.
-    fn of_version(version: Option<&str>) -> Self {
+    /// What a current cache holding a Secret at `version` (or none) says of it.
+    fn of_version(version: Option<Option<&str>>) -> Self {
         match version {
             None => Seen::Absent,
-            Some("") => Seen::Unknown,
-            Some(version) => Seen::At(version.to_owned()),
+            Some(None) => Seen::Unknown,
+            Some(Some(version)) => Seen::At(version.to_owned()),
         }
     }
 
@@ -183,7 +184,8 @@ impl SecretCache {
             stores
                 .iter()
                 .find_map(|(store, _)| store.get(namespace, name))
-                .as_deref(),
+                .as_ref()
+                .map(Option::as_deref),
         )
     }
 
@@ -196,7 +198,7 @@ impl SecretCache {
         stores
             .iter()
             .find_map(|(store, _)| store.get(namespace, name))
-            .filter(|version| !version.is_empty())
+            .flatten()
             .map(String::from)
     }
 

@@ -21,9 +21,10 @@ struct Memory {
     verify_request: Option<Box<VerifyRequest>>,
     /// The last status write.
     written: Option<StatusWrite>,
-    /// The target Secret of each namespace as this instance last wrote or confirmed it. A
-    /// list, not a map: a MendixCredential publishes into one namespace, and an empty hash map
-    /// allocates room for several entries on its first insert (at 5000 resources, 2.4 MiB).
+    /// The target Secret of each namespace as this instance last wrote or confirmed it, sorted
+    /// by namespace. A sorted list, not a map: a MendixCredential publishes into one namespace,
+    /// and an empty hash map allocates room for several entries on its first insert (at 5000
+    /// resources, 2.4 MiB).
     published: Vec<(String, Published)>,
 }
 
@@ -55,11 +56,15 @@ struct StatusWrite {
 }
 
 impl Memory {
-    fn published_in(&mut self, namespace: &str) -> Option<&mut Published> {
+    /// Where the target of `namespace` is in `published`, or would go.
+    fn published_at(&self, namespace: &str) -> Result<usize, usize> {
         self.published
-            .iter_mut()
-            .find(|(ns, _)| ns == namespace)
-            .map(|(_, p)| p)
+            .binary_search_by(|(ns, _)| ns.as_str().cmp(namespace))
+    }
+
+    fn published_in(&self, namespace: &str) -> Option<&Published> {
+        let at = self.published_at(namespace).ok()?;
+        Some(&self.published[at].1)
     }
 }
 
@@ -187,12 +192,14 @@ impl Tracker {
 
     /// Remembers the target in `namespace` as written or confirmed.
     pub fn record_published(&self, uid: &str, namespace: &str, published: Published) {
-        self.with(uid, |m| match m.published_in(namespace) {
-            Some(entry) => *entry = published,
-            None => {
-                // Room for this one only: a first push would make room for four.
-                m.published.reserve_exact(1);
-                m.published.push((namespace.to_owned(), published));
+        self.with(uid, |m| match m.published_at(namespace) {
+            Ok(at) => m.published[at].1 = published,
+            Err(at) => {
+                if m.published.is_empty() {
+                    // Room for this one only: a first insert would make room for four.
+                    m.published.reserve_exact(1);
+                }
+                m.published.insert(at, (namespace.to_owned(), published));
             }
         });
     }
@@ -225,8 +232,11 @@ impl Tracker {
     /// Forgets `target` in `namespace`: it was deleted.
     pub fn forget_published(&self, uid: &str, namespace: &str, target: &str) {
         self.with(uid, |m| {
-            m.published
-                .retain(|(ns, p)| ns != namespace || p.target != target);
+            if let Ok(at) = m.published_at(namespace)
+                && m.published[at].1.target == target
+            {
+                m.published.remove(at);
+            }
         });
     }
 
@@ -356,6 +366,26 @@ mod tests {
             None,
             "deleted"
         );
+    }
+
+    #[test]
+    fn each_namespace_keeps_its_own_publication() {
+        let t = Tracker::default();
+        let published = |target: &str| Published {
+            target: target.into(),
+            version: "1".into(),
+            digest: [1; 32],
+            at: None,
+        };
+        for ns in ["b", "c", "a"] {
+            t.record_published("u", ns, published(&format!("t-{ns}")));
+        }
+        t.record_published("u", "b", published("renamed"));
+        assert!(t.has_published("u", "a", "t-a") && t.has_published("u", "c", "t-c"));
+        assert!(t.has_published("u", "b", "renamed") && !t.has_published("u", "b", "t-b"));
+        t.forget_published("u", "c", "t-c");
+        assert!(!t.has_published("u", "c", "t-c"));
+        assert!(t.has_published("u", "a", "t-a") && t.has_published("u", "b", "renamed"));
     }
 
     #[test]
